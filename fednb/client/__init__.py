@@ -1,0 +1,7 @@
+"""The HTTP client of a domain, for every role."""
+
+from fednb.client._client import DatasetHandle, DomainClient, connect
+from fednb.client._handles import RemoteRequest, RemoteRun
+from fednb.client._http import is_loopback
+
+__all__ = ["DatasetHandle", "DomainClient", "RemoteRequest", "RemoteRun", "connect", "is_loopback"]

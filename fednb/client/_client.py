@@ -1,0 +1,190 @@
+"""``fednb.connect()`` and ``DomainClient``: one domain, any role, over HTTP."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import xarray as xr
+
+from fednb.client._handles import RemoteRequest, RemoteRun
+from fednb.client._http import Transport
+from fednb.errors import NotFound
+from fednb.protocol import (
+    DatasetCard,
+    DomainInfo,
+    RequestCreate,
+    RequestInfo,
+    RunInfo,
+    UserInfo,
+    dataset_from_bytes,
+)
+
+__all__ = ["DatasetHandle", "DomainClient", "connect"]
+
+
+class DatasetHandle:
+    """A remote dataset: its public ``card`` and its ``mock`` twin (fetched once)."""
+
+    def __init__(self, client: DomainClient, card: DatasetCard) -> None:
+        self.client, self.card = client, card
+        self._mock: xr.Dataset | None = None
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def mock(self) -> xr.Dataset:
+        """The mock dataset (synthesised or owner-provided; never private values)."""
+        if self._mock is None:
+            data = self.client._t.call("GET", f"/datasets/{self.name}/mock").content
+            self._mock = dataset_from_bytes(data)
+        return self._mock
+
+    def __repr__(self) -> str:
+        c = self.card
+        variables = ", ".join(f"{k}[{v.units}]" if v.units else k for k, v in c.variables.items())
+        return (f"DatasetHandle({c.name!r}, {c.num_examples} {c.example_dim}s, "
+                f"variables: {variables}; mock: {c.mock.method})")
+
+
+class _Datasets(Mapping[str, DatasetHandle]):
+    def __init__(self, client: DomainClient) -> None:
+        self._c = client
+        self._cache: dict[str, DatasetHandle] = {}
+
+    def _cards(self) -> builtins.list[DatasetCard]:
+        return [DatasetCard.model_validate(d) for d in self._c._t.json("GET", "/datasets")]
+
+    def __getitem__(self, name: str) -> DatasetHandle:
+        if name not in self._cache:
+            try:
+                card = DatasetCard.model_validate(self._c._t.json("GET", f"/datasets/{name}"))
+            except NotFound:
+                raise KeyError(name) from None
+            self._cache[name] = DatasetHandle(self._c, card)
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([c.name for c in self._cards()])
+
+    def __len__(self) -> int:
+        return len(self._cards())
+
+    def __repr__(self) -> str:
+        return "\n".join(repr(DatasetHandle(self._c, c)) for c in self._cards()) or "(no datasets)"
+
+
+class _Requests:
+    def __init__(self, client: DomainClient) -> None:
+        self._c = client
+
+    def list(self, status: str | None = None) -> builtins.list[RemoteRequest]:
+        """Requests you may see (a scientist: their own; the owner: all)."""
+        params = {"status": status} if status else None
+        data = self._c._t.json("GET", "/requests", params=params)
+        return [RemoteRequest(self._c, RequestInfo.model_validate(d)) for d in data]
+
+    def pending(self) -> builtins.list[RemoteRequest]:
+        return self.list("pending")
+
+    def get(self, request_id: str) -> RemoteRequest:
+        info = RequestInfo.model_validate(self._c._t.json("GET", f"/requests/{request_id}"))
+        return RemoteRequest(self._c, info)
+
+    def submit(self, body: RequestCreate) -> RemoteRequest:
+        """File a request (idempotent on ``body.id``)."""
+        data = self._c._t.json("POST", "/requests", json=body.model_dump(mode="json"))
+        return RemoteRequest(self._c, RequestInfo.model_validate(data))
+
+
+class _Runs:
+    def __init__(self, client: DomainClient) -> None:
+        self._c = client
+
+    def list(self, request_id: str | None = None,
+             release_state: str | None = None) -> builtins.list[RemoteRun]:
+        params = {k: v for k, v in {"request_id": request_id, "release_state": release_state}.items()
+                  if v is not None}
+        return [RemoteRun(self._c, RunInfo.model_validate(d))
+                for d in self._c._t.json("GET", "/runs", params=params)]
+
+    def get(self, run_id: str) -> RemoteRun:
+        return RemoteRun(self._c, RunInfo.model_validate(self._c._t.json("GET", f"/runs/{run_id}")))
+
+
+class _Results:
+    def __init__(self, client: DomainClient) -> None:
+        self._c = client
+
+    def held(self) -> builtins.list[RemoteRun]:
+        """(Owner) runs whose results wait for release; each has ``release()``/``withhold()``."""
+        return self._c.runs.list(release_state="held")
+
+
+class DomainClient:
+    """A connection to one domain. Scientists and owners use the same class; the domain
+    decides what each token may do."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+        self.url = transport.url
+        self.datasets = _Datasets(self)
+        self.requests = _Requests(self)
+        self.runs = _Runs(self)
+        self.results = _Results(self)
+        self.me = UserInfo.model_validate(self._t.json("GET", "/me"))
+
+    @property
+    def info(self) -> DomainInfo:
+        """The domain's public info (name, id, versions, sandbox)."""
+        return DomainInfo.model_validate(self._t.json("GET", "/info"))
+
+    def users(self) -> builtins.list[UserInfo]:
+        """(Owner) the domain's users."""
+        return [UserInfo.model_validate(u) for u in self._t.json("GET", "/users")]
+
+    def audit(self, limit: int = 100) -> dict[str, Any]:
+        """(Owner) the newest audit entries and whether the chain verifies."""
+        return dict(self._t.json("GET", "/audit", params={"limit": limit}))
+
+    def close(self) -> None:
+        self._t.close()
+
+    def __enter__(self) -> DomainClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DomainClient({self.url!r}, user={self.me.name!r}, role={self.me.role!r})"
+
+
+def connect(url: str, token: str, *, insecure: bool = False, timeout: float = 60.0,
+            verify: bool | str = True) -> DomainClient:
+    """Connect to a domain and check the token.
+
+    Parameters
+    ----------
+    url
+        The domain's base URL, e.g. ``https://st-mary.example:8443``.
+    token
+        Your bearer token (from the domain's owner).
+    insecure
+        Allow plain HTTP to a host that is not loopback (the token travels in clear).
+    timeout
+        Seconds per HTTP call (default 60).
+    verify
+        TLS verification: True, False, or a CA bundle path.
+
+    Raises
+    ------
+    InsecureSetting
+        Plain HTTP to a non-loopback host without ``insecure=True``.
+    AuthenticationError
+        The token is unknown or revoked.
+    """
+    return DomainClient(Transport(url, token, insecure=insecure, timeout=timeout, verify=verify))

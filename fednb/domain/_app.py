@@ -1,0 +1,224 @@
+"""The domain's HTTP API (FastAPI). Every route but ``/info`` needs a bearer token.
+
+The OpenAPI document at ``/api/v1/openapi.json`` is the contract of this API.
+"""
+
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+
+from fednb.domain._store import UserRow
+from fednb.errors import (
+    FednbError,
+    InvalidInput,
+    PayloadTooLarge,
+    PermissionDenied,
+    UnsupportedMedia,
+)
+from fednb.protocol import (
+    API_PREFIX,
+    API_VERSION,
+    FEDNB_VERSION,
+    ApproveDecision,
+    DatasetCard,
+    DenyDecision,
+    DomainInfo,
+    ReleaseState,
+    RequestCreate,
+    RequestInfo,
+    RequestStatus,
+    RunCreate,
+    RunInfo,
+    UserInfo,
+    dataset_to_bytes,
+    decode_message,
+)
+
+if TYPE_CHECKING:
+    from fednb.domain._domain import Domain
+
+__all__ = ["BINARY", "create_app"]
+
+BINARY = "application/octet-stream"
+_MAX_JSON = 4 << 20
+_MAX_RUN_BODY = 512 << 20
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _error(exc: FednbError) -> JSONResponse:
+    return JSONResponse(exc.to_wire(), status_code=exc.status)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg')}")
+    return "; ".join(parts)
+
+
+def _routes(dom: "Domain") -> APIRouter:
+    r = APIRouter(prefix=API_PREFIX)
+
+    def user(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> UserRow:
+        return dom.authenticate(cred.credentials if cred else None)
+
+    def owner(u: Annotated[UserRow, Depends(user)]) -> UserRow:
+        if u.role != "owner":
+            raise PermissionDenied("this route is for the domain's owner")
+        return u
+
+    def scientist(u: Annotated[UserRow, Depends(user)]) -> UserRow:
+        if u.role != "scientist":
+            raise PermissionDenied("this route is for scientists")
+        return u
+
+    User = Annotated[UserRow, Depends(user)]
+    Owner = Annotated[UserRow, Depends(owner)]
+    Scientist = Annotated[UserRow, Depends(scientist)]
+
+    def mine(u: UserRow) -> str | None:
+        return None if u.role == "owner" else u.name
+
+    @r.get("/info", response_model=DomainInfo, tags=["public"])
+    def info() -> DomainInfo:
+        return DomainInfo(name=dom.name, domain_id=dom.domain_id, api_version=API_VERSION,
+                          fednb_version=FEDNB_VERSION, sandbox=dom.sandbox_mode or "unavailable")
+
+    @r.get("/me", response_model=UserInfo)
+    def me(u: User) -> UserInfo:
+        return UserInfo(name=u.name, role=u.role, created=u.created,
+                        revoked=u.revoked)
+
+    @r.get("/datasets", response_model=list[DatasetCard])
+    def datasets(u: User) -> list[DatasetCard]:
+        return dom.datasets()
+
+    @r.get("/datasets/{name}", response_model=DatasetCard)
+    def dataset(name: str, u: User) -> DatasetCard:
+        return dom.card(name)
+
+    @r.get("/datasets/{name}/mock", response_class=Response,
+           responses={200: {"content": {BINARY: {}}}})
+    def mock(name: str, u: User) -> Response:
+        return Response(dataset_to_bytes(dom.mock(name)), media_type=BINARY)
+
+    @r.post("/requests", response_model=RequestInfo, status_code=201)
+    def submit(body: RequestCreate, u: Scientist) -> RequestInfo:
+        return dom.requests.submit(u, body)
+
+    @r.get("/requests", response_model=list[RequestInfo])
+    def requests(u: User, status: RequestStatus | None = None) -> list[RequestInfo]:
+        return dom.requests.list(scientist=mine(u), status=status)
+
+    @r.get("/requests/{request_id}", response_model=RequestInfo)
+    def request(request_id: str, u: User) -> RequestInfo:
+        return dom.requests.get(request_id, scientist=mine(u))
+
+    @r.post("/requests/{request_id}/approve", response_model=RequestInfo)
+    def approve(request_id: str, body: ApproveDecision, u: Owner) -> RequestInfo:
+        return dom.requests.approve(request_id, release=body.release, reviewer=u.name)
+
+    @r.post("/requests/{request_id}/deny", response_model=RequestInfo)
+    def deny(request_id: str, body: DenyDecision, u: Owner) -> RequestInfo:
+        return dom.requests.deny(request_id, reason=body.reason, reviewer=u.name)
+
+    @r.put("/requests/{request_id}/runs/{run_id}", response_model=RunInfo, status_code=202,
+           openapi_extra={"requestBody": {"required": True, "content": {BINARY: {
+               "schema": {"type": "string", "format": "binary"}}}}})
+    async def run(request_id: str, run_id: str, req: Request, u: Scientist) -> RunInfo:
+        if not 8 <= len(run_id) <= 64 or not run_id.replace("-", "").replace("_", "").isalnum():
+            raise InvalidInput("run ids are 8-64 letters, digits, '-' or '_'")
+        if req.headers.get("content-type", "").split(";")[0].strip() != BINARY:
+            raise UnsupportedMedia(f"a run body is a safetensors message sent as {BINARY}")
+        header, weights = decode_message(await _read_capped(req, _MAX_RUN_BODY))
+        try:
+            spec = RunCreate.model_validate(header)
+        except ValidationError as exc:
+            raise InvalidInput(f"run header: {exc.errors()[0]['msg']}") from None
+        return await anyio.to_thread.run_sync(
+            lambda: dom.runs.create(u, request_id, run_id, spec.dataset, spec.params,
+                                    weights if spec.weights else None))
+
+    @r.get("/runs", response_model=list[RunInfo])
+    def runs(u: User, request_id: str | None = None,
+             release_state: ReleaseState | None = None) -> list[RunInfo]:
+        return dom.runs.list(scientist=mine(u), request_id=request_id, release_state=release_state)
+
+    @r.get("/runs/{run_id}", response_model=RunInfo)
+    async def get_run(run_id: str, u: User,
+                      wait: Annotated[float, Query(ge=0, le=30)] = 0) -> RunInfo:
+        return await anyio.to_thread.run_sync(lambda: dom.runs.wait(run_id, u, wait))
+
+    @r.get("/runs/{run_id}/result", response_class=Response,
+           responses={200: {"content": {BINARY: {}}}})
+    def result(run_id: str, u: User) -> Response:
+        return Response(dom.runs.result(run_id, u), media_type=BINARY)
+
+    @r.post("/runs/{run_id}/release", response_model=RunInfo)
+    def release(run_id: str, u: Owner) -> RunInfo:
+        return dom.runs.release(run_id, reviewer=u.name)
+
+    @r.post("/runs/{run_id}/withhold", response_model=RunInfo)
+    def withhold(run_id: str, u: Owner) -> RunInfo:
+        return dom.runs.withhold(run_id, reviewer=u.name)
+
+    @r.get("/users", response_model=list[UserInfo])
+    def list_users(u: Owner) -> list[UserInfo]:
+        return dom.list_users()
+
+    @r.get("/audit")
+    def audit(u: Owner, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> dict[str, Any]:
+        report = dom.verify_audit()
+        rows = dom.audit.entries(limit)
+        return {"ok": report.ok, "problems": report.problems, "entries": [
+            {"seq": e.seq, "ts": e.ts, "actor": e.actor, "action": e.action, "details": e.details}
+            for e in rows]}
+
+    return r
+
+
+async def _read_capped(req: Request, cap: int) -> bytes:
+    declared = req.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the cap of {cap}")
+    chunks, size = [], 0
+    async for chunk in req.stream():
+        size += len(chunk)
+        if size > cap:
+            raise PayloadTooLarge(f"body exceeds the cap of {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(dom: "Domain") -> FastAPI:
+    """The FastAPI application serving ``dom``."""
+    app = FastAPI(title=f"fednb domain: {dom.name}", version=FEDNB_VERSION,
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",
+                  redoc_url=None)
+
+    @app.middleware("http")
+    async def cap_json(request: Request, call_next: Any) -> Any:
+        ctype = request.headers.get("content-type", "")
+        length = request.headers.get("content-length", "0")
+        if ctype.startswith("application/json") and length.isdigit() and int(length) > _MAX_JSON:
+            return _error(PayloadTooLarge(f"JSON bodies are capped at {_MAX_JSON} bytes"))
+        return await call_next(request)
+
+    @app.exception_handler(FednbError)
+    async def on_fednb(_: Request, exc: FednbError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        body = InvalidInput(_validation_message(exc)).to_wire()
+        return JSONResponse(body, status_code=422)
+
+    app.include_router(_routes(dom))
+    return app

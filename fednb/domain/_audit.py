@@ -1,0 +1,120 @@
+"""The HMAC-chained audit log.
+
+Each entry's MAC covers its content and the previous entry's MAC, under a key kept in a
+0600 file outside the database. The last (seq, MAC) is also written to ``audit.head``
+beside it, so deleting entries from the end of the table is detected too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fednb.domain._store import AuditRow, Store, utcnow
+
+__all__ = ["AuditLog", "AuditReport"]
+
+_GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """The outcome of :meth:`AuditLog.verify`."""
+
+    ok: bool
+    entries: int
+    problems: list[str]
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"audit chain OK: {self.entries} entries"
+        return "audit chain BROKEN:\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class AuditLog:
+    """Append and verify entries; the key lives in ``key_path`` (created 0600)."""
+
+    def __init__(self, store: Store, key_path: Path, head_path: Path) -> None:
+        self.store, self.head_path = store, head_path
+        if not key_path.exists():
+            _write_private(key_path, secrets.token_bytes(32))
+        self._key = key_path.read_bytes()
+
+    def _mac(self, seq: int, ts: str, actor: str, action: str, details: str, prev: str) -> str:
+        msg = json.dumps([seq, ts, actor, action, details, prev], separators=(",", ":"))
+        return hmac.new(self._key, msg.encode(), hashlib.sha256).hexdigest()
+
+    def append(self, s: Session, actor: str, action: str, **details: Any) -> AuditRow:
+        """Add an entry inside the caller's transaction (callers hold the domain's write lock)."""
+        last = s.execute(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).scalar()
+        seq = 1 if last is None else last.seq + 1
+        prev = _GENESIS if last is None else last.mac
+        ts = utcnow().isoformat()
+        body = json.dumps(details, sort_keys=True, default=str)
+        row = AuditRow(seq=seq, ts=ts, actor=actor, action=action, details=body, prev=prev,
+                       mac=self._mac(seq, ts, actor, action, body, prev))
+        s.add(row)
+        s.flush()
+        return row
+
+    def publish_head(self, row: AuditRow) -> None:
+        """Record the last entry outside the database (after its transaction committed)."""
+        _write_private(self.head_path, json.dumps({"seq": row.seq, "mac": row.mac}).encode())
+
+    def head(self) -> dict[str, Any] | None:
+        """The published head: ``{"seq": ..., "mac": ...}`` or None."""
+        try:
+            return dict(json.loads(self.head_path.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def entries(self, limit: int | None = None) -> list[AuditRow]:
+        """Entries, newest first."""
+        with self.store.session() as s:
+            q = select(AuditRow).order_by(AuditRow.seq.desc())
+            return list(s.execute(q.limit(limit) if limit else q).scalars())
+
+    def verify(self) -> AuditReport:
+        """Recompute the chain; report edits, deletions, reordering and truncation."""
+        problems: list[str] = []
+        prev, expect, rows = _GENESIS, 1, self.entries()[::-1]
+        for r in rows:
+            if r.seq != expect:
+                problems.append(f"entry {expect} is missing (next present is {r.seq})")
+            if r.prev != prev:
+                problems.append(f"entry {r.seq} does not link to the entry before it")
+            if not hmac.compare_digest(
+                r.mac, self._mac(r.seq, r.ts, r.actor, r.action, r.details, r.prev)
+            ):
+                problems.append(f"entry {r.seq} ({r.action}) was altered")
+            prev, expect = r.mac, r.seq + 1
+        head = self.head()
+        if head is not None:
+            match = [r for r in rows if r.seq == head.get("seq")]
+            if not match:
+                problems.append(f"the log ends before the published head (entry {head.get('seq')}):"
+                                " entries were truncated")
+            elif match[0].mac != head.get("mac"):
+                problems.append(f"entry {match[0].seq} differs from the published head")
+        elif rows:
+            problems.append("the published head file is missing")
+        return AuditReport(not problems, len(rows), problems)

@@ -1,0 +1,315 @@
+"""``Domain``: a hospital's datasite on disk, its owner's Python API, and its server."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import xarray as xr
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from fednb.domain import _datasets as dsets
+from fednb.domain import _users as users
+from fednb.domain._audit import AuditLog, AuditReport
+from fednb.domain._policy import Policy, PolicyView
+from fednb.domain._requests import RequestBook
+from fednb.domain._runs import RunBook
+from fednb.domain._store import AuditRow, DatasetRow, RequestRow, RunRow, SettingRow, Store, UserRow
+from fednb.domain.runner import Limits, SandboxMode, WorkerPool, bwrap_available
+from fednb.errors import Conflict, InvalidInput, NotFound
+from fednb.protocol import DatasetCard, MockInfo, Role, UserInfo
+
+if TYPE_CHECKING:
+    from fednb.domain._server import Server
+
+__all__ = ["Domain"]
+
+_MANIFEST = "domain.json"
+
+
+@dataclass
+class _Tx:
+    s: Session
+    domain: Domain
+    rows: list[AuditRow] = field(default_factory=list)
+
+    def log(self, actor: str, action: str, **details: Any) -> None:
+        self.rows.append(self.domain.audit.append(self.s, actor, action, **details))
+
+
+class Domain:
+    """A hospital's domain: its home directory, store, datasets, users and policy.
+
+    Create one with :meth:`create` or open one with :meth:`open`; never call the
+    constructor directly.
+
+    Examples
+    --------
+    >>> dom = Domain.create("st-mary/", name="St Mary")       # doctest: +SKIP
+    >>> token = dom.add_user("alice", role="scientist")      # doctest: +SKIP
+    >>> server = dom.serve(port=0)                           # doctest: +SKIP
+    """
+
+    def __init__(self, home: Path, manifest: dict[str, Any], store_url: str | None) -> None:
+        self.home = home
+        self.name: str = manifest["name"]
+        self.domain_id: str = manifest["domain_id"]
+        self.store = Store(store_url or manifest.get("store_url") or
+                           f"sqlite:///{home / 'store.sqlite'}")
+        self.audit = AuditLog(self.store, home / "audit.key", home / "audit.head")
+        self.policy = PolicyView(self)
+        self.requests = RequestBook(self)
+        self.runs = RunBook(self)
+        self.sandbox_mode: SandboxMode | None = None
+        self._lock = threading.RLock()
+        self._pool: WorkerPool | None = None
+        self._exec: ThreadPoolExecutor | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], name: str, *, store_url: str | None = None,
+               exist_ok: bool = False) -> Domain:
+        """Make a new domain home at ``path`` (0700) and return the open domain."""
+        home = Path(path).expanduser().resolve()
+        if (home / _MANIFEST).exists():
+            if exist_ok:
+                return cls.open(home, store_url=store_url)
+            raise Conflict(f"{home} already holds a domain: use Domain.open({str(home)!r})")
+        if not name.strip():
+            raise InvalidInput("a domain needs a non-empty name")
+        home.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        manifest = {"name": name.strip(), "domain_id": uuid.uuid4().hex, "store_url": store_url}
+        (home / _MANIFEST).write_text(json.dumps(manifest, indent=2))
+        dom = cls(home, manifest, store_url)
+        with dom.transaction() as tx:
+            tx.log("owner", "domain.created", name=dom.name, domain_id=dom.domain_id)
+        return dom
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, store_url: str | None = None) -> Domain:
+        """Open an existing domain home."""
+        home = Path(path).expanduser().resolve()
+        try:
+            manifest = json.loads((home / _MANIFEST).read_text())
+        except FileNotFoundError:
+            raise NotFound(f"{home} holds no domain: create one with Domain.create") from None
+        return cls(home, manifest, store_url)
+
+    def close(self) -> None:
+        """Stop workers and release the store."""
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self._exec is not None:
+            self._exec.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
+
+    def __repr__(self) -> str:
+        return f"Domain(name={self.name!r}, home={str(self.home)!r})"
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Tx]:
+        """One store transaction whose audit entries commit with it."""
+        with self._lock:
+            with self.store.session() as s:
+                tx = _Tx(s, self)
+                yield tx
+            if tx.rows:
+                self.audit.publish_head(tx.rows[-1])
+
+    def _fail_interrupted_runs(self) -> None:
+        with self.transaction() as tx:
+            stuck = list(tx.s.execute(select(RunRow.id).where(
+                RunRow.status.in_(("queued", "running")))).scalars())
+            if stuck:
+                tx.s.execute(update(RunRow).where(RunRow.id.in_(stuck)).values(
+                    status="failed", reason="domain_restarted"))
+                tx.log("domain", "run.interrupted", runs=stuck)
+
+    # -- users -----------------------------------------------------------------------
+    def add_user(self, name: str, role: Role = "scientist") -> str:
+        """Add a user; returns their token, which is shown only this once."""
+        role = users.check_new_user(name, role)
+        users.ensure_absent(self.store, name)
+        token = users.new_token()
+        with self.transaction() as tx:
+            tx.s.add(UserRow(name=name, role=role, token_hash=users.hash_token(token)))
+            tx.log("owner", "user.added", user=name, role=role)
+        return token
+
+    def list_users(self) -> list[UserInfo]:
+        with self.store.session() as s:
+            return [users.user_info(r) for r in s.execute(select(UserRow).order_by(UserRow.name))
+                    .scalars()]
+
+    def revoke_user(self, name: str) -> None:
+        """Revoke a user's token; they can do nothing until it is rotated."""
+        with self.transaction() as tx:
+            row = tx.s.get(UserRow, name)
+            if row is None:
+                raise NotFound(f"no user called {name!r}")
+            row.revoked = True
+            tx.log("owner", "user.revoked", user=name)
+
+    def rotate_token(self, name: str) -> str:
+        """Give a user a new token (re-activating a revoked user); the old one stops working."""
+        token = users.new_token()
+        with self.transaction() as tx:
+            row = tx.s.get(UserRow, name)
+            if row is None:
+                raise NotFound(f"no user called {name!r}")
+            row.token_hash, row.revoked = users.hash_token(token), False
+            tx.log("owner", "user.token_rotated", user=name)
+        return token
+
+    def authenticate(self, token: str | None) -> UserRow:
+        return users.authenticate(self.store, token)
+
+    # -- policy ----------------------------------------------------------------------
+    def _load_policy(self) -> Policy:
+        with self.store.session() as s:
+            row = s.get(SettingRow, "policy")
+        return Policy.model_validate(row.value if row is not None else {})
+
+    def _save_policy(self, policy: Policy, changed: list[str]) -> Policy:
+        with self.transaction() as tx:
+            row = tx.s.get(SettingRow, "policy")
+            value = policy.model_dump()
+            if row is None:
+                tx.s.add(SettingRow(key="policy", value=value))
+            else:
+                row.value = value
+            tx.log("owner", "policy.updated", changed={k: value[k] for k in changed})
+        return policy
+
+    # -- datasets --------------------------------------------------------------------
+    def add_dataset(self, name: str, private: xr.Dataset | str | os.PathLike[str], *,
+                    mock: xr.Dataset | None = None,
+                    bounds: dsets.Bounds | None = None, units: Mapping[str, str] | None = None,
+                    description: str = "", example_dim: str | None = None,
+                    format: str | None = None, **loader_options: Any) -> DatasetCard:
+        """Add a dataset from an ``xarray.Dataset`` or a file (NetCDF, Zarr, CSV, Parquet,
+        a DICOM folder, a FHIR Bundle).
+
+        Parameters
+        ----------
+        bounds
+            ``{variable: (low, high)}`` for numbers, ``{variable: [categories]}`` for text.
+            Needed for every variable when ``mock`` is None (the mock is synthesised
+            uniformly within them); later used to clip and noise released statistics.
+        mock
+            A mock twin you made; None synthesises one within ``bounds``.
+        """
+        dsets.check_name(name)
+        source = "xarray"
+        if not isinstance(private, xr.Dataset):
+            from fednb.domain._loaders import load
+
+            path = Path(private)
+            source = format or path.suffix.lstrip(".") or "folder"
+            private = load(path, format=format, **loader_options)
+        ex = dsets.example_dim_of(private, example_dim)
+        bounds = dict(bounds or {})
+        if mock is None:
+            mock = dsets.synthesise_mock(private, bounds, ex)
+            info = MockInfo(method="synthesised-within-bounds",
+                            note="each value drawn uniformly within the declared bounds; "
+                                 "no statistic of the private data was used")
+        else:
+            dsets.check_mock(private, mock)
+            info = MockInfo(method="provided-by-owner", note="made by the data owner")
+        card = dsets.build_card(name, private, bounds=bounds, units=dict(units or {}),
+                                description=description, source=source, example_dim=ex,
+                                mock=info)
+        base = self.home / "datasets" / name
+        base.mkdir(parents=True, exist_ok=True)
+        dsets.write_zarr(private, base / "private.zarr")
+        dsets.write_zarr(mock, base / "mock.zarr")
+        with self.transaction() as tx:
+            row = tx.s.get(DatasetRow, name)
+            if row is None:
+                tx.s.add(DatasetRow(name=name, card=card.model_dump(mode="json")))
+            else:
+                row.card = card.model_dump(mode="json")
+            tx.log("owner", "dataset.added", dataset=name, rows=card.num_examples,
+                   mock=info.method, replaced=row is not None)
+        return card
+
+    def datasets(self) -> list[DatasetCard]:
+        with self.store.session() as s:
+            rows = s.execute(select(DatasetRow).order_by(DatasetRow.name)).scalars()
+            return [DatasetCard.model_validate(r.card) for r in rows]
+
+    def card(self, name: str) -> DatasetCard:
+        with self.store.session() as s:
+            row = s.get(DatasetRow, name)
+        if row is None:
+            raise NotFound(f"no dataset called {name!r}")
+        return DatasetCard.model_validate(row.card)
+
+    def private_path(self, name: str) -> Path:
+        self.card(name)
+        return self.home / "datasets" / name / "private.zarr"
+
+    def mock(self, name: str) -> xr.Dataset:
+        """The mock twin (public)."""
+        self.card(name)
+        return dsets.read_zarr(self.home / "datasets" / name / "mock.zarr")
+
+    def private(self, name: str) -> xr.Dataset:
+        """The private data (for the owner, on the domain's machine)."""
+        return dsets.read_zarr(self.private_path(name))
+
+    # -- execution -------------------------------------------------------------------
+    def configure_sandbox(self, insecure_demo: bool = False) -> SandboxMode | None:
+        """Pick the sandbox: bubblewrap where it works, else only with ``insecure_demo``."""
+        if bwrap_available():
+            self.sandbox_mode = "bubblewrap"
+        elif insecure_demo:
+            self.sandbox_mode = "insecure-demo"
+        else:
+            self.sandbox_mode = None
+        return self.sandbox_mode
+
+    def pool(self) -> WorkerPool:
+        with self._lock:
+            if self._pool is None:
+                if self.sandbox_mode is None:
+                    raise RuntimeError("no sandbox configured")
+                p = self.policy.get()
+                self._pool = WorkerPool(self.sandbox_mode, Limits(memory_bytes=p.worker_memory_bytes),
+                                        max_concurrent=p.max_concurrent_jobs,
+                                        max_output=p.max_result_bytes)
+            return self._pool
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._exec is None:
+                self._exec = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fednb-run")
+            return self._exec
+
+    def _prewarm(self, row: RequestRow) -> None:
+        if self.sandbox_mode is not None:
+            self.pool().prewarm(self.runs._job(row))
+
+    def verify_audit(self) -> AuditReport:
+        """Check the audit chain (edits, deletions, truncation)."""
+        return self.audit.verify()
+
+    def serve(self, host: str = "127.0.0.1", port: int = 0, *, insecure_demo: bool = False,
+              certfile: str | None = None, keyfile: str | None = None) -> Server:
+        """Start the HTTP server in a background thread; returns once it accepts connections."""
+        from fednb.domain._server import Server
+
+        self.configure_sandbox(insecure_demo)
+        self._fail_interrupted_runs()  # this process now executes runs: none can be in flight
+        return Server.start(self, host, port, certfile=certfile, keyfile=keyfile)

@@ -1,0 +1,68 @@
+"""The domain's policy: who may run without DP, and the caps every run lives under."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fednb.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from fednb.domain._domain import Domain
+
+__all__ = ["Policy", "PolicyView"]
+
+
+class Policy(BaseModel):
+    """Settings the owner controls.
+
+    Attributes
+    ----------
+    allow_no_dp
+        Scientists who may run code without differential privacy (default: none). Their
+        results are always held for the owner's manual release.
+    run_timeout_s
+        Wall-clock limit of one run, seconds (default 600).
+    max_result_bytes
+        Largest result a run may return, bytes (default 64 MiB).
+    max_concurrent_jobs
+        Runs executing at once across the domain (default 2).
+    worker_memory_bytes
+        Memory cap of one sandboxed worker, bytes (default 2 GiB).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    allow_no_dp: list[str] = Field(default_factory=list)
+    run_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+    max_result_bytes: int = Field(default=64 << 20, gt=0, le=1 << 31)
+    max_concurrent_jobs: int = Field(default=2, ge=1, le=256)
+    worker_memory_bytes: int = Field(default=2 << 30, ge=256 << 20)
+
+
+class PolicyView:
+    """``dom.policy``: read attributes, change them with :meth:`update` (audited)."""
+
+    def __init__(self, domain: Domain) -> None:
+        self._domain = domain
+
+    def get(self) -> Policy:
+        return self._domain._load_policy()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.get(), name)
+
+    def update(self, **changes: Any) -> Policy:
+        """Change policy fields, e.g. ``dom.policy.update(allow_no_dp=["alice"])``."""
+        try:
+            new = Policy.model_validate({**self.get().model_dump(), **changes})
+        except ValidationError as exc:
+            raise InvalidInput(f"invalid policy: {exc.errors()[0]['msg']} "
+                               f"({'.'.join(map(str, exc.errors()[0]['loc']))})") from None
+        return self._domain._save_policy(new, changed=sorted(changes))
+
+    def __repr__(self) -> str:
+        return f"Policy({self.get().model_dump()})"

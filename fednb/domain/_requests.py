@@ -1,0 +1,132 @@
+"""Code requests: filed by scientists, reviewed by the owner."""
+
+from __future__ import annotations
+
+import builtins
+import difflib
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from fednb.domain._store import DatasetRow, RequestRow, UserRow, utcnow
+from fednb.errors import Conflict, InvalidInput, NotFound
+from fednb.protocol import ReleaseMode, RequestCreate, RequestInfo, RequestStatus
+
+if TYPE_CHECKING:
+    from fednb.domain._domain import Domain
+
+__all__ = ["RequestBook"]
+
+
+def _diff(old: str, new: str, old_hash: str, new_hash: str) -> str:
+    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                        fromfile=f"approved {old_hash[:12]}",
+                                        tofile=f"requested {new_hash[:12]}"))
+
+
+class RequestBook:
+    """``dom.requests``: the request lifecycle (pending → approved | denied)."""
+
+    def __init__(self, domain: Domain) -> None:
+        self._d = domain
+
+    def info(self, row: RequestRow) -> RequestInfo:
+        """The request with the diff against the last approved one of the same function."""
+        with self._d.store.session() as s:
+            prev = s.execute(
+                select(RequestRow)
+                .where(RequestRow.scientist == row.scientist,
+                       RequestRow.function_name == row.function_name,
+                       RequestRow.status == "approved", RequestRow.id != row.id,
+                       RequestRow.created <= row.created)
+                .order_by(RequestRow.created.desc()).limit(1)
+            ).scalar()
+        fields: dict[str, Any] = {c: getattr(row, c) for c in RequestInfo.model_fields
+                                  if hasattr(RequestRow, c)}
+        if prev is not None:
+            fields["previous_hash"] = prev.code_hash
+            fields["diff"] = _diff(prev.source, row.source, prev.code_hash, row.code_hash)
+        return RequestInfo.model_validate(fields)
+
+    def submit(self, scientist: UserRow, body: RequestCreate) -> RequestInfo:
+        """File a request; re-sending the same id with the same content is a no-op."""
+        with self._d.transaction() as tx:
+            old = tx.s.get(RequestRow, body.id)
+            if old is not None:
+                if old.scientist != scientist.name or old.code_hash != body.code_hash:
+                    raise Conflict(f"request id {body.id!r} is taken: use a new id")
+                return self.info(old)
+            for name in body.datasets:
+                if tx.s.get(DatasetRow, name) is None:
+                    raise NotFound(f"no dataset called {name!r} on this domain")
+            row = RequestRow(
+                id=body.id, scientist=scientist.name, function_name=body.function_name,
+                kind=body.kind, source=body.source, code_hash=body.code_hash,
+                datasets=list(body.datasets),
+                params={k: v.model_dump() for k, v in body.params.items()},
+                weights=None if body.weights is None
+                else {k: v.model_dump() for k, v in body.weights.items()},
+                metrics={k: list(v) for k, v in body.metrics.items()}, runs=body.runs,
+                runs_used=0, description=body.description, status="pending", created=utcnow())
+            tx.s.add(row)
+            tx.log(scientist.name, "request.submitted", request=body.id,
+                   function=body.function_name, code_hash=body.code_hash,
+                   datasets=body.datasets, runs=body.runs)
+        return self.info(row)
+
+    def list(self, *, scientist: str | None = None,
+             status: RequestStatus | None = None) -> builtins.list[RequestInfo]:
+        """Requests, oldest first; ``scientist`` limits them to one user's."""
+        q = select(RequestRow).order_by(RequestRow.created)
+        if scientist is not None:
+            q = q.where(RequestRow.scientist == scientist)
+        if status is not None:
+            q = q.where(RequestRow.status == status)
+        with self._d.store.session() as s:
+            rows = list(s.execute(q).scalars())
+        return [self.info(r) for r in rows]
+
+    def pending(self) -> builtins.list[RequestInfo]:
+        """Requests waiting for review."""
+        return self.list(status="pending")
+
+    def row(self, request_id: str, scientist: str | None = None) -> RequestRow:
+        """The request, if it exists and (for a scientist) is theirs."""
+        with self._d.store.session() as s:
+            row = s.get(RequestRow, request_id)
+        if row is None or (scientist is not None and row.scientist != scientist):
+            raise NotFound(f"no request {request_id!r}")
+        return row
+
+    def get(self, request_id: str, scientist: str | None = None) -> RequestInfo:
+        return self.info(self.row(request_id, scientist))
+
+    def _review(self, request_id: str, reviewer: str, status: RequestStatus,
+                release: ReleaseMode | None, reason: str | None) -> RequestRow:
+        with self._d.transaction() as tx:
+            row = tx.s.get(RequestRow, request_id)
+            if row is None:
+                raise NotFound(f"no request {request_id!r}")
+            if row.status != "pending":
+                raise Conflict(f"request {request_id!r} is already {row.status}")
+            row.status, row.release, row.review_reason = status, release, reason
+            row.reviewed_by, row.reviewed = reviewer, utcnow()
+            tx.log(reviewer, f"request.{status}", request=request_id, code_hash=row.code_hash,
+                   scientist=row.scientist, release=release, reason=reason)
+        return row
+
+    def approve(self, request_id: str, release: ReleaseMode = "manual",
+                reviewer: str = "owner") -> RequestInfo:
+        """Approve the exact source text the request holds (its hash is audited)."""
+        if release not in ("auto", "manual"):
+            raise InvalidInput(f"release must be 'auto' or 'manual', not {release!r}")
+        row = self._review(request_id, reviewer, "approved", release, None)
+        self._d._prewarm(row)
+        return self.info(row)
+
+    def deny(self, request_id: str, reason: str, reviewer: str = "owner") -> RequestInfo:
+        """Deny with a reason the scientist sees."""
+        if not reason.strip():
+            raise InvalidInput("a denial needs a reason the scientist can act on")
+        row = self._review(request_id, reviewer, "denied", None, reason.strip())
+        return self.info(row)

@@ -1,0 +1,211 @@
+"""Runs of approved requests through the release path, and the release of their results."""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+
+from fednb.domain._store import RequestRow, RunRow, UserRow, utcnow
+from fednb.domain.runner import JobSpec, WorkerOutcome
+from fednb.errors import (
+    Conflict,
+    NotFound,
+    ParamsOutOfSchema,
+    RequestNotApproved,
+    ResultNotReady,
+    RunRefused,
+    SandboxUnavailable,
+)
+from fednb.protocol import ParamSpec, RunInfo, TensorSpec, encode_message
+from fednb.runtime import (
+    OutputPolicy,
+    OutputRejected,
+    apply_output_policy,
+    check_params,
+    check_weights,
+)
+from fednb.typing import Weights
+
+if TYPE_CHECKING:
+    from fednb.domain._domain import Domain
+
+__all__ = ["RunBook"]
+
+_DONE = ("succeeded", "failed", "refused", "timeout", "killed")
+
+
+class RunBook:
+    """``dom.runs``: queue, execute, finish and release runs."""
+
+    def __init__(self, domain: Domain) -> None:
+        self._d = domain
+        self._events: dict[str, threading.Event] = {}
+        self._guard = threading.Lock()
+
+    def event(self, run_id: str) -> threading.Event:
+        with self._guard:
+            return self._events.setdefault(run_id, threading.Event())
+
+    @staticmethod
+    def info(row: RunRow, owner: bool) -> RunInfo:
+        fields = {c: getattr(row, c) for c in RunInfo.model_fields}
+        if not owner:
+            fields["owner_log"] = None
+        return RunInfo.model_validate(fields)
+
+    def _refuse_early(self, user: UserRow, req: RequestRow) -> None:
+        if req.status != "approved":
+            raise RequestNotApproved(f"request {req.id!r} is {req.status}; it cannot run")
+        if user.name not in self._d.policy.get().allow_no_dp:
+            raise RunRefused(f"{user.name!r} may not run code without differential privacy on "
+                             "this domain; the owner can add them to policy.allow_no_dp")
+        if self._d.sandbox_mode is None:
+            raise SandboxUnavailable("this domain has no sandbox (bubblewrap) and was not started "
+                                     "with --insecure-demo, so it refuses private runs")
+
+    def create(self, user: UserRow, request_id: str, run_id: str, dataset: str | None,
+               params: dict[str, Any], weights: Weights | None) -> RunInfo:
+        """Check everything, reserve one run atomically, queue it; idempotent on ``run_id``."""
+        req = self._d.requests.row(request_id, scientist=user.name)
+        with self._d.store.session() as s:
+            old = s.get(RunRow, run_id)
+        if old is not None:
+            if old.request_id != request_id or old.scientist != user.name:
+                raise Conflict(f"run id {run_id!r} is taken: use a new id")
+            return self.info(old, owner=False)
+        self._refuse_early(user, req)
+        name = dataset or req.datasets[0]
+        if name not in req.datasets:
+            raise ParamsOutOfSchema(f"dataset {name!r} is not among the approved {req.datasets}")
+        check_params({k: ParamSpec.model_validate(v) for k, v in req.params.items()}, params)
+        check_weights(None if req.weights is None else
+                      {k: TensorSpec.model_validate(v) for k, v in req.weights.items()}, weights)
+        with self._d.transaction() as tx:
+            took: int = tx.s.execute(  # type: ignore[attr-defined]
+                update(RequestRow)
+                .where(RequestRow.id == request_id, RequestRow.status == "approved",
+                       RequestRow.runs_used < RequestRow.runs)
+                .values(runs_used=RequestRow.runs_used + 1)
+            ).rowcount
+            if took != 1:
+                raise RunRefused(f"all {req.runs} approved runs of request {request_id!r} are used")
+            row = RunRow(id=run_id, request_id=request_id, scientist=user.name, dataset=name,
+                         params=params, status="queued", created=utcnow())
+            tx.s.add(row)
+            tx.log(user.name, "run.queued", run=run_id, request=request_id, code_hash=req.code_hash,
+                   dataset=name)
+        self._d._executor().submit(self._execute, run_id, req, name, params, weights)
+        return self.info(row, owner=False)
+
+    def _job(self, req: RequestRow) -> JobSpec:
+        return JobSpec(request_id=req.id, source=req.source, function_name=req.function_name,
+                       datasets={n: self._d.private_path(n) for n in req.datasets},
+                       workdir=self._d.home / "work" / req.id)
+
+    def _execute(self, run_id: str, req: RequestRow, dataset: str, params: dict[str, Any],
+                 weights: Weights | None) -> None:
+        try:
+            with self._d.store.session() as s:
+                s.execute(update(RunRow).where(RunRow.id == run_id).values(status="running"))
+            policy = self._d.policy.get()
+            outcome = self._d.pool().run(self._job(req), dataset, params, weights,
+                                         policy.run_timeout_s)
+            self._finish(run_id, req, dataset, outcome, OutputPolicy(
+                weights=None if req.weights is None
+                else {k: TensorSpec.model_validate(v) for k, v in req.weights.items()},
+                metrics={k: (float(v[0]), float(v[1])) for k, v in req.metrics.items()},
+                max_bytes=policy.max_result_bytes))
+        except Exception as exc:  # the run must end in a fixed category whatever happens
+            self._finish(run_id, req, dataset,
+                         WorkerOutcome("failed", "worker_crashed", log=f"domain error: {exc!r}"),
+                         OutputPolicy())
+        finally:
+            self.event(run_id).set()
+
+    def _finish(self, run_id: str, req: RequestRow, dataset: str, outcome: WorkerOutcome,
+                policy: OutputPolicy) -> None:
+        result, state = None, None
+        if outcome.status == "succeeded" and outcome.update is not None:
+            try:
+                upd = apply_output_policy(outcome.update, policy)
+                n = self._d.card(dataset).num_examples
+                result = encode_message({"metrics": upd.metrics, "num_examples": n}, upd.weights)
+                state = "held"  # no-DP results are always held for the owner's manual release
+            except OutputRejected as rej:
+                outcome = WorkerOutcome("failed", rej.reason, log=outcome.log + f"\n{rej.detail}")
+        with self._d.transaction() as tx:
+            row = tx.s.get(RunRow, run_id)
+            assert row is not None
+            row.status, row.reason, row.result, row.release_state = (
+                outcome.status, outcome.reason, result, state)
+            row.owner_log, row.finished, row.backend = outcome.log[-20_000:], utcnow(), "numpy"
+            row.num_examples = self._d.card(dataset).num_examples if result is not None else None
+            tx.log("domain", "run.finished", run=run_id, request=req.id, code_hash=req.code_hash,
+                   status=outcome.status, reason=outcome.reason, held=state == "held")
+
+    def get(self, run_id: str, user: UserRow) -> RunInfo:
+        with self._d.store.session() as s:
+            row = s.get(RunRow, run_id)
+        if row is None or (user.role != "owner" and row.scientist != user.name):
+            raise NotFound(f"no run {run_id!r}")
+        return self.info(row, owner=user.role == "owner")
+
+    def wait(self, run_id: str, user: UserRow, timeout: float) -> RunInfo:
+        """The run, after waiting up to ``timeout`` seconds for it to finish."""
+        info = self.get(run_id, user)
+        if info.status not in _DONE and timeout > 0:
+            self.event(run_id).wait(timeout)
+            info = self.get(run_id, user)
+        return info
+
+    def list(self, *, scientist: str | None = None, request_id: str | None = None,
+             release_state: str | None = None) -> builtins.list[RunInfo]:
+        q = select(RunRow).order_by(RunRow.created)
+        if scientist is not None:
+            q = q.where(RunRow.scientist == scientist)
+        if request_id is not None:
+            q = q.where(RunRow.request_id == request_id)
+        if release_state is not None:
+            q = q.where(RunRow.release_state == release_state)
+        with self._d.store.session() as s:
+            rows = list(s.execute(q).scalars())
+        return [self.info(r, owner=scientist is None) for r in rows]
+
+    def held(self) -> builtins.list[RunInfo]:
+        """Results waiting for the owner's release."""
+        return self.list(release_state="held")
+
+    def _decide(self, run_id: str, reviewer: str, state: str) -> RunInfo:
+        with self._d.transaction() as tx:
+            row = tx.s.get(RunRow, run_id)
+            if row is None:
+                raise NotFound(f"no run {run_id!r}")
+            if row.release_state != "held":
+                raise Conflict(f"run {run_id!r} has no held result (state: {row.release_state})")
+            row.release_state = state
+            if state == "withheld":
+                row.result = None
+            tx.log(reviewer, f"result.{state}", run=run_id, request=row.request_id)
+        return self.info(row, owner=True)
+
+    def release(self, run_id: str, reviewer: str = "owner") -> RunInfo:
+        """Release a held result to the scientist."""
+        return self._decide(run_id, reviewer, "released")
+
+    def withhold(self, run_id: str, reviewer: str = "owner") -> RunInfo:
+        """Withhold a held result for good (it is deleted)."""
+        return self._decide(run_id, reviewer, "withheld")
+
+    def result(self, run_id: str, user: UserRow) -> bytes:
+        """The released result's bytes (safetensors + JSON)."""
+        with self._d.store.session() as s:
+            row = s.get(RunRow, run_id)
+        if row is None or (user.role != "owner" and row.scientist != user.name):
+            raise NotFound(f"no run {run_id!r}")
+        if row.release_state != "released" or row.result is None:
+            state = row.release_state or row.status
+            raise ResultNotReady(f"run {run_id!r} has no released result (state: {state})")
+        return row.result

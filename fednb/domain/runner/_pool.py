@@ -1,0 +1,252 @@
+"""Warm sandboxed workers, one per approved request, behind a domain-wide job cap."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fednb.domain.runner._frames import (
+    FrameError,
+    FrameTimeout,
+    FrameTooLarge,
+    read_frame,
+    write_frame,
+)
+from fednb.domain.runner._sandbox import Limits, SandboxedProcess, SandboxMode, SandboxSpec, launch
+from fednb.errors import FednbError
+from fednb.protocol import (
+    REASON_CODES,
+    ReasonCode,
+    RunStatus,
+    Update,
+    decode_message,
+    encode_message,
+)
+from fednb.typing import Weights
+
+__all__ = ["JobSpec", "WorkerOutcome", "WorkerPool"]
+
+_LOG_KEEP = 20_000
+_START_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One approved request as the runner needs it."""
+
+    request_id: str
+    source: str
+    function_name: str
+    datasets: dict[str, Path]
+    workdir: Path
+
+
+@dataclass
+class WorkerOutcome:
+    """What came back from one run, before the output policy. ``update`` is untrusted."""
+
+    status: RunStatus
+    reason: ReasonCode
+    update: Update | None = None
+    log: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Worker:
+    def __init__(self, job: JobSpec, mode: SandboxMode, limits: Limits, max_output: int) -> None:
+        self.job, self.mode, self.limits, self.max_output = job, mode, limits, max_output
+        self.proc: SandboxedProcess | None = None
+
+    def _paths(self) -> dict[str, str]:
+        if self.mode == "bubblewrap":
+            return {name: f"/data/{name}" for name in self.job.datasets}
+        return {name: str(p) for name, p in self.job.datasets.items()}
+
+    def start(self) -> WorkerOutcome | None:
+        binds = [(p, f"/data/{name}") for name, p in self.job.datasets.items()]
+        env = {"PYTHONPATH": str(Path(__file__).resolve().parents[3]), "HOME": "/job",
+               "OMP_NUM_THREADS": str(self.limits.cpus),
+               "OPENBLAS_NUM_THREADS": str(self.limits.cpus), "PYTHONDONTWRITEBYTECODE": "1"}
+        argv = [sys.executable, "-s", "-m", "fednb.domain.runner._worker"]
+        spec = SandboxSpec(argv, self.job.workdir, binds, env, self.limits)
+        self.proc = launch(spec, self.mode)
+        init = {"source": self.job.source, "function_name": self.job.function_name,
+                "datasets": self._paths(), "max_output": self.max_output}
+        try:
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            write_frame(self.proc.stdin, encode_message(init))
+            header, _ = decode_message(read_frame(self.proc.stdout, 1 << 16, _START_TIMEOUT))
+        except (FrameError, OSError, FednbError):
+            return self._died()
+        if header.get("status") != "ready":
+            self.stop()
+            return WorkerOutcome("failed", "exception", log=self.take_log())
+        return None
+
+    def run(self, dataset: str, params: dict[str, Any], weights: Weights | None,
+            timeout: float) -> WorkerOutcome:
+        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        msg = encode_message({"dataset": dataset, "params": params, "weights": weights is not None},
+                             weights or {})
+        try:
+            write_frame(self.proc.stdin, msg)
+            data = read_frame(self.proc.stdout, self.max_output + (1 << 20), timeout)
+        except FrameTimeout:
+            self.stop()
+            return WorkerOutcome("timeout", "wall_clock", log=self.take_log())
+        except FrameTooLarge:
+            self.stop()
+            return WorkerOutcome("failed", "output_too_large", log=self.take_log())
+        except (FrameError, OSError):
+            return self._died()
+        return self._parse(data)
+
+    def _parse(self, data: bytes) -> WorkerOutcome:
+        log = self.take_log()
+        try:
+            header, tensors = decode_message(data)
+            if header.get("status") != "ok":
+                reason = header.get("reason")
+                return WorkerOutcome("failed", reason if reason in REASON_CODES else "exception",
+                                     log=log)
+            metrics = {str(k): float(v) for k, v in dict(header.get("metrics") or {}).items()}
+            return WorkerOutcome("succeeded", "ok", Update(weights=tensors, metrics=metrics), log)
+        except (FednbError, TypeError, ValueError, AttributeError):
+            return WorkerOutcome("failed", "invalid_output", log=log)
+
+    def _died(self) -> WorkerOutcome:
+        oom = self._oom_seen()  # read the cgroup before stop() removes it
+        rc = self.stop()
+        if rc is not None and rc < 0:
+            return WorkerOutcome("killed", "memory_limit" if oom else "worker_crashed",
+                                 log=self.take_log())
+        return WorkerOutcome("failed", "worker_crashed", log=self.take_log())
+
+    def _cgroup_dirs(self) -> list[Path]:
+        return self.proc.cgroup.dirs if self.proc is not None else []
+
+    def _oom_seen(self) -> bool:
+        for d in self._cgroup_dirs():
+            for name in ("memory.failcnt", "memory.events"):
+                try:
+                    text = (d / name).read_text()
+                except OSError:
+                    continue
+                if name == "memory.failcnt" and text.strip() not in ("", "0"):
+                    return True
+                if "oom_kill " in text and "oom_kill 0" not in text:
+                    return True
+        return False
+
+    def take_log(self) -> str:
+        path = self.job.workdir / "log.txt"
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(max(0, size - _LOG_KEEP))
+                text = f.read().decode("utf-8", "replace")
+            path.write_bytes(b"")
+        except OSError:
+            return ""
+        return text
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+        rc = proc.wait()
+        for s in (proc.stdin, proc.stdout):
+            if s is not None:
+                s.close()
+        proc.cleanup()
+        return rc
+
+
+class WorkerPool:
+    """Keeps up to ``max_warm`` workers warm and runs at most ``max_concurrent`` jobs.
+
+    Parameters
+    ----------
+    mode
+        ``"bubblewrap"`` or ``"insecure-demo"``.
+    limits
+        Caps applied to every worker.
+    max_concurrent
+        Jobs running at once across the domain (default 2).
+    max_warm
+        Warm workers kept (least recently used are stopped first; default 8).
+    max_output
+        Cap on one result, bytes (default 64 MiB).
+    """
+
+    def __init__(self, mode: SandboxMode, limits: Limits | None = None, max_concurrent: int = 2,
+                 max_warm: int = 8, max_output: int = 64 << 20) -> None:
+        self.mode, self.limits = mode, limits or Limits()
+        self.max_warm, self.max_output = max_warm, max_output
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._workers: OrderedDict[str, _Worker] = OrderedDict()
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, request_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(request_id, threading.Lock())
+
+    def _worker(self, job: JobSpec) -> tuple[_Worker, WorkerOutcome | None]:
+        with self._guard:
+            w = self._workers.pop(job.request_id, None)
+        if w is not None and w.alive():
+            failure = None
+        else:
+            w = _Worker(job, self.mode, self.limits, self.max_output)
+            failure = w.start()
+        with self._guard:
+            self._workers[job.request_id] = w
+            while len(self._workers) > self.max_warm:
+                _, old = self._workers.popitem(last=False)
+                old.stop()
+        return w, failure
+
+    def prewarm(self, job: JobSpec) -> None:
+        """Start the request's worker in the background so its first run is warm."""
+
+        def go() -> None:
+            with self._slots, self._lock(job.request_id):
+                self._worker(job)
+
+        threading.Thread(target=go, name=f"prewarm-{job.request_id}", daemon=True).start()
+
+    def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
+            timeout: float) -> WorkerOutcome:
+        """Run the job once; a worker that failed in any way is stopped, not reused."""
+        with self._slots, self._lock(job.request_id):
+            worker, failure = self._worker(job)
+            outcome = failure or worker.run(dataset, params, weights, timeout)
+            if outcome.status != "succeeded":
+                worker.stop()
+            return outcome
+
+    def discard(self, request_id: str) -> None:
+        """Stop the request's worker (denied, revoked or exhausted)."""
+        with self._guard:
+            w = self._workers.pop(request_id, None)
+        if w is not None:
+            w.stop()
+
+    def shutdown(self) -> None:
+        """Stop every worker."""
+        with self._guard:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for w in workers:
+            w.stop()

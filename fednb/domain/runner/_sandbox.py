@@ -1,0 +1,241 @@
+"""Start an untrusted worker process inside bubblewrap, with cgroup and rlimit caps.
+
+The worker sees a read-only root made of the system's library directories and the
+Python installation, the datasets of one approved request (read-only), a writable work
+directory (``/job``) and a private ``/tmp``. It runs as uid 65534 with no capabilities, in its own
+user, pid, network, ipc, uts and cgroup namespaces, so it has no network at all (its
+loopback is its own) and sees no other process. Resource caps:
+
+- rlimits always: address space, file size, open files, CPU seconds, and processes
+  (``RLIMIT_NPROC`` binds only where the domain runs as a non-root user: the kernel
+  exempts processes whose real uid maps to root);
+- cgroups where the machine lets the domain write them: ``pids.max`` and
+  ``memory.max`` (cgroup v2, delegated) or ``pids.max`` and
+  ``memory.limit_in_bytes`` (cgroup v1), which also bind when the domain runs as root;
+- a nice level and a CPU affinity mask, so jobs never take every core from the
+  hospital's other systems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import sysconfig
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["Limits", "SandboxMode", "SandboxSpec", "bwrap_available", "launch"]
+
+SandboxMode = Literal["bubblewrap", "insecure-demo"]
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps for one worker.
+
+    Parameters
+    ----------
+    memory_bytes
+        Address space and cgroup memory cap, bytes (default 2 GiB).
+    max_procs
+        Processes and threads in the sandbox (default 64).
+    cpu_seconds
+        CPU time over the worker's life, seconds (default 3600).
+    file_bytes
+        Largest file the worker may write, bytes (default 256 MiB).
+    open_files
+        Open file descriptors (default 256).
+    cpus
+        Cores the worker may run on (default: all but one, at least one).
+    nice
+        Scheduling niceness added to the worker (default 10).
+    """
+
+    memory_bytes: int = 2 << 30
+    max_procs: int = 64
+    cpu_seconds: int = 3600
+    file_bytes: int = 256 << 20
+    open_files: int = 256
+    cpus: int = field(default_factory=lambda: max(1, (os.cpu_count() or 1) - 1))
+    nice: int = 10
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What one worker may see: read-only binds, one writable work dir, its argv."""
+
+    argv: list[str]
+    workdir: Path
+    ro_binds: list[tuple[Path, str]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_available() -> bool:
+    """True when bubblewrap exists and can create the namespaces the sandbox needs."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return False
+    probe = [exe, "--unshare-all", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
+    probe += [*_system_binds(), "--", "/bin/true"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for d in _SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    for f in _ETC_FILES:
+        if os.path.exists(f):
+            args += ["--ro-bind", f, f]
+    return args
+
+
+def python_binds() -> list[tuple[Path, str]]:
+    """The Python installation and fednb itself, bound read-only at their own paths."""
+    paths = {Path(sys.base_prefix), Path(sys.prefix)}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        paths.add(Path(sysconfig.get_paths()[key]))
+    paths.add(Path(__file__).resolve().parents[2])  # the fednb package (editable installs)
+    real = {p.resolve() for p in paths if p.exists()}
+    # drop paths nested inside another bound path
+    top = [p for p in real if not any(q != p and q in p.parents for q in real)]
+    return [(p, str(p)) for p in sorted(top)]
+
+
+def bwrap_argv(spec: SandboxSpec) -> list[str]:
+    """The full bubblewrap command line for ``spec``."""
+    exe = shutil.which("bwrap") or "bwrap"
+    args = [exe, "--unshare-all", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
+    args += ["--die-with-parent", "--new-session", "--clearenv"]
+    args += _system_binds()
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for host, inside in [*python_binds(), *spec.ro_binds]:
+        args += ["--ro-bind", str(host), inside]
+    args += ["--bind", str(spec.workdir), "/job", "--chdir", "/job"]
+    for k, v in spec.env.items():
+        args += ["--setenv", k, v]
+    args += ["--remount-ro", "/", "--", *spec.argv]
+    return args
+
+
+class _Cgroup:
+    """A per-worker cgroup (v2 delegated, or v1 pids+memory), where writable."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.dirs: list[Path] = []
+        name = f"fednb-{uuid.uuid4().hex[:12]}"
+        v2 = _CGROUP_ROOT / "cgroup.controllers"
+        if v2.exists():
+            self._try(_CGROUP_ROOT / name, {"pids.max": limits.max_procs,
+                                            "memory.max": limits.memory_bytes})
+        else:
+            self._try(_CGROUP_ROOT / "pids" / name, {"pids.max": limits.max_procs})
+            self._try(_CGROUP_ROOT / "memory" / name,
+                      {"memory.limit_in_bytes": limits.memory_bytes})
+
+    def _try(self, path: Path, settings: dict[str, int]) -> None:
+        try:
+            path.mkdir()
+        except OSError:
+            return
+        try:
+            for k, v in settings.items():
+                (path / k).write_text(str(v))
+            self.dirs.append(path)
+        except OSError:
+            path.rmdir()
+
+    def enter(self) -> None:
+        """Move the calling process in (runs in the child before exec)."""
+        for d in self.dirs:
+            (d / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            with contextlib.suppress(OSError):  # still has members: retried by the next cleanup
+                d.rmdir()
+
+
+def _preexec(limits: Limits, cgroup: _Cgroup) -> None:
+    cgroup.enter()
+    caps = {
+        resource.RLIMIT_AS: limits.memory_bytes,
+        resource.RLIMIT_NPROC: limits.max_procs,
+        resource.RLIMIT_CPU: limits.cpu_seconds,
+        resource.RLIMIT_FSIZE: limits.file_bytes,
+        resource.RLIMIT_NOFILE: limits.open_files,
+        resource.RLIMIT_CORE: 0,
+    }
+    for which, value in caps.items():
+        resource.setrlimit(which, (value, value))
+    os.nice(limits.nice)
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cpus[-limits.cpus :])
+
+
+class SandboxedProcess(subprocess.Popen[bytes]):
+    """A worker process with its cgroup, removed when the process is reaped."""
+
+    cgroup: _Cgroup
+
+    def cleanup(self) -> None:
+        self.cgroup.remove()
+
+
+# --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread* that forked the worker
+# ends, so every worker is forked from this one long-lived thread.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fednb-spawner")
+
+
+def launch(spec: SandboxSpec, mode: SandboxMode) -> SandboxedProcess:
+    """Start a worker from the spawner thread (see :func:`_launch`)."""
+    return _SPAWNER.submit(_launch, spec, mode).result()
+
+
+def _launch(spec: SandboxSpec, mode: SandboxMode) -> SandboxedProcess:
+    """Start the worker; its stdin and stdout are the frame pipes, stderr goes to ``log.txt``.
+
+    ``mode="insecure-demo"`` runs it without bubblewrap (rlimits and cgroups only), for
+    domains started with ``--insecure-demo`` on machines without bubblewrap.
+    """
+    spec.workdir.mkdir(parents=True, exist_ok=True)
+    if mode == "bubblewrap":
+        argv = bwrap_argv(spec)
+        env = {"PATH": "/usr/bin:/bin"}
+    else:
+        argv = spec.argv
+        env = {**spec.env, "PATH": "/usr/bin:/bin"}
+    cgroup = _Cgroup(spec.limits)
+    log = os.open(spec.workdir / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    proc = SandboxedProcess(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,  # bubblewrap's own errors reach the owner's log
+        cwd=spec.workdir,
+        env=env,
+        preexec_fn=functools.partial(_preexec, spec.limits, cgroup),
+        close_fds=True,
+    )
+    os.close(log)
+    proc.cgroup = cgroup
+    return proc

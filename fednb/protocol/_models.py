@@ -1,0 +1,259 @@
+"""Pydantic models of everything that travels as JSON between a domain and its clients."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "NAME_PATTERN",
+    "REASON_CODES",
+    "RUN_STATUSES",
+    "ApproveDecision",
+    "DatasetCard",
+    "DenyDecision",
+    "DomainInfo",
+    "MockInfo",
+    "ParamSpec",
+    "ReasonCode",
+    "ReleaseMode",
+    "ReleaseState",
+    "RequestCreate",
+    "RequestInfo",
+    "RequestStatus",
+    "Role",
+    "RunCreate",
+    "RunInfo",
+    "RunStatus",
+    "TensorSpec",
+    "UserInfo",
+    "VariableCard",
+    "code_hash",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""Names of users, datasets and functions: ASCII letters, digits, '.', '_', '-'; 1-64 long."""
+_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+
+Role = Literal["owner", "scientist"]
+RequestStatus = Literal["pending", "approved", "denied"]
+ReleaseMode = Literal["auto", "manual"]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "refused", "timeout", "killed"]
+RUN_STATUSES: tuple[str, ...] = RunStatus.__args__  # type: ignore[attr-defined]
+ReleaseState = Literal["held", "released", "withheld"]
+ReasonCode = Literal[
+    "ok",
+    "exception",
+    "memory_limit",
+    "process_limit",
+    "wall_clock",
+    "output_too_large",
+    "invalid_output",
+    "nonfinite_output",
+    "shape_mismatch",
+    "worker_crashed",
+    "sandbox_unavailable",
+    "domain_restarted",
+]
+REASON_CODES: tuple[str, ...] = ReasonCode.__args__  # type: ignore[attr-defined]
+
+
+def code_hash(source: str) -> str:
+    """SHA-256 (hex) of a function's source text, the identity an owner approves."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamSpec(_Model):
+    """One run parameter the owner approves: its type and, for numbers, inclusive bounds."""
+
+    type: Literal["float", "int", "bool", "str"]
+    low: float | None = None
+    high: float | None = None
+    choices: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpec:
+        if self.type in ("float", "int"):
+            if self.low is None or self.high is None:
+                raise ValueError("numeric parameters need both bounds (low, high)")
+            if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low > self.high:
+                raise ValueError(f"bounds ({self.low}, {self.high}) are not finite and ordered")
+        if self.type == "str" and not self.choices:
+            raise ValueError("string parameters need a list of allowed choices")
+        return self
+
+    def check(self, name: str, value: Any) -> str | None:
+        """Return why ``value`` is outside this spec, or None when it fits."""
+        if self.type == "bool":
+            return None if isinstance(value, bool) else f"{name} must be a bool"
+        if self.type == "str":
+            ok = isinstance(value, str) and value in (self.choices or [])
+            return None if ok else f"{name} must be one of {self.choices}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} must be a number"
+        if self.type == "int" and not float(value).is_integer():
+            return f"{name} must be an integer"
+        assert self.low is not None and self.high is not None
+        if not (math.isfinite(value) and self.low <= value <= self.high):
+            return f"{name}={value!r} is outside the approved range [{self.low}, {self.high}]"
+        return None
+
+
+class TensorSpec(_Model):
+    """Shape and dtype of one named tensor."""
+
+    shape: list[int] = Field(max_length=8)
+    dtype: Literal["float16", "float32", "float64"]
+
+    @field_validator("shape")
+    @classmethod
+    def _nonneg(cls, v: list[int]) -> list[int]:
+        if any(d < 0 for d in v):
+            raise ValueError("tensor dimensions must be non-negative")
+        return v
+
+
+class VariableCard(_Model):
+    """What a scientist may know of one variable: never its values."""
+
+    dims: list[str]
+    dtype: str
+    units: str | None = None
+    bounds: tuple[float, float] | None = None
+    description: str = ""
+
+
+class MockInfo(_Model):
+    """How the mock twin was made."""
+
+    method: Literal["synthesised-within-bounds", "provided-by-owner"]
+    note: str
+
+
+class DatasetCard(_Model):
+    """A dataset's public description: schema, units, bounds, size; no private values."""
+
+    name: str
+    description: str = ""
+    source: str
+    dims: dict[str, int]
+    example_dim: str
+    num_examples: int
+    variables: dict[str, VariableCard]
+    coords: dict[str, VariableCard]
+    mock: MockInfo
+    created: datetime
+
+
+class RequestCreate(_Model):
+    """What a scientist files: the exact source text and the envelope it may run in."""
+
+    id: str = Field(pattern=_ID_PATTERN)
+    function_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    kind: Literal["update"] = "update"
+    source: str = Field(min_length=1, max_length=200_000)
+    code_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    datasets: list[str] = Field(min_length=1, max_length=16)
+    params: dict[str, ParamSpec] = Field(default_factory=dict, max_length=64)
+    weights: dict[str, TensorSpec] | None = Field(default=None, max_length=1024)
+    metrics: dict[str, tuple[float, float]] = Field(default_factory=dict, max_length=64)
+    runs: int = Field(ge=1, le=100_000)
+    description: str = Field(default="", max_length=10_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> RequestCreate:
+        if code_hash(self.source) != self.code_hash:
+            raise ValueError("code_hash is not the SHA-256 of source")
+        for d in self.datasets:
+            if not re.match(NAME_PATTERN, d):
+                raise ValueError(f"dataset name {d[:80]!r} is not a valid name")
+        for k, (lo, hi) in self.metrics.items():
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ValueError(f"metric {k!r} bounds must be finite and ordered")
+        return self
+
+
+class RequestInfo(_Model):
+    """A request as the domain stores it, with its review state."""
+
+    id: str
+    scientist: str
+    function_name: str
+    kind: str
+    source: str
+    code_hash: str
+    datasets: list[str]
+    params: dict[str, ParamSpec]
+    weights: dict[str, TensorSpec] | None
+    metrics: dict[str, tuple[float, float]]
+    runs: int
+    runs_used: int
+    description: str
+    status: RequestStatus
+    release: ReleaseMode | None
+    reviewed_by: str | None
+    review_reason: str | None
+    created: datetime
+    reviewed: datetime | None
+    previous_hash: str | None = None
+    diff: str | None = None
+
+
+class ApproveDecision(_Model):
+    release: ReleaseMode = "manual"
+
+
+class DenyDecision(_Model):
+    reason: str = Field(min_length=1, max_length=2_000)
+
+
+class RunCreate(_Model):
+    """The JSON header of a run body (the weights travel as tensors beside it)."""
+
+    dataset: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    weights: bool = False
+
+
+class RunInfo(_Model):
+    """A run's fixed-category outcome; owner-only fields are None for scientists."""
+
+    id: str
+    request_id: str
+    scientist: str
+    dataset: str
+    status: RunStatus
+    reason: ReasonCode | None
+    params: dict[str, Any]
+    num_examples: int | None
+    release_state: ReleaseState | None
+    created: datetime
+    finished: datetime | None
+    backend: str | None = None
+    owner_log: str | None = None
+
+
+class UserInfo(_Model):
+    name: str
+    role: Role
+    created: datetime
+    revoked: bool
+
+
+class DomainInfo(_Model):
+    """The public ``/api/v1/info`` document."""
+
+    name: str
+    domain_id: str
+    api_version: str
+    fednb_version: str
+    sandbox: Literal["bubblewrap", "insecure-demo", "unavailable"]

@@ -1,0 +1,17 @@
+"""Executing a remote function and applying the output policy: one path for all callers."""
+
+from fednb.runtime._execute import call_function, compile_function, function_namespace
+from fednb.runtime._params import check_params, check_weights, weight_specs
+from fednb.runtime._policy import OutputPolicy, OutputRejected, apply_output_policy
+
+__all__ = [
+    "OutputPolicy",
+    "OutputRejected",
+    "apply_output_policy",
+    "call_function",
+    "check_params",
+    "check_weights",
+    "compile_function",
+    "function_namespace",
+    "weight_specs",
+]

@@ -1,0 +1,152 @@
+"""``@fednb.remote``: a function that travels to hospitals as reviewed source text."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fednb.client import DomainClient, RemoteRequest
+from fednb.errors import InvalidInput
+from fednb.protocol import ParamSpec, RequestCreate, Update, code_hash
+from fednb.runtime import (
+    OutputPolicy,
+    apply_output_policy,
+    call_function,
+    check_params,
+    check_weights,
+    compile_function,
+    weight_specs,
+)
+from fednb.typing import Weights
+
+__all__ = ["RemoteFunction", "function_source", "parse_params", "remote"]
+
+_TYPES = {float: "float", int: "int", bool: "bool", str: "str",
+          "float": "float", "int": "int", "bool": "bool", "str": "str"}
+
+
+def parse_params(params: Mapping[str, Any] | None) -> dict[str, ParamSpec]:
+    """Turn ``{"lr": (float, 1e-4, 1.0), "opt": (str, ["sgd", "adam"]), "flag": bool}``
+    into approved-parameter specs."""
+    out: dict[str, ParamSpec] = {}
+    for name, spec in (params or {}).items():
+        if isinstance(spec, ParamSpec):
+            out[name] = spec
+            continue
+        items = tuple(spec) if isinstance(spec, (tuple, list)) else (spec,)
+        kind = _TYPES.get(items[0])
+        if kind is None:
+            raise InvalidInput(f"parameter {name!r}: type must be float, int, bool or str")
+        try:
+            if kind in ("float", "int"):
+                out[name] = ParamSpec(type=kind, low=items[1], high=items[2])
+            elif kind == "str":
+                out[name] = ParamSpec(type="str", choices=list(items[1]))
+            else:
+                out[name] = ParamSpec(type="bool")
+        except (IndexError, ValueError, TypeError) as exc:
+            raise InvalidInput(f"parameter {name!r}: write (float, low, high), (int, low, high), "
+                               f"(str, [choices]) or bool ({exc})") from None
+    return out
+
+
+def function_source(fn: Callable[..., Any]) -> str:
+    """The function's own source text, dedented, without its decorators."""
+    try:
+        src = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        raise InvalidInput(f"cannot read the source of {fn!r}: define it in a file or a "
+                           "notebook cell, or use the %%fednb cell magic") from None
+    return strip_decorators(src, fn.__name__)
+
+
+def strip_decorators(src: str, name: str) -> str:
+    tree = ast.parse(src)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            lines = src.splitlines(keepends=True)
+            end = node.end_lineno or len(lines)
+            return "".join(lines[node.lineno - 1 : end]).rstrip() + "\n"
+    raise InvalidInput(f"the source holds no function called {name!r}")
+
+
+class RemoteFunction:
+    """A function approved hospitals run on private data; call it locally as usual.
+
+    Parameters
+    ----------
+    fn
+        The function: ``fn(data, weights, **params)`` or ``fn(data, **params)``, where
+        ``data`` is an ``xarray.Dataset``. It may use ``np``, ``xr`` and ``fednb`` without
+        importing them; everything else it imports itself.
+    kind
+        ``"update"`` (the only kind until the privacy ledger lands).
+    params
+        The parameters a run may pass, with types and bounds (see :func:`parse_params`).
+    metrics
+        Metrics the result may carry, with bounds: ``{"loss": (0.0, 10.0)}``.
+    source
+        The source text (default: read from ``fn``).
+    """
+
+    def __init__(self, fn: Callable[..., Any], *, kind: str = "update",
+                 params: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, tuple[float, float]] | None = None,
+                 source: str | None = None) -> None:
+        if kind != "update":
+            raise InvalidInput(f"kind {kind!r} is not available yet; use kind='update'")
+        self.fn, self.kind, self.name = fn, kind, fn.__name__
+        self.params = parse_params(params)
+        self.metrics = {k: (float(lo), float(hi)) for k, (lo, hi) in (metrics or {}).items()}
+        self.source = source if source is not None else function_source(fn)
+        self.code_hash = code_hash(self.source)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def run_on_mock(self, client: DomainClient, dataset: str, weights: Weights | None = None,
+                    **params: Any) -> Update:
+        """Run on the dataset's mock, in this process, through the domain's own code path
+        (same compilation from source, same parameter checks, same output policy)."""
+        check_params(self.params, params)
+        handle = client.datasets[dataset]
+        fn = compile_function(self.source, self.name)
+        update = call_function(fn, handle.mock, weights, params)
+        specs = None if weights is None else weight_specs(weights)
+        if specs is not None:
+            check_weights(specs, weights)
+        out = apply_output_policy(update, OutputPolicy(weights=specs, metrics=self.metrics))
+        return Update(out.weights, out.metrics, num_examples=handle.card.num_examples)
+
+    def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,
+                weights: Weights | None = None, description: str = "",
+                request_id: str | None = None) -> RemoteRequest:
+        """File this function for review; ``weights`` fixes the shapes runs may send."""
+        body = RequestCreate(
+            id=request_id or uuid.uuid4().hex, function_name=self.name, kind="update",
+            source=self.source, code_hash=self.code_hash,
+            datasets=[dataset] if isinstance(dataset, str) else list(dataset),
+            params=self.params, weights=None if weights is None else weight_specs(weights),
+            metrics=self.metrics, runs=runs, description=description)
+        return client.requests.submit(body)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}: {v.type}[{v.low}, {v.high}]" if v.low is not None else
+                           f"{k}: {v.type}" for k, v in self.params.items())
+        return (f"RemoteFunction {self.name} (kind={self.kind}, sha256={self.code_hash[:16]}…)\n"
+                f"  params: {params or 'none'}\n"
+                f"  metrics: {self.metrics or 'none'}\n" + textwrap.indent(self.source, "  | "))
+
+
+def remote(fn: Callable[..., Any] | None = None, *, kind: str = "update",
+           params: Mapping[str, Any] | None = None,
+           metrics: Mapping[str, tuple[float, float]] | None = None) -> Any:
+    """Decorator: ``@fednb.remote(kind="update", params={"lr": (float, 1e-4, 1.0)})``."""
+    def wrap(f: Callable[..., Any]) -> RemoteFunction:
+        return RemoteFunction(f, kind=kind, params=params, metrics=metrics)
+
+    return wrap(fn) if fn is not None else wrap

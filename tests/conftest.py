@@ -1,0 +1,86 @@
+"""Shared fixtures: real domains on loopback with real medical sample data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from sklearn.datasets import load_breast_cancer, load_diabetes
+
+import fednb
+from fednb.client import DomainClient
+from fednb.domain import Domain, Server
+
+# The environment of the domain process: a sandboxed job must never see it.
+os.environ.setdefault("FEDNB_TEST_CANARY", "canary-secret-4711")
+
+
+def breast_cancer_dataset() -> xr.Dataset:
+    """The Wisconsin breast cancer set (569 patients x 30 features, label 1 = benign)."""
+    bc = load_breast_cancer()
+    return xr.Dataset(
+        {"x": (("patient", "feature"), bc.data.astype(np.float64)),
+         "y": ("patient", bc.target.astype(np.int64))},
+        coords={"patient": [f"p{i:04d}" for i in range(len(bc.target))],
+                "feature": [str(f) for f in bc.feature_names]},
+    )
+
+
+def diabetes_dataset() -> xr.Dataset:
+    """The diabetes set (442 patients x 10 standardised features, disease progression)."""
+    d = load_diabetes()
+    return xr.Dataset(
+        {"x": (("patient", "feature"), d.data), "progression": ("patient", d.target)},
+        coords={"feature": [str(f) for f in d.feature_names]},
+    )
+
+
+BC_BOUNDS = {"x": (0.0, 5000.0), "y": (0, 1)}
+
+
+@dataclass
+class Hospital:
+    dom: Domain
+    server: Server
+    owner_token: str
+    alice_token: str
+    bob_token: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def owner(self) -> DomainClient:
+        return fednb.connect(self.url, token=self.owner_token)
+
+    def alice(self) -> DomainClient:
+        return fednb.connect(self.url, token=self.alice_token)
+
+    def bob(self) -> DomainClient:
+        return fednb.connect(self.url, token=self.bob_token)
+
+
+def make_hospital(home: Path, **policy: object) -> Hospital:
+    dom = Domain.create(home, name="St Mary")
+    owner = dom.add_user("olivia", role="owner")
+    alice = dom.add_user("alice")
+    bob = dom.add_user("bob")
+    dom.policy.update(allow_no_dp=["alice", "bob"], **policy)
+    dom.add_dataset("breast-cancer", breast_cancer_dataset(), bounds=BC_BOUNDS,
+                    units={"x": "mixed"}, description="Wisconsin diagnostic breast cancer")
+    dom.add_dataset("diabetes", diabetes_dataset(),
+                    bounds={"x": (-0.5, 0.5), "progression": (0.0, 400.0)})
+    server = dom.serve(port=0)
+    return Hospital(dom, server, owner, alice, bob)
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
+    h = make_hospital(tmp_path_factory.mktemp("hospital") / "st-mary")
+    yield h
+    h.server.stop()

@@ -1,0 +1,87 @@
+"""@fednb.remote and %%fednb: the exact source text travels, with its parameter schema."""
+
+from __future__ import annotations
+
+import pytest
+
+import fednb
+from fednb.errors import InvalidInput
+from fednb.protocol import code_hash
+from fednb.scientist import parse_params
+from fednb.scientist._magic import fednb_cell, parse_magic_line
+
+
+@fednb.remote(params={"lr": (float, 1e-4, 1.0), "opt": (str, ["sgd", "adam"]), "flag": bool})
+def train(data, weights, lr=0.1, opt="sgd", flag=False):
+    return weights
+
+
+def test_remote_keeps_the_source_without_decorators() -> None:
+    assert train.source.startswith("def train(data, weights")
+    assert "@fednb.remote" not in train.source
+    assert train.code_hash == code_hash(train.source)
+    assert train.params["lr"].low == 1e-4 and train.params["opt"].choices == ["sgd", "adam"]
+    assert train(None, {"w": 1}) == {"w": 1}  # still callable locally
+
+
+def test_bad_param_specs_are_refused_clearly() -> None:
+    with pytest.raises(InvalidInput, match="type must be"):
+        parse_params({"lr": (complex, 0, 1)})
+    with pytest.raises(InvalidInput, match="lr"):
+        parse_params({"lr": (float, 1.0)})
+
+
+def test_magic_registers_the_cell_text() -> None:
+    cell = "def stat(data, k=1):\n    return np.asarray(k)\n"
+    ns: dict[str, object] = {"np": __import__("numpy")}
+    rf = fednb_cell('--params \'{"k": ["int", 1, 5]}\'', cell, ns)
+    assert ns["stat"] is rf
+    assert rf.source == cell and rf.params["k"].high == 5
+    with pytest.raises(InvalidInput, match="exactly one function"):
+        fednb_cell("", "x = 1\n", ns)
+    with pytest.raises(InvalidInput, match="Usage"):
+        parse_magic_line("--params {not json")
+
+
+def test_magic_in_a_real_ipython_shell() -> None:
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "fednb")
+    ip.run_cell_magic("fednb", "--kind update", "def g(data):\n    return data\n")
+    assert isinstance(ip.user_ns["g"], fednb.RemoteFunction)
+    assert ip.user_ns["g"].source == "def g(data):\n    return data\n"
+
+
+def test_top_level_exports_are_pinned() -> None:
+    assert fednb.__all__ == sorted(fednb.__all__)
+    assert set(fednb.__all__) == {"DomainClient", "RemoteFunction", "Update", "__version__",
+                                  "connect", "errors", "load_ipython_extension", "remote"}
+    for name in fednb.__all__:
+        assert getattr(fednb, name) is not None
+
+
+def test_importing_the_domain_loads_no_client_code() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, fednb.domain; from fednb.domain import Domain; "
+            "bad = [m for m in sys.modules if m.startswith(('fednb.client', 'fednb.scientist'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_pickle_anywhere_in_fednb() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(fednb.__file__).parent
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not {"pickle", "cloudpickle", "dill", "marshal"} & {n.split(".")[0] for n in names}, path

@@ -80,7 +80,7 @@ def _create(home: Path, n: int) -> dict[str, dict[str, str]]:
     diabetes = xr.Dataset({"x": (("patient", "feature"), dia.data), "progression": ("patient", dia.target)},
                           coords={"feature": [str(f) for f in dia.feature_names]})
     tokens: dict[str, dict[str, str]] = {}
-    for name, part in zip(_NAMES[:n], _split(train, n)):
+    for name, part in zip(_NAMES[:n], _split(train, n), strict=True):
         dom = Domain.create(home / name, name=name.replace("-", " ").title())
         tokens[name] = {"owner": dom.add_user("owner", role="owner"),
                         "scientist": dom.add_user("scientist")}
@@ -113,7 +113,8 @@ def start(home: Path, n: int, port_base: int = 0) -> list[Site]:
     insecure = not bwrap_available()
     sites = []
     for i, (name, toks) in enumerate(state["hospitals"].items()):
-        server = Domain.open(home / name).serve(port=port_base + i if port_base else 0, insecure_demo=insecure)
+        port = port_base + i if port_base else 0
+        server = Domain.open(home / name).serve(port=port, insecure_demo=insecure)
         toks["url"] = server.url
         sites.append(Site(name, server, fednb.connect(server.url, token=toks["owner"]),
                           fednb.connect(server.url, token=toks["scientist"])))
@@ -122,13 +123,14 @@ def start(home: Path, n: int, port_base: int = 0) -> list[Site]:
 
 
 @fednb.remote
-def feature_moments(data):
+def feature_moments(data: xr.Dataset) -> dict[str, np.ndarray]:
     x = data.x.values
     return {"n": np.asarray(float(x.shape[0])), "sum": x.sum(axis=0), "sumsq": (x**2).sum(axis=0)}
 
 
 @fednb.remote(params={"lr": (float, 1e-3, 5.0), "epochs": (int, 1, 100)}, metrics={"loss": (0.0, 10.0)})
-def train(data, weights, lr=0.5, epochs=10):
+def train(data: xr.Dataset, weights: dict[str, np.ndarray], lr: float = 0.5,
+          epochs: int = 10) -> fednb.Update:
     x = (data.x.values - weights["mu"]) / weights["sd"]
     y = data.y.values.astype(float)
     w, b = weights["w"].copy(), weights["b"].copy()
@@ -191,7 +193,7 @@ def scenario(sites: list[Site], rounds: int = 15, epochs: int = 10) -> dict[str,
     n = sum(float(m.weights["n"]) for m in moments.values())
     mu = sum(m.weights["sum"] for m in moments.values()) / n
     sd = np.sqrt(np.maximum(sum(m.weights["sumsq"] for m in moments.values()) / n - mu**2, 1e-12))
-    w0: Weights = {"w": np.zeros(30), "b": np.zeros(1), "mu": mu, "sd": sd}
+    w0: Weights = {"w": np.zeros(30), "b": np.zeros(1), "mu": np.asarray(mu), "sd": np.asarray(sd)}
     print(f"scientist: federated averaging, {rounds} rounds over {len(sites)} hospitals")
     reqs = {s.name: train.request(s.scientist, "breast-cancer", runs=rounds, weights=w0) for s in sites}
     for s in sites:
@@ -200,7 +202,8 @@ def scenario(sites: list[Site], rounds: int = 15, epochs: int = 10) -> dict[str,
     for r in range(rounds):
         ups = _run_everywhere(sites, reqs, w, lr=0.5, epochs=epochs)
         total = sum(u.num_examples or 0 for u in ups.values())
-        w = {k: sum(u.weights[k] * (u.num_examples or 0) for u in ups.values()) / total for k in w0}
+        w = {k: np.asarray(sum(u.weights[k] * (u.num_examples or 0) for u in ups.values()) / total)
+             for k in w0}
         loss = sum(u.metrics["loss"] * (u.num_examples or 0) for u in ups.values()) / total
         print(f"  round {r + 1:2d}: loss {loss:.4f}  test accuracy {_accuracy(w, test):.3f}")
     fed, pooled = _accuracy(w, test), _pooled(sites, test, w0, rounds, epochs)

@@ -7,7 +7,7 @@ import inspect
 import textwrap
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
 from fednb.client import DomainClient, RemoteRequest
 from fednb.errors import InvalidInput
@@ -142,10 +142,21 @@ class RemoteFunction:
                 f"  metrics: {self.metrics or 'none'}\n" + textwrap.indent(self.source, "  | "))
 
 
-def remote(fn: Callable[..., Any] | None = None, *, kind: str = "update",
+@overload
+def remote(fn: Callable[..., Any], /) -> RemoteFunction: ...
+
+
+@overload
+def remote(*, kind: str = "update", params: Mapping[str, Any] | None = None,
+           metrics: Mapping[str, tuple[float, float]] | None = None,
+           ) -> Callable[[Callable[..., Any]], RemoteFunction]: ...
+
+
+def remote(fn: Callable[..., Any] | None = None, /, *, kind: str = "update",
            params: Mapping[str, Any] | None = None,
-           metrics: Mapping[str, tuple[float, float]] | None = None) -> Any:
-    """Decorator: ``@fednb.remote(kind="update", params={"lr": (float, 1e-4, 1.0)})``."""
+           metrics: Mapping[str, tuple[float, float]] | None = None,
+           ) -> RemoteFunction | Callable[[Callable[..., Any]], RemoteFunction]:
+    """Decorator: ``@fednb.remote`` or ``@fednb.remote(kind="update", params={"lr": (float, 1e-4, 1.0)})``."""
     def wrap(f: Callable[..., Any]) -> RemoteFunction:
         return RemoteFunction(f, kind=kind, params=params, metrics=metrics)
 

@@ -1,0 +1,38 @@
+# fednb: one check script everywhere (CONVENTIONS 18). `make demo`, `make test`, `make check`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fednb-installed
+
+.PHONY: install demo demo-headless test check lint typecheck imports bench clean
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/fednb demo
+
+demo-headless: install
+	$(BIN)/fednb demo --headless
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check fednb tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+imports: install
+	$(BIN)/lint-imports
+
+check: lint typecheck imports
+
+bench: install
+	$(BIN)/python bench/latency.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -59,8 +59,10 @@ def measure_fednb(runs: int) -> dict[str, float]:
         t0 = time.perf_counter()
         req = column_mean.request(sci, "bc", runs=runs + 1)
         owner.requests.get(req.id).approve()
+        t1 = time.perf_counter()
         first = req.run(col=0)
         first.wait(120)
+        cold = time.perf_counter() - t1
         owner.runs.get(first.id).release()
         first.result(timeout=60)
         submit_to_result = time.perf_counter() - t0
@@ -81,7 +83,7 @@ def measure_fednb(runs: int) -> dict[str, float]:
         restarted.stop()
     finally:
         server.stop()
-    return {"launch_s": up, "reopen_s": reopen, "submit_to_result_s": submit_to_result,
+    return {"launch_s": up, "reopen_s": reopen, "submit_to_result_s": submit_to_result, "cold_run_s": cold,
             "warm_run_median_s": statistics.median(warm), "warm_run_p90_s": pct(warm, 90),
             "warm_run_release_fetch_median_s": statistics.median(with_release),
             "sandbox": 1.0 if bwrap_available() else 0.0}
@@ -110,6 +112,7 @@ def main() -> None:
     syft = None if args.no_pysyft else measure_pysyft(min(args.runs, 20))
     rows = [("domain up (create, add data, serve)", "launch_s"),
             ("submission to result (review included)", "submit_to_result_s"),
+            ("cold run (first after approval)", "cold_run_s"),
             ("warm run, median", "warm_run_median_s"), ("warm run, p90", "warm_run_p90_s")]
     print(f"\nrun latency over HTTP on loopback ({'bubblewrap sandbox' if fed['sandbox'] else 'NO sandbox'})")
     print(f"{'':42s} {'fednb':>9s} {'PySyft 0.9.5':>13s} {'ratio':>7s}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -136,6 +137,9 @@ class DomainClient:
         self.runs = _Runs(self)
         self.results = _Results(self)
         self.me = UserInfo.model_validate(self._t.json("GET", "/me"))
+        if self.info.sandbox == "insecure-demo":
+            warnings.warn(f"{self.url} runs jobs WITHOUT a sandbox (--insecure-demo): use it only "
+                          "for teaching, never with real patient data", stacklevel=3)
 
     @property
     def info(self) -> DomainInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,7 +40,8 @@ class Transport:
                 f"refusing to send a token over plain HTTP to {parts.hostname}: use https://, "
                 "or pass insecure=True if you accept that anyone on the path can read it")
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url + API_PREFIX, timeout=timeout, verify=verify,
+        tls: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        self._http = httpx.Client(base_url=self.url + API_PREFIX, timeout=timeout, verify=tls,
                                   headers={"Authorization": f"Bearer {token}"})
 
     def call(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,

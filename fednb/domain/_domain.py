@@ -189,6 +189,11 @@ class Domain:
             else:
                 row.value = value
             tx.log("owner", "policy.updated", changed={k: value[k] for k in changed})
+        if {"max_concurrent_jobs", "worker_memory_bytes", "max_result_bytes"} & set(changed):
+            with self._lock:  # new caps take effect with fresh workers; running jobs finish
+                old, self._pool = self._pool, None
+            if old is not None:
+                old.shutdown()
         return policy
 
     # -- datasets --------------------------------------------------------------------

@@ -23,7 +23,7 @@ def _config(dom: Domain, certfile: str | None, keyfile: str | None) -> uvicorn.C
         raise ValueError("TLS needs both certfile and keyfile")
     return uvicorn.Config(create_app(dom), log_level="warning", access_log=False,
                           ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_keep_alive=30,
-                          limit_concurrency=512)
+                          limit_concurrency=512, timeout_graceful_shutdown=3)
 
 
 class Server:

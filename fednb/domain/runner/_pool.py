@@ -221,7 +221,7 @@ class WorkerPool:
         """Start the request's worker in the background so its first run is warm."""
 
         def go() -> None:
-            with self._slots, self._lock(job.request_id):
+            with self._lock(job.request_id), self._slots:
                 self._worker(job)
 
         threading.Thread(target=go, name=f"prewarm-{job.request_id}", daemon=True).start()
@@ -229,7 +229,7 @@ class WorkerPool:
     def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
             timeout: float) -> WorkerOutcome:
         """Run the job once; a worker that failed in any way is stopped, not reused."""
-        with self._slots, self._lock(job.request_id):
+        with self._lock(job.request_id), self._slots:
             worker, failure = self._worker(job)
             outcome = failure or worker.run(dataset, params, weights, timeout)
             if outcome.status != "succeeded":

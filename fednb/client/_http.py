@@ -40,7 +40,8 @@ class Transport:
                 f"refusing to send a token over plain HTTP to {parts.hostname}: use https://, "
                 "or pass insecure=True if you accept that anyone on the path can read it")
         self.url = url.rstrip("/")
-        tls: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        # a CA bundle path becomes an SSL context (httpx deprecates verify=<str>)
+        tls = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
         self._http = httpx.Client(base_url=self.url + API_PREFIX, timeout=timeout, verify=tls,
                                   headers={"Authorization": f"Bearer {token}"})
 

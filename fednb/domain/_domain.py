@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -73,6 +74,7 @@ class Domain:
         self._lock = threading.RLock()
         self._pool: WorkerPool | None = None
         self._exec: ThreadPoolExecutor | None = None
+        self._lock_fd: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     @classmethod
@@ -111,6 +113,7 @@ class Domain:
             self._pool.shutdown()
         if self._exec is not None:
             self._exec.shutdown(wait=True, cancel_futures=True)
+        self._release_server_lock()
         self.store.close()
 
     def __repr__(self) -> str:
@@ -120,7 +123,7 @@ class Domain:
     def transaction(self) -> Iterator[_Tx]:
         """One store transaction whose audit entries commit with it."""
         with self._lock:
-            with self.store.session() as s:
+            with self.store.write() as s:
                 tx = _Tx(s, self)
                 yield tx
             if tx.rows:
@@ -136,14 +139,14 @@ class Domain:
                 tx.log("domain", "run.interrupted", runs=stuck)
 
     # -- users -----------------------------------------------------------------------
-    def add_user(self, name: str, role: Role = "scientist") -> str:
+    def add_user(self, name: str, role: Role = "scientist", *, actor: str = "owner") -> str:
         """Add a user; returns their token, which is shown only this once."""
         role = users.check_new_user(name, role)
         users.ensure_absent(self.store, name)
         token = users.new_token()
         with self.transaction() as tx:
             tx.s.add(UserRow(name=name, role=role, token_hash=users.hash_token(token)))
-            tx.log("owner", "user.added", user=name, role=role)
+            tx.log(actor, "user.added", user=name, role=role)
         return token
 
     def list_users(self) -> list[UserInfo]:
@@ -151,16 +154,16 @@ class Domain:
             return [users.user_info(r) for r in s.execute(select(UserRow).order_by(UserRow.name))
                     .scalars()]
 
-    def revoke_user(self, name: str) -> None:
+    def revoke_user(self, name: str, *, actor: str = "owner") -> None:
         """Revoke a user's token; they can do nothing until it is rotated."""
         with self.transaction() as tx:
             row = tx.s.get(UserRow, name)
             if row is None:
                 raise NotFound(f"no user called {name!r}")
             row.revoked = True
-            tx.log("owner", "user.revoked", user=name)
+            tx.log(actor, "user.revoked", user=name)
 
-    def rotate_token(self, name: str) -> str:
+    def rotate_token(self, name: str, *, actor: str = "owner") -> str:
         """Give a user a new token (re-activating a revoked user); the old one stops working."""
         token = users.new_token()
         with self.transaction() as tx:
@@ -168,7 +171,7 @@ class Domain:
             if row is None:
                 raise NotFound(f"no user called {name!r}")
             row.token_hash, row.revoked = users.hash_token(token), False
-            tx.log("owner", "user.token_rotated", user=name)
+            tx.log(actor, "user.token_rotated", user=name)
         return token
 
     def authenticate(self, token: str | None) -> UserRow:
@@ -201,7 +204,8 @@ class Domain:
                     mock: xr.Dataset | None = None,
                     bounds: dsets.Bounds | None = None, units: Mapping[str, str] | None = None,
                     description: str = "", example_dim: str | None = None,
-                    format: str | None = None, **loader_options: Any) -> DatasetCard:
+                    format: str | None = None, actor: str = "owner",
+                    **loader_options: Any) -> DatasetCard:
         """Add a dataset from an ``xarray.Dataset`` or a file (NetCDF, Zarr, CSV, Parquet,
         a DICOM folder, a FHIR Bundle).
 
@@ -221,6 +225,8 @@ class Domain:
 
             path = Path(private)
             source = format or path.suffix.lstrip(".") or "folder"
+            if example_dim is not None:
+                loader_options["example_dim"] = example_dim
             private = load(path, format=format, **loader_options)
         ex = dsets.example_dim_of(private, example_dim)
         bounds = dict(bounds or {})
@@ -245,7 +251,7 @@ class Domain:
                 tx.s.add(DatasetRow(name=name, card=card.model_dump(mode="json")))
             else:
                 row.card = card.model_dump(mode="json")
-            tx.log("owner", "dataset.added", dataset=name, rows=card.num_examples,
+            tx.log(actor, "dataset.added", dataset=name, rows=card.num_examples,
                    mock=info.method, replaced=row is not None)
         return card
 
@@ -311,10 +317,36 @@ class Domain:
         return self.audit.verify()
 
     def serve(self, host: str = "127.0.0.1", port: int = 0, *, insecure_demo: bool = False,
-              certfile: str | None = None, keyfile: str | None = None) -> Server:
-        """Start the HTTP server in a background thread; returns once it accepts connections."""
+              certfile: str | None = None, keyfile: str | None = None,
+              background: bool = True) -> Server:
+        """Start the HTTP server; returns once it accepts connections.
+
+        With ``background=True`` (default) it serves from a daemon thread; otherwise call
+        ``server.run_forever()``. One server per domain home: a second one is refused.
+        """
         from fednb.domain._server import Server
 
-        self.configure_sandbox(insecure_demo)
+        self._take_server_lock()
+        try:
+            self.configure_sandbox(insecure_demo)
+            server = Server.start(self, host, port, certfile=certfile, keyfile=keyfile,
+                                  background=background)
+        except BaseException:
+            self._release_server_lock()
+            raise
         self._fail_interrupted_runs()  # this process now executes runs: none can be in flight
-        return Server.start(self, host, port, certfile=certfile, keyfile=keyfile)
+        return server
+
+    def _take_server_lock(self) -> None:
+        fd = os.open(self.home / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise Conflict(f"another process is serving {self.home}; stop it first") from None
+        self._lock_fd = fd
+
+    def _release_server_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)

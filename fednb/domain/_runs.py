@@ -153,6 +153,14 @@ class RunBook:
             raise NotFound(f"no run {run_id!r}")
         return self.info(row, owner=user.role == "owner")
 
+    def owner_view(self, run_id: str) -> RunInfo:
+        """The run with its owner-only log (for the owner's tools on the domain's machine)."""
+        with self._d.store.session() as s:
+            row = s.get(RunRow, run_id)
+        if row is None:
+            raise NotFound(f"no run {run_id!r}")
+        return self.info(row, owner=True)
+
     def wait(self, run_id: str, user: UserRow, timeout: float) -> RunInfo:
         """The run, after waiting up to ``timeout`` seconds for it to finish."""
         info = self.get(run_id, user)

@@ -117,16 +117,35 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _autocommit_driver(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see _begin_immediate)
+
+
+def _begin_immediate(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 class Store:
-    """Sessions on the domain's database; ``url`` defaults to a SQLite file."""
+    """Sessions on the domain's database; ``url`` defaults to a SQLite file.
+
+    On SQLite, :meth:`write` transactions begin with ``BEGIN IMMEDIATE``, so writers from
+    several processes (the server and the owner's CLI) queue for the lock instead of
+    failing halfway; reads stay concurrent (WAL).
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        self.write_engine: Engine = self.engine
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.write_engine = create_engine(url)
+            event.listen(self.write_engine, "connect", _sqlite_pragmas)
+            event.listen(self.write_engine, "connect", _autocommit_driver)
+            event.listen(self.write_engine, "begin", _begin_immediate)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(self.write_engine, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -134,5 +153,12 @@ class Store:
         with self._sessions() as s, s.begin():
             yield s
 
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction that holds the database's write lock from its start."""
+        with self._writes() as s, s.begin():
+            yield s
+
     def close(self) -> None:
         self.engine.dispose()
+        self.write_engine.dispose()

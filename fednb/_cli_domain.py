@@ -1,0 +1,352 @@
+"""The owner's actions of ``fednb domain ...`` on an existing domain home: users,
+datasets, policy, review of requests and results, audit.
+
+The parsers, ``init`` and ``serve`` live in :mod:`fednb.cli`. Heavy imports (the domain,
+xarray) happen inside the actions, so ``fednb --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fednb.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from fednb.domain import Domain
+    from fednb.protocol import ParamSpec, RequestInfo, RequestStatus, RunInfo
+
+ACTOR = "owner-cli"
+"""Who the audit log names for reviews made here."""
+
+DomainHandler = Callable[["Domain", argparse.Namespace], int]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def home_of(args: argparse.Namespace) -> Path:
+    """``--home``, else ``$FEDNB_HOME``, else ``./domain``."""
+    return Path(getattr(args, "home", None) or os.environ.get("FEDNB_HOME") or "domain")
+
+
+def open_domain(args: argparse.Namespace) -> Domain:
+    from fednb.domain import Domain
+
+    home = home_of(args)
+    try:
+        return Domain.open(home)
+    except NotFound:
+        raise NotFound(
+            f"{home} holds no domain: create one with `fednb domain init --home "
+            f"{shlex.quote(str(home))} --name NAME`, or point --home or FEDNB_HOME "
+            "at an existing one"
+        ) from None
+
+
+def on_domain(handler: DomainHandler) -> Callable[[argparse.Namespace], int]:
+    """Wrap an action so it gets the open domain, closed afterwards."""
+
+    def run(args: argparse.Namespace) -> int:
+        dom = open_domain(args)
+        try:
+            return handler(dom, args)
+        finally:
+            dom.close()
+
+    return run
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], empty: str) -> None:
+    """Print rows as aligned columns, or ``empty`` when there are none."""
+    body = [[str(c) for c in row] for row in rows]
+    if not body:
+        print(empty)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
+    for row in [list(headers), *body]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _when(t: datetime | None) -> str:
+    return "-" if t is None else t.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _split(text: str, option: str, example: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InvalidInput(f"{option} {text!r} must look like {example}")
+    return key, value
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+
+# --------------------------------------------------------------------------- users
+
+
+def _show_token(name: str, token: str, what: str) -> None:
+    note = "shown only this once: the domain keeps only its SHA-256 hash, not the token"
+    print(f"{what} for {name!r} ({note}):", file=sys.stderr)
+    print(token, flush=True)
+
+
+def cmd_user_add(dom: Domain, args: argparse.Namespace) -> int:
+    _show_token(args.name, dom.add_user(args.name, role=args.role, actor=ACTOR), f"added {args.role}")
+    return 0
+
+
+def cmd_user_list(dom: Domain, args: argparse.Namespace) -> int:
+    rows = [
+        (u.name, u.role, _when(u.created), "revoked" if u.revoked else "active") for u in dom.list_users()
+    ]
+    table(("name", "role", "created", "status"), rows, "no users yet: fednb domain user add NAME")
+    return 0
+
+
+def cmd_user_revoke(dom: Domain, args: argparse.Namespace) -> int:
+    dom.revoke_user(args.name, actor=ACTOR)
+    print(f"revoked {args.name!r}: their token no longer works (`user rotate` issues a new one)")
+    return 0
+
+
+def cmd_user_rotate(dom: Domain, args: argparse.Namespace) -> int:
+    _show_token(args.name, dom.rotate_token(args.name, actor=ACTOR), "new token")
+    return 0
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _bounds(args: argparse.Namespace) -> dict[str, tuple[float, float] | list[str]]:
+    out: dict[str, tuple[float, float] | list[str]] = {}
+    for text in args.bounds:
+        var, rng = _split(text, "--bounds", "VAR=LO:HI, e.g. age=0:120")
+        lo, _, hi = rng.partition(":")
+        try:
+            out[var] = (float(lo), float(hi))
+        except ValueError:
+            raise InvalidInput(
+                f"--bounds {text!r} must look like VAR=LO:HI with numbers, e.g. --bounds age=0:120"
+            ) from None
+    for text in args.categories:
+        var, cats = _split(text, "--categories", "VAR=A,B,..., e.g. sex=female,male")
+        out[var] = _csv(cats) or []
+    return out
+
+
+def _loader_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {"index": args.index, "columns": _csv(args.columns), "fields": _csv(args.fields)}
+    if args.size is not None:
+        try:
+            opts["size"] = [int(s) for s in args.size.lower().replace("x", ",").split(",")]
+        except ValueError:
+            raise InvalidInput(f"--size {args.size!r} must look like ROWS,COLS, e.g. 256,256") from None
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def cmd_dataset_add(dom: Domain, args: argparse.Namespace) -> int:
+    from fednb.domain._loaders import load
+
+    opts = _loader_options(args)
+    mock = None if args.mock is None else load(args.mock, format=args.format, **opts)
+    units = dict(_split(u, "--units", "VAR=UNIT, e.g. age=years") for u in args.units)
+    card = dom.add_dataset(
+        args.name,
+        args.file,
+        mock=mock,
+        bounds=_bounds(args),
+        units=units,
+        description=args.description,
+        example_dim=args.example_dim,
+        format=args.format,
+        actor=ACTOR,
+        **opts,
+    )
+    size = f"{card.num_examples} examples along {card.example_dim!r}, {len(card.variables)} variables"
+    print(f"added dataset {card.name!r}: {size}; mock: {card.mock.method}")
+    return 0
+
+
+def cmd_dataset_list(dom: Domain, args: argparse.Namespace) -> int:
+    rows = [(c.name, c.num_examples, len(c.variables), c.mock.method) for c in dom.datasets()]
+    table(("name", "rows", "variables", "mock"), rows, "no datasets yet: fednb domain dataset add")
+    return 0
+
+
+def cmd_dataset_show(dom: Domain, args: argparse.Namespace) -> int:
+    print(dom.card(args.name).model_dump_json(indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- policy, budget
+
+
+def cmd_policy_show(dom: Domain, args: argparse.Namespace) -> int:
+    print(json.dumps(dom.policy.get().model_dump(), indent=2))
+    return 0
+
+
+def _policy_changes(settings: Sequence[str], current: dict[str, Any]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for text in settings:
+        key, raw = _split(text, "setting", "KEY=VALUE, e.g. run_timeout_s=300")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        if isinstance(current.get(key), list) and not isinstance(value, list):
+            value = _csv(raw)
+        changes[key] = value
+    return changes
+
+
+def cmd_policy_set(dom: Domain, args: argparse.Namespace) -> int:
+    changes = _policy_changes(args.settings, dom.policy.get().model_dump())
+    new = dom.policy.update(**changes).model_dump()
+    for key in sorted(changes):
+        print(f"{key} = {json.dumps(new[key])}")
+    return 0
+
+
+def cmd_budget(dom: Domain, args: argparse.Namespace) -> int:
+    print("no privacy ledger yet: every run is a no-DP run held for manual release")
+    allowed = dom.policy.get().allow_no_dp
+    print(f"may run without DP (policy allow_no_dp): {', '.join(allowed) if allowed else 'nobody'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _request_row(r: RequestInfo) -> tuple[object, ...]:
+    runs, datasets = f"{r.runs_used}/{r.runs}", ",".join(r.datasets)
+    return (r.id, r.scientist, r.function_name, r.code_hash[:12], datasets, runs, r.status)
+
+
+def cmd_requests(dom: Domain, args: argparse.Namespace) -> int:
+    status: RequestStatus | None = args.status or (None if args.all else "pending")
+    rows = [_request_row(r) for r in dom.requests.list(status=status)]
+    headers = ("id", "scientist", "function", "hash", "datasets", "runs", "status")
+    table(headers, rows, f"no {status} requests" if status else "no requests")
+    return 0
+
+
+def _param(spec: ParamSpec) -> str:
+    if spec.type in ("float", "int"):
+        return f"{spec.type} in [{spec.low}, {spec.high}]"
+    return f"str, one of {spec.choices}" if spec.type == "str" else "bool"
+
+
+def _review_line(r: RequestInfo) -> str:
+    if r.status == "pending":
+        return "pending review"
+    how = f"release {r.release}" if r.status == "approved" else f"reason: {r.review_reason}"
+    return f"{r.status} by {r.reviewed_by} at {_when(r.reviewed)} ({how})"
+
+
+def _request_text(r: RequestInfo) -> list[str]:
+    head = {
+        "request": r.id,
+        "scientist": r.scientist,
+        "function": f"{r.function_name} (kind {r.kind})",
+        "sha256": r.code_hash,
+        "datasets": ", ".join(r.datasets),
+        "runs": f"{r.runs_used}/{r.runs} used",
+        "status": _review_line(r),
+        "filed": _when(r.created),
+        "purpose": r.description or "-",
+    }
+    lines = [f"{k:<10} {v}" for k, v in head.items()]
+    lines.append("params     " + ("none" if not r.params else ""))
+    lines += [f"  {k}: {_param(v)}" for k, v in r.params.items()]
+    lines.append("weights    " + ("none" if r.weights is None else ""))
+    lines += [f"  {k}: {v.dtype}{v.shape}" for k, v in (r.weights or {}).items()]
+    lines.append("metrics    " + ("none" if not r.metrics else ""))
+    lines += [f"  {k}: in [{lo}, {hi}]" for k, (lo, hi) in r.metrics.items()]
+    lines += ["source", *(f"  | {s}" for s in r.source.rstrip("\n").splitlines())]
+    if r.diff is None:
+        lines.append("diff       none: no earlier approved request of this function")
+    else:
+        lines.append(f"diff against approved {(r.previous_hash or '')[:12]}")
+        lines += [f"  {s}" for s in r.diff.rstrip("\n").splitlines()]
+    return [s.rstrip() for s in lines]
+
+
+def cmd_show(dom: Domain, args: argparse.Namespace) -> int:
+    print("\n".join(_request_text(dom.requests.get(args.request_id))))
+    return 0
+
+
+def cmd_approve(dom: Domain, args: argparse.Namespace) -> int:
+    r = dom.requests.approve(args.request_id, release=args.release, reviewer=ACTOR)
+    held = "released automatically" if r.release == "auto" else "held for your release"
+    print(f"approved {r.id} ({r.function_name}, sha256 {r.code_hash[:12]}) for {r.runs} runs; results {held}")
+    return 0
+
+
+def cmd_deny(dom: Domain, args: argparse.Namespace) -> int:
+    r = dom.requests.deny(args.request_id, args.reason, reviewer=ACTOR)
+    print(f"denied {r.id} ({r.function_name}): {r.review_reason}")
+    return 0
+
+
+# --------------------------------------------------------------------------- runs, results
+
+
+def _run_row(r: RunInfo) -> tuple[object, ...]:
+    outcome = (r.status, r.reason or "-", r.release_state or "-", _when(r.created))
+    return (r.id, r.request_id, r.scientist, r.dataset, *outcome)
+
+
+def _held_row(r: RunInfo) -> tuple[object, ...]:
+    return (r.id, r.request_id, r.scientist, r.dataset, r.num_examples, _when(r.finished))
+
+
+def cmd_results(dom: Domain, args: argparse.Namespace) -> int:
+    headers = ("run", "request", "scientist", "dataset", "examples", "finished")
+    table(headers, map(_held_row, dom.runs.held()), "no results held for release")
+    return 0
+
+
+def cmd_release(dom: Domain, args: argparse.Namespace) -> int:
+    r = dom.runs.release(args.run_id, reviewer=ACTOR)
+    print(f"released the result of run {r.id} to {r.scientist}")
+    return 0
+
+
+def cmd_withhold(dom: Domain, args: argparse.Namespace) -> int:
+    r = dom.runs.withhold(args.run_id, reviewer=ACTOR)
+    print(f"withheld the result of run {r.id} for good (deleted); {r.scientist} cannot fetch it")
+    return 0
+
+
+def cmd_runs(dom: Domain, args: argparse.Namespace) -> int:
+    if args.log is None:
+        headers = ("run", "request", "scientist", "dataset", "status", "reason", "result", "created")
+        table(headers, map(_run_row, dom.runs.list(request_id=args.request)), "no runs")
+        return 0
+    print(dom.runs.owner_view(args.log).owner_log or "(the log is empty)")
+    return 0
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def cmd_audit(dom: Domain, args: argparse.Namespace) -> int:
+    if args.verify:
+        report = dom.verify_audit()
+        print(report)
+        return 0 if report.ok else 1
+    entries = dom.audit.entries(limit=args.limit)[::-1]
+    rows = [(e.seq, e.ts[:19].replace("T", " "), e.actor, e.action, e.details) for e in entries]
+    table(("seq", "time", "actor", "action", "details"), rows, "the audit log is empty")
+    return 0

@@ -1,0 +1,362 @@
+"""The ``fednb`` command line.
+
+::
+
+    fednb --version
+    fednb demo [--hospitals N] [--headless] [--home DIR] [--port-base P]
+    fednb dashboard
+    fednb domain [--home PATH] ...          (or FEDNB_HOME; default ./domain)
+        init --name NAME [--store-url URL]
+        serve [--host H] [--port P] [--certfile F --keyfile F] [--insecure] [--insecure-demo]
+        user add NAME [--role scientist|owner] | list | revoke NAME | rotate NAME
+        dataset add NAME FILE [--bounds VAR=LO:HI ...] [--categories VAR=a,b ...] ... | list | show NAME
+        policy show | set KEY=VALUE ...
+        requests [--all] [--status S]           show REQUEST_ID
+        approve REQUEST_ID [--release auto|manual]    deny REQUEST_ID --reason TEXT
+        results | release RUN_ID | withhold RUN_ID | runs [--request ID] [--log RUN_ID]
+        audit [--limit N] [--verify] | budget
+
+``fednb domain ...`` works on the domain's home directory directly (its store and
+files); owner actions taken here are audited with the actor ``owner-cli``. User errors
+print ``error: <message>`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fednb import _cli_domain as cd
+from fednb.errors import Conflict, FednbError, InsecureSetting, InvalidInput
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+_HOME = argparse.ArgumentParser(add_help=False)
+_HOME.add_argument(
+    "--home",
+    default=argparse.SUPPRESS,
+    metavar="PATH",
+    help="the domain's home directory (default: $FEDNB_HOME, else ./domain)",
+)
+
+
+# ----------------------------------------------------------- init, serve: the domain process
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """``fednb domain init``: create a domain home."""
+    from fednb.domain import Domain
+
+    home = cd.home_of(args)
+    try:
+        dom = Domain.create(home, name=args.name, store_url=args.store_url)
+    except Conflict:
+        raise Conflict(f"{home} already holds a domain: use it as it is, or pick another --home") from None
+    dom.close()
+    quoted = shlex.quote(str(dom.home))
+    print(
+        f"created domain {dom.name!r} in {dom.home}\n\nnext steps:\n"
+        f"  export FEDNB_HOME={quoted}\n"
+        "  fednb domain user add olivia --role owner   # you, for the notebook side\n"
+        "  fednb domain user add alice                 # a scientist; the token shows once\n"
+        "  fednb domain dataset add NAME FILE --bounds VAR=LO:HI ...\n"
+        "  fednb domain serve"
+    )
+    return 0
+
+
+def _check_transport(args: argparse.Namespace) -> bool:
+    """Refuse unsafe listening settings before anything binds; True when tokens would
+    travel in clear over a network (allowed with ``--insecure``)."""
+    from fednb.client import is_loopback
+
+    if (args.certfile is None) != (args.keyfile is None):
+        raise InvalidInput("TLS needs both --certfile and --keyfile")
+    for f in (args.certfile, args.keyfile):
+        if f is not None and not Path(f).is_file():
+            raise InvalidInput(f"no such file: {f}")
+    tls = args.certfile is not None
+    if not tls and not is_loopback(args.host) and not args.insecure:
+        raise InsecureSetting(
+            f"refusing to serve plain HTTP on {args.host}: tokens would travel in clear. Give "
+            "--certfile and --keyfile, listen on 127.0.0.1 behind a TLS proxy, or pass "
+            "--insecure if you accept that anyone on the network can read them"
+        )
+    return not tls and not is_loopback(args.host)
+
+
+def _announce(name: str, url: str, mode: str | None, in_clear: bool) -> None:
+    print(f"domain {name!r} serving at {url}  (Ctrl-C stops)", flush=True)
+    print(f"sandbox: {mode or 'none'}", flush=True)
+    if in_clear:
+        print("WARNING: plain HTTP on a non-loopback address: tokens travel in clear", file=sys.stderr)
+    if mode == "insecure-demo":
+        print(
+            "\n" + "!" * 78 + "\nWARNING: --insecure-demo: submitted code runs WITHOUT any "
+            "sandbox, as this user,\nwith this user's files and network. Use it only for "
+            "demos on synthetic data,\nnever with real patient data.\n" + "!" * 78 + "\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif mode is None:
+        print(
+            "private runs will be refused: bubblewrap is not available. Install it "
+            "(e.g. `apt install bubblewrap`) and restart, or restart with --insecure-demo "
+            "for a demo on synthetic data.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``fednb domain serve``: serve in the foreground until Ctrl-C."""
+
+    in_clear = _check_transport(args)
+    dom = cd.open_domain(args)
+    try:
+        server = dom.serve(
+            args.host, args.port, insecure_demo=args.insecure_demo, certfile=args.certfile,
+            keyfile=args.keyfile, background=False,
+        )
+        mode = dom.sandbox_mode
+    except OSError as exc:
+        dom.close()
+        raise InvalidInput(
+            f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); pick another --port or --host"
+        ) from None
+    except BaseException:
+        dom.close()
+        raise
+    _announce(dom.name, server.url, mode, in_clear)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down, then re-raises SIGINT
+        server.run_forever()
+    print("stopped", flush=True)
+    return 0
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not within [{low}, {high}]")
+        return value
+
+    return parse
+
+
+def _group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    p = sub.add_parser(name, help=help, description=help, parents=[_HOME])
+    return p.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+
+def _leaf(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, func: Handler, help: str
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, parents=[_HOME])
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _leaf(sub, "serve", cmd_serve, "serve the domain's API in the foreground (Ctrl-C stops)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_int_in(0, 65535), default=8000, help="port (default 8000; 0: any)")
+    p.add_argument("--certfile", help="TLS certificate (PEM); needs --keyfile")
+    p.add_argument("--keyfile", help="TLS private key (PEM); needs --certfile")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain HTTP on a non-loopback address (tokens travel in clear)",
+    )
+    p.add_argument(
+        "--insecure-demo",
+        action="store_true",
+        help="without bubblewrap, run code UNSANDBOXED (demos on synthetic data only)",
+    )
+
+
+def _add_users(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    users = _group(sub, "user", "add, list, revoke users and rotate their tokens")
+    p = _leaf(users, "add", cd.on_domain(cd.cmd_user_add), "add a user; prints their token once")
+    p.add_argument("name")
+    p.add_argument("--role", choices=("scientist", "owner"), default="scientist")
+    _leaf(users, "list", cd.on_domain(cd.cmd_user_list), "list users")
+    for name, func, text in (
+        ("revoke", cd.cmd_user_revoke, "revoke a user's token"),
+        ("rotate", cd.cmd_user_rotate, "issue a user a new token"),
+    ):
+        _leaf(users, name, cd.on_domain(func), text).add_argument("name")
+
+
+def _add_datasets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dsets = _group(sub, "dataset", "add, list and show datasets")
+    p = _leaf(
+        dsets, "add", cd.on_domain(cd.cmd_dataset_add), "add (or replace) a dataset from a file or folder"
+    )
+    p.add_argument("name")
+    p.add_argument("file", help="NetCDF, Zarr, CSV, Parquet, a DICOM folder or a FHIR Bundle")
+    p.add_argument("--format", help="csv, dicom, fhir, netcdf, parquet or zarr (default: inferred)")
+    p.add_argument(
+        "--bounds",
+        action="append",
+        default=[],
+        metavar="VAR=LO:HI",
+        help="numeric bounds of a variable (repeat per variable)",
+    )
+    p.add_argument(
+        "--categories",
+        action="append",
+        default=[],
+        metavar="VAR=A,B,...",
+        help="the categories of a text variable (repeat per variable)",
+    )
+    p.add_argument("--units", action="append", default=[], metavar="VAR=UNIT")
+    p.add_argument("--description", default="")
+    p.add_argument("--example-dim", metavar="DIM", help="the dimension along which examples lie")
+    p.add_argument("--index", metavar="COL", help="tables: the id column")
+    p.add_argument("--columns", metavar="C1,C2", help="tables: only these columns")
+    p.add_argument("--fields", metavar="F1,F2", help="DICOM: header fields to keep as variables")
+    p.add_argument("--size", metavar="ROWS,COLS", help="DICOM: crop/pad every image to this size")
+    p.add_argument("--mock", metavar="FILE", help="a mock twin you made (default: synthesised)")
+    _leaf(dsets, "list", cd.on_domain(cd.cmd_dataset_list), "list datasets")
+    _leaf(dsets, "show", cd.on_domain(cd.cmd_dataset_show), "a dataset's card as JSON").add_argument("name")
+
+
+def _add_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    policy = _group(sub, "policy", "show or change the domain's policy")
+    _leaf(policy, "show", cd.on_domain(cd.cmd_policy_show), "the policy as JSON")
+    p = _leaf(
+        policy,
+        "set",
+        cd.on_domain(cd.cmd_policy_set),
+        "change policy fields (values are JSON where they parse, else text)",
+    )
+    p.add_argument(
+        "settings", nargs="+", metavar="KEY=VALUE", help="e.g. run_timeout_s=300 allow_no_dp=alice,bob"
+    )
+
+
+def _add_review(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _leaf(sub, "requests", cd.on_domain(cd.cmd_requests), "list code requests (pending by default)")
+    p.add_argument("--all", action="store_true", help="every request, whatever its status")
+    p.add_argument("--status", choices=("pending", "approved", "denied"))
+    _leaf(
+        sub, "show", cd.on_domain(cd.cmd_show), "one request in full: source, hash, schemas, diff"
+    ).add_argument("request_id")
+    p = _leaf(sub, "approve", cd.on_domain(cd.cmd_approve), "approve a request's exact source")
+    p.add_argument("request_id")
+    p.add_argument(
+        "--release",
+        choices=("auto", "manual"),
+        default="manual",
+        help="release results automatically or hold them for you (default manual)",
+    )
+    p = _leaf(sub, "deny", cd.on_domain(cd.cmd_deny), "deny a request with a reason")
+    p.add_argument("request_id")
+    p.add_argument("--reason", required=True, help="what the scientist should change")
+
+
+def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _leaf(sub, "results", cd.on_domain(cd.cmd_results), "results held for your release")
+    _leaf(sub, "release", cd.on_domain(cd.cmd_release), "release a held result").add_argument("run_id")
+    _leaf(sub, "withhold", cd.on_domain(cd.cmd_withhold), "withhold a held result for good").add_argument(
+        "run_id"
+    )
+    p = _leaf(sub, "runs", cd.on_domain(cd.cmd_runs), "list runs with their status and reason")
+    p.add_argument("--request", metavar="ID", help="only runs of this request")
+    p.add_argument("--log", metavar="RUN_ID", help="print the owner-only log of one run")
+    p = _leaf(sub, "audit", cd.on_domain(cd.cmd_audit), "the audit log, or --verify its chain")
+    p.add_argument("--limit", type=_int_in(1, 1_000_000), default=20, help="entries (default 20)")
+    p.add_argument("--verify", action="store_true", help="check the chain; exit 1 if broken")
+    _leaf(sub, "budget", cd.on_domain(cd.cmd_budget), "privacy budgets per scientist and dataset")
+
+
+def _add_domain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dom = _group(sub, "domain", "run and administer a hospital's domain")
+    p = _leaf(dom, "init", cmd_init, "create a domain home")
+    p.add_argument("--name", required=True, help='the hospital\'s name, e.g. "St Mary"')
+    p.add_argument("--store-url", help="SQLAlchemy URL of the store (default: SQLite in the home)")
+    _add_serve(dom)
+    _add_users(dom)
+    _add_datasets(dom)
+    _add_policy(dom)
+    _add_review(dom)
+    _add_results(dom)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        demo = importlib.import_module("fednb._demo")
+    except ModuleNotFoundError as exc:
+        if exc.name != "fednb._demo":
+            raise
+        print("error: the demo is not part of this installation (fednb._demo is missing)", file=sys.stderr)
+        return 2
+    rc = demo.main(args)
+    return rc if isinstance(rc, int) else 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    print(
+        "error: the Panel console arrives with the widgets issue; until then use "
+        "`fednb domain ...` or the Python API (fednb.connect)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _add_apps(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="local hospitals and JupyterLab on the tutorials")
+    p.set_defaults(func=_demo)
+    p.add_argument("--hospitals", type=_int_in(1, 16), default=2, help="domains to start (default 2)")
+    p.add_argument("--headless", action="store_true", help="start no browser")
+    p.add_argument("--home", default=".fednb-demo", help="where the demo domains live")
+    p.add_argument(
+        "--port-base", type=_int_in(0, 65000), default=0, help="first port (default 0: random free ports)"
+    )
+    p = sub.add_parser("dashboard", help="the Panel console (login required)")
+    p.set_defaults(func=_dashboard)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fednb`` argument parser."""
+    from fednb.protocol import FEDNB_VERSION
+
+    parser = argparse.ArgumentParser(
+        prog="fednb", description="fednb: federated data science for hospitals; code travels, data stays."
+    )
+    parser.add_argument("--version", action="version", version=f"fednb {FEDNB_VERSION}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_domain(sub)
+    _add_apps(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for user errors)."""
+    args = build_parser().parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except FednbError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,11 +17,14 @@ if TYPE_CHECKING:
     from fednb import errors
     from fednb.client import DomainClient, connect
     from fednb.protocol import FEDNB_VERSION as __version__
-    from fednb.protocol import Update
-    from fednb.scientist import RemoteFunction, load_ipython_extension, remote
+    from fednb.protocol import ClientDP, Update
+    from fednb.scientist import DPSGD, Query, RemoteFunction, load_ipython_extension, remote
 
 __all__ = [
+    "DPSGD",
+    "ClientDP",
     "DomainClient",
+    "Query",
     "RemoteFunction",
     "Update",
     "__version__",
@@ -32,7 +35,10 @@ __all__ = [
 ]
 
 _WHERE = {
+    "ClientDP": ("fednb.protocol", "ClientDP"),
+    "DPSGD": ("fednb.scientist", "DPSGD"),
     "DomainClient": ("fednb.client", "DomainClient"),
+    "Query": ("fednb.scientist", "Query"),
     "RemoteFunction": ("fednb.scientist", "RemoteFunction"),
     "Update": ("fednb.protocol", "Update"),
     "__version__": ("fednb.protocol", "FEDNB_VERSION"),

@@ -13,6 +13,7 @@ from fednb.client._handles import RemoteRequest, RemoteRun
 from fednb.client._http import Transport
 from fednb.errors import NotFound
 from fednb.protocol import (
+    BudgetInfo,
     DatasetCard,
     DomainInfo,
     RequestCreate,
@@ -140,6 +141,11 @@ class DomainClient:
         if self.info.sandbox == "insecure-demo":
             warnings.warn(f"{self.url} runs jobs WITHOUT a sandbox (--insecure-demo): use it only "
                           "for teaching, never with real patient data", stacklevel=3)
+
+    @property
+    def budget(self) -> list[BudgetInfo]:
+        """Epsilon spent, reserved and left per dataset (a scientist: their own; owner: all)."""
+        return [BudgetInfo.model_validate(b) for b in self._t.json("GET", "/budget")]
 
     @property
     def info(self) -> DomainInfo:

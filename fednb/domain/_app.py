@@ -26,6 +26,7 @@ from fednb.protocol import (
     API_VERSION,
     FEDNB_VERSION,
     ApproveDecision,
+    BudgetInfo,
     DatasetCard,
     DenyDecision,
     DomainInfo,
@@ -168,6 +169,10 @@ def _routes(dom: "Domain") -> APIRouter:
     @r.post("/runs/{run_id}/withhold", response_model=RunInfo)
     def withhold(run_id: str, u: Owner) -> RunInfo:
         return dom.runs.withhold(run_id, reviewer=u.name)
+
+    @r.get("/budget", response_model=list[BudgetInfo])
+    def budget(u: User) -> list[BudgetInfo]:
+        return dom.budgets(scientist=mine(u))
 
     @r.get("/users", response_model=list[UserInfo])
     def list_users(u: Owner) -> list[UserInfo]:

@@ -21,13 +21,15 @@ from sqlalchemy.orm import Session
 from fednb.domain import _datasets as dsets
 from fednb.domain import _users as users
 from fednb.domain._audit import AuditLog, AuditReport
+from fednb.domain._ledger import Ledger
 from fednb.domain._policy import Policy, PolicyView
 from fednb.domain._requests import RequestBook
 from fednb.domain._runs import RunBook
 from fednb.domain._store import AuditRow, DatasetRow, RequestRow, RunRow, SettingRow, Store, UserRow
 from fednb.domain.runner import Limits, SandboxMode, WorkerPool, bwrap_available
 from fednb.errors import Conflict, InvalidInput, NotFound
-from fednb.protocol import DatasetCard, MockInfo, Role, UserInfo
+from fednb.privacy import SecureNoise
+from fednb.protocol import BudgetInfo, DatasetCard, MockInfo, Role, UserInfo
 
 if TYPE_CHECKING:
     from fednb.domain._server import Server
@@ -70,6 +72,8 @@ class Domain:
         self.policy = PolicyView(self)
         self.requests = RequestBook(self)
         self.runs = RunBook(self)
+        self.ledger = Ledger(self)
+        self._noise = threading.local()
         self.sandbox_mode: SandboxMode | None = None
         self._lock = threading.RLock()
         self._pool: WorkerPool | None = None
@@ -136,18 +140,50 @@ class Domain:
             if stuck:
                 tx.s.execute(update(RunRow).where(RunRow.id.in_(stuck)).values(
                     status="failed", reason="domain_restarted"))
-                tx.log("domain", "run.interrupted", runs=stuck)
+                freed = self.ledger.free_interrupted(tx.s, stuck)
+                tx.log("domain", "run.interrupted", runs=stuck, charges_freed=freed)
 
     # -- users -----------------------------------------------------------------------
-    def add_user(self, name: str, role: Role = "scientist", *, actor: str = "owner") -> str:
-        """Add a user; returns their token, which is shown only this once."""
+    def add_user(self, name: str, role: Role = "scientist", *, epsilon: float | None = None,
+                 actor: str = "owner") -> str:
+        """Add a user; returns their token, which is shown only this once.
+
+        ``epsilon`` gives a scientist a privacy budget on every dataset (per dataset;
+        :meth:`set_budget` sets one dataset's). Without one, their DP runs are refused.
+        """
         role = users.check_new_user(name, role)
         users.ensure_absent(self.store, name)
         token = users.new_token()
         with self.transaction() as tx:
             tx.s.add(UserRow(name=name, role=role, token_hash=users.hash_token(token)))
             tx.log(actor, "user.added", user=name, role=role)
+            if epsilon is not None:
+                tx.s.flush()
+                self.ledger.set_budget(tx.s, name, epsilon)
+                tx.log(actor, "budget.set", scientist=name, dataset="*", epsilon=epsilon)
         return token
+
+    def set_budget(self, scientist: str, epsilon: float, dataset: str = "*", *,
+                   actor: str = "owner") -> None:
+        """Set a scientist's epsilon budget on one dataset, or on every dataset (``"*"``)."""
+        users.get_user(self.store, scientist)
+        if dataset != "*":
+            self.card(dataset)
+        with self.transaction() as tx:
+            self.ledger.set_budget(tx.s, scientist, epsilon, dataset)
+            tx.log(actor, "budget.set", scientist=scientist, dataset=dataset, epsilon=epsilon)
+
+    def budgets(self, scientist: str | None = None) -> list[BudgetInfo]:
+        """Epsilon spent, reserved and left per (scientist, dataset), with the dataset caps."""
+        return self.ledger.summary(scientist)
+
+    @property
+    def noise(self) -> SecureNoise:
+        """This thread's CSPRNG noise source (cipher contexts are not shared across threads)."""
+        src: SecureNoise | None = getattr(self._noise, "src", None)
+        if src is None:
+            src = self._noise.src = SecureNoise()
+        return src
 
     def list_users(self) -> list[UserInfo]:
         with self.store.session() as s:

@@ -30,6 +30,17 @@ class Policy(BaseModel):
         Runs executing at once across the domain (default 2).
     worker_memory_bytes
         Memory cap of one sandboxed worker, bytes (default 2 GiB).
+    delta
+        The delta of every epsilon this domain reports and enforces; None (default) uses
+        ``min(1e-6, 1 / (10 n))`` for a dataset of n examples.
+    min_noise_multiplier
+        Requests with a smaller noise multiplier are rejected at submission (default 0.5).
+    max_epsilon_per_run
+        Requests whose single run costs more epsilon are rejected at submission (default: none).
+    max_clip
+        Largest clipping bound a DP request may ask for (default: none).
+    dataset_epsilon_cap
+        Epsilon cap per dataset across all scientists (default: none).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -39,6 +50,11 @@ class Policy(BaseModel):
     max_result_bytes: int = Field(default=64 << 20, gt=0, le=1 << 31)
     max_concurrent_jobs: int = Field(default=2, ge=1, le=256)
     worker_memory_bytes: int = Field(default=2 << 30, ge=256 << 20)
+    delta: float | None = Field(default=None, gt=0, lt=0.1)
+    min_noise_multiplier: float = Field(default=0.5, ge=0)
+    max_epsilon_per_run: float | None = Field(default=None, gt=0)
+    max_clip: float | None = Field(default=None, gt=0)
+    dataset_epsilon_cap: float | None = Field(default=None, gt=0)
 
 
 class PolicyView:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from fednb.domain._kinds import check_submission
 from fednb.domain._store import DatasetRow, RequestRow, UserRow, utcnow
 from fednb.errors import Conflict, InvalidInput, NotFound
 from fednb.protocol import ReleaseMode, RequestCreate, RequestInfo, RequestStatus
@@ -46,6 +47,7 @@ class RequestBook:
         if prev is not None:
             fields["previous_hash"] = prev.code_hash
             fields["diff"] = _diff(prev.source, row.source, prev.code_hash, row.code_hash)
+        fields.update(self._d.ledger.projected(row))
         return RequestInfo.model_validate(fields)
 
     def submit(self, scientist: UserRow, body: RequestCreate) -> RequestInfo:
@@ -59,6 +61,7 @@ class RequestBook:
             for name in body.datasets:
                 if tx.s.get(DatasetRow, name) is None:
                     raise NotFound(f"no dataset called {name!r} on this domain")
+            check_submission(self._d, body)
             row = RequestRow(
                 id=body.id, scientist=scientist.name, function_name=body.function_name,
                 kind=body.kind, source=body.source, code_hash=body.code_hash,
@@ -67,11 +70,13 @@ class RequestBook:
                 weights=None if body.weights is None
                 else {k: v.model_dump() for k, v in body.weights.items()},
                 metrics={k: list(v) for k, v in body.metrics.items()}, runs=body.runs,
+                dp=None if body.dp is None else body.dp.model_dump(),
                 runs_used=0, description=body.description, status="pending", created=utcnow())
             tx.s.add(row)
-            tx.log(scientist.name, "request.submitted", request=body.id,
+            tx.log(scientist.name, "request.submitted", request=body.id, kind=body.kind,
                    function=body.function_name, code_hash=body.code_hash,
-                   datasets=body.datasets, runs=body.runs)
+                   datasets=body.datasets, runs=body.runs,
+                   dp=None if body.dp is None else body.dp.model_dump())
         return self.info(row)
 
     def list(self, *, scientist: str | None = None,

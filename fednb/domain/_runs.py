@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
+from fednb.domain._faults import fault
+from fednb.domain._kinds import kind_source, output_policy, run_query_kind
 from fednb.domain._store import RequestRow, RunRow, UserRow, utcnow
 from fednb.domain.runner import JobSpec, WorkerOutcome
 from fednb.errors import (
@@ -59,7 +61,7 @@ class RunBook:
     def _refuse_early(self, user: UserRow, req: RequestRow) -> None:
         if req.status != "approved":
             raise RequestNotApproved(f"request {req.id!r} is {req.status}; it cannot run")
-        if user.name not in self._d.policy.get().allow_no_dp:
+        if self._d.ledger.run_event(req) is None and user.name not in self._d.policy.get().allow_no_dp:
             raise RunRefused(f"{user.name!r} may not run code without differential privacy on "
                              "this domain; the owner can add them to policy.allow_no_dp")
         if self._d.sandbox_mode is None:
@@ -95,29 +97,37 @@ class RunBook:
             row = RunRow(id=run_id, request_id=request_id, scientist=user.name, dataset=name,
                          params=params, status="queued", created=utcnow())
             tx.s.add(row)
+            dp_event = self._d.ledger.run_event(req)
+            if dp_event is not None:
+                tx.s.flush()
+                row.epsilon = self._d.ledger.reserve(tx.s, run_id, req, name, dp_event)
             tx.log(user.name, "run.queued", run=run_id, request=request_id, code_hash=req.code_hash,
-                   dataset=name)
+                   dataset=name, charge=None if dp_event is None else dp_event.to_json(),
+                   epsilon_after=row.epsilon)
+        fault("after_reserve")
         self._d._executor().submit(self._execute, run_id, req, name, params, weights)
         return self.info(row, owner=False)
 
     def _job(self, req: RequestRow) -> JobSpec:
-        return JobSpec(request_id=req.id, source=req.source, function_name=req.function_name,
+        source, name = kind_source(req)
+        return JobSpec(request_id=req.id, source=source, function_name=name,
                        datasets={n: self._d.private_path(n) for n in req.datasets},
                        workdir=self._d.home / "work" / req.id)
+
+    def _outcome(self, req: RequestRow, dataset: str, params: dict[str, Any],
+                 weights: Weights | None) -> WorkerOutcome:
+        if req.kind == "query":  # no code: the trusted runtime computes it here
+            return run_query_kind(self._d, req, dataset)
+        return self._d.pool().run(self._job(req), dataset, params, weights,
+                                  self._d.policy.get().run_timeout_s)
 
     def _execute(self, run_id: str, req: RequestRow, dataset: str, params: dict[str, Any],
                  weights: Weights | None) -> None:
         try:
             with self._d.store.session() as s:
                 s.execute(update(RunRow).where(RunRow.id == run_id).values(status="running"))
-            policy = self._d.policy.get()
-            outcome = self._d.pool().run(self._job(req), dataset, params, weights,
-                                         policy.run_timeout_s)
-            self._finish(run_id, req, dataset, outcome, OutputPolicy(
-                weights=None if req.weights is None
-                else {k: TensorSpec.model_validate(v) for k, v in req.weights.items()},
-                metrics={k: (float(v[0]), float(v[1])) for k, v in req.metrics.items()},
-                max_bytes=policy.max_result_bytes))
+            outcome = self._outcome(req, dataset, params, weights)
+            self._finish(run_id, req, dataset, outcome, output_policy(req, self._d.policy.get()))
         except Exception as exc:  # the run must end in a fixed category whatever happens
             self._finish(run_id, req, dataset,
                          WorkerOutcome("failed", "worker_crashed", log=f"domain error: {exc!r}"),
@@ -130,10 +140,13 @@ class RunBook:
         result, state = None, None
         if outcome.status == "succeeded" and outcome.update is not None:
             try:
-                upd = apply_output_policy(outcome.update, policy)
+                upd = (outcome.update if req.kind == "query"  # noised by the query mechanism
+                       else apply_output_policy(outcome.update, policy, self._d.noise))
                 n = self._d.card(dataset).num_examples
                 result = encode_message({"metrics": upd.metrics, "num_examples": n}, upd.weights)
-                state = "held"  # no-DP results are always held for the owner's manual release
+                # no-DP results are always held; DP results follow the approval's release mode
+                dp = self._d.ledger.run_event(req) is not None
+                state = "released" if dp and req.release == "auto" else "held"
             except OutputRejected as rej:
                 outcome = WorkerOutcome("failed", rej.reason, log=outcome.log + f"\n{rej.detail}")
         with self._d.transaction() as tx:
@@ -143,8 +156,15 @@ class RunBook:
                 outcome.status, outcome.reason, result, state)
             row.owner_log, row.finished, row.backend = outcome.log[-20_000:], utcnow(), "numpy"
             row.num_examples = self._d.card(dataset).num_examples if result is not None else None
+            charge = "committed" if state == "released" else "freed" if result is None else None
+            if charge is not None and self._d.ledger.settle(tx.s, run_id, charge):
+                tx.log("domain", f"charge.{charge}", run=run_id, request=req.id, scientist=req.scientist,
+                       dataset=dataset, epsilon_after=row.epsilon)
             tx.log("domain", "run.finished", run=run_id, request=req.id, code_hash=req.code_hash,
-                   status=outcome.status, reason=outcome.reason, held=state == "held")
+                   status=outcome.status, reason=outcome.reason, release=state)
+            fault("mid_commit")
+        if state == "released":
+            fault("after_release")
 
     def get(self, run_id: str, user: UserRow) -> RunInfo:
         with self._d.store.session() as s:
@@ -196,7 +216,13 @@ class RunBook:
             row.release_state = state
             if state == "withheld":
                 row.result = None
+            charge = "committed" if state == "released" else "freed"
+            if self._d.ledger.settle(tx.s, run_id, charge):
+                tx.log(reviewer, f"charge.{charge}", run=run_id, request=row.request_id,
+                       scientist=row.scientist, dataset=row.dataset, epsilon_after=row.epsilon)
             tx.log(reviewer, f"result.{state}", run=run_id, request=row.request_id)
+        if state == "released":
+            fault("after_release")
         return self.info(row, owner=True)
 
     def release(self, run_id: str, reviewer: str = "owner") -> RunInfo:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -22,8 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-__all__ = ["AuditRow", "Base", "DatasetRow", "RequestRow", "RunRow", "SettingRow", "Store",
-           "UserRow", "utcnow"]
+__all__ = ["AuditRow", "Base", "BudgetRow", "ChargeRow", "DatasetRow", "RequestRow", "RunRow",
+           "SettingRow", "Store", "UserRow", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -64,6 +65,7 @@ class RequestRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     runs: Mapped[int] = mapped_column(Integer)
     runs_used: Mapped[int] = mapped_column(Integer, default=0)
+    dp: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     description: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     release: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -81,6 +83,7 @@ class RunRow(Base):
     dataset: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
     reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     num_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
     release_state: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
@@ -89,6 +92,29 @@ class RunRow(Base):
     backend: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class BudgetRow(Base):
+    """A scientist's epsilon budget on one dataset ("*": on every dataset)."""
+
+    __tablename__ = "budgets"
+    scientist: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epsilon: Mapped[float] = mapped_column(Float)
+
+
+class ChargeRow(Base):
+    """One run's privacy charge: reserved before it runs, committed with its release."""
+
+    __tablename__ = "charges"
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    scientist: Mapped[str] = mapped_column(String(64), index=True)
+    dataset: Mapped[str] = mapped_column(String(64), index=True)
+    event: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # reserved | committed | freed
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class SettingRow(Base):

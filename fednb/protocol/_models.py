@@ -14,12 +14,16 @@ __all__ = [
     "NAME_PATTERN",
     "REASON_CODES",
     "RUN_STATUSES",
+    "Aggregation",
     "ApproveDecision",
+    "BudgetInfo",
+    "ClientDP",
     "DatasetCard",
     "DenyDecision",
     "DomainInfo",
     "MockInfo",
     "ParamSpec",
+    "QuerySpec",
     "ReasonCode",
     "ReleaseMode",
     "ReleaseState",
@@ -154,12 +158,76 @@ class DatasetCard(_Model):
     created: datetime
 
 
+class ClientDP(_Model):
+    """Client-level DP for an ``update`` request: the domain clips each update to L2 norm
+    ``clip`` and adds Gaussian noise of standard deviation ``noise_multiplier * clip``.
+
+    Accounted with sensitivity ``2 * clip`` (any change of the dataset moves a clipped
+    update by at most that), so the guarantee holds whatever the code does.
+
+    Examples
+    --------
+    >>> ClientDP(clip=1.0, noise_multiplier=8.0)  # about epsilon 1 per run at delta 1e-6
+    ClientDP(clip=1.0, noise_multiplier=8.0)
+    """
+
+    clip: float = Field(gt=0, le=1e6)
+    noise_multiplier: float = Field(gt=0, le=1e4)
+
+
+class Aggregation(_Model):
+    """One aggregation of a ``query`` request, over a variable with declared bounds."""
+
+    op: Literal["count", "sum", "mean", "histogram", "quantile"]
+    variable: str | None = None
+    bins: int | None = Field(default=None, ge=2, le=1000)
+    quantiles: list[float] | None = Field(default=None, min_length=1, max_length=20)
+
+    @model_validator(mode="after")
+    def _check(self) -> Aggregation:
+        if self.op != "count" and not self.variable:
+            raise ValueError(f"{self.op} needs a variable")
+        if self.op == "histogram" and self.bins is None:
+            raise ValueError("a histogram needs bins")
+        if self.op == "quantile" and not self.quantiles:
+            raise ValueError("quantile needs quantiles, e.g. [0.5]")
+        if self.quantiles and not all(0 < q < 1 for q in self.quantiles):
+            raise ValueError("quantiles lie strictly between 0 and 1")
+        return self
+
+
+class QuerySpec(_Model):
+    """A declared ``query``: aggregations the runtime computes (no code), with the patient
+    as the privacy unit. Counts, sums and histograms get Gaussian noise of standard
+    deviation ``noise_multiplier`` times their L2 sensitivity; each quantile is chosen by
+    the exponential mechanism at ``quantile_epsilon``."""
+
+    aggregations: list[Aggregation] = Field(min_length=1, max_length=32)
+    noise_multiplier: float = Field(gt=0, le=1e4)
+    quantile_epsilon: float = Field(default=0.1, gt=0, le=10)
+
+
+class BudgetInfo(_Model):
+    """Epsilon spent (committed and reserved) and left for one scientist on one dataset."""
+
+    scientist: str
+    dataset: str
+    delta: float
+    epsilon_budget: float | None
+    epsilon_spent: float
+    epsilon_reserved: float
+    epsilon_remaining: float | None
+    dataset_cap: float | None
+    dataset_spent: float
+    dataset_remaining: float | None
+
+
 class RequestCreate(_Model):
     """What a scientist files: the exact source text and the envelope it may run in."""
 
     id: str = Field(pattern=_ID_PATTERN)
     function_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    kind: Literal["update"] = "update"
+    kind: Literal["update", "query", "dp-sgd"] = "update"
     source: str = Field(min_length=1, max_length=200_000)
     code_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     datasets: list[str] = Field(min_length=1, max_length=16)
@@ -168,6 +236,7 @@ class RequestCreate(_Model):
     metrics: dict[str, tuple[float, float]] = Field(default_factory=dict, max_length=64)
     runs: int = Field(ge=1, le=100_000)
     description: str = Field(default="", max_length=10_000)
+    dp: ClientDP | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RequestCreate:
@@ -206,6 +275,11 @@ class RequestInfo(_Model):
     reviewed: datetime | None
     previous_hash: str | None = None
     diff: str | None = None
+    dp: ClientDP | None = None
+    delta: float | None = None
+    epsilon_per_run: float | None = None
+    projected_epsilon: float | None = None
+    budget: BudgetInfo | None = None
 
 
 class ApproveDecision(_Model):
@@ -238,6 +312,7 @@ class RunInfo(_Model):
     release_state: ReleaseState | None
     created: datetime
     finished: datetime | None
+    epsilon: float | None = None
     backend: str | None = None
     owner_log: str | None = None
 

@@ -2,7 +2,7 @@
 
 from fednb.runtime._execute import call_function, compile_function, function_namespace
 from fednb.runtime._params import check_params, check_weights, weight_specs
-from fednb.runtime._policy import OutputPolicy, OutputRejected, apply_output_policy
+from fednb.runtime._policy import OutputPolicy, OutputRejected, apply_output_policy, update_event
 
 __all__ = [
     "OutputPolicy",
@@ -13,5 +13,6 @@ __all__ = [
     "check_weights",
     "compile_function",
     "function_namespace",
+    "update_event",
     "weight_specs",
 ]

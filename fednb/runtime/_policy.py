@@ -1,5 +1,9 @@
 """The output policy: what may leave a run, checked in the trusted process.
 
+validate (names, shapes, dtypes, finiteness, size) → clip (declared metrics into their
+bounds; with DP the update to L2 norm C) → noise (with DP: N(0, (zC)^2) on the update, and
+N(0, (z Δm)^2) on the metric vector, Δm the norm of the metrics' ranges, from a CSPRNG).
+
 The domain's parent applies it to what a sandboxed worker returned; ``run_on_mock`` and
 ``simulate`` apply the very same function to what the code returned in-process.
 """
@@ -11,9 +15,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fednb.protocol import ReasonCode, TensorSpec, Update
+from fednb.privacy import ComposedEvent, Event, GaussianEvent, SecureNoise, gaussian_mechanism
+from fednb.protocol import ClientDP, ReasonCode, TensorSpec, Update
 
-__all__ = ["OutputPolicy", "OutputRejected", "apply_output_policy"]
+__all__ = ["OutputPolicy", "OutputRejected", "apply_output_policy", "update_event"]
+
+
+def update_event(dp: ClientDP, has_metrics: bool) -> Event:
+    """The DP event of one ``update`` release under :func:`apply_output_policy`: the clipped
+    update (sensitivity 2C, replace-one) and, when metrics are declared, the clipped metric
+    vector (sensitivity: the norm of the metrics' ranges), both at noise multiplier z."""
+    update = GaussianEvent(dp.noise_multiplier, sensitivity_factor=2.0)
+    if not has_metrics:
+        return update
+    return ComposedEvent((update, GaussianEvent(dp.noise_multiplier, sensitivity_factor=1.0)))
 
 
 class OutputRejected(Exception):
@@ -38,11 +53,14 @@ class OutputPolicy:
         clipped into their bounds.
     max_bytes
         Cap on the total size of returned tensors, bytes (default 64 MiB).
+    dp
+        Client-level DP: clip the update to ``dp.clip`` and add Gaussian noise; None: no DP.
     """
 
     weights: dict[str, TensorSpec] | None = None
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
     max_bytes: int = 64 << 20
+    dp: ClientDP | None = None
 
 
 def _check_weights(update: Update, policy: OutputPolicy) -> dict[str, np.ndarray]:
@@ -65,8 +83,21 @@ def _check_weights(update: Update, policy: OutputPolicy) -> dict[str, np.ndarray
     return out
 
 
-def apply_output_policy(update: Update, policy: OutputPolicy) -> Update:
-    """Validate and clip ``update``; raise :class:`OutputRejected` with a reason code."""
+def _noise_metrics(metrics: dict[str, float], bounds: dict[str, tuple[float, float]], z: float,
+                   noise: SecureNoise) -> dict[str, float]:
+    # A missing metric would reveal something: every declared metric is released, at its
+    # bound's midpoint when absent, so the released vector has a fixed shape.
+    names = sorted(bounds)
+    sens = math.sqrt(sum((bounds[k][1] - bounds[k][0]) ** 2 for k in names))
+    noisy = noise.gaussian((len(names),), z * sens) if sens > 0 else np.zeros(len(names))
+    values = [metrics.get(k, (bounds[k][0] + bounds[k][1]) / 2) for k in names]
+    return {k: float(v + e) for k, v, e in zip(names, values, noisy, strict=True)}
+
+
+def apply_output_policy(update: Update, policy: OutputPolicy,
+                        noise: SecureNoise | None = None) -> Update:
+    """Validate, clip and (with DP) noise ``update``; raise :class:`OutputRejected` with a
+    reason code. ``noise`` is required when ``policy.dp`` is set."""
     weights = _check_weights(update, policy)
     metrics: dict[str, float] = {}
     for name, (lo, hi) in policy.metrics.items():
@@ -75,4 +106,12 @@ def apply_output_policy(update: Update, policy: OutputPolicy) -> Update:
             if not math.isfinite(value):
                 raise OutputRejected("nonfinite_output", f"metric {name!r} is NaN or Inf")
             metrics[name] = min(max(value, lo), hi)
-    return Update(weights=weights, metrics=metrics)
+    if policy.dp is None:
+        return Update(weights=weights, metrics=metrics)
+    if noise is None:
+        raise ValueError("a DP output policy needs a SecureNoise source")
+    z = policy.dp.noise_multiplier
+    noised = gaussian_mechanism(weights, policy.dp.clip, z, noise) if weights else {}
+    if metrics or policy.metrics:
+        metrics = _noise_metrics(metrics, policy.metrics, z, noise)
+    return Update(weights={k: np.asarray(v) for k, v in noised.items()}, metrics=metrics)

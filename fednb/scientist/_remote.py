@@ -11,14 +11,15 @@ from typing import Any, overload
 
 from fednb.client import DomainClient, RemoteRequest
 from fednb.errors import InvalidInput
-from fednb.protocol import ParamSpec, RequestCreate, Update, code_hash
+from fednb.privacy import SecureNoise
+from fednb.protocol import ClientDP, ParamSpec, RequestCreate, Update, code_hash
 from fednb.runtime import (
     OutputPolicy,
     apply_output_policy,
     call_function,
     check_params,
-    check_weights,
     compile_function,
+    update_event,
     weight_specs,
 )
 from fednb.typing import Weights
@@ -109,29 +110,37 @@ class RemoteFunction:
         return self.fn(*args, **kwargs)
 
     def run_on_mock(self, client: DomainClient, dataset: str, weights: Weights | None = None,
-                    **params: Any) -> Update:
+                    *, dp: ClientDP | None = None, **params: Any) -> Update:
         """Run on the dataset's mock, in this process, through the domain's own code path
-        (same compilation from source, same parameter checks, same output policy)."""
+        (same compilation from source, same parameter checks, same output policy, and with
+        ``dp`` the same clipping and noise)."""
         check_params(self.params, params)
         handle = client.datasets[dataset]
         fn = compile_function(self.source, self.name)
         update = call_function(fn, handle.mock, weights, params)
         specs = None if weights is None else weight_specs(weights)
-        if specs is not None:
-            check_weights(specs, weights)
-        out = apply_output_policy(update, OutputPolicy(weights=specs, metrics=self.metrics))
+        policy = OutputPolicy(weights=specs, metrics=self.metrics, dp=dp)
+        out = apply_output_policy(update, policy, SecureNoise() if dp is not None else None)
         return Update(out.weights, out.metrics, num_examples=handle.card.num_examples)
 
+    def preview_epsilon(self, dp: ClientDP, *, runs: int = 1, delta: float = 1e-6) -> float:
+        """Epsilon of ``runs`` runs under ``dp`` at ``delta``: a preview; the domain charges."""
+        from fednb.privacy import RepeatedEvent, accountant_for
+
+        event = update_event(dp, bool(self.metrics))
+        return float(accountant_for("pld").epsilon([RepeatedEvent(event, runs)], delta))
+
     def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,
-                weights: Weights | None = None, description: str = "",
+                weights: Weights | None = None, dp: ClientDP | None = None, description: str = "",
                 request_id: str | None = None) -> RemoteRequest:
-        """File this function for review; ``weights`` fixes the shapes runs may send."""
+        """File this function for review; ``weights`` fixes the shapes runs may send; ``dp``
+        asks for client-level DP (without it, only scientists the policy allows may run)."""
         body = RequestCreate(
             id=request_id or uuid.uuid4().hex, function_name=self.name, kind="update",
             source=self.source, code_hash=self.code_hash,
             datasets=[dataset] if isinstance(dataset, str) else list(dataset),
             params=self.params, weights=None if weights is None else weight_specs(weights),
-            metrics=self.metrics, runs=runs, description=description)
+            metrics=self.metrics, runs=runs, description=description, dp=dp)
         return client.requests.submit(body)
 
     def __repr__(self) -> str:

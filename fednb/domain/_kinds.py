@@ -1,0 +1,127 @@
+"""What differs between request kinds: ``update`` (code), ``query`` and ``dp-sgd`` (data).
+
+A ``query`` or ``dp-sgd`` request carries its spec as JSON in ``source``, so the owner
+approves (and the audit log hashes) exactly what will run, as for code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from fednb.domain._policy import Policy
+from fednb.domain._store import RequestRow
+from fednb.domain.runner import WorkerOutcome
+from fednb.errors import InvalidInput
+from fednb.privacy import ComposedEvent, Event, RepeatedEvent, SubsampledGaussianEvent, accountant_for
+from fednb.protocol import ClientDP, DatasetCard, QuerySpec, RequestCreate, TensorSpec, Update
+from fednb.protocol._dpsgd import DPSGDSpec
+from fednb.runtime import OutputPolicy, update_event
+from fednb.runtime._query import check_query, query_events, run_query
+
+if TYPE_CHECKING:
+    from fednb.domain._domain import Domain
+
+__all__ = ["check_submission", "kind_event", "kind_source", "output_policy", "run_query_kind"]
+
+_DPSGD_SOURCE = '''def __fednb_dpsgd__(data, weights=None):
+    from fednb.protocol._dpsgd import DPSGDSpec
+    from fednb.runtime._dpsgd import train_dpsgd
+
+    spec = DPSGDSpec.model_validate_json({spec!r})
+    return fednb.Update(weights=train_dpsgd(spec, data, weights).weights)
+'''
+
+
+def parse_spec(kind: str, source: str) -> QuerySpec | DPSGDSpec:
+    try:
+        if kind == "query":
+            return QuerySpec.model_validate_json(source)
+        return DPSGDSpec.model_validate_json(source)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        where = ".".join(map(str, e["loc"]))
+        raise InvalidInput(f"invalid {kind} spec: {e['msg']}" + (f" ({where})" if where else "")) from None
+
+
+def _event(kind: str, spec: QuerySpec | DPSGDSpec | ClientDP, card: DatasetCard,
+           has_metrics: bool = False) -> Event:
+    if isinstance(spec, QuerySpec):
+        return ComposedEvent(tuple(query_events(spec)))
+    if isinstance(spec, DPSGDSpec):
+        n = card.num_examples
+        return RepeatedEvent(SubsampledGaussianEvent(spec.sampling_rate(n), spec.noise_multiplier),
+                             spec.steps(n))
+    return update_event(spec, has_metrics)
+
+
+def kind_event(dom: Domain, req: RequestRow) -> Event:
+    """The DP event of one run of a ``query`` or ``dp-sgd`` request."""
+    return _event(req.kind, parse_spec(req.kind, req.source), dom.card(req.datasets[0]))
+
+
+def _floors(policy: Policy, z: float, clip: float | None, event: Event, delta: float) -> None:
+    if z < policy.min_noise_multiplier:
+        raise InvalidInput(f"noise multiplier {z:g} is below this domain's minimum of "
+                           f"{policy.min_noise_multiplier:g}")
+    if clip is not None and policy.max_clip is not None and clip > policy.max_clip:
+        raise InvalidInput(f"clipping bound {clip:g} exceeds this domain's maximum of {policy.max_clip:g}")
+    if policy.max_epsilon_per_run is not None:
+        eps = accountant_for("pld").epsilon([event], delta)
+        if eps > policy.max_epsilon_per_run:
+            raise InvalidInput(f"one run would cost epsilon {eps:.3f}, over this domain's maximum of "
+                               f"{policy.max_epsilon_per_run:g} per run: add noise")
+
+
+def check_submission(dom: Domain, body: RequestCreate) -> None:
+    """Refuse at submission what the policy floors or the kind forbid."""
+    policy = dom.policy.get()
+    cards = [dom.card(d) for d in body.datasets]
+    spec: QuerySpec | DPSGDSpec | ClientDP
+    if body.kind == "update":
+        if body.dp is None:
+            return
+        spec, z, clip = body.dp, body.dp.noise_multiplier, body.dp.clip
+    else:
+        if body.dp is not None or (body.weights is not None and body.kind == "query") or body.params:
+            raise InvalidInput(f"a {body.kind} request takes no dp=, params= or (for queries) weights=: "
+                               "its spec says everything")
+        spec = parse_spec(body.kind, body.source)
+        if isinstance(spec, QuerySpec):
+            for card in cards:
+                check_query(spec, card)
+            z, clip = spec.noise_multiplier, None
+        else:
+            z, clip = spec.noise_multiplier, spec.max_grad_norm
+    for card in cards:
+        _floors(policy, z, clip, _event(body.kind, spec, card, bool(body.metrics)), dom.ledger.delta(card))
+
+
+def kind_source(req: RequestRow) -> tuple[str, str]:
+    """The source text and function name the worker runs for this request."""
+    if req.kind == "dp-sgd":
+        spec = parse_spec("dp-sgd", req.source).model_dump_json()
+        return _DPSGD_SOURCE.format(spec=spec), "__fednb_dpsgd__"
+    return req.source, req.function_name
+
+
+def output_policy(req: RequestRow, policy: Policy) -> OutputPolicy:
+    """The output policy of this request's runs."""
+    weights = None if req.weights is None else {k: TensorSpec.model_validate(v)
+                                                for k, v in req.weights.items()}
+    if req.kind == "dp-sgd":  # trained by the runtime with DP-SGD's own noise; no metrics leave
+        return OutputPolicy(weights=weights, max_bytes=policy.max_result_bytes)
+    return OutputPolicy(weights=weights, max_bytes=policy.max_result_bytes,
+                        metrics={k: (float(v[0]), float(v[1])) for k, v in req.metrics.items()},
+                        dp=None if req.dp is None else ClientDP.model_validate(req.dp))
+
+
+def run_query_kind(dom: Domain, req: RequestRow, dataset: str) -> WorkerOutcome:
+    """Run a ``query`` in the trusted parent: no code of the scientist is involved."""
+    spec = parse_spec("query", req.source)
+    assert isinstance(spec, QuerySpec)
+    weights = run_query(spec, dom.private(dataset), dom.card(dataset), dom.noise)
+    return WorkerOutcome("succeeded", "ok", Update(weights=weights), log=json.dumps(
+        {"query": [a.model_dump() for a in spec.aggregations]}))

@@ -1,0 +1,49 @@
+"""Differential privacy: DP events, accountants, calibration and secure noise.
+
+A release is recorded as an immutable event (:class:`GaussianEvent`, ...); an
+:class:`Accountant` composes a ledger of events into epsilon for a delta (PLD by
+default); :func:`noise_multiplier_for` calibrates noise to a target; :class:`SecureNoise`
+draws the noise from a CSPRNG, and :func:`gaussian_mechanism` clips and noises an update.
+
+A leaf package: it imports nothing of fednb but ``fednb.errors`` and ``fednb.typing``.
+"""
+
+from fednb.privacy._accountant import Accountant, EventsLike, PLDAccountant, RDPAccountant, accountant_for
+from fednb.privacy._analytic import analytic_gaussian_delta, analytic_gaussian_epsilon
+from fednb.privacy._calibrate import epsilon_for, noise_multiplier_for
+from fednb.privacy._events import (
+    ComposedEvent,
+    Event,
+    GaussianEvent,
+    LaplaceEvent,
+    PureDPEvent,
+    RepeatedEvent,
+    SubsampledGaussianEvent,
+    event_from_json,
+    to_dp_accounting,
+)
+from fednb.privacy._noise import SecureNoise, clip_l2, gaussian_mechanism
+
+__all__ = [
+    "Accountant",
+    "ComposedEvent",
+    "Event",
+    "EventsLike",
+    "GaussianEvent",
+    "LaplaceEvent",
+    "PLDAccountant",
+    "PureDPEvent",
+    "RDPAccountant",
+    "RepeatedEvent",
+    "SecureNoise",
+    "SubsampledGaussianEvent",
+    "accountant_for",
+    "analytic_gaussian_delta",
+    "analytic_gaussian_epsilon",
+    "clip_l2",
+    "epsilon_for",
+    "event_from_json",
+    "gaussian_mechanism",
+    "noise_multiplier_for",
+    "to_dp_accounting",
+]

@@ -1,0 +1,367 @@
+"""Immutable records of privacy releases (DP events).
+
+An event says which mechanism ran with which parameters, nothing else; an accountant
+composes events into (epsilon, delta). What a kind means never changes once it has
+shipped: a ledger written years ago must be read the same way. A new mechanism gets a
+new kind (compare dp-accounting's ``dp_event.py``).
+
+All noise parameters are *relative to the sensitivity* of the released quantity, so an
+event is free of units: a noise multiplier of 4 means a standard deviation four times
+the L2 sensitivity, whatever the clipping norm was.
+
+Adjacency: fednb accounts under add-or-remove-one adjacency (as dp-accounting and Opacus
+do). An ``update`` release, whose clipped output can move by up to 2C when the dataset
+changes in any way (replace-one included), is recorded with ``sensitivity_factor=2``,
+which bounds it under either relation.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from fednb.errors import InvalidInput
+from fednb.typing import JSON
+
+__all__ = [
+    "ComposedEvent",
+    "Event",
+    "GaussianEvent",
+    "LaplaceEvent",
+    "PureDPEvent",
+    "RepeatedEvent",
+    "SubsampledGaussianEvent",
+    "event_from_json",
+    "to_dp_accounting",
+]
+
+
+_MAX_PURE_EPSILON = 100.0
+
+
+def _positive(name: str, value: object, *, upper: float = math.inf, closed_upper: bool = False) -> float:
+    """``value`` as a float in (0, upper) (or (0, upper]), else InvalidInput naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidInput(f"{name} must be a number, got {value!r}")
+    x = float(value)
+    ok = math.isfinite(x) and x > 0 and (x <= upper if closed_upper else x < upper)
+    if not ok:
+        bound = f"<= {upper:g}" if closed_upper else ("finite" if upper == math.inf else f"< {upper:g}")
+        raise InvalidInput(f"{name} must be > 0 and {bound}, got {value!r}")
+    return x
+
+
+class Event:
+    """Base class of every DP event; use one of its subclasses.
+
+    Subclasses are frozen dataclasses, hashable and comparable by value, so equal
+    releases group together when an accountant composes them.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def to_json(self) -> dict[str, JSON]:
+        """A plain JSON object with a ``"kind"`` key; :func:`event_from_json` reads it back."""
+        raise NotImplementedError
+
+    def leaves(self) -> Iterable[tuple[Event, int]]:
+        """The single releases this event is made of, each with how often it occurs."""
+        yield self, 1
+
+
+@dataclass(frozen=True)
+class GaussianEvent(Event):
+    """Gaussian noise added to a quantity of bounded L2 sensitivity.
+
+    The noise has standard deviation ``noise_multiplier * C`` and the quantity's L2
+    sensitivity is ``sensitivity_factor * C``, so the effective noise multiplier (noise
+    standard deviation over sensitivity) is ``noise_multiplier / sensitivity_factor``.
+
+    Parameters
+    ----------
+    noise_multiplier
+        Noise standard deviation over the clipping norm C (unitless, > 0).
+    sensitivity_factor
+        L2 sensitivity over C (unitless, > 0); default 1. The ``update`` kind clips to C
+        and is recorded with 2 (any change of the dataset moves a clipped update by at
+        most 2C).
+
+    Examples
+    --------
+    >>> GaussianEvent(8.0, sensitivity_factor=2.0).effective_noise_multiplier
+    4.0
+    """
+
+    noise_multiplier: float
+    sensitivity_factor: float = 1.0
+    kind: ClassVar[str] = "gaussian"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "noise_multiplier", _positive("noise_multiplier", self.noise_multiplier))
+        object.__setattr__(
+            self, "sensitivity_factor", _positive("sensitivity_factor", self.sensitivity_factor)
+        )
+
+    @property
+    def effective_noise_multiplier(self) -> float:
+        """Noise standard deviation over L2 sensitivity (unitless)."""
+        return self.noise_multiplier / self.sensitivity_factor
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"kind": self.kind, "noise_multiplier": self.noise_multiplier,
+                "sensitivity_factor": self.sensitivity_factor}
+
+
+@dataclass(frozen=True)
+class LaplaceEvent(Event):
+    """Laplace noise of scale b added to a quantity of L1 sensitivity Δ1.
+
+    Parameters
+    ----------
+    scale_over_sensitivity
+        b / Δ1 (unitless, > 0); the release is (1 / (b / Δ1))-DP with delta 0.
+    """
+
+    scale_over_sensitivity: float
+    kind: ClassVar[str] = "laplace"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "scale_over_sensitivity", _positive("scale_over_sensitivity", self.scale_over_sensitivity)
+        )
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"kind": self.kind, "scale_over_sensitivity": self.scale_over_sensitivity}
+
+
+@dataclass(frozen=True)
+class PureDPEvent(Event):
+    """Any epsilon-DP release (delta 0), accounted by its worst case.
+
+    For mechanisms known only by their pure-DP guarantee, such as the exponential
+    mechanism for a quantile or report-noisy-max. Accountants compose it as binary
+    randomized response at ``epsilon``, the least private epsilon-DP mechanism (its
+    privacy loss is +-epsilon), so the result holds whatever the mechanism was. For
+    Laplace noise use :class:`LaplaceEvent`, which composes more tightly.
+
+    Parameters
+    ----------
+    epsilon
+        The release's privacy loss bound (nats, in (0, 100]; beyond 100 nats a release
+        protects nothing, and dp-accounting's arithmetic overflows past about 700).
+    """
+
+    epsilon: float
+    kind: ClassVar[str] = "pure_dp"
+
+    def __post_init__(self) -> None:
+        eps = _positive("epsilon", self.epsilon, upper=_MAX_PURE_EPSILON, closed_upper=True)
+        object.__setattr__(self, "epsilon", eps)
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"kind": self.kind, "epsilon": self.epsilon}
+
+
+@dataclass(frozen=True)
+class SubsampledGaussianEvent(Event):
+    """One DP-SGD step: Poisson sampling, then a Gaussian sum of per-sample clipped terms.
+
+    Each record enters the batch independently with probability ``sampling_rate``; the
+    sum of per-sample gradients clipped to C gets N(0, (noise_multiplier * C)^2) noise.
+    Accounted under add-or-remove-one adjacency (sensitivity C), as Opacus does.
+
+    Parameters
+    ----------
+    sampling_rate
+        Poisson sampling probability q, in (0, 1].
+    noise_multiplier
+        Noise standard deviation over C (unitless, > 0).
+    """
+
+    sampling_rate: float
+    noise_multiplier: float
+    kind: ClassVar[str] = "subsampled_gaussian"
+
+    def __post_init__(self) -> None:
+        q = _positive("sampling_rate", self.sampling_rate, upper=1.0, closed_upper=True)
+        object.__setattr__(self, "sampling_rate", q)
+        object.__setattr__(self, "noise_multiplier", _positive("noise_multiplier", self.noise_multiplier))
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"kind": self.kind, "sampling_rate": self.sampling_rate,
+                "noise_multiplier": self.noise_multiplier}
+
+
+@dataclass(frozen=True)
+class ComposedEvent(Event):
+    """Several releases on the same data, possibly chosen adaptively.
+
+    Parameters
+    ----------
+    events
+        The releases, in order (a list is stored as a tuple); may be empty.
+    """
+
+    events: tuple[Event, ...]
+    kind: ClassVar[str] = "composed"
+
+    def __post_init__(self) -> None:
+        events = self.events
+        if isinstance(events, Event) or not isinstance(events, (tuple, list)):
+            raise InvalidInput(f"ComposedEvent needs a tuple of events, got {events!r}")
+        for e in events:
+            if not isinstance(e, Event) or type(e) is Event:
+                raise InvalidInput(f"ComposedEvent holds only DP events, got {e!r}")
+        object.__setattr__(self, "events", tuple(events))
+
+    def leaves(self) -> Iterable[tuple[Event, int]]:
+        for e in self.events:
+            yield from e.leaves()
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"kind": self.kind, "events": [e.to_json() for e in self.events]}
+
+
+@dataclass(frozen=True)
+class RepeatedEvent(Event):
+    """The same release made ``count`` times (adaptively chosen queries allowed).
+
+    Parameters
+    ----------
+    event
+        The release that is repeated.
+    count
+        How many times, >= 1.
+    """
+
+    event: Event
+    count: int
+    kind: ClassVar[str] = "repeated"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event, Event) or type(self.event) is Event:
+            raise InvalidInput(f"RepeatedEvent repeats a DP event, got {self.event!r}")
+        c = self.count
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 1:
+            raise InvalidInput(f"count must be an integer >= 1, got {c!r}")
+        object.__setattr__(self, "count", int(c))
+
+    def leaves(self) -> Iterable[tuple[Event, int]]:
+        for e, n in self.event.leaves():
+            yield e, n * self.count
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"kind": self.kind, "event": self.event.to_json(), "count": self.count}
+
+
+def _fields(obj: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    keys = set(obj) - {"kind"}
+    missing = [k for k in required if k not in keys]
+    extra = sorted(keys - set(required) - set(optional))
+    if missing or extra:
+        raise InvalidInput(
+            f"event of kind {obj.get('kind')!r} needs fields {list(required)}"
+            + (f" (optional {list(optional)})" if optional else "")
+            + (f"; missing {missing}" if missing else "") + (f"; unknown {extra}" if extra else "")
+        )
+
+
+def _gaussian(obj: dict[str, Any]) -> Event:
+    _fields(obj, ("noise_multiplier",), ("sensitivity_factor",))
+    return GaussianEvent(obj["noise_multiplier"], obj.get("sensitivity_factor", 1.0))
+
+
+def _laplace(obj: dict[str, Any]) -> Event:
+    _fields(obj, ("scale_over_sensitivity",))
+    return LaplaceEvent(obj["scale_over_sensitivity"])
+
+
+def _pure_dp(obj: dict[str, Any]) -> Event:
+    _fields(obj, ("epsilon",))
+    return PureDPEvent(obj["epsilon"])
+
+
+def _subsampled(obj: dict[str, Any]) -> Event:
+    _fields(obj, ("sampling_rate", "noise_multiplier"))
+    return SubsampledGaussianEvent(obj["sampling_rate"], obj["noise_multiplier"])
+
+
+def _composed(obj: dict[str, Any]) -> Event:
+    _fields(obj, ("events",))
+    if not isinstance(obj["events"], list):
+        raise InvalidInput(f"'events' of a composed event must be a list, got {obj['events']!r}")
+    return ComposedEvent(tuple(event_from_json(e) for e in obj["events"]))
+
+
+def _repeated(obj: dict[str, Any]) -> Event:
+    _fields(obj, ("event", "count"))
+    return RepeatedEvent(event_from_json(obj["event"]), obj["count"])
+
+
+_READERS: dict[str, Callable[[dict[str, Any]], Event]] = {
+    GaussianEvent.kind: _gaussian,
+    LaplaceEvent.kind: _laplace,
+    PureDPEvent.kind: _pure_dp,
+    SubsampledGaussianEvent.kind: _subsampled,
+    ComposedEvent.kind: _composed,
+    RepeatedEvent.kind: _repeated,
+}
+
+
+def event_from_json(obj: JSON) -> Event:
+    """Read back an event written by ``Event.to_json``.
+
+    Parameters
+    ----------
+    obj
+        A JSON object with a ``"kind"`` key.
+
+    Raises
+    ------
+    fednb.errors.InvalidInput
+        Unknown kind, missing or unknown fields, or parameters out of range.
+
+    Examples
+    --------
+    >>> e = RepeatedEvent(GaussianEvent(8.0, 2.0), 3)
+    >>> event_from_json(e.to_json()) == e
+    True
+    """
+    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
+        raise InvalidInput(f"a DP event is a JSON object with a 'kind' key, got {obj!r}")
+    reader = _READERS.get(obj["kind"])
+    if reader is None:
+        raise InvalidInput(f"unknown DP event kind {obj['kind']!r}; known kinds: {sorted(_READERS)}")
+    return reader(obj)
+
+
+def to_dp_accounting(event: Event) -> Any:
+    """The ``dp_accounting.dp_event.DpEvent`` that means the same as ``event``.
+
+    ``GaussianEvent`` becomes a ``GaussianDpEvent`` with the effective noise multiplier
+    (noise standard deviation over sensitivity); ``LaplaceEvent`` a ``LaplaceDpEvent``;
+    ``SubsampledGaussianEvent`` a ``PoissonSampledDpEvent`` of a ``GaussianDpEvent``;
+    composed and repeated events become ``ComposedDpEvent`` and ``SelfComposedDpEvent``.
+    ``PureDPEvent`` becomes binary ``RandomizedResponseDpEvent`` with epsilon
+    ln((2 - p) / p), its worst case; dp-accounting composes that event only under
+    replace-one adjacency, so fednb's accountants compose pure-DP releases themselves.
+    """
+    from dp_accounting import dp_event as dpe  # type: ignore[import-untyped]  # slow import, done lazily
+
+    if isinstance(event, GaussianEvent):
+        return dpe.GaussianDpEvent(event.effective_noise_multiplier)
+    if isinstance(event, LaplaceEvent):
+        return dpe.LaplaceDpEvent(event.scale_over_sensitivity)
+    if isinstance(event, PureDPEvent):
+        tail = math.exp(-event.epsilon)
+        return dpe.RandomizedResponseDpEvent(noise_parameter=2.0 * tail / (1.0 + tail), num_buckets=2)
+    if isinstance(event, SubsampledGaussianEvent):
+        return dpe.PoissonSampledDpEvent(event.sampling_rate, dpe.GaussianDpEvent(event.noise_multiplier))
+    if isinstance(event, ComposedEvent):
+        return dpe.ComposedDpEvent([to_dp_accounting(e) for e in event.events])
+    if isinstance(event, RepeatedEvent):
+        return dpe.SelfComposedDpEvent(to_dp_accounting(event.event), event.count)
+    raise InvalidInput(f"not a DP event: {event!r}")

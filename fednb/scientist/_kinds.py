@@ -1,0 +1,107 @@
+"""Requests sent as data, not code: ``fednb.Query`` and ``fednb.DPSGD``.
+
+Both file their spec as canonical JSON, so the owner reviews (and the audit log hashes)
+exactly what the domain will run. ``preview_epsilon`` only previews: the domain
+recomputes and charges the epsilon where the noise is added.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fednb.client import DomainClient, RemoteRequest
+from fednb.privacy import ComposedEvent, RepeatedEvent, SubsampledGaussianEvent, accountant_for
+from fednb.protocol import Aggregation, QuerySpec, RequestCreate, Update, code_hash
+from fednb.protocol._dpsgd import DPSGDSpec
+from fednb.runtime._query import check_query, query_events, run_query
+from fednb.typing import Weights
+
+__all__ = ["DPSGD", "Query"]
+
+
+def _file(client: DomainClient, kind: str, name: str, source: str, dataset: str | list[str],
+          runs: int, weights: Weights | None = None, description: str = "") -> RemoteRequest:
+    from fednb.runtime import weight_specs
+
+    body = RequestCreate(id=uuid.uuid4().hex, function_name=name, kind=kind,  # type: ignore[arg-type]
+                         source=source, code_hash=code_hash(source),
+                         datasets=[dataset] if isinstance(dataset, str) else list(dataset),
+                         weights=None if weights is None else weight_specs(weights), runs=runs,
+                         description=description)
+    return client.requests.submit(body)
+
+
+class Query:
+    """Declared aggregations over variables with declared bounds; no code.
+
+    Examples
+    --------
+    >>> q = Query(Query.count(), Query.mean("x"), Query.quantile("age", [0.5]),
+    ...           noise_multiplier=2.0)                                  # doctest: +SKIP
+    >>> req = q.request(h, "breast-cancer")                              # doctest: +SKIP
+    """
+
+    def __init__(self, *aggregations: Aggregation | dict[str, Any], noise_multiplier: float,
+                 quantile_epsilon: float = 0.1) -> None:
+        self.spec = QuerySpec(aggregations=[Aggregation.model_validate(a) for a in aggregations],
+                              noise_multiplier=noise_multiplier, quantile_epsilon=quantile_epsilon)
+        self.source = self.spec.model_dump_json(indent=1)
+
+    @staticmethod
+    def count() -> Aggregation:
+        return Aggregation(op="count")
+
+    @staticmethod
+    def sum(variable: str) -> Aggregation:
+        return Aggregation(op="sum", variable=variable)
+
+    @staticmethod
+    def mean(variable: str) -> Aggregation:
+        return Aggregation(op="mean", variable=variable)
+
+    @staticmethod
+    def histogram(variable: str, bins: int) -> Aggregation:
+        return Aggregation(op="histogram", variable=variable, bins=bins)
+
+    @staticmethod
+    def quantile(variable: str, quantiles: list[float]) -> Aggregation:
+        return Aggregation(op="quantile", variable=variable, quantiles=quantiles)
+
+    def preview_epsilon(self, delta: float = 1e-6, runs: int = 1) -> float:
+        """Epsilon of ``runs`` runs at ``delta`` (the domain uses its own delta and charges)."""
+        return float(accountant_for("pld").epsilon(
+            [RepeatedEvent(ComposedEvent(tuple(query_events(self.spec))), runs)], delta))
+
+    def run_on_mock(self, client: DomainClient, dataset: str) -> Update:
+        """The same mechanism on the mock, here (noise included)."""
+        from fednb.privacy import SecureNoise
+
+        handle = client.datasets[dataset]
+        check_query(self.spec, handle.card)
+        return Update(weights=run_query(self.spec, handle.mock, handle.card, SecureNoise()))
+
+    def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,
+                description: str = "") -> RemoteRequest:
+        return _file(client, "query", "query", self.source, dataset, runs, description=description)
+
+
+class DPSGD:
+    """A model trained with DP-SGD inside the hospital, sent as data (layers, loss, settings).
+
+    Takes the fields of :class:`fednb.protocol._dpsgd.DPSGDSpec` as keyword arguments.
+    """
+
+    def __init__(self, **spec: Any) -> None:
+        self.spec = DPSGDSpec.model_validate(spec)
+        self.source = self.spec.model_dump_json(indent=1)
+
+    def preview_epsilon(self, num_examples: int, delta: float = 1e-6, runs: int = 1) -> float:
+        """Epsilon of ``runs`` trainings on ``num_examples`` examples at ``delta``."""
+        event = SubsampledGaussianEvent(self.spec.sampling_rate(num_examples), self.spec.noise_multiplier)
+        return float(accountant_for("pld").epsilon(
+            [RepeatedEvent(event, self.spec.steps(num_examples) * runs)], delta))
+
+    def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,
+                weights: Weights | None = None, description: str = "") -> RemoteRequest:
+        return _file(client, "dp-sgd", "dpsgd", self.source, dataset, runs, weights, description)

@@ -1,0 +1,213 @@
+"""The privacy ledger over real HTTP: exact budgets, concurrency, noise, queries."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import fednb
+from fednb.errors import InvalidInput, RunRefused
+from fednb.privacy import RepeatedEvent, accountant_for
+from fednb.runtime import update_event
+from tests.conftest import Hospital, breast_cancer_dataset, make_hospital
+
+DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
+    h = make_hospital(tmp_path_factory.mktemp("ledger") / "st-mary")
+    h.dom.policy.update(allow_no_dp=[])  # DP only from here on
+    yield h
+    h.server.stop()
+
+
+def scientist(h: Hospital, epsilon: float) -> fednb.DomainClient:
+    name = f"s{uuid.uuid4().hex[:8]}"
+    return fednb.connect(h.url, token=h.dom.add_user(name, epsilon=epsilon))
+
+
+@fednb.remote
+def fixed_update(data):
+    return fednb.Update(weights={"w": np.full(100, 1.0)})  # norm 10: clipped to 1
+
+
+def approved(h: Hospital, fn: fednb.RemoteFunction, client: fednb.DomainClient, runs: int,
+             dp: fednb.ClientDP = DP, release: str = "auto") -> fednb.client.RemoteRequest:
+    req = fn.request(client, "breast-cancer", runs=runs, dp=dp)
+    h.owner().requests.get(req.id).approve(release=release)
+    return req
+
+
+def per_run(h: Hospital, k: int) -> float:
+    delta = h.dom.ledger.delta(h.dom.card("breast-cancer"))
+    return accountant_for("pld").epsilon([RepeatedEvent(update_event(DP, False), k)], delta)
+
+
+def test_a_budget_for_k_runs_admits_k_and_refuses_the_next(hospital: Hospital) -> None:
+    k = 4
+    sci = scientist(hospital, epsilon=per_run(hospital, k) * 1.0001)
+    req = approved(hospital, fixed_update, sci, runs=10)
+    for _ in range(k):
+        assert req.run().wait(120).status == "succeeded"
+    with pytest.raises(RunRefused, match="over the budget"):
+        req.run()
+    (b,) = [b for b in sci.budget if b.dataset == "breast-cancer"]
+    assert b.epsilon_spent == pytest.approx(per_run(hospital, k), rel=1e-9)
+    assert b.epsilon_reserved == 0 and b.epsilon_remaining == pytest.approx(per_run(hospital, k) * 1e-4)
+
+
+def test_twenty_concurrent_runs_against_a_budget_for_five(hospital: Hospital) -> None:
+    sci = scientist(hospital, epsilon=per_run(hospital, 5) * 1.0001)
+    req = approved(hospital, fixed_update, sci, runs=20)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        client = fednb.connect(hospital.url, token=sci._t._http.headers["Authorization"][7:])
+        try:
+            client.requests.get(req.id).run().wait(120)
+            result = "ok"
+        except RunRefused:
+            result = "refused"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes).count("ok") == 5 and outcomes.count("refused") == 15
+    (b,) = [b for b in sci.budget if b.dataset == "breast-cancer"]
+    assert b.epsilon_spent <= b.epsilon_budget
+
+
+def test_released_noise_matches_sigma_and_the_clip_holds(hospital: Hospital) -> None:
+    @fednb.remote
+    def tamper(data):
+        import numpy as np
+
+        np.random.normal = lambda *a, **k: 0.0  # a job cannot weaken the domain's noise
+        np.random.default_rng = lambda *a, **k: None
+        return fednb.Update(weights={"w": np.full(100, 1.0)})
+
+    runs = 60
+    sci = scientist(hospital, epsilon=1e6)
+    dp = fednb.ClientDP(clip=1.0, noise_multiplier=0.5)
+    req = approved(hospital, tamper, sci, runs=runs, dp=dp)
+    out = []
+    for _ in range(runs):
+        run = req.run()
+        out.append(run.result(timeout=120).weights["w"])
+    released = np.stack(out)
+    clipped = np.full(100, 0.1)  # norm 1
+    noise = released - clipped
+    assert abs(noise.std() - 0.5) < 0.5 * 0.03  # 6000 samples: std within 3%
+    assert abs(noise.mean()) < 5 * 0.5 / np.sqrt(noise.size)
+    assert abs(released.mean() - 0.1) < 5 * 0.5 / np.sqrt(noise.size)  # clipped (1.0 unclipped)
+
+
+def test_the_review_shows_projected_epsilon_and_budgets(hospital: Hospital) -> None:
+    sci = scientist(hospital, epsilon=3.0)
+    req = fixed_update.request(sci, "breast-cancer", runs=5, dp=DP)
+    (seen,) = [r for r in hospital.owner().requests.pending() if r.id == req.id]
+    info = seen.info
+    assert info.dp == DP and info.delta is not None
+    assert info.epsilon_per_run == pytest.approx(per_run(hospital, 1), rel=1e-9)
+    assert info.projected_epsilon == pytest.approx(per_run(hospital, 5), rel=1e-9)
+    assert info.budget is not None and info.budget.epsilon_budget == 3.0
+    seen.deny("just looking")
+
+
+def test_policy_floors_reject_at_submission(hospital: Hospital) -> None:
+    sci = scientist(hospital, epsilon=10.0)
+    hospital.dom.policy.update(min_noise_multiplier=1.0, max_clip=5.0, max_epsilon_per_run=2.0)
+    try:
+        with pytest.raises(InvalidInput, match="below this domain's minimum"):
+            fixed_update.request(sci, "breast-cancer", dp=fednb.ClientDP(clip=1.0, noise_multiplier=0.9))
+        with pytest.raises(InvalidInput, match="clipping bound"):
+            fixed_update.request(sci, "breast-cancer", dp=fednb.ClientDP(clip=10.0, noise_multiplier=2.0))
+        with pytest.raises(InvalidInput, match="per run"):
+            fixed_update.request(sci, "breast-cancer", dp=fednb.ClientDP(clip=1.0, noise_multiplier=1.1))
+    finally:
+        hospital.dom.policy.update(min_noise_multiplier=0.5, max_clip=None, max_epsilon_per_run=None)
+
+
+def test_manual_release_commits_and_withholding_frees(hospital: Hospital) -> None:
+    sci = scientist(hospital, epsilon=100.0)
+    req = approved(hospital, fixed_update, sci, runs=2, release="manual")
+    a, b = req.run(), req.run()
+    a.wait(120)
+    b.wait(120)
+    (budget,) = [x for x in sci.budget if x.dataset == "breast-cancer"]
+    assert budget.epsilon_spent == 0 and budget.epsilon_reserved == pytest.approx(per_run(hospital, 2))
+    owner = hospital.owner()
+    owner.runs.get(a.id).release()
+    owner.runs.get(b.id).withhold()
+    (budget,) = [x for x in sci.budget if x.dataset == "breast-cancer"]
+    assert budget.epsilon_spent == pytest.approx(per_run(hospital, 1)) and budget.epsilon_reserved == 0
+
+
+def test_a_dataset_cap_binds_across_scientists(hospital: Hospital, tmp_path_factory: pytest.TempPathFactory) -> None:
+    h = make_hospital(tmp_path_factory.mktemp("cap") / "h")
+    try:
+        delta = h.dom.ledger.delta(h.dom.card("breast-cancer"))
+        three = accountant_for("pld").epsilon([RepeatedEvent(update_event(DP, False), 3)], delta)
+        h.dom.policy.update(allow_no_dp=[], dataset_epsilon_cap=three * 1.0001)
+        one, two = scientist(h, 100.0), scientist(h, 100.0)
+        r1, r2 = approved(h, fixed_update, one, runs=5), approved(h, fixed_update, two, runs=5)
+        r1.run().wait(120)
+        r1.run().wait(120)
+        r2.run().wait(120)
+        with pytest.raises(RunRefused, match="cap"):
+            r2.run()
+    finally:
+        h.server.stop()
+
+
+def test_query_mean_is_within_the_expected_noise(hospital: Hospital) -> None:
+    sci = scientist(hospital, epsilon=50.0)
+    q = fednb.Query(fednb.Query.count(), fednb.Query.mean("y"), fednb.Query.quantile("y", [0.5]),
+                    fednb.Query.histogram("y", bins=2), noise_multiplier=2.0, quantile_epsilon=1.0)
+    assert q.preview_epsilon(delta=1e-6) > 0
+    mock = q.run_on_mock(sci, "breast-cancer")
+    assert set(mock.weights) == {"0:count:", "1:mean:y", "2:quantile:y", "3:histogram:y"}
+    req = q.request(sci, "breast-cancer")
+    hospital.owner().requests.get(req.id).approve(release="auto")
+    out = req.run().result(timeout=120).weights
+    y = breast_cancer_dataset().y.values
+    assert abs(float(out["0:count:"]) - 569) < 6 * 2.0  # 6 sigma
+    # mean = noisy sum / noisy count; sum noise std 2 * 1, count noise std 2
+    assert abs(float(out["1:mean:y"]) - y.mean()) < 0.05
+    assert np.abs(out["3:histogram:y"] - np.bincount(y)).max() < 6 * 2.0
+    assert 0.0 <= float(out["2:quantile:y"][0]) <= 1.0
+
+
+def test_a_quantile_by_the_exponential_mechanism(hospital: Hospital) -> None:
+    from sklearn.datasets import load_diabetes
+
+    sci = scientist(hospital, epsilon=50.0)
+    q = fednb.Query(fednb.Query.quantile("progression", [0.25, 0.5, 0.75]), noise_multiplier=2.0,
+                    quantile_epsilon=1.0)
+    req = q.request(sci, "diabetes")
+    hospital.owner().requests.get(req.id).approve(release="auto")
+    got = req.run().result(timeout=120).weights["0:quantile:progression"]
+    want = np.quantile(load_diabetes().target, [0.25, 0.5, 0.75])
+    assert np.abs(got - want).max() < 20  # progression spans 25..346
+
+
+def test_a_query_on_a_variable_without_bounds_is_refused(hospital: Hospital) -> None:
+    ds = breast_cancer_dataset()
+    ds["age"] = ("patient", np.arange(569) % 90)
+    mock = ds.copy(deep=True)
+    hospital.dom.add_dataset("with-age", ds, mock=mock, bounds={"x": (0, 5000), "y": (0, 1)})
+    sci = scientist(hospital, epsilon=5.0)
+    with pytest.raises(InvalidInput, match="no declared bounds"):
+        fednb.Query(fednb.Query.mean("age"), noise_multiplier=2.0).request(sci, "with-age")
+    assert isinstance(hospital.dom.mock("with-age"), xr.Dataset)

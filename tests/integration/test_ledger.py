@@ -154,7 +154,7 @@ def test_manual_release_commits_and_withholding_frees(hospital: Hospital) -> Non
     assert budget.epsilon_spent == pytest.approx(per_run(hospital, 1)) and budget.epsilon_reserved == 0
 
 
-def test_a_dataset_cap_binds_across_scientists(hospital: Hospital, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_dataset_cap_binds_across_scientists(tmp_path_factory: pytest.TempPathFactory) -> None:
     h = make_hospital(tmp_path_factory.mktemp("cap") / "h")
     try:
         delta = h.dom.ledger.delta(h.dom.card("breast-cancer"))

@@ -1,0 +1,99 @@
+"""Crash safety: kill the domain (FEDNB_FAULT) at each fault point, restart it, and check
+that no budget is charged twice or lost, the audit chain verifies, and runs resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fednb
+from fednb.domain import Domain
+from fednb.domain._faults import FAULT_POINTS
+from fednb.errors import ConnectionFailed
+from tests.conftest import BC_BOUNDS, breast_cancer_dataset
+
+DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
+
+
+@fednb.remote
+def fixed_update(data):
+    return fednb.Update(weights={"w": np.full(10, 1.0)})
+
+
+@contextmanager
+def served(home: Path, fault: str | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    env = {**os.environ, "FEDNB_FAULT": fault or ""}
+    proc = subprocess.Popen([sys.executable, "-m", "fednb.cli", "domain", "serve", "--home", str(home),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"(http://\S+)", line)
+        assert m, line + (proc.stderr.read() if proc.stderr else "")
+        yield m.group(1), proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(30)
+
+
+def setup_home(tmp: Path) -> tuple[Path, str, str]:
+    dom = Domain.create(tmp / "h", name="Crashy")
+    owner, alice = dom.add_user("olivia", role="owner"), dom.add_user("alice", epsilon=100.0)
+    dom.add_dataset("bc", breast_cancer_dataset(), bounds=BC_BOUNDS)
+    dom.close()
+    return tmp / "h", owner, alice
+
+
+def check_books(home: Path, run_id: str, expect: str) -> None:
+    dom = Domain.open(home)
+    report = dom.verify_audit()
+    assert report.ok, report.problems
+    from fednb.domain._store import ChargeRow
+
+    with dom.store.session() as s:
+        charges = s.query(ChargeRow).all()
+    assert [(c.run_id, c.state) for c in charges] == [(run_id, expect)]  # one charge, linked to its run
+    (b,) = [b for b in dom.budgets("alice") if b.dataset == "bc"]
+    if expect == "committed":
+        assert b.epsilon_spent > 0 and b.epsilon_reserved == 0
+    else:
+        assert b.epsilon_spent == 0 and b.epsilon_reserved == 0
+    actions = [e.action for e in dom.audit.entries()]
+    assert actions.count(f"charge.{expect}") == 1 or (expect == "freed" and "run.interrupted" in actions)
+    dom.close()
+
+
+@pytest.mark.parametrize("point", FAULT_POINTS)
+def test_a_crash_at_each_fault_point_loses_nothing_and_charges_nothing_twice(tmp_path: Path,
+                                                                             point: str) -> None:
+    home, owner_tok, alice_tok = setup_home(tmp_path)
+    with served(home, fault=point) as (url, proc):
+        alice, owner = fednb.connect(url, token=alice_tok), fednb.connect(url, token=owner_tok)
+        req = fixed_update.request(alice, "bc", runs=3, dp=DP)
+        owner.requests.get(req.id).approve(release="auto")
+        try:
+            req.run(run_id="crash-run-0001").wait(60)
+        except ConnectionFailed:
+            pass  # the domain died under us, as intended
+        assert proc.wait(60) == 137, proc.stderr.read() if proc.stderr else ""
+    expect = "committed" if point == "after_release" else "freed"
+    with served(home) as (url, _):
+        alice = fednb.connect(url, token=alice_tok)
+        again = alice.requests.get(req.id).run(run_id="crash-run-0001")  # the orchestrator resumes
+        info = again.wait(60)
+        if expect == "committed":
+            assert info.status == "succeeded" and again.result(timeout=30).weights["w"].shape == (10,)
+        else:
+            assert (info.status, info.reason) == ("failed", "domain_restarted")
+        assert alice.requests.get(req.id).info.runs_used == 1  # the resend did not start a new run
+    check_books(home, "crash-run-0001", expect)

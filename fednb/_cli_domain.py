@@ -100,7 +100,8 @@ def _show_token(name: str, token: str, what: str) -> None:
 
 
 def cmd_user_add(dom: Domain, args: argparse.Namespace) -> int:
-    _show_token(args.name, dom.add_user(args.name, role=args.role, actor=ACTOR), f"added {args.role}")
+    token = dom.add_user(args.name, role=args.role, epsilon=args.epsilon, actor=ACTOR)
+    _show_token(args.name, token, f"added {args.role}")
     return 0
 
 
@@ -218,10 +219,25 @@ def cmd_policy_set(dom: Domain, args: argparse.Namespace) -> int:
 
 
 def cmd_budget(dom: Domain, args: argparse.Namespace) -> int:
-    print("no privacy ledger yet: every run is a no-DP run held for manual release")
+    if args.set is not None:
+        name, raw = args.set
+        try:
+            epsilon = float(raw)
+        except ValueError:
+            raise InvalidInput(f"epsilon must be a number, not {raw!r}") from None
+        dom.set_budget(name, epsilon, args.dataset, actor=ACTOR)
+    rows = [(b.scientist, b.dataset, _eps(b.epsilon_budget), f"{b.epsilon_spent:.3f}",
+             f"{b.epsilon_reserved:.3f}", _eps(b.epsilon_remaining), _eps(b.dataset_cap),
+             f"{b.dataset_spent:.3f}", f"{b.delta:.1e}") for b in dom.budgets()]
+    table(("scientist", "dataset", "budget", "spent", "reserved", "left", "dataset cap", "dataset spent",
+           "delta"), rows, "no scientists yet")
     allowed = dom.policy.get().allow_no_dp
     print(f"may run without DP (policy allow_no_dp): {', '.join(allowed) if allowed else 'nobody'}")
     return 0
+
+
+def _eps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 # --------------------------------------------------------------------------- requests

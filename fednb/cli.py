@@ -14,7 +14,7 @@
         requests [--all] [--status S]           show REQUEST_ID
         approve REQUEST_ID [--release auto|manual]    deny REQUEST_ID --reason TEXT
         results | release RUN_ID | withhold RUN_ID | runs [--request ID] [--log RUN_ID]
-        audit [--limit N] [--verify] | budget
+        audit [--limit N] [--verify] | budget [--set SCIENTIST EPSILON [--dataset D]]
 
 ``fednb domain ...`` works on the domain's home directory directly (its store and
 files); owner actions taken here are audited with the actor ``owner-cli``. User errors
@@ -192,6 +192,7 @@ def _add_users(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = _leaf(users, "add", cd.on_domain(cd.cmd_user_add), "add a user; prints their token once")
     p.add_argument("name")
     p.add_argument("--role", choices=("scientist", "owner"), default="scientist")
+    p.add_argument("--epsilon", type=float, help="privacy budget on every dataset (scientists)")
     _leaf(users, "list", cd.on_domain(cd.cmd_user_list), "list users")
     for name, func, text in (
         ("revoke", cd.cmd_user_revoke, "revoke a user's token"),
@@ -280,7 +281,10 @@ def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = _leaf(sub, "audit", cd.on_domain(cd.cmd_audit), "the audit log, or --verify its chain")
     p.add_argument("--limit", type=_int_in(1, 1_000_000), default=20, help="entries (default 20)")
     p.add_argument("--verify", action="store_true", help="check the chain; exit 1 if broken")
-    _leaf(sub, "budget", cd.on_domain(cd.cmd_budget), "privacy budgets per scientist and dataset")
+    p = _leaf(sub, "budget", cd.on_domain(cd.cmd_budget),
+              "privacy budgets per scientist and dataset (epsilon spent, reserved, left)")
+    p.add_argument("--set", nargs=2, metavar=("SCIENTIST", "EPSILON"), help="set a scientist's budget")
+    p.add_argument("--dataset", default="*", help="with --set: one dataset (default: every dataset)")
 
 
 def _add_domain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

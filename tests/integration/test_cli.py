@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 import signal
 import socket
@@ -191,7 +192,12 @@ def test_policy_set_show_and_budget(home: Path, capsys: pytest.CaptureFixture[st
     assert policy["allow_no_dp"] == ["alice", "bob"] and policy["run_timeout_s"] == 30
     assert policy["max_concurrent_jobs"] == 3
     rc, out, _ = run_cli(capsys, "domain", "budget")
-    assert rc == 0 and "no privacy ledger yet" in out and "alice, bob" in out
+    assert rc == 0 and "alice, bob" in out
+    assert run_cli(capsys, "domain", "user", "add", "dana", "--epsilon", "1.5")[0] == 0
+    rc, out, _ = run_cli(capsys, "domain", "budget", "--set", "dana", "2.5", "--dataset", "bc")
+    assert rc == 0 and re.search(r"dana\s+bc\s+2\.500\s+0\.000", out), out
+    assert run_cli(capsys, "domain", "budget", "--set", "dana", "lots")[0] == 2
+    assert run_cli(capsys, "domain", "budget", "--set", "nobody", "1")[0] == 2
     assert run_cli(capsys, "domain", "policy", "set", 'allow_no_dp=["carol"]')[0] == 0
     assert json.loads(run_cli(capsys, "domain", "policy", "show")[1])["allow_no_dp"] == ["carol"]
     assert run_cli(capsys, "domain", "policy", "set", "allow_no_dp=")[0] == 0

@@ -14,16 +14,27 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fednb import errors
+    from fednb import errors, strategies
     from fednb.client import DomainClient, connect
     from fednb.protocol import FEDNB_VERSION as __version__
     from fednb.protocol import ClientDP, Update
-    from fednb.scientist import DPSGD, Query, RemoteFunction, load_ipython_extension, remote
+    from fednb.scientist import (
+        DPSGD,
+        Federation,
+        History,
+        Query,
+        RemoteFunction,
+        load_ipython_extension,
+        remote,
+        simulate,
+    )
 
 __all__ = [
     "DPSGD",
     "ClientDP",
     "DomainClient",
+    "Federation",
+    "History",
     "Query",
     "RemoteFunction",
     "Update",
@@ -32,12 +43,16 @@ __all__ = [
     "errors",
     "load_ipython_extension",
     "remote",
+    "simulate",
+    "strategies",
 ]
 
 _WHERE = {
     "ClientDP": ("fednb.protocol", "ClientDP"),
     "DPSGD": ("fednb.scientist", "DPSGD"),
     "DomainClient": ("fednb.client", "DomainClient"),
+    "Federation": ("fednb.scientist", "Federation"),
+    "History": ("fednb.scientist", "History"),
     "Query": ("fednb.scientist", "Query"),
     "RemoteFunction": ("fednb.scientist", "RemoteFunction"),
     "Update": ("fednb.protocol", "Update"),
@@ -46,6 +61,8 @@ _WHERE = {
     "errors": ("fednb.errors", None),
     "load_ipython_extension": ("fednb.scientist", "load_ipython_extension"),
     "remote": ("fednb.scientist", "remote"),
+    "simulate": ("fednb.scientist", "simulate"),
+    "strategies": ("fednb.strategies", None),
 }
 
 

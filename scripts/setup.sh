@@ -23,5 +23,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "==> installing fednb and its dev tools into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
+# torch first, pinned: a CPU build; letting a dependency pick torch pulls GBs of CUDA
+"$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
 echo "==> ready: $VENV/bin/fednb"

@@ -31,7 +31,7 @@ _DPSGD_SOURCE = '''def __fednb_dpsgd__(data, weights=None):
     from fednb.runtime._dpsgd import train_dpsgd
 
     spec = DPSGDSpec.model_validate_json({spec!r})
-    return fednb.Update(weights=train_dpsgd(spec, data, weights).weights)
+    return fednb.Update(weights=train_dpsgd(spec, data, weights or None).weights)
 '''
 
 

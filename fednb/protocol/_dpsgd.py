@@ -52,7 +52,6 @@ MAX_LAYERS = 32
 """Most layers in one model."""
 MAX_PARAMETERS = 2**24
 """Most trainable parameters in one model (64 MiB of float32)."""
-_VARIABLE = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 
 
 class _Model(BaseModel):
@@ -149,8 +148,8 @@ class DPSGDSpec(_Model):
 
     layers: list[LayerSpec] = Field(min_length=1, max_length=MAX_LAYERS)
     loss: Literal["bce_with_logits", "cross_entropy", "mse"]
-    features: str = Field(pattern=_VARIABLE)
-    target: str = Field(pattern=_VARIABLE)
+    features: str = Field(min_length=1, max_length=256)
+    target: str = Field(min_length=1, max_length=256)
     epochs: int = Field(ge=1, le=1000)
     batch_size: int = Field(ge=1, le=1_000_000)
     lr: float = Field(gt=0.0, le=100.0, allow_inf_nan=False)

@@ -24,7 +24,7 @@ def _file(client: DomainClient, kind: str, name: str, source: str, dataset: str 
           runs: int, weights: Weights | None = None, description: str = "") -> RemoteRequest:
     from fednb.runtime import weight_specs
 
-    body = RequestCreate(id=uuid.uuid4().hex, function_name=name, kind=kind,  # type: ignore[arg-type]
+    body = RequestCreate(id=uuid.uuid4().hex, function_name=name, kind=kind,
                          source=source, code_hash=code_hash(source),
                          datasets=[dataset] if isinstance(dataset, str) else list(dataset),
                          weights=None if weights is None else weight_specs(weights), runs=runs,

@@ -211,3 +211,45 @@ def test_a_query_on_a_variable_without_bounds_is_refused(hospital: Hospital) -> 
     with pytest.raises(InvalidInput, match="no declared bounds"):
         fednb.Query(fednb.Query.mean("age"), noise_multiplier=2.0).request(sci, "with-age")
     assert isinstance(hospital.dom.mock("with-age"), xr.Dataset)
+
+
+def test_a_dpsgd_request_reaches_093_at_epsilon_1(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A logistic model sent as data, trained in the hospital's sandbox with DP-SGD."""
+    pytest.importorskip("opacus")
+    from sklearn.model_selection import train_test_split
+
+    from fednb.privacy import noise_multiplier_for
+    from fednb.scientist import DPSGD
+
+    bc = breast_cancer_dataset()
+    x, y = bc.x.values, bc.y.values
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
+    train = xr.Dataset({"x": (("patient", "feature"), xtr.astype(np.float32)),
+                        "y": ("patient", ytr.astype(np.float32))})
+    h = make_hospital(tmp_path_factory.mktemp("dpsgd") / "h")
+    try:
+        h.dom.add_dataset("bc-train", train, bounds={"x": (0.0, 5000.0), "y": (0.0, 1.0)})
+        h.dom.policy.update(delta=1e-5)
+        runs, n, batch, epochs = 5, len(ytr), 64, 10
+        sci = scientist(h, epsilon=runs * 1.0001)
+        steps = epochs * int(np.ceil(n / batch))
+        z = noise_multiplier_for(1.0, 1e-5, sampling_rate=batch / n, steps=steps)
+        mu, sd = xtr.mean(0), xtr.std(0)
+        model = DPSGD(layers=[{"type": "linear", "in_features": 30, "out_features": 1}],
+                      loss="bce_with_logits", features="x", target="y", epochs=epochs, batch_size=batch,
+                      lr=10.0, optimizer="sgd", max_grad_norm=0.1, noise_multiplier=z,
+                      feature_shift=mu.tolist(), feature_scale=sd.tolist())
+        assert model.preview_epsilon(n, delta=1e-5) <= 1.0
+        req = model.request(sci, "bc-train", runs=runs)
+        assert h.owner().requests.get(req.id).info.epsilon_per_run == pytest.approx(1.0, abs=1e-3)
+        h.owner().requests.get(req.id).approve(release="auto")
+        accs = []
+        for _ in range(runs):
+            w = req.run().result(timeout=300).weights
+            logit = ((xte - mu) / sd) @ w["0.weight"].T + w["0.bias"]
+            accs.append(float(np.mean((logit[:, 0] > 0) == yte)))
+        assert np.median(accs) >= 0.93 and min(accs) >= 0.85, accs  # each model is (1, 1e-5)-DP
+        (b,) = [b for b in sci.budget if b.dataset == "bc-train"]
+        assert b.epsilon_spent <= runs * 1.0001
+    finally:
+        h.server.stop()

@@ -55,8 +55,8 @@ def test_magic_in_a_real_ipython_shell() -> None:
 
 def test_top_level_exports_are_pinned() -> None:
     assert len(set(fednb.__all__)) == len(fednb.__all__)  # ruff (RUF022) keeps the order sorted
-    assert set(fednb.__all__) == {"ClientDP", "DPSGD", "DomainClient", "Query", "RemoteFunction", "Update",
-                                  "__version__",
+    assert set(fednb.__all__) == {"ClientDP", "DPSGD", "DomainClient", "Federation", "History", "Query",
+                                  "RemoteFunction", "Update", "__version__", "simulate", "strategies",
                                   "connect", "errors", "load_ipython_extension", "remote"}
     for name in fednb.__all__:
         assert getattr(fednb, name) is not None

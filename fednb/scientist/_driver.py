@@ -1,0 +1,233 @@
+"""The round driver: the one loop behind ``Federation`` and ``simulate``.
+
+It samples participants, hands each the global weights and the round's parameters,
+drops those that fail or time out (going on while ``min_domains`` answer), aggregates
+with the strategy's hooks, checkpoints after every round and resumes from the last
+checkpoint. Run ids are derived from the federation's id, the round and the domain, so
+a restarted notebook re-sends the same ids and no domain runs (or charges) twice.
+Asynchronous mode (FedBuff-style) restarts each participant as soon as it answers and
+aggregates whenever the buffer is full, rebasing stale updates onto the current model.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fednb.errors import InvalidInput
+from fednb.protocol import decode_message, encode_message
+from fednb.scientist._history import ClientRecord, History
+from fednb.scientist._participants import Outcome, Participant
+from fednb.strategies import ClientUpdate, Strategy, flatten, unflatten
+from fednb.typing import Weights
+
+__all__ = ["Driver", "RoundFailed"]
+
+
+class RoundFailed(InvalidInput):
+    """Fewer domains than ``min_domains`` answered a round."""
+
+    code = "round_failed"
+    status = 409
+
+
+@dataclass
+class _Flight:
+    name: str
+    version: int
+    start: np.ndarray
+
+
+class Driver:
+    """Run ``rounds`` rounds of ``strategy`` over ``participants``.
+
+    Parameters
+    ----------
+    participants
+        By name; each has ``run(weights, params, run_id, timeout)``.
+    strategy
+        A :class:`fednb.strategies.Strategy`.
+    initial
+        The initial global weights (named arrays).
+    params
+        The client function's parameters (the strategy may add some per round).
+    rounds
+        Rounds to run (asynchronous: aggregations).
+    run_prefix
+        Stable prefix of run ids (the federation's id): the key to idempotent resumes.
+    min_domains
+        Fewest answers a round needs (default 1).
+    timeout
+        Seconds one run may take before its domain is dropped from the round (default 600).
+    checkpoint
+        A directory to checkpoint into after every round and to resume from; None: none.
+    """
+
+    def __init__(self, participants: dict[str, Participant], strategy: Strategy, initial: Weights,
+                 params: dict[str, Any], rounds: int, *, run_prefix: str, min_domains: int = 1,
+                 timeout: float = 600.0, checkpoint: str | Path | None = None,
+                 asynchronous: bool = False, progress: bool = True,
+                 settings: dict[str, Any] | None = None) -> None:
+        if rounds < 1:
+            raise InvalidInput(f"rounds must be >= 1, not {rounds}")
+        if not 1 <= min_domains <= len(participants):
+            raise InvalidInput(f"min_domains must be between 1 and {len(participants)}, not {min_domains}")
+        need = int(getattr(strategy, "min_updates", 1))
+        if len(participants) < need:
+            raise InvalidInput(f"{strategy!r} needs at least {need} updates a round; there are only "
+                               f"{len(participants)} domains")
+        self.participants, self.strategy, self.params = participants, strategy, dict(params)
+        self.rounds, self.prefix, self.min_domains = rounds, run_prefix, min_domains
+        self.timeout, self.asynchronous, self.progress = timeout, asynchronous, progress
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.vec, self.layout = flatten(initial)
+        self.history = History(settings=dict(settings or {}))
+        self.done = 0
+        self._rng = np.random.default_rng(secrets.randbits(64))  # sampling only, not privacy noise
+        self._resume()
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _save(self) -> None:
+        if self.checkpoint is None:
+            return
+        self.checkpoint.mkdir(parents=True, exist_ok=True)
+        state = {k: np.asarray(v) for k, v in self.strategy.state_dict().items()}
+        blob = encode_message({"done": self.done, "state_keys": sorted(state)},
+                              {"__global__": self.vec, **{f"state/{k}": v for k, v in state.items()}})
+        tmp = self.checkpoint / "checkpoint.safetensors.tmp"
+        tmp.write_bytes(blob)
+        self.history.weights = unflatten(self.vec, self.layout)
+        self.history.save(self.checkpoint / "history")  # checkpoint is not None: checked above
+        tmp.replace(self.checkpoint / "checkpoint.safetensors")
+
+    def _resume(self) -> None:
+        if self.checkpoint is None or not (self.checkpoint / "checkpoint.safetensors").exists():
+            return
+        path = self.checkpoint / "checkpoint.safetensors"
+        header, tensors = decode_message(path.read_bytes())
+        if tensors["__global__"].shape != self.vec.shape:
+            raise InvalidInput(f"the checkpoint in {self.checkpoint} is of another model; remove it")
+        self.vec, self.done = tensors["__global__"], int(header["done"])
+        state = {k: tensors[f"state/{k}"] for k in header["state_keys"]}
+        self.strategy.load_state_dict({k: (v if v.ndim else v.item()) for k, v in state.items()})
+        self.history = History.load(self.checkpoint / "history")
+
+    # -- one run ---------------------------------------------------------------------
+    def _record(self, rnd: int, name: str, out: Outcome, staleness: int = 0) -> None:
+        u = out.update
+        self.history.records.append(ClientRecord(
+            round=rnd, domain=name, status=out.status, reason=out.reason,
+            num_examples=int(u.num_examples or 0) if u else 0, seconds=round(out.seconds, 4),
+            bytes_up=out.bytes_up, bytes_down=out.bytes_down, staleness=staleness,
+            metrics=dict(u.metrics) if u else {}))
+
+    def _vector(self, out: Outcome) -> np.ndarray | None:
+        """The update as a flat vector, or None when it failed or does not fit the model."""
+        if out.status != "succeeded" or out.update is None or not out.update.num_examples:
+            return None
+        try:
+            new, layout = flatten(out.update.weights)
+        except InvalidInput:
+            return None
+        if layout.names != self.layout.names or new.shape != self.vec.shape or not np.isfinite(new).all():
+            return None
+        return new
+
+    def _run_id(self, tag: str, name: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:16]
+        return f"{self.prefix}-{tag}-{safe}"
+
+    def _sample(self, fraction: float) -> list[str]:
+        names = sorted(self.participants)
+        k = max(self.min_domains, int(np.ceil(fraction * len(names))))
+        return sorted(self._rng.choice(names, size=min(k, len(names)), replace=False).tolist())
+
+    # -- synchronous -----------------------------------------------------------------
+    def _round(self, pool: ThreadPoolExecutor, rnd: int) -> None:
+        cfg = self.strategy.configure_round(rnd, self.params)
+        weights = unflatten(self.vec, self.layout)
+        chosen = self._sample(cfg.fraction)
+        futures = {n: pool.submit(self.participants[n].run, weights, dict(cfg.params),
+                                  self._run_id(f"r{rnd}", n), self.timeout) for n in chosen}
+        updates = []
+        for name, fut in futures.items():
+            out = fut.result()
+            self._record(rnd, name, out)
+            vec = self._vector(out)
+            if vec is not None and out.update is not None:
+                updates.append(ClientUpdate(vec, int(out.update.num_examples or 0), name, 0,
+                                            dict(out.update.metrics)))
+        if len(updates) < self.min_domains:
+            raise RoundFailed(f"round {rnd}: {len(updates)} of {len(chosen)} domains answered, fewer than "
+                              f"min_domains={self.min_domains}; see history.metrics.status")
+        self.vec = self.strategy.aggregate(self.vec, updates)
+
+    def run(self) -> History:
+        """Run the remaining rounds; returns the history (also kept on ``self.history``)."""
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+        bar = tqdm(total=self.rounds, initial=self.done, desc="rounds", disable=not self.progress)
+        workers = max(4, len(self.participants))
+        with ThreadPoolExecutor(max_workers=min(workers, 64), thread_name_prefix="fednb-round") as pool:
+            if self.asynchronous:
+                self._run_async(pool, bar)
+            else:
+                while self.done < self.rounds:
+                    self._round(pool, self.done)
+                    self.done += 1
+                    self._save()
+                    bar.update(1)
+        bar.close()
+        self.history.weights = unflatten(self.vec, self.layout)
+        return self.history
+
+    # -- asynchronous ----------------------------------------------------------------
+    def _launch(self, pool: ThreadPoolExecutor, name: str, seq: dict[str, int],
+                flights: dict[Future[Outcome], _Flight]) -> None:
+        cfg = self.strategy.configure_round(self.done, self.params)
+        seq[name] = seq.get(name, 0) + 1
+        fut = pool.submit(self.participants[name].run, unflatten(self.vec, self.layout), dict(cfg.params),
+                          self._run_id(f"a{self.done}-{seq[name]}", name), self.timeout)
+        flights[fut] = _Flight(name, self.done, self.vec.copy())
+
+    def _aggregate_buffer(self, buffer: list[tuple[_Flight, np.ndarray, Outcome]]) -> None:
+        # Rebase and weigh staleness now, against the model the buffer is applied to.
+        updates = []
+        for fl, new, out in buffer:
+            assert out.update is not None
+            updates.append(ClientUpdate(self.vec + (new - fl.start), int(out.update.num_examples or 0),
+                                        fl.name, self.done - fl.version, dict(out.update.metrics)))
+        self.vec = self.strategy.aggregate(self.vec, updates)
+
+    def _run_async(self, pool: ThreadPoolExecutor, bar: Any) -> None:
+        k = int(getattr(self.strategy, "buffer_size", self.min_domains))
+        flights: dict[Future[Outcome], _Flight] = {}
+        seq: dict[str, int] = {}
+        buffer: list[tuple[_Flight, np.ndarray, Outcome]] = []
+        for name in sorted(self.participants):
+            self._launch(pool, name, seq, flights)
+        while self.done < self.rounds and flights:
+            finished, _ = wait(list(flights), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                fl = flights.pop(fut)
+                out = fut.result()
+                self._record(self.done, fl.name, out, self.done - fl.version)
+                vec = self._vector(out)
+                if vec is not None:
+                    buffer.append((fl, vec, out))
+                if self.done < self.rounds:
+                    self._launch(pool, fl.name, seq, flights)
+            while len(buffer) >= k and self.done < self.rounds:
+                self._aggregate_buffer(buffer[:k])
+                buffer = buffer[k:]
+                self.done += 1
+                self._save()
+                bar.update(1)
+        for fut in flights:  # stragglers of the last round: let them finish, drop their answers
+            fut.cancel()

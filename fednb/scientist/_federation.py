@@ -1,0 +1,179 @@
+"""``fednb.Federation`` (domains over HTTP) and ``fednb.simulate`` (virtual hospitals)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from fednb.client import DomainClient, RemoteRequest
+from fednb.errors import InvalidInput
+from fednb.protocol import ClientDP, DatasetCard
+from fednb.scientist._driver import Driver
+from fednb.scientist._history import History
+from fednb.scientist._participants import LocalParticipant, Participant, RemoteParticipant
+from fednb.scientist._remote import RemoteFunction
+from fednb.strategies import FedAvg, FedBuff, FedProx, Strategy, compose_check
+from fednb.typing import Weights
+
+__all__ = ["Federation", "card_differences", "simulate"]
+
+
+def card_differences(cards: Mapping[str, DatasetCard]) -> list[str]:
+    """What differs between the domains' cards: variables, dims, dtypes, units, bounds' presence."""
+    def schema(c: DatasetCard) -> dict[str, Any]:
+        return {k: (v.dims, v.dtype, v.units) for k, v in c.variables.items()} | {
+            f"dim {d}": n for d, n in c.dims.items() if d != c.example_dim}
+
+    names = sorted(cards)
+    ref = schema(cards[names[0]])
+    out = []
+    for n in names[1:]:
+        other = schema(cards[n])
+        for key in sorted(set(ref) | set(other)):
+            if ref.get(key) != other.get(key):
+                out.append(f"{key}: {names[0]} has {ref.get(key)}, {n} has {other.get(key)}")
+    return out
+
+
+def _check_params(fn: RemoteFunction, strategy: Strategy, params: Mapping[str, Any]) -> None:
+    needed = set(params) | ({"mu"} if isinstance(strategy, FedProx) else set())
+    missing = sorted(needed - set(fn.params))
+    if missing:
+        raise InvalidInput(f"{fn.name} must declare the parameters {missing} in @fednb.remote(params=...)"
+                           " so the hospitals can approve their bounds")
+
+
+class Federation:
+    """Federated training of one remote function over several domains.
+
+    Parameters
+    ----------
+    domains
+        Connected clients by name (one per hospital).
+    fn
+        The remote function: ``fn(data, weights, **params)`` returning new weights.
+    dataset
+        The dataset name, the same on every domain (its cards must match).
+    initial
+        The initial global weights.
+    params
+        The function's parameters (FedProx adds ``mu`` each round).
+    strategy
+        Default :class:`~fednb.strategies.FedAvg`.
+    rounds
+        Rounds (asynchronous: aggregations).
+    dp
+        Client-level DP for every domain's updates (the domains clip, noise and charge).
+    secure_aggregation
+        Not available yet (the secure aggregation issue); True is refused.
+    min_domains
+        Fewest domains a round needs (default: all but one, at least one).
+    timeout
+        Seconds a domain may take per run before it is dropped from the round.
+    checkpoint
+        Directory for checkpoints (default ``.fednb/federations/<id>``; None: off). A
+        Federation built again with the same arguments resumes from it.
+    """
+
+    def __init__(self, domains: Mapping[str, DomainClient], fn: RemoteFunction, *, dataset: str,
+                 initial: Weights, params: Mapping[str, Any] | None = None, strategy: Strategy | None = None,
+                 rounds: int = 10, dp: ClientDP | None = None, secure_aggregation: bool = False,
+                 asynchronous: bool | None = None, min_domains: int | None = None, timeout: float = 600.0,
+                 checkpoint: str | Path | bool | None = True, progress: bool = True) -> None:
+        self.domains, self.fn, self.dataset = dict(domains), fn, dataset
+        self.strategy = strategy or FedAvg()
+        self.asynchronous = isinstance(self.strategy, FedBuff) if asynchronous is None else asynchronous
+        if secure_aggregation:
+            raise InvalidInput("secure aggregation is not available yet in this version of fednb")
+        compose_check(self.strategy, secure_aggregation=False, asynchronous=self.asynchronous,
+                      dp=dp is not None)
+        self.params, self.initial, self.rounds, self.dp = dict(params or {}), initial, rounds, dp
+        _check_params(fn, self.strategy, self.params)
+        self.min_domains = min_domains or max(1, len(self.domains) - 1)
+        self.timeout, self.progress = timeout, progress
+        key = json.dumps([sorted(self.domains), fn.code_hash, dataset, repr(self.strategy), rounds,
+                          None if dp is None else dp.model_dump(), sorted(self.params.items())], default=str)
+        self.id = "fed-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.checkpoint = (Path(".fednb") / "federations" / self.id if checkpoint is True
+                           else None if checkpoint in (False, None) else Path(str(checkpoint)))
+        self.requests: dict[str, RemoteRequest] = {}
+
+    def check_cards(self) -> None:
+        """Refuse before round 1 when the domains' dataset cards differ (and say how)."""
+        cards = {n: c.datasets[self.dataset].card for n, c in self.domains.items()}
+        diff = card_differences(cards)
+        if diff:
+            raise InvalidInput("the domains' datasets differ:\n  " + "\n  ".join(diff))
+
+    def request(self) -> dict[str, RemoteRequest]:
+        """File one request per domain (idempotent: a second call finds the same requests)."""
+        self.check_cards()
+        runs = self.rounds * (2 if self.asynchronous else 1) + 1
+        for name, client in self.domains.items():
+            self.requests[name] = self.fn.request(
+                client, self.dataset, runs=runs, weights=self.initial, dp=self.dp,
+                request_id=f"{self.id}-{hashlib.sha256(name.encode()).hexdigest()[:8]}",
+                description=f"federated training {self.id}, {self.rounds} rounds, {self.strategy!r}")
+        return self.requests
+
+    def pending(self) -> list[str]:
+        """Domains whose owners have not approved yet."""
+        return [n for n, r in self.requests.items() if r.status != "approved"]
+
+    def wait_for_approval(self, timeout: float = 3600.0, poll: float = 2.0) -> None:
+        """Block until every domain approved; raise if one denies."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {n: r.status for n, r in self.requests.items()}
+            denied = [n for n, s in states.items() if s == "denied"]
+            if denied:
+                raise InvalidInput(f"denied by {denied}: " + "; ".join(
+                    f"{n}: {self.requests[n].info.review_reason}" for n in denied))
+            if all(s == "approved" for s in states.values()) or time.monotonic() > deadline:
+                return
+            time.sleep(poll)
+
+    def run(self) -> History:
+        """Run the rounds (resuming from the checkpoint); domains must have approved."""
+        if not self.requests:
+            self.request()
+        waiting = self.pending()
+        if waiting:
+            raise InvalidInput(f"waiting for approval by {waiting}; call wait_for_approval() first")
+        participants: dict[str, Participant] = {
+            n: RemoteParticipant(n, r, self.dataset) for n, r in self.requests.items()}
+        driver = Driver(participants, self.strategy, self.initial, self.params, self.rounds,
+                        run_prefix=self.id, min_domains=self.min_domains, timeout=self.timeout,
+                        checkpoint=self.checkpoint, asynchronous=self.asynchronous, progress=self.progress,
+                        settings={"federation": self.id, "strategy": repr(self.strategy),
+                                  "dataset": self.dataset,
+                                  "dp": None if self.dp is None else self.dp.model_dump()})
+        return driver.run()
+
+
+def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initial: Weights,
+             params: Mapping[str, Any] | None = None, strategy: Strategy | None = None, rounds: int = 10,
+             dp: ClientDP | None = None, asynchronous: bool | None = None, min_domains: int = 1,
+             example_dim: str | None = None, checkpoint: str | Path | None = None,
+             progress: bool = True) -> History:
+    """Federated training over virtual hospitals, in this process, through the same driver,
+    strategies, output policy (DP included) and execution path as a real federation."""
+    strategy = strategy or FedAvg()
+    is_async = isinstance(strategy, FedBuff) if asynchronous is None else asynchronous
+    compose_check(strategy, secure_aggregation=False, asynchronous=is_async, dp=dp is not None)
+    _check_params(fn, strategy, dict(params or {}))
+    parts: dict[str, Participant] = {}
+    for name, data in partitions.items():
+        dim = example_dim or str(next(iter(data.data_vars.values())).dims[0])
+        parts[name] = LocalParticipant(name, fn.source, fn.name, data, dim, dp=dp, metrics=fn.metrics)
+    driver = Driver(parts, strategy, initial, dict(params or {}), rounds, run_prefix="sim",
+                    min_domains=min_domains, timeout=float("inf"), checkpoint=checkpoint,
+                    asynchronous=is_async, progress=progress,
+                    settings={"simulated": True, "strategy": repr(strategy)})
+    return driver.run()

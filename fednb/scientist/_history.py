@@ -1,0 +1,116 @@
+"""``History``: what a federation did, round by round and hospital by hospital."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from fednb.protocol import decode_message, encode_message
+from fednb.typing import Weights
+
+__all__ = ["ClientRecord", "History"]
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """One domain's part in one round."""
+
+    round: int
+    domain: str
+    status: str
+    reason: str | None = None
+    num_examples: int = 0
+    seconds: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    staleness: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class History:
+    """Per-round, per-domain records, the final weights, and the run's settings.
+
+    ``metrics`` is an ``xarray.Dataset`` over (round, domain); ``rounds`` aggregates it
+    per round (metrics weighted by examples, domains that took part, bytes on the wire).
+    """
+
+    records: list[ClientRecord] = field(default_factory=list)
+    weights: Weights = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted({r.domain for r in self.records})
+
+    @property
+    def num_rounds(self) -> int:
+        return 1 + max((r.round for r in self.records), default=-1)
+
+    def _names(self) -> list[str]:
+        return sorted({k for r in self.records for k in r.metrics})
+
+    @property
+    def metrics(self) -> xr.Dataset:
+        """Metrics, examples, seconds, bytes and status over (round, domain)."""
+        rounds, domains = np.arange(self.num_rounds), self.domains
+        shape = (len(rounds), len(domains))
+        data: dict[str, np.ndarray] = {k: np.full(shape, np.nan) for k in self._names()}
+        for k in ("num_examples", "seconds", "bytes_up", "bytes_down", "staleness"):
+            data[k] = np.full(shape, np.nan)
+        status = np.full(shape, "", dtype=object)
+        col = {d: i for i, d in enumerate(domains)}
+        for r in self.records:
+            i, j = r.round, col[r.domain]
+            status[i, j] = r.status
+            for k, v in r.metrics.items():
+                data[k][i, j] = v
+            for k in ("num_examples", "seconds", "bytes_up", "bytes_down", "staleness"):
+                data[k][i, j] = getattr(r, k)
+        ds = xr.Dataset({k: (("round", "domain"), v) for k, v in data.items()},
+                        coords={"round": rounds, "domain": domains})
+        ds["status"] = (("round", "domain"), status.astype(str))
+        return ds
+
+    @property
+    def rounds(self) -> xr.Dataset:
+        """Per round: metrics weighted by examples, domains that took part, bytes."""
+        m = self.metrics
+        ok = m["status"] == "succeeded"
+        n = m["num_examples"].where(ok)
+        out = {k: (m[k].where(ok) * n).sum("domain") / n.sum("domain") for k in self._names()}
+        out["domains"] = ok.sum("domain")
+        out["bytes"] = (m["bytes_up"].fillna(0) + m["bytes_down"].fillna(0)).sum("domain")
+        return xr.Dataset(out)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write to a directory: ``records.json``, ``weights.safetensors``."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {"settings": self.settings, "records": [r.__dict__ for r in self.records]}
+        tmp = out / "records.json.tmp"
+        tmp.write_text(json.dumps(payload, default=str))
+        tmp.replace(out / "records.json")
+        (out / "weights.safetensors").write_bytes(encode_message({}, self.weights))
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> History:
+        """Read what :meth:`save` wrote."""
+        p = Path(path)
+        payload = json.loads((p / "records.json").read_text())
+        _, weights = decode_message((p / "weights.safetensors").read_bytes())
+        return cls([ClientRecord(**r) for r in payload["records"]], dict(weights), payload["settings"])
+
+    def __repr__(self) -> str:
+        last = self.rounds.isel(round=-1) if self.num_rounds else None
+        shown = "" if last is None else ", ".join(
+            f"{k}={float(last[k]):.4g}" for k in self._names())
+        return (f"History({self.num_rounds} rounds over {len(self.domains)} domains"
+                + (f"; last round: {shown}" if shown else "") + ")")

@@ -1,0 +1,100 @@
+"""Participants of a federation: a domain over HTTP, or a virtual hospital in-process.
+
+Both return what the same output policy let out of the same execution path, so
+``simulate`` and ``Federation`` differ only in transport.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import xarray as xr
+
+from fednb.client import RemoteRequest
+from fednb.errors import FednbError
+from fednb.privacy import SecureNoise
+from fednb.protocol import ClientDP, Update
+from fednb.runtime import OutputPolicy, OutputRejected, apply_output_policy, call_function, compile_function
+from fednb.runtime import weight_specs as _specs
+from fednb.typing import Weights
+
+__all__ = ["LocalParticipant", "Outcome", "Participant", "RemoteParticipant"]
+
+
+@dataclass
+class Outcome:
+    """One participant's answer to one run."""
+
+    status: str
+    reason: str | None = None
+    update: Update | None = None
+    seconds: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class Participant(Protocol):
+    name: str
+
+    def run(self, weights: Weights, params: dict[str, Any], run_id: str, timeout: float) -> Outcome:
+        """Run once on ``weights`` with ``params``; never raises for a failed run."""
+        ...
+
+
+def _nbytes(weights: Weights | None) -> int:
+    return sum(int(a.nbytes) for a in (weights or {}).values())
+
+
+class RemoteParticipant:
+    """A domain over HTTP: one approved request, one run per round (idempotent run ids)."""
+
+    def __init__(self, name: str, request: RemoteRequest, dataset: str) -> None:
+        self.name, self.request, self.dataset = name, request, dataset
+
+    def run(self, weights: Weights, params: dict[str, Any], run_id: str, timeout: float) -> Outcome:
+        t0 = time.monotonic()
+        try:
+            run = self.request.run(weights=weights, dataset=self.dataset, run_id=run_id, **params)
+            info = run.wait(timeout)
+            if info.status != "succeeded":
+                return Outcome(info.status, info.reason, seconds=time.monotonic() - t0)
+            left = max(timeout - (time.monotonic() - t0), 1.0)
+            update = run.result(timeout=left)
+        except FednbError as exc:
+            return Outcome("failed", exc.code, seconds=time.monotonic() - t0)
+        return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(update.weights),
+                       _nbytes(weights))
+
+
+class LocalParticipant:
+    """A virtual hospital for ``simulate``: the runtime's path, in this process.
+
+    The source is compiled from text, the output policy (with ``dp``: clipping and CSPRNG
+    noise) applied, and ``num_examples`` taken from the data, as in a domain.
+    """
+
+    def __init__(self, name: str, source: str, function_name: str, data: xr.Dataset,
+                 example_dim: str, *, dp: ClientDP | None = None,
+                 metrics: dict[str, tuple[float, float]] | None = None) -> None:
+        self.name, self.data, self.dp = name, data, dp
+        self.fn = compile_function(source, function_name)
+        self.metrics = dict(metrics or {})
+        self.num_examples = int(data.sizes[example_dim])
+        self.noise = SecureNoise() if dp is not None else None
+
+    def run(self, weights: Weights, params: dict[str, Any], run_id: str, timeout: float) -> Outcome:
+        t0 = time.monotonic()
+        try:
+            raw = call_function(self.fn, self.data, weights, params)
+            policy = OutputPolicy(weights=_specs(weights) if weights else None, metrics=self.metrics,
+                                  dp=self.dp)
+            out = apply_output_policy(raw, policy, self.noise)
+        except OutputRejected as rej:
+            return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
+        except Exception:  # the code failed: a fixed category, as in a domain
+            return Outcome("failed", "exception", seconds=time.monotonic() - t0)
+        update = Update(out.weights, out.metrics, num_examples=self.num_examples)
+        return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(update.weights),
+                       _nbytes(weights))

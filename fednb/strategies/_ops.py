@@ -1,0 +1,89 @@
+"""The arithmetic of aggregation: pure NumPy functions over stacked (N, P) updates.
+
+N is the number of updates (hospitals), P the number of parameters. Every function is
+vectorised over P (no Python loop over parameters), so a later ``fednb.kernels`` backend
+can replace one function at a time and be tested against these references.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fednb.errors import InvalidInput
+from fednb.typing import FloatArray
+
+__all__ = ["coordinate_median", "krum_scores", "pairwise_sq_distances", "trimmed_mean", "weighted_mean"]
+
+
+def weighted_mean(stacked: FloatArray, weights: FloatArray) -> FloatArray:
+    """``sum_i w_i x_i / sum_i w_i`` over the rows of ``stacked`` (one matrix-vector product).
+
+    Parameters
+    ----------
+    stacked
+        Updates, shape (N, P).
+    weights
+        Non-negative weights, shape (N,), with a positive sum.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    total = float(w.sum())
+    if w.shape != (stacked.shape[0],) or (w < 0).any() or not total > 0.0:
+        raise InvalidInput(f"weights must be {stacked.shape[0]} non-negative numbers with a positive sum")
+    return np.asarray(w @ stacked / total, dtype=np.float64)
+
+
+def coordinate_median(stacked: FloatArray) -> FloatArray:
+    """The coordinate-wise median of the rows (the mean of the two middle values for even N)."""
+    return np.asarray(np.median(stacked, axis=0), dtype=np.float64)
+
+
+def trimmed_mean(stacked: FloatArray, beta: float) -> FloatArray:
+    """The coordinate-wise mean after dropping the ``floor(beta * N)`` lowest and highest values.
+
+    Equal to ``scipy.stats.trim_mean(stacked, beta, axis=0)``; one ``np.partition`` along
+    axis 0 isolates the kept values, so no full sort is needed.
+    """
+    n = stacked.shape[0]
+    k = int(np.floor(beta * n))
+    if not 0 <= 2 * k < n:
+        raise InvalidInput(f"beta={beta!r} trims all {n} updates; beta must be in [0, 0.5)")
+    if k == 0:
+        return np.asarray(stacked.mean(axis=0), dtype=np.float64)
+    part = np.partition(stacked, (k, n - k - 1), axis=0)
+    return np.asarray(part[k : n - k].mean(axis=0), dtype=np.float64)
+
+
+def pairwise_sq_distances(stacked: FloatArray) -> FloatArray:
+    """Squared Euclidean distances between all rows, shape (N, N), via one Gram matrix.
+
+    ``||a - b||^2 = |a|^2 + |b|^2 - 2 a.b``: one (N, P) x (P, N) product, O(N^2 P). The
+    rows are first centred on their coordinate-wise median (distances do not change) so
+    that the cancellation in the formula does not eat the precision of nearby updates.
+    """
+    centred = stacked - np.median(stacked, axis=0)
+    gram = centred @ centred.T
+    sq = np.diag(gram)
+    dist = sq[:, None] + sq[None, :] - 2.0 * gram
+    np.maximum(dist, 0.0, out=dist)
+    np.fill_diagonal(dist, 0.0)
+    return np.asarray(dist, dtype=np.float64)
+
+
+def krum_scores(stacked: FloatArray, f: int) -> FloatArray:
+    """Krum's score of every row: the sum of squared distances to its ``N - f - 2`` nearest others.
+
+    Parameters
+    ----------
+    stacked
+        Updates, shape (N, P), with ``N > 2 f + 2``.
+    f
+        Number of Byzantine updates tolerated.
+    """
+    n = stacked.shape[0]
+    if n <= 2 * f + 2:
+        raise InvalidInput(f"Krum with f={f} needs more than 2f + 2 = {2 * f + 2} updates, got {n}")
+    dist = pairwise_sq_distances(stacked)
+    np.fill_diagonal(dist, np.inf)
+    k = n - f - 2
+    nearest = np.partition(dist, k - 1, axis=1)[:, :k]
+    return np.asarray(nearest.sum(axis=1), dtype=np.float64)

@@ -1,0 +1,217 @@
+"""Federated training over real domains on loopback, and simulate() over virtual ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from sklearn.datasets import load_breast_cancer
+from sklearn.model_selection import train_test_split
+
+import fednb
+from fednb.domain import Domain, Server
+from fednb.errors import InvalidInput
+from fednb.scientist import dirichlet_split
+
+
+@fednb.remote(params={"lr": (float, 1e-3, 5.0), "epochs": (int, 1, 100), "mu": (float, 0.0, 10.0)},
+              metrics={"loss": (0.0, 10.0)})
+def train(data, weights, lr=0.5, epochs=5, mu=0.0):
+    import time
+
+    time.sleep(float(data.attrs.get("delay", 0.0)))
+    x, y = data.x.values, data.y.values
+    w, b = weights["w"].copy(), weights["b"].copy()
+    for _ in range(epochs):
+        p = 1 / (1 + np.exp(-(x @ w + b[0])))
+        w -= lr * (x.T @ (p - y) / len(y) + mu * (w - weights["w"]))
+        b -= lr * (np.array([np.mean(p - y)]) + mu * (b - weights["b"]))
+    p = np.clip(1 / (1 + np.exp(-(x @ w + b[0]))), 1e-7, 1 - 1e-7)
+    return fednb.Update(weights={"w": w, "b": b},
+                        metrics={"loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))})
+
+
+W0 = {"w": np.zeros(30), "b": np.zeros(1)}
+PARAMS = {"lr": 0.5, "epochs": 5}
+
+
+def split() -> tuple[dict[str, xr.Dataset], np.ndarray, np.ndarray]:
+    bc = load_breast_cancer()
+    x = (bc.data - bc.data.mean(0)) / bc.data.std(0)
+    xtr, xte, ytr, yte = train_test_split(x, bc.target, test_size=0.2, stratify=bc.target, random_state=0)
+    ds = xr.Dataset({"x": (("patient", "feature"), xtr), "y": ("patient", ytr.astype(float))})
+    return dirichlet_split(ds, 3, label="y", alpha=1.0, seed=3, prefix="h"), xte, yte
+
+
+def accuracy(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(((x @ w["w"] + w["b"][0]) > 0) == y))
+
+
+@dataclass
+class Site:
+    server: Server
+    owner: str
+    scientist: str
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Iterator[dict[str, Site]]:
+    parts, _, _ = split()
+    out = {}
+    for name, data in parts.items():
+        dom = Domain.create(tmp_path / name, name=name)
+        owner, sci = dom.add_user("owner", role="owner"), dom.add_user("alice", epsilon=1e12)
+        dom.policy.update(min_noise_multiplier=0.0)  # the tests charge DP with negligible noise
+        dom.add_dataset("bc", data, bounds={"x": (-20.0, 20.0), "y": (0.0, 1.0)})
+        out[name] = Site(dom.serve(port=0), owner, sci)
+    yield out
+    for s in out.values():
+        s.server.stop()
+
+
+def approve_all(sites: dict[str, Site]) -> None:
+    for s in sites.values():
+        for r in fednb.connect(s.server.url, token=s.owner).requests.pending():
+            r.approve(release="auto")
+
+
+DP = fednb.ClientDP(clip=100.0, noise_multiplier=1e-3)  # DP accounting on, negligible noise
+
+
+def test_federation_over_three_domains_survives_a_dead_domain(sites: dict[str, Site], tmp_path: Path) -> None:
+    _, xte, yte = split()
+    clients = {n: fednb.connect(s.server.url, token=s.scientist) for n, s in sites.items()}
+    fed = fednb.Federation(clients, train, dataset="bc", initial=W0, params=PARAMS, rounds=10, dp=DP,
+                           min_domains=2, timeout=60, checkpoint=tmp_path / "ckpt", progress=False)
+    fed.request()
+    assert sorted(fed.pending()) == ["h0", "h1", "h2"]
+    approve_all(sites)
+    fed.wait_for_approval(timeout=10)
+
+    def kill_h2() -> None:  # a hospital goes down mid-run
+        while not (tmp_path / "ckpt" / "checkpoint.safetensors").exists():
+            time.sleep(0.01)
+        time.sleep(0.3)
+        sites["h2"].server.stop()
+
+    killer = threading.Thread(target=kill_h2)
+    killer.start()
+    history = fed.run()
+    killer.join()
+    status = history.metrics["status"]
+    assert history.num_rounds == 10
+    assert (status.sel(domain=["h0", "h1"]) == "succeeded").all()
+    assert (status.sel(domain="h2") != "succeeded").any()  # dropped after it died
+    assert accuracy(history.weights, xte, yte) > 0.9
+    assert "loss" in history.rounds
+
+
+def test_mismatched_cards_are_refused_before_round_one(sites: dict[str, Site]) -> None:
+    s = sites["h0"]
+    dom = s.server.domain
+    data = dom.private("bc").rename({"x": "features"})
+    dom.add_dataset("bc", data, bounds={"features": (-20.0, 20.0), "y": (0.0, 1.0)})
+    clients = {n: fednb.connect(x.server.url, token=x.scientist) for n, x in sites.items()}
+    fed = fednb.Federation(clients, train, dataset="bc", initial=W0, params=PARAMS, rounds=2, progress=False)
+    with pytest.raises(InvalidInput, match="differ") as info:
+        fed.request()
+    assert "features" in str(info.value)
+    assert all(not fednb.connect(x.server.url, token=x.owner).requests.pending() for x in sites.values())
+
+
+NOTEBOOK = '''
+import json, sys, numpy as np, fednb
+from fednb.runtime import compile_function
+cfg = json.loads(sys.argv[1])
+src = cfg["source"]
+train = fednb.RemoteFunction(compile_function(src, "train"), source=src, params=cfg["params"],
+                             metrics={{"loss": (0.0, 10.0)}})
+clients = {{n: fednb.connect(u, token=t) for n, (u, t) in cfg["sites"].items()}}
+fed = fednb.Federation(clients, train, dataset="bc", initial={{"w": np.zeros(30), "b": np.zeros(1)}},
+                       params={{"lr": 0.5, "epochs": 5}}, rounds=cfg["rounds"],
+                       dp=fednb.ClientDP(clip=100.0, noise_multiplier=1e-3), checkpoint=cfg["ckpt"],
+                       progress=False)
+fed.request()
+fed.wait_for_approval(timeout=60)
+h = fed.run()
+print("DONE", h.num_rounds, flush=True)
+'''
+
+
+def test_a_killed_notebook_resumes_without_charging_twice(sites: dict[str, Site], tmp_path: Path) -> None:
+    script = tmp_path / "notebook.py"
+    script.write_text(NOTEBOOK.format())
+    rounds, ckpt = 8, tmp_path / "ckpt"
+    params = {k: [v.type, v.low, v.high] for k, v in train.params.items()}
+    cfg = json.dumps({"rounds": rounds, "ckpt": str(ckpt), "source": train.source, "params": params,
+                      "sites": {n: [s.server.url, s.scientist] for n, s in sites.items()}})
+    for s in sites.values():  # slow runs down so that the kill lands mid-federation
+        dom = s.server.domain
+        dom.add_dataset("bc", dom.private("bc").assign_attrs(delay=0.2),
+                        bounds={"x": (-20.0, 20.0), "y": (0.0, 1.0)})
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    first = subprocess.Popen([sys.executable, str(script), cfg], env=env, stdout=subprocess.PIPE, text=True)
+    def approver_loop() -> None:  # the owners approve as the requests arrive
+        approved: set[str] = set()
+        deadline = time.monotonic() + 90
+        while len(approved) < len(sites) and time.monotonic() < deadline:
+            for n, s in sites.items():
+                for r in fednb.connect(s.server.url, token=s.owner).requests.pending():
+                    r.approve(release="auto")
+                    approved.add(n)
+            time.sleep(0.1)
+
+    approver = threading.Thread(target=approver_loop)
+    approver.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until a few rounds are checkpointed
+        hist = ckpt / "history" / "records.json"
+        if hist.exists() and len({r["round"] for r in json.loads(hist.read_text())["records"]}) >= 3:
+            break
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    approver.join()
+    done = len({r["round"] for r in json.loads((ckpt / "history" / "records.json").read_text())["records"]})
+    assert 3 <= done < rounds  # killed mid-federation
+    second = subprocess.run([sys.executable, str(script), cfg], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"DONE {rounds}" in second.stdout
+    for s in sites.values():
+        dom = s.server.domain
+        (req,) = dom.requests.list()
+        assert req.runs_used == rounds  # one run per round: the resumed round was not run twice
+        from fednb.domain._store import ChargeRow
+
+        with dom.store.session() as sess:
+            charges = sess.query(ChargeRow).all()
+        assert len(charges) == rounds and all(c.state == "committed" for c in charges)
+        assert dom.verify_audit().ok
+
+
+def test_simulate_matches_a_federation_and_runs_async_with_a_slow_hospital() -> None:
+    parts, xte, yte = split()
+    history = fednb.simulate(train, parts, initial=W0, params=PARAMS, rounds=10, progress=False)
+    assert history.num_rounds == 10 and accuracy(history.weights, xte, yte) > 0.9
+    parts = {n: d.assign_attrs(delay=0.25 if n == "h0" else 0.05) for n, d in parts.items()}
+    buff = fednb.strategies.FedBuff(buffer_size=2)
+    history = fednb.simulate(train, parts, initial=W0, params=PARAMS, strategy=buff, rounds=12,
+                             progress=False)
+    m = history.metrics
+    assert history.num_rounds == 12 and accuracy(history.weights, xte, yte) > 0.9
+    slow = m["staleness"].sel(domain="h0").dropna("round")
+    fast = m["staleness"].sel(domain=["h1", "h2"]).stack(k=("round", "domain")).dropna("k")
+    assert float(slow.mean()) > float(fast.mean())  # the slow hospital's updates arrive stale
+    assert buff.staleness_weight(int(slow.max())) < buff.staleness_weight(0)  # ... and count less

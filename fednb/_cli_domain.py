@@ -269,6 +269,21 @@ def _review_line(r: RequestInfo) -> str:
     return f"{r.status} by {r.reviewed_by} at {_when(r.reviewed)} ({how})"
 
 
+def _privacy_lines(r: RequestInfo) -> list[str]:
+    if r.epsilon_per_run is None:
+        return ["privacy    NONE: no differential privacy; results are held for your manual release"]
+    dp = "" if r.dp is None else f"clip {r.dp.clip:g}, noise multiplier {r.dp.noise_multiplier:g}; "
+    lines = [f"privacy    {dp}epsilon {r.epsilon_per_run:.3f} per run, {r.projected_epsilon:.3f} for all "
+             f"{r.runs} runs (delta {r.delta:.1e})"]
+    b = r.budget
+    if b is not None:
+        left = "no budget set" if b.epsilon_remaining is None else f"{b.epsilon_remaining:.3f} left"
+        cap = "" if b.dataset_remaining is None else f"; dataset cap: {b.dataset_remaining:.3f} left"
+        lines.append(f"budget     {r.scientist} on {b.dataset}: {b.epsilon_spent:.3f} spent, "
+                     f"{b.epsilon_reserved:.3f} reserved, {left}{cap}")
+    return lines
+
+
 def _request_text(r: RequestInfo) -> list[str]:
     head = {
         "request": r.id,
@@ -288,6 +303,7 @@ def _request_text(r: RequestInfo) -> list[str]:
     lines += [f"  {k}: {v.dtype}{v.shape}" for k, v in (r.weights or {}).items()]
     lines.append("metrics    " + ("none" if not r.metrics else ""))
     lines += [f"  {k}: in [{lo}, {hi}]" for k, (lo, hi) in r.metrics.items()]
+    lines += _privacy_lines(r)
     lines += ["source", *(f"  | {s}" for s in r.source.rstrip("\n").splitlines())]
     if r.diff is None:
         lines.append("diff       none: no earlier approved request of this function")

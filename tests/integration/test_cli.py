@@ -244,6 +244,7 @@ def test_requests_show_approve_deny(home: Path, capsys: pytest.CaptureFixture[st
     rc, out, _ = run_cli(capsys, "domain", "show", r2)
     assert rc == 0 and code_hash(SOURCE_V2) in out and "lr: float in [0.0001, 1.0]" in out
     assert "w: float32[3]" in out and "loss: in [0.0, 10.0]" in out
+    assert "privacy    NONE: no differential privacy" in out
     assert f"diff against approved {code_hash(SOURCE_V1)[:12]}" in out
     assert "-    return {'w': weights['w'] - lr}" in out and "+    return {'w': weights['w'] - 2 * lr}" in out
     rc, out, _ = run_cli(capsys, "domain", "deny", r2, "--reason", "why twice the step?")

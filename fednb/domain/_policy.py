@@ -29,7 +29,7 @@ class Policy(BaseModel):
     max_concurrent_jobs
         Runs executing at once across the domain (default 2).
     worker_memory_bytes
-        Memory cap of one sandboxed worker, bytes (default 2 GiB).
+        Memory cap of one sandboxed worker, bytes (default 3 GiB: room for torch, not for 4 GiB).
     delta
         The delta of every epsilon this domain reports and enforces; None (default) uses
         ``min(1e-6, 1 / (10 n))`` for a dataset of n examples.
@@ -49,7 +49,7 @@ class Policy(BaseModel):
     run_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
     max_result_bytes: int = Field(default=64 << 20, gt=0, le=1 << 31)
     max_concurrent_jobs: int = Field(default=2, ge=1, le=256)
-    worker_memory_bytes: int = Field(default=2 << 30, ge=256 << 20)
+    worker_memory_bytes: int = Field(default=3 << 30, ge=256 << 20)
     delta: float | None = Field(default=None, gt=0, lt=0.1)
     min_noise_multiplier: float = Field(default=0.5, ge=0)
     max_epsilon_per_run: float | None = Field(default=None, gt=0)

@@ -47,7 +47,7 @@ class Limits:
     Parameters
     ----------
     memory_bytes
-        Address space and cgroup memory cap, bytes (default 2 GiB).
+        Address space and cgroup memory cap, bytes (default 3 GiB).
     max_procs
         Processes and threads in the sandbox (default 64).
     cpu_seconds
@@ -62,7 +62,7 @@ class Limits:
         Scheduling niceness added to the worker (default 10).
     """
 
-    memory_bytes: int = 2 << 30
+    memory_bytes: int = 3 << 30
     max_procs: int = 64
     cpu_seconds: int = 3600
     file_bytes: int = 256 << 20

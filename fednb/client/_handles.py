@@ -10,11 +10,13 @@ import numpy as np
 
 from fednb.errors import ResultNotReady, RunFailed
 from fednb.protocol import (
+    Compression,
     ReleaseMode,
     RequestInfo,
     RunInfo,
     Update,
     decode_message,
+    decompress,
     encode_message,
 )
 from fednb.typing import Weights
@@ -69,11 +71,15 @@ class RemoteRequest:
         return self
 
     def run(self, weights: Weights | None = None, *, dataset: str | None = None,
-            run_id: str | None = None, **params: Any) -> RemoteRun:
-        """Start one run; re-using ``run_id`` after a crash returns the same run."""
+            run_id: str | None = None, compression: Compression = "none", **params: Any) -> RemoteRun:
+        """Start one run; re-using ``run_id`` after a crash returns the same run.
+
+        ``compression`` ("fp16" or "int8" with stochastic rounding) shrinks the result on
+        the wire; :meth:`RemoteRun.result` restores the dtypes.
+        """
         rid = run_id or uuid.uuid4().hex
         tensors = {k: np.asarray(v, order="C") for k, v in (weights or {}).items()}
-        body = encode_message({"dataset": dataset, "params": params,
+        body = encode_message({"dataset": dataset, "params": params, "compression": compression,
                                "weights": weights is not None}, tensors)
         info = self.client._t.json("PUT", f"/requests/{self.id}/runs/{rid}", content=body)
         return RemoteRun(self.client, RunInfo.model_validate(info))
@@ -89,6 +95,7 @@ class RemoteRun:
 
     def __init__(self, client: DomainClient, info: RunInfo) -> None:
         self.client, self.info = client, info
+        self.result_bytes = 0  # size of the fetched result on the wire
 
     @property
     def id(self) -> str:
@@ -133,7 +140,8 @@ class RemoteRun:
             if state == "released":
                 body = self.client._t.call("GET", f"/runs/{self.id}/result").content
                 header, tensors = decode_message(body)
-                return Update(weights=tensors, metrics=header.get("metrics") or {},
+                self.result_bytes = len(body)
+                return Update(weights=decompress(tensors, header), metrics=header.get("metrics") or {},
                               num_examples=header.get("num_examples"))
             if state == "withheld":
                 raise RunFailed(f"the owner withheld the result of run {self.id}")

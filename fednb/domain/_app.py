@@ -145,7 +145,7 @@ def _routes(dom: "Domain") -> APIRouter:
             raise InvalidInput(f"run header: {exc.errors()[0]['msg']}") from None
         return await anyio.to_thread.run_sync(
             lambda: dom.runs.create(u, request_id, run_id, spec.dataset, spec.params,
-                                    weights if spec.weights else None))
+                                    weights if spec.weights else None, spec.compression))
 
     @r.get("/runs", response_model=list[RunInfo])
     def runs(u: User, request_id: str | None = None,

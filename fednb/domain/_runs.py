@@ -21,7 +21,7 @@ from fednb.errors import (
     RunRefused,
     SandboxUnavailable,
 )
-from fednb.protocol import ParamSpec, RunInfo, TensorSpec, encode_message
+from fednb.protocol import Compression, ParamSpec, RunInfo, TensorSpec, compress, encode_message
 from fednb.runtime import (
     OutputPolicy,
     OutputRejected,
@@ -69,7 +69,8 @@ class RunBook:
                                      "with --insecure-demo, so it refuses private runs")
 
     def create(self, user: UserRow, request_id: str, run_id: str, dataset: str | None,
-               params: dict[str, Any], weights: Weights | None) -> RunInfo:
+               params: dict[str, Any], weights: Weights | None,
+               compression: Compression = "none") -> RunInfo:
         """Check everything, reserve one run atomically, queue it; idempotent on ``run_id``."""
         req = self._d.requests.row(request_id, scientist=user.name)
         with self._d.store.session() as s:
@@ -105,7 +106,7 @@ class RunBook:
                    dataset=name, charge=None if dp_event is None else dp_event.to_json(),
                    epsilon_after=row.epsilon)
         fault("after_reserve")
-        self._d._executor().submit(self._execute, run_id, req, name, params, weights)
+        self._d._executor().submit(self._execute, run_id, req, name, params, weights, compression)
         return self.info(row, owner=False)
 
     def _job(self, req: RequestRow) -> JobSpec:
@@ -122,12 +123,13 @@ class RunBook:
                                   self._d.policy.get().run_timeout_s)
 
     def _execute(self, run_id: str, req: RequestRow, dataset: str, params: dict[str, Any],
-                 weights: Weights | None) -> None:
+                 weights: Weights | None, compression: Compression = "none") -> None:
         try:
             with self._d.store.session() as s:
                 s.execute(update(RunRow).where(RunRow.id == run_id).values(status="running"))
             outcome = self._outcome(req, dataset, params, weights)
-            self._finish(run_id, req, dataset, outcome, output_policy(req, self._d.policy.get()))
+            self._finish(run_id, req, dataset, outcome, output_policy(req, self._d.policy.get()),
+                         compression)
         except Exception as exc:  # the run must end in a fixed category whatever happens
             self._finish(run_id, req, dataset,
                          WorkerOutcome("failed", "worker_crashed", log=f"domain error: {exc!r}"),
@@ -136,14 +138,15 @@ class RunBook:
             self.event(run_id).set()
 
     def _finish(self, run_id: str, req: RequestRow, dataset: str, outcome: WorkerOutcome,
-                policy: OutputPolicy) -> None:
+                policy: OutputPolicy, compression: Compression = "none") -> None:
         result, state = None, None
         if outcome.status == "succeeded" and outcome.update is not None:
             try:
                 upd = (outcome.update if req.kind == "query"  # noised by the query mechanism
                        else apply_output_policy(outcome.update, policy, self._d.noise))
                 n = self._d.card(dataset).num_examples
-                result = encode_message({"metrics": upd.metrics, "num_examples": n}, upd.weights)
+                sent, meta = compress(upd.weights, compression, self._d.noise.uniform)
+                result = encode_message({"metrics": upd.metrics, "num_examples": n, **meta}, sent)
                 # no-DP results are always held; DP results follow the approval's release mode
                 dp = self._d.ledger.run_event(req) is not None
                 state = "released" if dp and req.release == "auto" else "held"

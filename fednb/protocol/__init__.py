@@ -1,6 +1,7 @@
 """The wire contract shared by domains and clients: models, codecs and the API version."""
 
 from fednb.protocol._codec import ALLOWED_DTYPES, decode_message, encode_message, peek_header
+from fednb.protocol._compress import Compression, compress, decompress
 from fednb.protocol._models import (
     NAME_PATTERN,
     REASON_CODES,
@@ -46,6 +47,7 @@ __all__ = [
     "ApproveDecision",
     "BudgetInfo",
     "ClientDP",
+    "Compression",
     "DatasetCard",
     "DenyDecision",
     "DomainInfo",
@@ -68,9 +70,11 @@ __all__ = [
     "VariableCard",
     "as_update",
     "code_hash",
+    "compress",
     "dataset_from_bytes",
     "dataset_to_bytes",
     "decode_message",
+    "decompress",
     "encode_message",
     "peek_header",
 ]

@@ -296,6 +296,7 @@ class RunCreate(_Model):
     dataset: str | None = None
     params: dict[str, Any] = Field(default_factory=dict, max_length=64)
     weights: bool = False
+    compression: Literal["none", "fp16", "int8"] = "none"
 
 
 class RunInfo(_Model):

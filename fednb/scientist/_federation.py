@@ -13,7 +13,7 @@ import xarray as xr
 
 from fednb.client import DomainClient, RemoteRequest
 from fednb.errors import InvalidInput
-from fednb.protocol import ClientDP, DatasetCard
+from fednb.protocol import ClientDP, Compression, DatasetCard
 from fednb.scientist._driver import Driver
 from fednb.scientist._history import History
 from fednb.scientist._participants import LocalParticipant, Participant, RemoteParticipant
@@ -76,6 +76,9 @@ class Federation:
         Fewest domains a round needs (default: all but one, at least one).
     timeout
         Seconds a domain may take per run before it is dropped from the round.
+    compression
+        ``"fp16"`` or ``"int8"`` (stochastic rounding) shrinks updates on the wire; bytes
+        per round are in ``history.rounds.bytes``.
     checkpoint
         Directory for checkpoints (default ``.fednb/federations/<id>``; None: off). A
         Federation built again with the same arguments resumes from it.
@@ -85,8 +88,10 @@ class Federation:
                  initial: Weights, params: Mapping[str, Any] | None = None, strategy: Strategy | None = None,
                  rounds: int = 10, dp: ClientDP | None = None, secure_aggregation: bool = False,
                  asynchronous: bool | None = None, min_domains: int | None = None, timeout: float = 600.0,
-                 checkpoint: str | Path | bool | None = True, progress: bool = True) -> None:
+                 checkpoint: str | Path | bool | None = True, progress: bool = True,
+                 compression: Compression = "none") -> None:
         self.domains, self.fn, self.dataset = dict(domains), fn, dataset
+        self.compression = compression
         self.strategy = strategy or FedAvg()
         self.asynchronous = isinstance(self.strategy, FedBuff) if asynchronous is None else asynchronous
         if secure_aggregation:
@@ -147,7 +152,7 @@ class Federation:
         if waiting:
             raise InvalidInput(f"waiting for approval by {waiting}; call wait_for_approval() first")
         participants: dict[str, Participant] = {
-            n: RemoteParticipant(n, r, self.dataset) for n, r in self.requests.items()}
+            n: RemoteParticipant(n, r, self.dataset, self.compression) for n, r in self.requests.items()}
         driver = Driver(participants, self.strategy, self.initial, self.params, self.rounds,
                         run_prefix=self.id, min_domains=self.min_domains, timeout=self.timeout,
                         checkpoint=self.checkpoint, asynchronous=self.asynchronous, progress=self.progress,
@@ -161,7 +166,7 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
              params: Mapping[str, Any] | None = None, strategy: Strategy | None = None, rounds: int = 10,
              dp: ClientDP | None = None, asynchronous: bool | None = None, min_domains: int = 1,
              example_dim: str | None = None, checkpoint: str | Path | None = None,
-             progress: bool = True) -> History:
+             progress: bool = True, compression: Compression = "none") -> History:
     """Federated training over virtual hospitals, in this process, through the same driver,
     strategies, output policy (DP included) and execution path as a real federation."""
     strategy = strategy or FedAvg()
@@ -171,7 +176,8 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
     parts: dict[str, Participant] = {}
     for name, data in partitions.items():
         dim = example_dim or str(next(iter(data.data_vars.values())).dims[0])
-        parts[name] = LocalParticipant(name, fn.source, fn.name, data, dim, dp=dp, metrics=fn.metrics)
+        parts[name] = LocalParticipant(name, fn.source, fn.name, data, dim, dp=dp, metrics=fn.metrics,
+                                       compression=compression)
     driver = Driver(parts, strategy, initial, dict(params or {}), rounds, run_prefix="sim",
                     min_domains=min_domains, timeout=float("inf"), checkpoint=checkpoint,
                     asynchronous=is_async, progress=progress,

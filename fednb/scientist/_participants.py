@@ -15,7 +15,7 @@ import xarray as xr
 from fednb.client import RemoteRequest
 from fednb.errors import FednbError
 from fednb.privacy import SecureNoise
-from fednb.protocol import ClientDP, Update
+from fednb.protocol import ClientDP, Compression, Update, compress, decompress
 from fednb.runtime import OutputPolicy, OutputRejected, apply_output_policy, call_function, compile_function
 from fednb.runtime import weight_specs as _specs
 from fednb.typing import Weights
@@ -50,13 +50,15 @@ def _nbytes(weights: Weights | None) -> int:
 class RemoteParticipant:
     """A domain over HTTP: one approved request, one run per round (idempotent run ids)."""
 
-    def __init__(self, name: str, request: RemoteRequest, dataset: str) -> None:
-        self.name, self.request, self.dataset = name, request, dataset
+    def __init__(self, name: str, request: RemoteRequest, dataset: str,
+                 compression: Compression = "none") -> None:
+        self.name, self.request, self.dataset, self.compression = name, request, dataset, compression
 
     def run(self, weights: Weights, params: dict[str, Any], run_id: str, timeout: float) -> Outcome:
         t0 = time.monotonic()
         try:
-            run = self.request.run(weights=weights, dataset=self.dataset, run_id=run_id, **params)
+            run = self.request.run(weights=weights, dataset=self.dataset, run_id=run_id,
+                                   compression=self.compression, **params)
             info = run.wait(timeout)
             if info.status != "succeeded":
                 return Outcome(info.status, info.reason, seconds=time.monotonic() - t0)
@@ -64,7 +66,7 @@ class RemoteParticipant:
             update = run.result(timeout=left)
         except FednbError as exc:
             return Outcome("failed", exc.code, seconds=time.monotonic() - t0)
-        return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(update.weights),
+        return Outcome("succeeded", "ok", update, time.monotonic() - t0, run.result_bytes,
                        _nbytes(weights))
 
 
@@ -77,12 +79,13 @@ class LocalParticipant:
 
     def __init__(self, name: str, source: str, function_name: str, data: xr.Dataset,
                  example_dim: str, *, dp: ClientDP | None = None,
-                 metrics: dict[str, tuple[float, float]] | None = None) -> None:
-        self.name, self.data, self.dp = name, data, dp
+                 metrics: dict[str, tuple[float, float]] | None = None,
+                 compression: Compression = "none") -> None:
+        self.name, self.data, self.dp, self.compression = name, data, dp, compression
         self.fn = compile_function(source, function_name)
         self.metrics = dict(metrics or {})
         self.num_examples = int(data.sizes[example_dim])
-        self.noise = SecureNoise() if dp is not None else None
+        self.noise = SecureNoise() if dp is not None or compression == "int8" else None
 
     def run(self, weights: Weights, params: dict[str, Any], run_id: str, timeout: float) -> Outcome:
         t0 = time.monotonic()
@@ -95,6 +98,11 @@ class LocalParticipant:
             return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
         except Exception:  # the code failed: a fixed category, as in a domain
             return Outcome("failed", "exception", seconds=time.monotonic() - t0)
-        update = Update(out.weights, out.metrics, num_examples=self.num_examples)
-        return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(update.weights),
-                       _nbytes(weights))
+        sent, meta = compress(out.weights, self.compression,
+                              self.noise.uniform if self.noise is not None else _no_uniform)
+        update = Update(decompress(sent, meta), out.metrics, num_examples=self.num_examples)
+        return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(sent), _nbytes(weights))
+
+
+def _no_uniform(n: int) -> Any:
+    raise AssertionError("int8 compression needs a noise source")

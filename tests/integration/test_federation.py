@@ -215,3 +215,27 @@ def test_simulate_matches_a_federation_and_runs_async_with_a_slow_hospital() -> 
     fast = m["staleness"].sel(domain=["h1", "h2"]).stack(k=("round", "domain")).dropna("k")
     assert float(slow.mean()) > float(fast.mean())  # the slow hospital's updates arrive stale
     assert buff.staleness_weight(int(slow.max())) < buff.staleness_weight(0)  # ... and count less
+
+
+@fednb.remote
+def step(data, weights):
+    return {"w": weights["w"] + 1.0}
+
+
+def test_compressed_updates_on_the_wire(sites: dict[str, Site]) -> None:
+    clients = {n: fednb.connect(s.server.url, token=s.scientist) for n, s in sites.items()}
+    w0 = {"w": np.zeros(20_000)}  # float64: 160 kB
+    dp = fednb.ClientDP(clip=1e4, noise_multiplier=1e-5)  # charged, noise std 0.1
+    fed = fednb.Federation(clients, step, dataset="bc", initial=w0, rounds=3, compression="int8", dp=dp,
+                           checkpoint=None, progress=False)
+    fed.request()
+    approve_all(sites)
+    history = fed.run()
+    sent = history.metrics["bytes_up"]
+    assert float(sent.max()) < 160_000 / 7  # int8: 20 kB and a header
+    assert float(history.rounds["bytes"].sum()) > 0
+    assert abs(float(history.weights["w"].mean()) - 3.0) < 0.01  # unbiased rounding and noise
+    parts, _, _ = split()
+    sim = fednb.simulate(step, parts, initial=w0, rounds=2, compression="fp16", progress=False)
+    assert float(sim.metrics["bytes_up"].max()) == 2 * 20_000  # float16 tensors
+    np.testing.assert_allclose(sim.weights["w"], 2.0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ class Driver:
                  params: dict[str, Any], rounds: int, *, run_prefix: str, min_domains: int = 1,
                  timeout: float = 600.0, checkpoint: str | Path | None = None,
                  asynchronous: bool = False, progress: bool = True,
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, executor: Executor | None = None) -> None:
         if rounds < 1:
             raise InvalidInput(f"rounds must be >= 1, not {rounds}")
         if not 1 <= min_domains <= len(participants):
@@ -86,6 +86,7 @@ class Driver:
         self.rounds, self.prefix, self.min_domains = rounds, run_prefix, min_domains
         self.timeout, self.asynchronous, self.progress = timeout, asynchronous, progress
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.executor = executor
         self.vec, self.layout = flatten(initial)
         self.history = History(settings=dict(settings or {}))
         self.done = 0
@@ -149,7 +150,7 @@ class Driver:
         return sorted(self._rng.choice(names, size=min(k, len(names)), replace=False).tolist())
 
     # -- synchronous -----------------------------------------------------------------
-    def _round(self, pool: ThreadPoolExecutor, rnd: int) -> None:
+    def _round(self, pool: Executor, rnd: int) -> None:
         cfg = self.strategy.configure_round(rnd, self.params)
         weights = unflatten(self.vec, self.layout)
         chosen = self._sample(cfg.fraction)
@@ -174,7 +175,10 @@ class Driver:
 
         bar = tqdm(total=self.rounds, initial=self.done, desc="rounds", disable=not self.progress)
         workers = max(4, len(self.participants))
-        with ThreadPoolExecutor(max_workers=min(workers, 64), thread_name_prefix="fednb-round") as pool:
+        own = self.executor is None
+        pool = self.executor or ThreadPoolExecutor(max_workers=min(workers, 64),
+                                                   thread_name_prefix="fednb-round")
+        try:
             if self.asynchronous:
                 self._run_async(pool, bar)
             else:
@@ -183,12 +187,15 @@ class Driver:
                     self.done += 1
                     self._save()
                     bar.update(1)
+        finally:
+            if own:
+                pool.shutdown(wait=True)
         bar.close()
         self.history.weights = unflatten(self.vec, self.layout)
         return self.history
 
     # -- asynchronous ----------------------------------------------------------------
-    def _launch(self, pool: ThreadPoolExecutor, name: str, seq: dict[str, int],
+    def _launch(self, pool: Executor, name: str, seq: dict[str, int],
                 flights: dict[Future[Outcome], _Flight]) -> None:
         cfg = self.strategy.configure_round(self.done, self.params)
         seq[name] = seq.get(name, 0) + 1
@@ -205,7 +212,7 @@ class Driver:
                                         fl.name, self.done - fl.version, dict(out.update.metrics)))
         self.vec = self.strategy.aggregate(self.vec, updates)
 
-    def _run_async(self, pool: ThreadPoolExecutor, bar: Any) -> None:
+    def _run_async(self, pool: Executor, bar: Any) -> None:
         k = int(getattr(self.strategy, "buffer_size", self.min_domains))
         flights: dict[Future[Outcome], _Flight] = {}
         seq: dict[str, int] = {}

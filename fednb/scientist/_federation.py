@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +168,15 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
              params: Mapping[str, Any] | None = None, strategy: Strategy | None = None, rounds: int = 10,
              dp: ClientDP | None = None, asynchronous: bool | None = None, min_domains: int = 1,
              example_dim: str | None = None, checkpoint: str | Path | None = None,
-             progress: bool = True, compression: Compression = "none") -> History:
-    """Federated training over virtual hospitals, in this process, through the same driver,
-    strategies, output policy (DP included) and execution path as a real federation."""
+             progress: bool = True, compression: Compression = "none", backend: str = "local",
+             dask_client: Any = None) -> History:
+    """Federated training over virtual hospitals through the same driver, strategies, output
+    policy (DP included) and execution path as a real federation.
+
+    ``backend="local"`` runs the hospitals on threads in this process; ``backend="dask"``
+    runs each hospital's work as tasks on a Dask cluster (``dask_client``, or a local
+    cluster of two worker processes made for the call).
+    """
     strategy = strategy or FedAvg()
     is_async = isinstance(strategy, FedBuff) if asynchronous is None else asynchronous
     compose_check(strategy, secure_aggregation=False, asynchronous=is_async, dp=dp is not None)
@@ -178,8 +186,29 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
         dim = example_dim or str(next(iter(data.data_vars.values())).dims[0])
         parts[name] = LocalParticipant(name, fn.source, fn.name, data, dim, dp=dp, metrics=fn.metrics,
                                        compression=compression)
-    driver = Driver(parts, strategy, initial, dict(params or {}), rounds, run_prefix="sim",
-                    min_domains=min_domains, timeout=float("inf"), checkpoint=checkpoint,
-                    asynchronous=is_async, progress=progress,
-                    settings={"simulated": True, "strategy": repr(strategy)})
-    return driver.run()
+    if backend not in ("local", "dask"):
+        raise InvalidInput(f"backend must be 'local' or 'dask', not {backend!r}")
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if backend == "dask":
+            executor = stack.enter_context(_dask_executor(dask_client))
+        driver = Driver(parts, strategy, initial, dict(params or {}), rounds, run_prefix="sim",
+                        min_domains=min_domains, timeout=float("inf"), checkpoint=checkpoint,
+                        asynchronous=is_async, progress=progress, executor=executor,
+                        settings={"simulated": True, "strategy": repr(strategy), "backend": backend})
+        return driver.run()
+
+
+@contextlib.contextmanager
+def _dask_executor(client: Any) -> Iterator[Executor]:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise InvalidInput("backend='dask' needs dask.distributed: pip install 'fednb[dask]'") from None
+    if client is not None:
+        yield client.get_executor()
+        return
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,  # type: ignore[no-untyped-call]
+                           dashboard_address=None)
+    with cluster, Client(cluster) as own:  # type: ignore[no-untyped-call]
+        yield own.get_executor()

@@ -82,10 +82,21 @@ class LocalParticipant:
                  metrics: dict[str, tuple[float, float]] | None = None,
                  compression: Compression = "none") -> None:
         self.name, self.data, self.dp, self.compression = name, data, dp, compression
-        self.fn = compile_function(source, function_name)
+        self.source, self.function_name = source, function_name
+        self.fn: Any = compile_function(source, function_name)
         self.metrics = dict(metrics or {})
         self.num_examples = int(data.sizes[example_dim])
         self.noise = SecureNoise() if dp is not None or compression == "int8" else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # For a Dask cluster: ship the source, not the compiled function or the cipher state
+        # (this is the scientist's own simulation, inside their own trust domain).
+        return {**self.__dict__, "fn": None, "noise": self.noise is not None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.fn = compile_function(self.source, self.function_name)
+        self.noise = SecureNoise() if state["noise"] else None
 
     def run(self, weights: Weights, params: dict[str, Any], run_id: str, timeout: float) -> Outcome:
         t0 = time.monotonic()

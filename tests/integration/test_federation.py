@@ -239,3 +239,15 @@ def test_compressed_updates_on_the_wire(sites: dict[str, Site]) -> None:
     sim = fednb.simulate(step, parts, initial=w0, rounds=2, compression="fp16", progress=False)
     assert float(sim.metrics["bytes_up"].max()) == 2 * 20_000  # float16 tensors
     np.testing.assert_allclose(sim.weights["w"], 2.0)
+
+
+def test_simulate_on_a_dask_cluster() -> None:
+    pytest.importorskip("distributed")
+    parts, xte, yte = split()
+    history = fednb.simulate(train, parts, initial=W0, params=PARAMS, rounds=5, backend="dask",
+                             progress=False, dp=fednb.ClientDP(clip=100.0, noise_multiplier=1e-4))
+    assert history.num_rounds == 5 and history.settings["backend"] == "dask"
+    assert (history.metrics["status"] == "succeeded").all()
+    assert accuracy(history.weights, xte, yte) > 0.9
+    with pytest.raises(InvalidInput, match="backend"):
+        fednb.simulate(train, parts, initial=W0, params=PARAMS, rounds=1, backend="spark")

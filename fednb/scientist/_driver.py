@@ -136,7 +136,7 @@ class Driver:
             new, layout = flatten(out.update.weights)
         except InvalidInput:
             return None
-        if layout.names != self.layout.names or new.shape != self.vec.shape or not np.isfinite(new).all():
+        if layout.names != self.layout.names or new.shape != self.vec.shape:
             return None
         return new
 
@@ -162,8 +162,11 @@ class Driver:
             self._record(rnd, name, out)
             vec = self._vector(out)
             if vec is not None and out.update is not None:
-                updates.append(ClientUpdate(vec, int(out.update.num_examples or 0), name, 0,
-                                            dict(out.update.metrics)))
+                try:  # ClientUpdate refuses NaN/Inf: such an update is dropped like a failure
+                    updates.append(ClientUpdate(vec, int(out.update.num_examples or 0), name, 0,
+                                                dict(out.update.metrics)))
+                except InvalidInput:
+                    continue
         if len(updates) < self.min_domains:
             raise RoundFailed(f"round {rnd}: {len(updates)} of {len(chosen)} domains answered, fewer than "
                               f"min_domains={self.min_domains}; see history.metrics.status")
@@ -208,9 +211,13 @@ class Driver:
         updates = []
         for fl, new, out in buffer:
             assert out.update is not None
-            updates.append(ClientUpdate(self.vec + (new - fl.start), int(out.update.num_examples or 0),
-                                        fl.name, self.done - fl.version, dict(out.update.metrics)))
-        self.vec = self.strategy.aggregate(self.vec, updates)
+            try:
+                updates.append(ClientUpdate(self.vec + (new - fl.start), int(out.update.num_examples or 0),
+                                            fl.name, self.done - fl.version, dict(out.update.metrics)))
+            except InvalidInput:  # NaN or Inf: dropped
+                continue
+        if updates:
+            self.vec = self.strategy.aggregate(self.vec, updates)
 
     def _run_async(self, pool: Executor, bar: Any) -> None:
         k = int(getattr(self.strategy, "buffer_size", self.min_domains))

@@ -170,6 +170,16 @@ def _check_fraction(fraction: object) -> float:
     return check_real("fraction", fraction, 0.0, 1.0, open_low=True)
 
 
+def weighted_add(total: FloatArray, vec: FloatArray, weight: float) -> FloatArray:
+    """``total += weight * vec`` in place, without a temporary (BLAS daxpy)."""
+    from scipy.linalg.blas import daxpy
+
+    if total.flags.c_contiguous and vec.flags.c_contiguous and vec.dtype == np.float64:
+        return np.asarray(daxpy(vec, total, a=weight))
+    total += weight * vec
+    return total
+
+
 def stack_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
     """The updates' vectors as one (N, P) float64 array, after checking their shapes."""
     if not updates:
@@ -320,10 +330,18 @@ class MeanStrategy(Strategy):
 
     def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
         g = check_global(global_vec)
-        stacked = stack_updates(g, updates)
-        w = np.array([self.weight(u) for u in updates], dtype=np.float64)
+        if not updates:
+            raise InvalidInput("no client updates to aggregate; the driver needs at least one per round")
+        # Accumulate in place (BLAS axpy) rather than stacking an (N, P) copy: one pass per update.
+        total = np.zeros_like(g)
+        weights = []
+        for u in updates:
+            if not isinstance(u, ClientUpdate) or u.vector.shape != g.shape:
+                stack_updates(g, [u])  # raises the same clear error as the robust strategies
+            weights.append(self.weight(u))
+            total = weighted_add(total, u.vector, weights[-1])
         examples = float(sum(u.num_examples for u in updates))
-        return self.aggregate_sum(g, w @ stacked, float(w.sum()), total_examples=examples)
+        return self.aggregate_sum(g, total, float(sum(weights)), total_examples=examples)
 
     def aggregate_sum(
         self,

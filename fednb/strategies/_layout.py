@@ -64,7 +64,12 @@ def flatten(weights: Mapping[str, Array]) -> tuple[FloatArray, Layout]:
     layout = Layout(names, tuple(a.shape for a in arrays), tuple(a.dtype.str for a in arrays))
     if not arrays or layout.size == 0:
         return np.zeros(0, dtype=np.float64), layout
-    return np.concatenate([a.astype(np.float64, copy=False).ravel() for a in arrays]), layout
+    out = np.empty(layout.size, dtype=np.float64)  # one pass: convert while copying in
+    offset = 0
+    for arr, n in zip(arrays, layout.sizes, strict=True):
+        np.copyto(out[offset : offset + n], arr.reshape(-1), casting="unsafe")
+        offset += n
+    return out, layout
 
 
 def unflatten(vec: Array, layout: Layout) -> Weights:

@@ -7,6 +7,7 @@ data in a notebook and on private data in a hospital.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,14 @@ def compile_function(source: str, name: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
+@functools.lru_cache(maxsize=4096)
+def _accepts_weights(fn: Callable[..., Any]) -> bool:
+    try:
+        return "weights" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def call_function(
     fn: Callable[..., Any], data: xr.Dataset, weights: Weights | None, params: dict[str, Any]
 ) -> Update:
@@ -51,11 +60,7 @@ def call_function(
 
     ``weights`` is passed only when the function has a parameter of that name.
     """
-    try:
-        accepts_weights = "weights" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        accepts_weights = False
-    if accepts_weights:
+    if _accepts_weights(fn):
         copied = {k: np.array(v, copy=True) for k, v in (weights or {}).items()}
         return as_update(fn(data, copied, **params))
     return as_update(fn(data, **params))

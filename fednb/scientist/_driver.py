@@ -27,7 +27,7 @@ from fednb.scientist._participants import Outcome, Participant
 from fednb.strategies import ClientUpdate, Strategy, flatten, unflatten
 from fednb.typing import Weights
 
-__all__ = ["Driver", "RoundFailed"]
+__all__ = ["Driver", "RoundFailed", "SerialExecutor"]
 
 
 class RoundFailed(InvalidInput):
@@ -42,6 +42,19 @@ class _Flight:
     name: str
     version: int
     start: np.ndarray
+
+
+class SerialExecutor(Executor):
+    """Runs each task at once in the calling thread: for in-process simulations, where a
+    thread pool costs more (GIL, page faults of parallel temporaries) than it gains."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            fut.set_exception(exc)
+        return fut
 
 
 class Driver:

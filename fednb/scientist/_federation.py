@@ -16,7 +16,7 @@ import xarray as xr
 from fednb.client import DomainClient, RemoteRequest
 from fednb.errors import InvalidInput
 from fednb.protocol import ClientDP, Compression, DatasetCard
-from fednb.scientist._driver import Driver
+from fednb.scientist._driver import Driver, SerialExecutor
 from fednb.scientist._history import History
 from fednb.scientist._participants import LocalParticipant, Participant, RemoteParticipant
 from fednb.scientist._remote import RemoteFunction
@@ -189,7 +189,9 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
     if backend not in ("local", "dask"):
         raise InvalidInput(f"backend must be 'local' or 'dask', not {backend!r}")
     with contextlib.ExitStack() as stack:
-        executor = None
+        # virtual hospitals run one after another in-process (faster than threads: no GIL
+        # contention); asynchronous rounds need real concurrency, so they keep the pool
+        executor: Executor | None = None if is_async else SerialExecutor()
         if backend == "dask":
             executor = stack.enter_context(_dask_executor(dask_client))
         driver = Driver(parts, strategy, initial, dict(params or {}), rounds, run_prefix="sim",

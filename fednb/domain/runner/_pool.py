@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class WorkerOutcome:
     reason: ReasonCode
     update: Update | None = None
     log: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _Worker:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,10 +153,27 @@ def _review_and_release(site: Site, run_ids: set[str]) -> None:
 
 
 def _approve(site: Site, req: RemoteRequest) -> None:
-    (pending,) = [r for r in site.owner.requests.pending() if r.id == req.id]
-    print(f"  {site.name:8s} owner reviews {pending.info.function_name} "
-          f"(sha256 {pending.info.code_hash[:12]}) and approves")
-    pending.approve(release="manual")
+    for pending in site.owner.requests.pending():
+        if pending.id == req.id:
+            print(f"  {site.name:8s} owner reviews {pending.info.function_name} "
+                  f"(sha256 {pending.info.code_hash[:12]}) and approves")
+            pending.approve(release="manual")
+
+
+class _ReleaseDesk(threading.Thread):
+    """The owners at their consoles during the federation: each held result is looked at
+    and released (a no-DP result is never released automatically)."""
+
+    def __init__(self, sites: list[Site]) -> None:
+        super().__init__(daemon=True)
+        self.sites, self.halt = sites, threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for s in self.sites:
+                for held in s.owner.results.held():
+                    held.release()
+            self.halt.wait(0.02)
 
 
 def _run_everywhere(sites: list[Site], reqs: dict[str, RemoteRequest],
@@ -194,19 +212,23 @@ def scenario(sites: list[Site], rounds: int = 15, epochs: int = 10) -> dict[str,
     mu = sum(m.weights["sum"] for m in moments.values()) / n
     sd = np.sqrt(np.maximum(sum(m.weights["sumsq"] for m in moments.values()) / n - mu**2, 1e-12))
     w0: Weights = {"w": np.zeros(30), "b": np.zeros(1), "mu": np.asarray(mu), "sd": np.asarray(sd)}
-    print(f"scientist: federated averaging, {rounds} rounds over {len(sites)} hospitals")
-    reqs = {s.name: train.request(s.scientist, "breast-cancer", runs=rounds, weights=w0) for s in sites}
+    print(f"scientist: federated averaging (fednb.Federation), {rounds} rounds over {len(sites)} hospitals")
+    federation = fednb.Federation({s.name: s.scientist for s in sites}, train, dataset="breast-cancer",
+                                  initial=w0, params={"lr": 0.5, "epochs": epochs}, rounds=rounds,
+                                  min_domains=len(sites), checkpoint=None, progress=False, timeout=300)
+    reqs = federation.request()  # the same ids on every start: a rerun finds its runs again
     for s in sites:
         _approve(s, reqs[s.name])
-    w = w0
-    for r in range(rounds):
-        ups = _run_everywhere(sites, reqs, w, lr=0.5, epochs=epochs)
-        total = sum(u.num_examples or 0 for u in ups.values())
-        w = {k: np.asarray(sum(u.weights[k] * (u.num_examples or 0) for u in ups.values()) / total)
-             for k in w0}
-        loss = sum(u.metrics["loss"] * (u.num_examples or 0) for u in ups.values()) / total
-        print(f"  round {r + 1:2d}: loss {loss:.4f}  test accuracy {_accuracy(w, test):.3f}")
-    fed, pooled = _accuracy(w, test), _pooled(sites, test, w0, rounds, epochs)
+    desk = _ReleaseDesk(sites)
+    desk.start()
+    try:
+        history = federation.run()
+    finally:
+        desk.halt.set()
+        desk.join()
+    for r, loss in enumerate(history.rounds["loss"].values):
+        print(f"  round {r + 1:2d}: loss {loss:.4f}")
+    fed, pooled = _accuracy(history.weights, test), _pooled(sites, test, w0, rounds, epochs)
     print(f"federated test accuracy {fed:.3f}   pooled training {pooled:.3f}")
     print("privacy: no differential privacy in this demo yet; every result was held and released by hand")
     for s in sites:

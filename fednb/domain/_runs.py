@@ -136,6 +136,16 @@ class RunBook:
                          OutputPolicy())
         finally:
             self.event(run_id).set()
+            self._retire_if_done(req.id)
+
+    def _retire_if_done(self, request_id: str) -> None:
+        """Stop the request's warm worker once every approved run is used and finished."""
+        with self._d.store.session() as s:
+            row = s.get(RequestRow, request_id)
+            busy = s.execute(select(RunRow.id).where(RunRow.request_id == request_id,
+                                                     RunRow.status.in_(("queued", "running")))).first()
+        if row is not None and row.runs_used >= row.runs and busy is None and self._d._pool is not None:
+            self._d._pool.discard(request_id)
 
     def _finish(self, run_id: str, req: RequestRow, dataset: str, outcome: WorkerOutcome,
                 policy: OutputPolicy, compression: Compression = "none") -> None:

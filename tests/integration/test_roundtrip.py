@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -113,6 +115,12 @@ def test_runs_are_capped_and_idempotent(hospital: Hospital) -> None:
     with pytest.raises(RunRefused, match="approved runs"):
         req.run(col=5)
     assert req.refresh().info.runs_used == 2
+    for run in hospital.alice().runs.list(request_id=req.id):
+        run.wait(120)
+    deadline = time.monotonic() + 10
+    while req.id in hospital.dom.pool()._workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert req.id not in hospital.dom.pool()._workers  # its warm worker was retired
 
 
 def test_a_scientist_outside_allow_no_dp_is_refused(hospital: Hospital) -> None:

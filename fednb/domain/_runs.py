@@ -58,10 +58,10 @@ class RunBook:
             fields["owner_log"] = None
         return RunInfo.model_validate(fields)
 
-    def _refuse_early(self, user: UserRow, req: RequestRow) -> None:
+    def _refuse_early(self, user: UserRow, req: RequestRow, dp: bool) -> None:
         if req.status != "approved":
             raise RequestNotApproved(f"request {req.id!r} is {req.status}; it cannot run")
-        if self._d.ledger.run_event(req) is None and user.name not in self._d.policy.get().allow_no_dp:
+        if not dp and user.name not in self._d.policy.get().allow_no_dp:
             raise RunRefused(f"{user.name!r} may not run code without differential privacy on "
                              "this domain; the owner can add them to policy.allow_no_dp")
         if self._d.sandbox_mode is None:
@@ -79,7 +79,8 @@ class RunBook:
             if old.request_id != request_id or old.scientist != user.name:
                 raise Conflict(f"run id {run_id!r} is taken: use a new id")
             return self.info(old, owner=False)
-        self._refuse_early(user, req)
+        dp_event = self._d.ledger.run_event(req)  # parsed once per run, used below and in _finish
+        self._refuse_early(user, req, dp_event is not None)
         name = dataset or req.datasets[0]
         if name not in req.datasets:
             raise ParamsOutOfSchema(f"dataset {name!r} is not among the approved {req.datasets}")
@@ -98,7 +99,6 @@ class RunBook:
             row = RunRow(id=run_id, request_id=request_id, scientist=user.name, dataset=name,
                          params=params, status="queued", created=utcnow())
             tx.s.add(row)
-            dp_event = self._d.ledger.run_event(req)
             if dp_event is not None:
                 tx.s.flush()
                 row.epsilon = self._d.ledger.reserve(tx.s, run_id, req, name, dp_event)
@@ -106,7 +106,8 @@ class RunBook:
                    dataset=name, charge=None if dp_event is None else dp_event.to_json(),
                    epsilon_after=row.epsilon)
         fault("after_reserve")
-        self._d._executor().submit(self._execute, run_id, req, name, params, weights, compression)
+        self._d._executor().submit(self._execute, run_id, req, name, params, weights, compression,
+                                   dp_event is not None)
         return self.info(row, owner=False)
 
     def _job(self, req: RequestRow) -> JobSpec:
@@ -123,17 +124,17 @@ class RunBook:
                                   self._d.policy.get().run_timeout_s)
 
     def _execute(self, run_id: str, req: RequestRow, dataset: str, params: dict[str, Any],
-                 weights: Weights | None, compression: Compression = "none") -> None:
+                 weights: Weights | None, compression: Compression, dp: bool) -> None:
         try:
             with self._d.store.session() as s:
                 s.execute(update(RunRow).where(RunRow.id == run_id).values(status="running"))
             outcome = self._outcome(req, dataset, params, weights)
             self._finish(run_id, req, dataset, outcome, output_policy(req, self._d.policy.get()),
-                         compression)
+                         compression, dp)
         except Exception as exc:  # the run must end in a fixed category whatever happens
             self._finish(run_id, req, dataset,
                          WorkerOutcome("failed", "worker_crashed", log=f"domain error: {exc!r}"),
-                         OutputPolicy())
+                         OutputPolicy(), "none", dp)
         finally:
             self.event(run_id).set()
             self._retire_if_done(req.id)
@@ -148,17 +149,16 @@ class RunBook:
             self._d._pool.discard(request_id)
 
     def _finish(self, run_id: str, req: RequestRow, dataset: str, outcome: WorkerOutcome,
-                policy: OutputPolicy, compression: Compression = "none") -> None:
+                policy: OutputPolicy, compression: Compression, dp: bool) -> None:
         result, state = None, None
+        n = self._d.card(dataset).num_examples
         if outcome.status == "succeeded" and outcome.update is not None:
             try:
                 upd = (outcome.update if req.kind == "query"  # noised by the query mechanism
                        else apply_output_policy(outcome.update, policy, self._d.noise))
-                n = self._d.card(dataset).num_examples
                 sent, meta = compress(upd.weights, compression, self._d.noise.uniform)
                 result = encode_message({"metrics": upd.metrics, "num_examples": n, **meta}, sent)
                 # no-DP results are always held; DP results follow the approval's release mode
-                dp = self._d.ledger.run_event(req) is not None
                 state = "released" if dp and req.release == "auto" else "held"
             except OutputRejected as rej:
                 outcome = WorkerOutcome("failed", rej.reason, log=outcome.log + f"\n{rej.detail}")
@@ -168,7 +168,7 @@ class RunBook:
             row.status, row.reason, row.result, row.release_state = (
                 outcome.status, outcome.reason, result, state)
             row.owner_log, row.finished, row.backend = outcome.log[-20_000:], utcnow(), "numpy"
-            row.num_examples = self._d.card(dataset).num_examples if result is not None else None
+            row.num_examples = n if result is not None else None
             charge = "committed" if state == "released" else "freed" if result is None else None
             if charge is not None and self._d.ledger.settle(tx.s, run_id, charge):
                 tx.log("domain", f"charge.{charge}", run=run_id, request=req.id, scientist=req.scientist,

@@ -35,8 +35,10 @@ __all__ = [
     "AuthenticationError",
     "Conflict",
     "ConnectionFailed",
+    "DomainBusy",
     "FednbError",
     "InsecureSetting",
+    "InternalError",
     "InvalidInput",
     "NotFound",
     "ParamsOutOfSchema",
@@ -168,6 +170,20 @@ class RunFailed(FednbError):
 
     code = "run_failed"
     status = 409
+
+
+class DomainBusy(FednbError):
+    """The domain could not serve the call just now (its database was busy); try again."""
+
+    code = "domain_busy"
+    status = 503
+
+
+class InternalError(FednbError):
+    """The domain failed in a way it did not foresee; the details are in its own log only."""
+
+    code = "internal_error"
+    status = 500
 
 
 class ConnectionFailed(FednbError):

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from fednb.errors import ConnectionFailed, FednbError, InsecureSetting, InvalidInput, from_wire
+from fednb.errors import (
+    ConnectionFailed,
+    DomainBusy,
+    FednbError,
+    InsecureSetting,
+    InvalidInput,
+    from_wire,
+)
 from fednb.protocol import API_PREFIX
 
 __all__ = ["Transport", "is_loopback"]
 
 BINARY = "application/octet-stream"
+# GET and PUT are idempotent here (a run's id is chosen by the client), so a busy domain's 503
+# is retried after these pauses; POSTs are not retried
+_BUSY_BACKOFF_S = (0.1, 0.3, 1.0, 3.0)
 
 
 def is_loopback(host: str) -> bool:
@@ -48,15 +59,21 @@ class Transport:
     def call(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
              params: dict[str, Any] | None = None, timeout: float | None = None) -> httpx.Response:
         headers = {"Content-Type": BINARY} if content is not None else None
-        try:
-            resp = self._http.request(method, path, json=json, content=content, params=params,
-                                      headers=headers,
-                                      timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
-        except httpx.HTTPError as exc:
-            raise ConnectionFailed(f"could not reach {self.url}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code >= 400:
-            raise self._error(resp)
-        return resp
+        pauses = _BUSY_BACKOFF_S if method in ("GET", "PUT") else ()
+        for attempt in range(len(pauses) + 1):
+            try:
+                resp = self._http.request(
+                    method, path, json=json, content=content, params=params, headers=headers,
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+            except httpx.HTTPError as exc:
+                raise ConnectionFailed(f"could not reach {self.url}: {type(exc).__name__}: {exc}") from None
+            if resp.status_code < 400:
+                return resp
+            err = self._error(resp)
+            if not isinstance(err, DomainBusy) or attempt == len(pauses):
+                raise err
+            time.sleep(pauses[attempt])
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _error(resp: httpx.Response) -> FednbError:

@@ -4,6 +4,7 @@ The OpenAPI document at ``/api/v1/openapi.json`` is the contract of this API.
 """
 
 
+import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
@@ -12,10 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fednb.domain._store import UserRow
 from fednb.errors import (
+    DomainBusy,
     FednbError,
+    InternalError,
     InvalidInput,
     PayloadTooLarge,
     PermissionDenied,
@@ -50,6 +55,7 @@ BINARY = "application/octet-stream"
 _MAX_JSON = 4 << 20
 _MAX_RUN_BODY = 512 << 20
 _bearer = HTTPBearer(auto_error=False)
+_log = logging.getLogger("fednb.domain")
 
 
 def _error(exc: FednbError) -> JSONResponse:
@@ -224,6 +230,23 @@ def create_app(dom: "Domain") -> FastAPI:
     async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         body = InvalidInput(_validation_message(exc)).to_wire()
         return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def on_store_error(request: Request, exc: Exception) -> JSONResponse:
+        text = str(getattr(exc, "orig", exc)).lower()
+        if isinstance(exc, PoolTimeout) or "locked" in text or "busy" in text:
+            # transient: the client retries idempotent calls
+            _log.warning("store busy: %s", type(exc).__name__)
+            return _error(DomainBusy("the domain's database is busy; try again in a moment"))
+        return await on_unexpected(request, exc)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # never echo the exception: its text may hold private data; the owner's log has it
+        _log.error("unexpected error", exc_info=exc)
+        return _error(InternalError("the domain failed unexpectedly; its owner can find the "
+                                    "details in the domain's log"))
 
     app.include_router(_routes(dom))
     return app

@@ -126,7 +126,7 @@ class RunBook:
     def _execute(self, run_id: str, req: RequestRow, dataset: str, params: dict[str, Any],
                  weights: Weights | None, compression: Compression, dp: bool) -> None:
         try:
-            with self._d.store.session() as s:
+            with self._d.store.write() as s:
                 s.execute(update(RunRow).where(RunRow.id == run_id).values(status="running"))
             outcome = self._outcome(req, dataset, params, weights)
             self._finish(run_id, req, dataset, outcome, output_policy(req, self._d.policy.get()),

@@ -134,12 +134,17 @@ class AuditRow(Base):
     mac: Mapped[str] = mapped_column(String(64))
 
 
+BUSY_TIMEOUT_MS = 30_000  # how long SQLite waits for a lock before the call fails as busy
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # busy_timeout first: any later statement on a fresh connection may meet a held lock.
+    # journal_mode=WAL is set once in Store() (it persists in the file); setting it on every
+    # new connection needs a lock and failed at once ("database is locked") under load.
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL: safe against process crashes
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
 
 
@@ -161,11 +166,17 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        sqlite = url.startswith("sqlite")
+        # SQLite connections are cheap but opening many at once under load is not: keep a
+        # pool as large as the server's thread pool so bursts reuse connections.
+        pool: dict[str, Any] = {"pool_size": 16, "max_overflow": 48} if sqlite else {}
+        self.engine: Engine = create_engine(url, pool_pre_ping=not sqlite, **pool)
         self.write_engine: Engine = self.engine
-        if self.engine.dialect.name == "sqlite":
+        if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            self.write_engine = create_engine(url)
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            self.write_engine = create_engine(url, **pool)
             event.listen(self.write_engine, "connect", _sqlite_pragmas)
             event.listen(self.write_engine, "connect", _autocommit_driver)
             event.listen(self.write_engine, "begin", _begin_immediate)

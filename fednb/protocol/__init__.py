@@ -31,6 +31,7 @@ from fednb.protocol._models import (
     VariableCard,
     code_hash,
 )
+from fednb.protocol._secagg import SecAggAdvert, SecAggConfig, SecAggReveal, SecAggShare, SecAggSurvivors
 from fednb.protocol._update import Update, as_update
 from fednb.protocol._version import API_PREFIX, API_VERSION, FEDNB_VERSION
 from fednb.protocol._xarray import dataset_from_bytes, dataset_to_bytes
@@ -64,6 +65,11 @@ __all__ = [
     "RunCreate",
     "RunInfo",
     "RunStatus",
+    "SecAggAdvert",
+    "SecAggConfig",
+    "SecAggReveal",
+    "SecAggShare",
+    "SecAggSurvivors",
     "TensorSpec",
     "Update",
     "UserInfo",

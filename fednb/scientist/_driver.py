@@ -24,6 +24,7 @@ from fednb.errors import InvalidInput
 from fednb.protocol import decode_message, encode_message
 from fednb.scientist._history import ClientRecord, History
 from fednb.scientist._participants import Outcome, Participant
+from fednb.secagg import RoundAbandoned, SecAggPeer, propose, round_id, secure_sum
 from fednb.strategies import ClientUpdate, Strategy, flatten, unflatten
 from fednb.typing import Weights
 
@@ -80,13 +81,18 @@ class Driver:
         Seconds one run may take before its domain is dropped from the round (default 600).
     checkpoint
         A directory to checkpoint into after every round and to resume from; None: none.
+    secure_bound
+        With secure aggregation: every coordinate is clipped into [-bound, bound] before
+        quantisation, and the driver learns only the survivors' weighted mean (SecAgg+).
+        None: plain aggregation. Participants must offer ``secagg_peer(run_id)``.
     """
 
     def __init__(self, participants: dict[str, Participant], strategy: Strategy, initial: Weights,
                  params: dict[str, Any], rounds: int, *, run_prefix: str, min_domains: int = 1,
                  timeout: float = 600.0, checkpoint: str | Path | None = None,
                  asynchronous: bool = False, progress: bool = True,
-                 settings: dict[str, Any] | None = None, executor: Executor | None = None) -> None:
+                 settings: dict[str, Any] | None = None, executor: Executor | None = None,
+                 secure_bound: float | None = None) -> None:
         if rounds < 1:
             raise InvalidInput(f"rounds must be >= 1, not {rounds}")
         if not 1 <= min_domains <= len(participants):
@@ -99,7 +105,9 @@ class Driver:
         self.rounds, self.prefix, self.min_domains = rounds, run_prefix, min_domains
         self.timeout, self.asynchronous, self.progress = timeout, asynchronous, progress
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
-        self.executor = executor
+        self.executor, self.secure_bound = executor, secure_bound
+        if secure_bound is not None and asynchronous:
+            raise InvalidInput("secure aggregation runs synchronous rounds only in this version")
         self.vec, self.layout = flatten(initial)
         self.history = History(settings=dict(settings or {}))
         self.done = 0
@@ -163,12 +171,49 @@ class Driver:
         return sorted(self._rng.choice(names, size=min(k, len(names)), replace=False).tolist())
 
     # -- synchronous -----------------------------------------------------------------
+    def _secure_round(self, pool: Executor, rnd: int, futures: dict[str, Future[Outcome]]) -> None:
+        """The round's sum by SecAgg+: the driver never sees a single update."""
+        assert self.secure_bound is not None
+        counts: dict[str, int] = {}
+        for name, fut in futures.items():
+            out = fut.result()
+            if out.status == "succeeded" and out.update is not None and out.update.num_examples:
+                counts[name] = int(out.update.num_examples)
+            else:
+                self._record(rnd, name, out)
+        if len(counts) < max(2, self.min_domains):
+            raise RoundFailed(f"round {rnd}: {len(counts)} of {len(futures)} domains answered, fewer than "
+                              f"min_domains={self.min_domains} (secure aggregation needs 2)")
+        config = propose(round_id(f"{self.prefix}-r{rnd}"), counts, self.vec.size, self.secure_bound)
+        peers: dict[str, SecAggPeer] = {n: self.participants[n].secagg_peer(  # type: ignore[attr-defined]
+            self._run_id(f"r{rnd}", n)) for n in counts}
+        try:
+            out_sum = secure_sum(config, peers, executor=None if isinstance(pool, SerialExecutor) else pool)
+        except RoundAbandoned as exc:
+            raise RoundFailed(f"round {rnd}: {exc}") from None
+        for name in counts:
+            out = futures[name].result()
+            if name in out_sum.dropped:
+                out = Outcome("failed", "secagg_dropped", None, out.seconds, 0, out.bytes_down)
+            else:
+                out = Outcome(out.status, out.reason, out.update, out.seconds, 4 * self.vec.size,
+                              out.bytes_down)
+            self._record(rnd, name, out)
+        if len(out_sum.survivors) < self.min_domains:
+            raise RoundFailed(f"round {rnd}: {len(out_sum.survivors)} domains survived secure aggregation, "
+                              f"fewer than min_domains={self.min_domains}")
+        n = float(out_sum.num_examples)
+        self.vec = self.strategy.aggregate_sum(self.vec, out_sum.mean * n, n, total_examples=n)
+
     def _round(self, pool: Executor, rnd: int) -> None:
         cfg = self.strategy.configure_round(rnd, self.params)
         weights = unflatten(self.vec, self.layout)
         chosen = self._sample(cfg.fraction)
         futures = {n: pool.submit(self.participants[n].run, weights, dict(cfg.params),
                                   self._run_id(f"r{rnd}", n), self.timeout) for n in chosen}
+        if self.secure_bound is not None:
+            self._secure_round(pool, rnd, futures)
+            return
         updates = []
         for name, fut in futures.items():
             out = fut.result()

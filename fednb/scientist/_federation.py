@@ -20,6 +20,7 @@ from fednb.scientist._driver import Driver, SerialExecutor
 from fednb.scientist._history import History
 from fednb.scientist._participants import LocalParticipant, Participant, RemoteParticipant
 from fednb.scientist._remote import RemoteFunction
+from fednb.secagg import Identity, Roster
 from fednb.strategies import FedAvg, FedBuff, FedProx, Strategy, compose_check
 from fednb.typing import Weights
 
@@ -169,17 +170,24 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
              dp: ClientDP | None = None, asynchronous: bool | None = None, min_domains: int = 1,
              example_dim: str | None = None, checkpoint: str | Path | None = None,
              progress: bool = True, compression: Compression = "none", backend: str = "local",
-             dask_client: Any = None) -> History:
+             dask_client: Any = None, secure_aggregation: bool = False,
+             secure_bound: float | None = None) -> History:
     """Federated training over virtual hospitals through the same driver, strategies, output
     policy (DP included) and execution path as a real federation.
 
     ``backend="local"`` runs the hospitals on threads in this process; ``backend="dask"``
     runs each hospital's work as tasks on a Dask cluster (``dask_client``, or a local
     cluster of two worker processes made for the call).
+
+    ``secure_aggregation=True`` runs every round through SecAgg+ (:mod:`fednb.secagg`):
+    each virtual hospital has its own identity, keys and masks, the driver sees only the
+    weighted mean of the survivors' updates, clipped into ``[-secure_bound, secure_bound]``
+    (default: ``dp.clip * (1 + 6 * dp.noise_multiplier)`` with DP, else 1000) and
+    quantised into 32-bit integers.
     """
     strategy = strategy or FedAvg()
     is_async = isinstance(strategy, FedBuff) if asynchronous is None else asynchronous
-    compose_check(strategy, secure_aggregation=False, asynchronous=is_async, dp=dp is not None)
+    compose_check(strategy, secure_aggregation=secure_aggregation, asynchronous=is_async, dp=dp is not None)
     _check_params(fn, strategy, dict(params or {}))
     parts: dict[str, Participant] = {}
     for name, data in partitions.items():
@@ -188,6 +196,15 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
                                        compression=compression)
     if backend not in ("local", "dask"):
         raise InvalidInput(f"backend must be 'local' or 'dask', not {backend!r}")
+    bound = None
+    if secure_aggregation:
+        if backend != "local" or is_async:
+            raise InvalidInput("secure aggregation runs with backend='local' and synchronous rounds")
+        bound = secure_bound or default_secure_bound(dp)
+        ids = {n: Identity.generate() for n in parts}
+        for n, p in parts.items():
+            assert isinstance(p, LocalParticipant)
+            p.join_secure_aggregation(ids[n], Roster({o: i.public for o, i in ids.items() if o != n}))
     with contextlib.ExitStack() as stack:
         # virtual hospitals run one after another in-process (faster than threads: no GIL
         # contention); asynchronous rounds need real concurrency, so they keep the pool
@@ -196,9 +213,15 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
             executor = stack.enter_context(_dask_executor(dask_client))
         driver = Driver(parts, strategy, initial, dict(params or {}), rounds, run_prefix="sim",
                         min_domains=min_domains, timeout=float("inf"), checkpoint=checkpoint,
-                        asynchronous=is_async, progress=progress, executor=executor,
-                        settings={"simulated": True, "strategy": repr(strategy), "backend": backend})
+                        asynchronous=is_async, progress=progress, executor=executor, secure_bound=bound,
+                        settings={"simulated": True, "strategy": repr(strategy), "backend": backend,
+                                  "secure_aggregation": secure_aggregation})
         return driver.run()
+
+
+def default_secure_bound(dp: ClientDP | None) -> float:
+    """Where secure aggregation clips coordinates unless told: past the DP noise, or 1000."""
+    return 1000.0 if dp is None else dp.clip * (1 + 6 * dp.noise_multiplier)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,9 @@ from fednb.privacy import SecureNoise
 from fednb.protocol import ClientDP, Compression, Update, compress, decompress
 from fednb.runtime import OutputPolicy, OutputRejected, apply_output_policy, call_function, compile_function
 from fednb.runtime import weight_specs as _specs
-from fednb.typing import Weights
+from fednb.secagg import Identity, LocalPeer, Roster, SecAggMember
+from fednb.strategies import flatten
+from fednb.typing import FloatArray, Weights
 
 __all__ = ["LocalParticipant", "Outcome", "Participant", "RemoteParticipant"]
 
@@ -87,6 +89,17 @@ class LocalParticipant:
         self.metrics = dict(metrics or {})
         self.num_examples = int(data.sizes[example_dim])
         self.noise = SecureNoise() if dp is not None or compression == "int8" else None
+        self.member: SecAggMember | None = None  # set by join_secure_aggregation
+        self._held: dict[str, FloatArray] = {}
+
+    def join_secure_aggregation(self, identity: Identity, roster: Roster) -> None:
+        """Keep updates here and give them out only masked, through SecAgg+."""
+        self.member = SecAggMember(self.name, identity, roster, min_members=2)
+
+    def secagg_peer(self, run_id: str) -> LocalPeer:
+        """This hospital's side of the secure round that sums the run ``run_id``."""
+        assert self.member is not None
+        return LocalPeer(self.member, self.num_examples, lambda: self._held.pop(run_id))
 
     def __getstate__(self) -> dict[str, Any]:
         # For a Dask cluster: ship the source, not the compiled function or the cipher state
@@ -109,6 +122,10 @@ class LocalParticipant:
             return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
         except Exception:  # the code failed: a fixed category, as in a domain
             return Outcome("failed", "exception", seconds=time.monotonic() - t0)
+        if self.member is not None:  # secure aggregation: the update leaves only masked
+            self._held[run_id] = flatten(out.weights)[0]
+            return Outcome("succeeded", "ok", Update({}, out.metrics, num_examples=self.num_examples),
+                           time.monotonic() - t0, 0, _nbytes(weights))
         sent, meta = compress(out.weights, self.compression,
                               self.noise.uniform if self.noise is not None else _no_uniform)
         update = Update(decompress(sent, meta), out.metrics, num_examples=self.num_examples)

@@ -251,3 +251,20 @@ def test_simulate_on_a_dask_cluster() -> None:
     assert accuracy(history.weights, xte, yte) > 0.9
     with pytest.raises(InvalidInput, match="backend"):
         fednb.simulate(train, parts, initial=W0, params=PARAMS, rounds=1, backend="spark")
+
+
+def test_simulate_with_secure_aggregation_trains_the_same_model_up_to_quantisation() -> None:
+    parts, xte, yte = split()
+    plain = fednb.simulate(train, parts, initial=W0, params=PARAMS, rounds=5, progress=False)
+    secure = fednb.simulate(train, parts, initial=W0, params=PARAMS, rounds=5, progress=False,
+                            secure_aggregation=True, secure_bound=50.0)
+    assert secure.settings["secure_aggregation"] is True
+    assert (secure.metrics["status"] == "succeeded").all()
+    # each round adds at most one quantisation step (50 / 2^31) per hospital and coordinate
+    for k in ("w", "b"):
+        np.testing.assert_allclose(secure.weights[k], plain.weights[k], atol=1e-6)
+    assert accuracy(secure.weights, xte, yte) > 0.9
+    assert float(secure.metrics["bytes_up"].max()) == 4 * 31  # uint32: the float32 size
+    with pytest.raises(InvalidInput, match="need single updates"):
+        fednb.simulate(train, parts, initial=W0, params=PARAMS, rounds=1, progress=False,
+                       secure_aggregation=True, strategy=fednb.strategies.Median())

@@ -1,0 +1,88 @@
+"""Wire messages of secure aggregation (SecAgg+), relayed by the orchestrator.
+
+Keys, signatures and ciphertexts travel as hex; the masked vectors themselves travel as
+safetensors (uint32), outside these models. See :mod:`fednb.secagg` for the protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["SecAggAdvert", "SecAggConfig", "SecAggReveal", "SecAggShare", "SecAggSurvivors"]
+
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
+Hex = Annotated[str, Field(max_length=1 << 16, pattern=r"^[0-9a-f]*$")]
+RoundId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SecAggConfig(_Frozen):
+    """One secure round, as the orchestrator proposes it; every domain checks it itself.
+
+    ``num_examples`` are the members' public example counts (from their dataset cards):
+    each domain scales its update by its share of the total, so the sum is the weighted
+    mean. ``bound`` clips every coordinate into [-bound, bound] before quantisation.
+    """
+
+    round_id: RoundId
+    members: list[Name] = Field(min_length=2, max_length=10_000)
+    threshold: int = Field(ge=1)
+    degree: int = Field(ge=1)
+    bound: float = Field(gt=0, le=1e12)
+    num_examples: dict[str, int]
+    size: int = Field(ge=1, le=1 << 31)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecAggConfig:
+        if sorted(set(self.members)) != self.members:
+            raise ValueError("members must be sorted and distinct")
+        if self.degree > len(self.members) - 1:
+            raise ValueError(f"degree {self.degree} exceeds the {len(self.members) - 1} other members")
+        if self.threshold > self.degree:
+            raise ValueError(f"threshold {self.threshold} exceeds the degree {self.degree}")
+        if set(self.num_examples) != set(self.members) or min(self.num_examples.values()) < 1:
+            raise ValueError("num_examples must give every member a positive count")
+        return self
+
+
+class SecAggAdvert(_Frozen):
+    """A member's per-round X25519 keys, signed with its long-term Ed25519 identity."""
+
+    round_id: RoundId
+    name: Name
+    enc_key: Hex = Field(min_length=64, max_length=64)
+    mask_key: Hex = Field(min_length=64, max_length=64)
+    signature: Hex = Field(min_length=128, max_length=128)
+
+
+class SecAggShare(_Frozen):
+    """Shares of ``sender``'s secrets for ``receiver``, encrypted to the receiver."""
+
+    round_id: RoundId
+    sender: Name
+    receiver: Name
+    nonce: Hex = Field(min_length=24, max_length=24)
+    ciphertext: Hex
+
+
+class SecAggSurvivors(_Frozen):
+    """The members whose masked input arrived, with their signatures on that very list."""
+
+    round_id: RoundId
+    survivors: list[Name]
+    signatures: dict[str, Hex] = Field(default_factory=dict)
+
+
+class SecAggReveal(_Frozen):
+    """One member's shares for unmasking: self-mask shares of survivors, mask-key shares
+    of members that dropped after sharing; never both for the same member."""
+
+    round_id: RoundId
+    name: Name
+    self_shares: dict[str, Hex]
+    key_shares: dict[str, Hex]

@@ -1,0 +1,90 @@
+"""Long-term Ed25519 identities of domains and the roster of peers an owner trusts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fednb.errors import InvalidInput
+
+__all__ = ["Identity", "Roster", "canonical"]
+
+
+def canonical(*parts: object) -> bytes:
+    """The bytes a signature covers: a JSON array, compact and with sorted keys."""
+    return json.dumps(list(parts), sort_keys=True, separators=(",", ":")).encode()
+
+
+class Identity:
+    """A domain's Ed25519 signing key; ``public`` (hex) is what peers put on their roster."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.public = raw.hex()
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Identity:
+        """The identity kept in ``path`` (a 0600 file), made on first use."""
+        if path.exists():
+            return cls(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(path.read_text().strip())))
+        ident = cls.generate()
+        raw = ident._key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                       serialization.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(raw.hex())
+        return ident
+
+    def sign(self, message: bytes) -> str:
+        return self._key.sign(message).hex()
+
+    def __repr__(self) -> str:
+        return f"Identity(public={self.public[:16]}...)"
+
+
+def verify(public_hex: str, message: bytes, signature_hex: str) -> bool:
+    """True when ``signature_hex`` is the holder of ``public_hex``'s signature of ``message``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex)).verify(
+            bytes.fromhex(signature_hex), message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class Roster:
+    """The peer domains an owner will aggregate with: name -> Ed25519 public key (hex)."""
+
+    def __init__(self, peers: dict[str, str] | None = None) -> None:
+        self._peers: dict[str, str] = {}
+        for name, key in (peers or {}).items():
+            self.trust(name, key)
+
+    def trust(self, name: str, public: str) -> None:
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
+        except ValueError:
+            raise InvalidInput(f"{public!r} is not an Ed25519 public key in hex (64 digits)") from None
+        self._peers[name] = public
+
+    def forget(self, name: str) -> None:
+        self._peers.pop(name, None)
+
+    def key(self, name: str) -> str | None:
+        return self._peers.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._peers
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self._peers)

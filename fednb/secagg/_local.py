@@ -1,0 +1,35 @@
+"""A member reached in-process: what ``simulate`` and the tests use instead of HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from fednb.protocol import SecAggAdvert, SecAggConfig, SecAggReveal, SecAggShare, SecAggSurvivors
+from fednb.secagg._member import SecAggMember
+from fednb.typing import FloatArray
+
+__all__ = ["LocalPeer"]
+
+
+class LocalPeer:
+    """``member`` with its example count and the update it contributes (called when masking)."""
+
+    def __init__(self, member: SecAggMember, num_examples: int, update: Callable[[], FloatArray]) -> None:
+        self.member, self.num_examples, self.update = member, num_examples, update
+
+    def advertise(self, config: SecAggConfig) -> SecAggAdvert:
+        return self.member.advertise(config, self.num_examples)
+
+    def share(self, round_id: str, adverts: list[SecAggAdvert]) -> list[SecAggShare]:
+        return self.member.share(round_id, adverts)
+
+    def masked(self, round_id: str, shares: list[SecAggShare]) -> np.ndarray:
+        return self.member.masked(round_id, shares, self.update())
+
+    def consistency(self, round_id: str, survivors: list[str]) -> str:
+        return self.member.consistency(round_id, survivors)
+
+    def unmask(self, msg: SecAggSurvivors) -> SecAggReveal:
+        return self.member.unmask(msg)

@@ -1,0 +1,340 @@
+"""SecAgg+: exact sums, dropouts, abandonment, and a lying orchestrator."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from fednb.errors import InvalidInput
+from fednb.protocol import SecAggAdvert, SecAggConfig, SecAggShare, SecAggSurvivors
+from fednb.secagg import (
+    Identity,
+    LocalPeer,
+    MaskStream,
+    Roster,
+    RoundAbandoned,
+    SecAggMember,
+    SecAggRefused,
+    combine,
+    encode,
+    neighbours,
+    propose,
+    secure_sum,
+    split,
+)
+
+
+def zero_bits(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.uint32)  # rounding down: the expected sum is computable bit for bit
+
+
+@dataclass
+class World:
+    names: list[str]
+    ids: dict[str, Identity]
+    members: dict[str, SecAggMember]
+    updates: dict[str, np.ndarray]
+    examples: dict[str, int]
+
+    def peers(self, names: list[str] | None = None) -> dict[str, LocalPeer]:
+        return {n: LocalPeer(self.members[n], self.examples[n], lambda n=n: self.updates[n])
+                for n in (names or self.names)}
+
+    def expected_total(self, cfg: SecAggConfig, survivors: list[str]) -> np.ndarray:
+        total = np.zeros(cfg.size, dtype=np.uint32)
+        for n in survivors:
+            total += encode(self.updates[n], cfg, n, zero_bits)
+        return total
+
+
+def world(n: int, size: int = 257, *, seed: int = 0, min_members: int = 2) -> World:
+    rng = np.random.default_rng(seed)
+    names = [f"h{i:02d}" for i in range(n)]
+    ids = {m: Identity.generate() for m in names}
+    members = {m: SecAggMember(m, ids[m], Roster({o: ids[o].public for o in names if o != m}),
+                               min_members=min_members, rounding=zero_bits) for m in names}
+    updates = {m: rng.normal(0, 1, size) for m in names}
+    examples = {m: int(rng.integers(20, 200)) for m in names}
+    return World(names, ids, members, updates, examples)
+
+
+class Drop:
+    """A peer that vanishes at one stage (and at every later one)."""
+
+    order = ("advertise", "share", "masked", "consistency", "unmask")
+
+    def __init__(self, peer: LocalPeer, stage: str) -> None:
+        self.peer, self.stage = peer, stage
+
+    def _check(self, stage: str) -> None:
+        if self.order.index(stage) >= self.order.index(self.stage):
+            raise ConnectionError(f"gone at {stage}")
+
+    def advertise(self, config):  # type: ignore[no-untyped-def]
+        self._check("advertise")
+        return self.peer.advertise(config)
+
+    def share(self, rid, adverts):  # type: ignore[no-untyped-def]
+        self._check("share")
+        return self.peer.share(rid, adverts)
+
+    def masked(self, rid, shares):  # type: ignore[no-untyped-def]
+        self._check("masked")
+        return self.peer.masked(rid, shares)
+
+    def consistency(self, rid, survivors):  # type: ignore[no-untyped-def]
+        self._check("consistency")
+        return self.peer.consistency(rid, survivors)
+
+    def unmask(self, msg):  # type: ignore[no-untyped-def]
+        self._check("unmask")
+        return self.peer.unmask(msg)
+
+
+# -- exact sums ----------------------------------------------------------------------
+@pytest.mark.parametrize("n", [3, 5, 20])
+def test_the_unmasked_sum_is_the_sum_of_the_quantised_updates_exactly(n: int) -> None:
+    w = world(n)
+    cfg = propose(f"exact-{n}", w.examples, 257, bound=4.0)
+    out = secure_sum(cfg, w.peers())
+    assert out.survivors == w.names and out.dropped == {}
+    assert np.array_equal(out.total, w.expected_total(cfg, w.names))
+    plain = sum(w.examples[m] * np.clip(w.updates[m], -4, 4) for m in w.names) / sum(w.examples.values())
+    assert np.abs(out.mean - plain).max() < n * 4.0 / 2**30  # within the quantisation step
+
+
+def test_masked_updates_look_nothing_like_the_updates() -> None:
+    w = world(3, size=4096)
+    cfg = propose("look", w.examples, 4096, bound=4.0)
+    peers = w.peers()
+    adverts = [peers[n].advertise(cfg) for n in w.names]
+    shares = {n: peers[n].share(cfg.round_id, adverts) for n in w.names}
+    inbox = {n: [s for b in shares.values() for s in b if s.receiver == n] for n in w.names}
+    y = peers["h00"].masked(cfg.round_id, inbox["h00"])
+    plain = encode(w.updates["h00"], cfg, "h00", zero_bits)
+    assert np.mean(y == plain) < 0.01
+    assert abs(float(np.mean(y.astype(np.float64))) / 2**32 - 0.5) < 0.02  # uniform-looking
+
+
+def test_dropping_one_of_five_before_masking_still_gives_the_survivors_exact_sum() -> None:
+    w = world(5)
+    cfg = propose("drop1", w.examples, 257, bound=4.0)
+    peers: dict = w.peers()
+    peers["h02"] = Drop(peers["h02"], "masked")  # shared its seeds, never sent its update
+    out = secure_sum(cfg, peers)
+    alive = [n for n in w.names if n != "h02"]
+    assert out.survivors == alive and "h02" in out.dropped
+    assert np.array_equal(out.total, w.expected_total(cfg, alive))
+
+
+def test_dropping_one_of_five_after_masking_keeps_its_update_in_the_sum() -> None:
+    w = world(5)
+    cfg = propose("drop-late", w.examples, 257, bound=4.0)
+    peers: dict = w.peers()
+    peers["h04"] = Drop(peers["h04"], "unmask")  # sent its masked update, then vanished
+    out = secure_sum(cfg, peers)
+    assert out.survivors == w.names
+    assert np.array_equal(out.total, w.expected_total(cfg, w.names))
+
+
+@pytest.mark.parametrize(("n", "offsets"), [(20, (1, 4, 8)), (120, (3,))])
+def test_dropouts_still_give_the_survivors_exact_sum(n: int, offsets: tuple[int, ...]) -> None:
+    w = world(n, size=64)
+    cfg = propose(f"drop-{n}", w.examples, 64, bound=4.0)
+    assert n == 20 or cfg.degree < n - 1  # 120: a sparse SecAgg+ graph, not everyone to everyone
+    peers: dict = w.peers()
+    gone = [m for k in offsets for m in w.names[k::10]]  # 30% of 20, 10% of 120
+    for i, n in enumerate(gone):
+        peers[n] = Drop(peers[n], "share" if i % 2 else "masked")
+    out = secure_sum(cfg, peers)
+    alive = [n for n in w.names if n not in gone]
+    assert out.survivors == sorted(alive) and sorted(out.dropped) == sorted(gone)
+    assert np.array_equal(out.total, w.expected_total(cfg, alive))
+    plain = (sum(w.examples[m] * np.clip(w.updates[m], -4, 4) for m in alive)
+             / sum(w.examples[m] for m in alive))
+    assert np.abs(out.mean - plain).max() < 1e-6
+
+
+def test_below_the_threshold_the_round_is_abandoned_with_nothing_unmasked() -> None:
+    w = world(5)
+    cfg = propose("too-few", w.examples, 257, bound=4.0)
+    peers: dict = w.peers()
+    for n in ["h00", "h01", "h02"]:
+        peers[n] = Drop(peers[n], "masked")
+    with pytest.raises(RoundAbandoned, match="fewer than the threshold"):
+        secure_sum(cfg, peers)
+    # the next round goes on with fresh keys
+    out = secure_sum(propose("next", w.examples, 257, bound=4.0), w.peers())
+    assert out.survivors == w.names
+
+
+# -- a lying orchestrator ------------------------------------------------------------
+def masked_stage(w: World, cfg: SecAggConfig) -> tuple[dict, dict]:
+    peers = w.peers()
+    adverts = [peers[n].advertise(cfg) for n in w.names]
+    shares = {n: peers[n].share(cfg.round_id, adverts) for n in w.names}
+    for n in w.names:
+        peers[n].masked(cfg.round_id, [s for b in shares.values() for s in b if s.receiver == n])
+    return peers, shares
+
+
+def test_a_curious_orchestrator_cannot_get_both_shares_of_a_survivor() -> None:
+    w = world(5)
+    cfg = propose("curious", w.examples, 257, bound=4.0)
+    peers, _ = masked_stage(w, cfg)
+    everyone, without = w.names, [n for n in w.names if n != "h03"]
+    # it shows three domains that h03 survived and two that it dropped
+    sigs_all = {n: peers[n].consistency(cfg.round_id, everyone) for n in ["h00", "h01", "h02"]}
+    sigs_without = {n: peers[n].consistency(cfg.round_id, without) for n in ["h04"]}
+    revealed = [peers[n].unmask(SecAggSurvivors(round_id=cfg.round_id, survivors=everyone,
+                                                signatures=sigs_all)) for n in ["h00", "h01", "h02"]]
+    assert all("h03" not in r.key_shares for r in revealed)  # only h03's self-mask shares
+    # now it asks for h03's mask-key shares, claiming h03 dropped
+    with pytest.raises(SecAggRefused, match="signed by 1 members, fewer than the quorum"):
+        peers["h04"].unmask(SecAggSurvivors(round_id=cfg.round_id, survivors=without,
+                                            signatures=sigs_without))
+    for n in ["h00", "h01", "h02"]:  # and the domains that revealed once refuse the other list
+        with pytest.raises(SecAggRefused, match=r"revealed its shares for another list|signed another"):
+            peers[n].unmask(SecAggSurvivors(round_id=cfg.round_id, survivors=without,
+                                            signatures={**sigs_all, **sigs_without}))
+        with pytest.raises(SecAggRefused, match="signed another list"):
+            peers[n].consistency(cfg.round_id, without)
+    with pytest.raises(SecAggRefused, match="differ from the list this domain signed"):
+        peers["h04"].unmask(SecAggSurvivors(round_id=cfg.round_id, survivors=everyone, signatures=sigs_all))
+
+
+def test_a_reveal_never_holds_both_shares_of_one_member() -> None:
+    w = world(6)
+    cfg = propose("both", w.examples, 257, bound=4.0)
+    peers: dict = w.peers()
+    peers["h01"] = Drop(peers["h01"], "masked")
+    reveals = []
+    original = LocalPeer.unmask
+
+    def spy(self, msg):  # type: ignore[no-untyped-def]
+        r = original(self, msg)
+        reveals.append(r)
+        return r
+
+    LocalPeer.unmask = spy  # type: ignore[method-assign]
+    try:
+        secure_sum(cfg, peers)
+    finally:
+        LocalPeer.unmask = original  # type: ignore[method-assign]
+    assert reveals and all(not set(r.self_shares) & set(r.key_shares) for r in reveals)
+    assert any("h01" in r.key_shares for r in reveals) and all("h01" not in r.self_shares for r in reveals)
+
+
+def test_sybil_members_off_the_roster_make_the_honest_domains_refuse() -> None:
+    w = world(3)
+    fakes = {f"fake{i}": Identity.generate() for i in range(3)}
+    for name, ident in fakes.items():  # the orchestrator runs the fakes itself
+        roster = Roster({o: i.public for o, i in {**w.ids, **fakes}.items() if o != name})
+        w.members[name] = SecAggMember(name, ident, roster, rounding=zero_bits)
+        w.updates[name] = np.zeros(257)
+        w.examples[name] = 100
+        w.names.append(name)
+    cfg = propose("sybil", w.examples, 257, bound=4.0)
+    for honest in ["h00", "h01", "h02"]:
+        with pytest.raises(SecAggRefused, match="off this domain's roster"):
+            w.members[honest].advertise(cfg, w.examples[honest])
+    with pytest.raises(RoundAbandoned):
+        secure_sum(cfg, w.peers())
+
+
+def test_a_substituted_public_key_is_detected() -> None:
+    w = world(4)
+    cfg = propose("swap", w.examples, 257, bound=4.0)
+    adverts = [w.members[n].advertise(cfg, w.examples[n]) for n in w.names]
+    evil = Identity.generate()
+    swapped = list(adverts)
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from fednb.secagg._member import advert_message, public_bytes
+
+    mine = public_bytes(X25519PrivateKey.generate()).hex()
+    # the orchestrator swaps h01's mask key for its own, keeping h01's signature ...
+    swapped[1] = adverts[1].model_copy(update={"mask_key": mine})
+    with pytest.raises(SecAggRefused, match="key substitution detected"):
+        w.members["h00"].share(cfg.round_id, swapped)
+    # ... or re-signing with a key of its own
+    sig = evil.sign(advert_message(cfg.round_id, "h01", adverts[1].enc_key, mine))
+    swapped[1] = adverts[1].model_copy(update={"mask_key": mine, "signature": sig})
+    with pytest.raises(SecAggRefused, match="key substitution detected"):
+        w.members["h00"].share(cfg.round_id, swapped)
+    # and the honest adverts still go through
+    assert len(w.members["h00"].share(cfg.round_id, adverts)) == cfg.degree
+
+
+def test_a_domain_refuses_a_round_below_its_minimum_or_with_a_tiny_threshold() -> None:
+    w = world(4, min_members=4)
+    three = {n: w.examples[n] for n in w.names[:3]}
+    with pytest.raises(SecAggRefused, match="fewer than this domain's minimum"):
+        w.members["h00"].advertise(propose("small", three, 257, bound=1.0), w.examples["h00"])
+    low = propose("low", w.examples, 257, bound=1.0, threshold=1)
+    with pytest.raises(SecAggRefused, match="below a majority"):
+        w.members["h00"].advertise(low, w.examples["h00"])
+    lie = propose("lie", {**w.examples, "h00": w.examples["h00"] + 1}, 257, bound=1.0)
+    with pytest.raises(SecAggRefused, match="examples"):
+        w.members["h00"].advertise(lie, w.examples["h00"])
+
+
+def test_shares_are_encrypted_to_their_receiver() -> None:
+    w = world(3)
+    cfg = propose("aead", w.examples, 257, bound=4.0)
+    peers = w.peers()
+    adverts = [peers[n].advertise(cfg) for n in w.names]
+    shares = {n: peers[n].share(cfg.round_id, adverts) for n in w.names}
+    to_h00 = [s for b in shares.values() for s in b if s.receiver == "h00"]
+    flipped = bytearray(bytes.fromhex(to_h00[0].ciphertext))
+    flipped[0] ^= 1
+    bad = [to_h00[0].model_copy(update={"ciphertext": flipped.hex()}), *to_h00[1:]]
+    with pytest.raises(SecAggRefused, match="fails authentication"):
+        peers["h00"].masked(cfg.round_id, bad)
+    misrouted = [SecAggShare(**{**s.model_dump(), "receiver": "h00"}) for s in shares["h00"]]
+    with pytest.raises(SecAggRefused, match="not for this domain"):
+        peers["h01"].masked(cfg.round_id, misrouted)
+
+
+# -- the pieces ----------------------------------------------------------------------
+def test_shamir_recovers_from_any_t_shares_and_not_from_fewer() -> None:
+    secret = bytes(range(32))
+    shares = split(secret, 3, [1, 2, 3, 4, 5])
+    for pick in itertools.combinations(shares, 3):
+        assert combine({x: shares[x] for x in pick}) == secret
+    with pytest.raises(InvalidInput, match="do not combine"):
+        combine({x: shares[x] for x in (1, 2)})
+
+
+@pytest.mark.parametrize("n", [3, 7, 20, 50, 200])
+def test_the_neighbour_graph_is_symmetric_and_fixed_by_the_round_id(n: int) -> None:
+    names = [f"d{i}" for i in range(n)]
+    cfg = propose("g", dict.fromkeys(names, 1), 8, bound=1.0)
+    g = neighbours("g", names, cfg.degree)
+    assert all(a in g[b] for a in names for b in g[a])
+    assert all(cfg.degree <= len(v) <= cfg.degree + 1 for v in g.values())
+    assert g == neighbours("g", list(reversed(names)), cfg.degree)
+    assert n <= 32 or g != neighbours("h", names, cfg.degree)
+
+
+def test_masks_come_from_the_cipher_stream_and_cancel_mod_2_32() -> None:
+    s = MaskStream(1000)
+    m1, m2 = s.mask(b"k" * 32).copy(), s.mask(b"j" * 32).copy()
+    assert not np.array_equal(m1, m2) and np.array_equal(m1, s.mask(b"k" * 32))
+    acc = np.arange(1000, dtype=np.uint32)
+    s.add(acc, b"k" * 32, 1)
+    s.add(acc, b"k" * 32, -1)
+    assert np.array_equal(acc, np.arange(1000, dtype=np.uint32))
+
+
+def test_config_checks_its_own_consistency() -> None:
+    with pytest.raises(ValueError, match="sorted and distinct"):
+        SecAggConfig(round_id="r", members=["b", "a"], threshold=1, degree=1, bound=1.0,
+                     num_examples={"a": 1, "b": 1}, size=3)
+    with pytest.raises(ValueError, match="threshold"):
+        SecAggConfig(round_id="r", members=["a", "b"], threshold=2, degree=1, bound=1.0,
+                     num_examples={"a": 1, "b": 1}, size=3)
+    assert SecAggAdvert.model_fields["signature"].metadata  # hex-constrained on the wire

@@ -33,7 +33,7 @@ class SecAggConfig(_Frozen):
     members: list[Name] = Field(min_length=2, max_length=10_000)
     threshold: int = Field(ge=1)
     degree: int = Field(ge=1)
-    bound: float = Field(gt=0, le=1e12)
+    bound: float = Field(ge=1e-9, le=1e12)
     num_examples: dict[str, int]
     size: int = Field(ge=1, le=1 << 31)
 

@@ -191,6 +191,11 @@ class Driver:
             out_sum = secure_sum(config, peers, executor=None if isinstance(pool, SerialExecutor) else pool)
         except RoundAbandoned as exc:
             raise RoundFailed(f"round {rnd}: {exc}") from None
+        finally:
+            for peer in peers.values():
+                getattr(peer, "forget", lambda _: None)(config.round_id)
+            for name in counts:
+                getattr(self.participants[name], "discard", lambda _: None)(self._run_id(f"r{rnd}", name))
         for name in counts:
             out = futures[name].result()
             if name in out_sum.dropped:

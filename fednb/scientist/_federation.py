@@ -200,7 +200,7 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
     if secure_aggregation:
         if backend != "local" or is_async:
             raise InvalidInput("secure aggregation runs with backend='local' and synchronous rounds")
-        bound = secure_bound or default_secure_bound(dp)
+        bound = secure_bound if secure_bound is not None else default_secure_bound(dp)
         ids = {n: Identity.generate() for n in parts}
         for n, p in parts.items():
             assert isinstance(p, LocalParticipant)

@@ -96,6 +96,10 @@ class LocalParticipant:
         """Keep updates here and give them out only masked, through SecAgg+."""
         self.member = SecAggMember(self.name, identity, roster, min_members=2)
 
+    def discard(self, run_id: str) -> None:
+        """Forget a held update that no secure round took."""
+        self._held.pop(run_id, None)
+
     def secagg_peer(self, run_id: str) -> LocalPeer:
         """This hospital's side of the secure round that sums the run ``run_id``."""
         assert self.member is not None

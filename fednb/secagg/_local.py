@@ -33,3 +33,7 @@ class LocalPeer:
 
     def unmask(self, msg: SecAggSurvivors) -> SecAggReveal:
         return self.member.unmask(msg)
+
+    def forget(self, round_id: str) -> None:
+        """Drop the round's keys and seeds (after the round, unmasked or abandoned)."""
+        self.member.forget(round_id)

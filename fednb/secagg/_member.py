@@ -1,7 +1,8 @@
 """The domain's side of SecAgg+: one state machine per round, in the trusted parent.
 
-Stages, each answered at most once per round (a repeat of the same call gets the same
-answer; a different one is refused):
+Stages, each answered at most once per round (a repeat of ``advertise``, ``share``,
+``consistency`` or ``unmask`` with the same input gets the same answer; anything else is
+refused, and ``masked`` is never answered twice: masking again would leak a difference):
 
 1. ``advertise``: check the proposed round (every member on the owner's roster, enough
    members, a threshold of a majority of neighbours, our own example count) and answer
@@ -18,6 +19,7 @@ answer; a different one is refused):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -37,8 +39,8 @@ from fednb.secagg._masks import MaskStream, derive_key, neighbours, quantise, ra
 from fednb.secagg._shamir import split
 from fednb.typing import FloatArray
 
-__all__ = ["SecAggMember", "SecAggRefused", "advert_message", "encode", "mask_key_info", "public_bytes",
-           "self_mask_info", "share_points", "survivors_message"]
+__all__ = ["SecAggMember", "SecAggRefused", "advert_message", "config_digest", "encode", "mask_key_info",
+           "public_bytes", "self_mask_info", "share_points", "survivors_message"]
 
 
 class SecAggRefused(FednbError):
@@ -57,8 +59,13 @@ def private_bytes(key: X25519PrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def advert_message(round_id: str, name: str, enc_key: str, mask_key: str) -> bytes:
-    return canonical("fednb-secagg-advert", round_id, name, enc_key, mask_key)
+def config_digest(config: SecAggConfig) -> str:
+    """SHA-256 of the round's settings: adverts sign it, so every member sees the same round."""
+    return hashlib.sha256(canonical(config.model_dump(mode="json"))).hexdigest()
+
+
+def advert_message(round_id: str, name: str, enc_key: str, mask_key: str, digest: str) -> bytes:
+    return canonical("fednb-secagg-advert", round_id, name, enc_key, mask_key, digest)
 
 
 def survivors_message(round_id: str, survivors: list[str]) -> bytes:
@@ -173,7 +180,8 @@ class SecAggMember:
                                     f"{len(nbrs)} neighbours")
             enc, mask = X25519PrivateKey.generate(), X25519PrivateKey.generate()
             ek, mk = public_bytes(enc).hex(), public_bytes(mask).hex()
-            sig = self.identity.sign(advert_message(config.round_id, self.name, ek, mk))
+            digest = config_digest(config)
+            sig = self.identity.sign(advert_message(config.round_id, self.name, ek, mk, digest))
             advert = SecAggAdvert(round_id=config.round_id, name=self.name, enc_key=ek, mask_key=mk,
                                   signature=sig)
             self._rounds[config.round_id] = _Round(config, enc, mask, advert, nbrs)
@@ -192,10 +200,11 @@ class SecAggMember:
                 if a.round_id != round_id or a.name not in cfg.members or a.name in seen:
                     raise SecAggRefused(f"an advert for {a.name!r} does not belong to round {round_id!r}")
                 key = self._public(a.name)
-                if key is None or not verify(key, advert_message(round_id, a.name, a.enc_key, a.mask_key),
-                                             a.signature):
+                text = advert_message(round_id, a.name, a.enc_key, a.mask_key, config_digest(cfg))
+                if key is None or not verify(key, text, a.signature):
                     raise SecAggRefused(f"the keys of {a.name!r} are not signed by its identity on this "
-                                        "domain's roster: key substitution detected")
+                                        "domain's roster for this round's settings: key substitution "
+                                        "or another view of the round detected")
                 seen[a.name] = a
             if seen.get(self.name) != r.advert:
                 raise SecAggRefused("this domain's own advert was altered or left out: key substitution "
@@ -243,6 +252,11 @@ class SecAggMember:
                 except (InvalidTag, ValueError):
                     raise SecAggRefused(f"the share from {s.sender!r} fails authentication") from None
                 received[s.sender] = (int(body["self"], 16), int(body["key"], 16))
+            if len(received) < cfg.threshold:
+                # with fewer pairwise masks than t, an orchestrator that withheld shares could
+                # strip them and the self mask (revealed for a survivor) and read our update
+                raise SecAggRefused(f"shares arrived from {len(received)} neighbours, fewer than the "
+                                    f"threshold {cfg.threshold}: this domain does not send its update")
             acc = encode(update, cfg, self.name, self.rounding)
             stream = MaskStream(cfg.size)
             stream.add(acc, derive_key(r.seed, self_mask_info(round_id, self.name)))

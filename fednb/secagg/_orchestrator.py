@@ -53,7 +53,8 @@ class SecureSum:
     mean: FloatArray
     total: np.ndarray  # the survivors' quantised, weighted updates summed mod 2^32
     survivors: list[str]
-    dropped: dict[str, str] = field(default_factory=dict)  # name -> the stage it dropped at
+    dropped: dict[str, str] = field(default_factory=dict)  # left before its masked update: name -> why
+    late: dict[str, str] = field(default_factory=dict)  # failed after it (still in the sum): name -> why
     num_examples: int = 0
     bytes_up: int = 0
 
@@ -128,9 +129,10 @@ def secure_sum(config: SecAggConfig, peers: dict[str, SecAggPeer], *,
     if len(u3) < max(2, config.threshold):
         raise RoundAbandoned(f"round {rid}: {len(u3)} members sent masked updates, fewer than the "
                              f"threshold {config.threshold}; nothing was unmasked ({dropped})")
-    sigs = _gather(lambda n: peers[n].consistency(rid, u3), u3, executor, dropped, "consistency")
+    late: dict[str, str] = {}
+    sigs = _gather(lambda n: peers[n].consistency(rid, u3), u3, executor, late, "consistency")
     msg = SecAggSurvivors(round_id=rid, survivors=u3, signatures=sigs)
-    reveals = _gather(lambda n: peers[n].unmask(msg), sorted(sigs), executor, dropped, "unmask")
+    reveals = _gather(lambda n: peers[n].unmask(msg), sorted(sigs), executor, late, "unmask")
 
     pts = share_points(members)
     size = config.size
@@ -164,7 +166,7 @@ def secure_sum(config: SecAggConfig, peers: dict[str, SecAggPeer], *,
     n_all = sum(config.num_examples.values())
     n_alive = sum(config.num_examples[n] for n in u3)
     mean = dequantise(total, scale_for(config.bound, len(members))) * (n_all / n_alive)
-    return SecureSum(mean, total, u3, dropped, n_alive, bytes_up=4 * size * len(u3))
+    return SecureSum(mean, total, u3, dropped, late, n_alive, bytes_up=4 * size * len(u3))
 
 
 def round_id(prefix: str) -> str:

@@ -253,17 +253,17 @@ def test_a_substituted_public_key_is_detected() -> None:
     swapped = list(adverts)
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from fednb.secagg._member import advert_message, public_bytes
+    from fednb.secagg._member import advert_message, config_digest, public_bytes
 
     mine = public_bytes(X25519PrivateKey.generate()).hex()
     # the orchestrator swaps h01's mask key for its own, keeping h01's signature ...
     swapped[1] = adverts[1].model_copy(update={"mask_key": mine})
-    with pytest.raises(SecAggRefused, match="key substitution detected"):
+    with pytest.raises(SecAggRefused, match="key substitution"):
         w.members["h00"].share(cfg.round_id, swapped)
     # ... or re-signing with a key of its own
-    sig = evil.sign(advert_message(cfg.round_id, "h01", adverts[1].enc_key, mine))
+    sig = evil.sign(advert_message(cfg.round_id, "h01", adverts[1].enc_key, mine, config_digest(cfg)))
     swapped[1] = adverts[1].model_copy(update={"mask_key": mine, "signature": sig})
-    with pytest.raises(SecAggRefused, match="key substitution detected"):
+    with pytest.raises(SecAggRefused, match="key substitution"):
         w.members["h00"].share(cfg.round_id, swapped)
     # and the honest adverts still go through
     assert len(w.members["h00"].share(cfg.round_id, adverts)) == cfg.degree
@@ -338,3 +338,40 @@ def test_config_checks_its_own_consistency() -> None:
         SecAggConfig(round_id="r", members=["a", "b"], threshold=2, degree=1, bound=1.0,
                      num_examples={"a": 1, "b": 1}, size=3)
     assert SecAggAdvert.model_fields["signature"].metadata  # hex-constrained on the wire
+
+
+def test_a_member_given_too_few_shares_refuses_to_send_its_update() -> None:
+    # an orchestrator that withholds a member's incoming shares would otherwise get its update
+    # masked only by the self mask, whose shares the normal unmask reveals
+    w = world(5)
+    cfg = propose("starve", w.examples, 257, bound=4.0)
+    peers = w.peers()
+    adverts = [peers[n].advertise(cfg) for n in w.names]
+    shares = {n: peers[n].share(cfg.round_id, adverts) for n in w.names}
+    inbox = [s for b in shares.values() for s in b if s.receiver == "h02"]
+    with pytest.raises(SecAggRefused, match="fewer than the threshold"):
+        peers["h02"].masked(cfg.round_id, [])
+    with pytest.raises(SecAggRefused, match="fewer than the threshold"):
+        peers["h02"].masked(cfg.round_id, inbox[: cfg.threshold - 1])
+    assert peers["h02"].masked(cfg.round_id, inbox).dtype == np.uint32  # all its shares: it sends
+    with pytest.raises(SecAggRefused, match="past 'shared'"):  # and masks once at most
+        peers["h02"].masked(cfg.round_id, inbox)
+
+
+def test_members_shown_different_settings_detect_it() -> None:
+    w = world(4)
+    cfg = propose("views", w.examples, 257, bound=4.0)
+    other = propose("views", w.examples, 257, bound=400.0)  # same id, another bound
+    adverts = [w.members[n].advertise(cfg if n != "h01" else other, w.examples[n]) for n in w.names]
+    with pytest.raises(SecAggRefused, match="another view of the round"):
+        w.members["h00"].share(cfg.round_id, adverts)
+
+
+def test_late_failures_stay_in_the_sum_and_are_reported_apart() -> None:
+    w = world(5)
+    cfg = propose("late", w.examples, 257, bound=4.0)
+    peers: dict = w.peers()
+    peers["h03"] = Drop(peers["h03"], "consistency")
+    out = secure_sum(cfg, peers)
+    assert out.survivors == w.names and out.dropped == {} and list(out.late) == ["h03"]
+    assert np.array_equal(out.total, w.expected_total(cfg, w.names))

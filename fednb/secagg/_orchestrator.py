@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -76,23 +76,15 @@ def propose(round_id: str, num_examples: dict[str, int], size: int, bound: float
 
 def _gather(call: Callable[[str], T], names: Iterable[str], executor: Executor | None,
             dropped: dict[str, str], stage: str) -> dict[str, T]:
+    def attempt(n: str) -> T | Exception:
+        try:
+            return call(n)
+        except Exception as exc:  # a member that fails or refuses drops out here
+            return exc
+
     names = list(names)
+    results = list(map(attempt, names) if executor is None else executor.map(attempt, names))
     out: dict[str, T] = {}
-    if executor is None:
-        results: list[Any] = []
-        for n in names:
-            try:
-                results.append(call(n))
-            except Exception as exc:  # a member that fails or refuses drops out here
-                results.append(exc)
-    else:
-        futs = [executor.submit(call, n) for n in names]
-        results = []
-        for f in futs:
-            try:
-                results.append(f.result())
-            except Exception as exc:
-                results.append(exc)
     for n, res in zip(names, results, strict=True):
         if isinstance(res, Exception):
             why = str(res) if isinstance(res, FednbError) else type(res).__name__

@@ -43,6 +43,13 @@ class World:
         return {n: LocalPeer(self.members[n], self.examples[n], lambda n=n: self.updates[n])
                 for n in (names or self.names)}
 
+    def shared(self, cfg: SecAggConfig) -> tuple[dict[str, LocalPeer], dict[str, list[SecAggShare]]]:
+        """Every member advertised and shared, honestly relayed: the peers and their inboxes."""
+        peers = self.peers()
+        adverts = [peers[n].advertise(cfg) for n in self.names]
+        shares = [s for n in self.names for s in peers[n].share(cfg.round_id, adverts)]
+        return peers, {n: [s for s in shares if s.receiver == n] for n in self.names}
+
     def expected_total(self, cfg: SecAggConfig, survivors: list[str]) -> np.ndarray:
         total = np.zeros(cfg.size, dtype=np.uint32)
         for n in survivors:
@@ -109,10 +116,7 @@ def test_the_unmasked_sum_is_the_sum_of_the_quantised_updates_exactly(n: int) ->
 def test_masked_updates_look_nothing_like_the_updates() -> None:
     w = world(3, size=4096)
     cfg = propose("look", w.examples, 4096, bound=4.0)
-    peers = w.peers()
-    adverts = [peers[n].advertise(cfg) for n in w.names]
-    shares = {n: peers[n].share(cfg.round_id, adverts) for n in w.names}
-    inbox = {n: [s for b in shares.values() for s in b if s.receiver == n] for n in w.names}
+    peers, inbox = w.shared(cfg)
     y = peers["h00"].masked(cfg.round_id, inbox["h00"])
     plain = encode(w.updates["h00"], cfg, "h00", zero_bits)
     assert np.mean(y == plain) < 0.01
@@ -172,19 +176,17 @@ def test_below_the_threshold_the_round_is_abandoned_with_nothing_unmasked() -> N
 
 
 # -- a lying orchestrator ------------------------------------------------------------
-def masked_stage(w: World, cfg: SecAggConfig) -> tuple[dict, dict]:
-    peers = w.peers()
-    adverts = [peers[n].advertise(cfg) for n in w.names]
-    shares = {n: peers[n].share(cfg.round_id, adverts) for n in w.names}
+def masked_stage(w: World, cfg: SecAggConfig) -> dict[str, LocalPeer]:
+    peers, inbox = w.shared(cfg)
     for n in w.names:
-        peers[n].masked(cfg.round_id, [s for b in shares.values() for s in b if s.receiver == n])
-    return peers, shares
+        peers[n].masked(cfg.round_id, inbox[n])
+    return peers
 
 
 def test_a_curious_orchestrator_cannot_get_both_shares_of_a_survivor() -> None:
     w = world(5)
     cfg = propose("curious", w.examples, 257, bound=4.0)
-    peers, _ = masked_stage(w, cfg)
+    peers = masked_stage(w, cfg)
     everyone, without = w.names, [n for n in w.names if n != "h03"]
     # it shows three domains that h03 survived and two that it dropped
     sigs_all = {n: peers[n].consistency(cfg.round_id, everyone) for n in ["h00", "h01", "h02"]}
@@ -285,16 +287,14 @@ def test_a_domain_refuses_a_round_below_its_minimum_or_with_a_tiny_threshold() -
 def test_shares_are_encrypted_to_their_receiver() -> None:
     w = world(3)
     cfg = propose("aead", w.examples, 257, bound=4.0)
-    peers = w.peers()
-    adverts = [peers[n].advertise(cfg) for n in w.names]
-    shares = {n: peers[n].share(cfg.round_id, adverts) for n in w.names}
-    to_h00 = [s for b in shares.values() for s in b if s.receiver == "h00"]
+    peers, inbox = w.shared(cfg)
+    to_h00 = inbox["h00"]
     flipped = bytearray(bytes.fromhex(to_h00[0].ciphertext))
     flipped[0] ^= 1
     bad = [to_h00[0].model_copy(update={"ciphertext": flipped.hex()}), *to_h00[1:]]
     with pytest.raises(SecAggRefused, match="fails authentication"):
         peers["h00"].masked(cfg.round_id, bad)
-    misrouted = [SecAggShare(**{**s.model_dump(), "receiver": "h00"}) for s in shares["h00"]]
+    misrouted = [SecAggShare(**{**s.model_dump(), "receiver": "h00"}) for s in inbox["h01"]]
     with pytest.raises(SecAggRefused, match="not for this domain"):
         peers["h01"].masked(cfg.round_id, misrouted)
 
@@ -345,10 +345,8 @@ def test_a_member_given_too_few_shares_refuses_to_send_its_update() -> None:
     # masked only by the self mask, whose shares the normal unmask reveals
     w = world(5)
     cfg = propose("starve", w.examples, 257, bound=4.0)
-    peers = w.peers()
-    adverts = [peers[n].advertise(cfg) for n in w.names]
-    shares = {n: peers[n].share(cfg.round_id, adverts) for n in w.names}
-    inbox = [s for b in shares.values() for s in b if s.receiver == "h02"]
+    peers, shares = w.shared(cfg)
+    inbox = shares["h02"]
     with pytest.raises(SecAggRefused, match="fewer than the threshold"):
         peers["h02"].masked(cfg.round_id, [])
     with pytest.raises(SecAggRefused, match="fewer than the threshold"):

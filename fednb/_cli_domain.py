@@ -236,6 +236,18 @@ def cmd_budget(dom: Domain, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peers(dom: Domain, args: argparse.Namespace) -> int:
+    if args.trust is not None:
+        dom.peers.trust(args.trust[0], args.trust[1], actor=ACTOR)
+    if args.forget is not None:
+        dom.peers.forget(args.forget, actor=ACTOR)
+    print(f"this domain's identity: {dom.identity.public}")
+    table(("peer", "identity"), sorted(dom.peers.list().items()), "no peers on the roster")
+    print(f"fewest members of a secure round (policy secagg_min_members): "
+          f"{dom.policy.get().secagg_min_members}")
+    return 0
+
+
 def _eps(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 

@@ -15,6 +15,7 @@
         approve REQUEST_ID [--release auto|manual]    deny REQUEST_ID --reason TEXT
         results | release RUN_ID | withhold RUN_ID | runs [--request ID] [--log RUN_ID]
         audit [--limit N] [--verify] | budget [--set SCIENTIST EPSILON [--dataset D]]
+        peers [--trust LABEL PUBLIC_KEY] [--forget LABEL]   (and this domain's own identity)
 
 ``fednb domain ...`` works on the domain's home directory directly (its store and
 files); owner actions taken here are audited with the actor ``owner-cli``. User errors
@@ -285,6 +286,11 @@ def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
               "privacy budgets per scientist and dataset (epsilon spent, reserved, left)")
     p.add_argument("--set", nargs=2, metavar=("SCIENTIST", "EPSILON"), help="set a scientist's budget")
     p.add_argument("--dataset", default="*", help="with --set: one dataset (default: every dataset)")
+    p = _leaf(sub, "peers", cd.on_domain(cd.cmd_peers),
+              "this domain's identity and the roster of peers for secure aggregation")
+    p.add_argument("--trust", nargs=2, metavar=("LABEL", "PUBLIC_KEY"),
+                   help="put a peer's identity (its /api/v1/info 'identity') on the roster")
+    p.add_argument("--forget", metavar="LABEL", help="take a peer off the roster")
 
 
 def _add_domain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

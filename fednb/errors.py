@@ -46,9 +46,11 @@ __all__ = [
     "PermissionDenied",
     "RequestNotApproved",
     "ResultNotReady",
+    "RoundAbandoned",
     "RunFailed",
     "RunRefused",
     "SandboxUnavailable",
+    "SecAggRefused",
     "UnsupportedMedia",
     "from_wire",
     "http_status",
@@ -184,6 +186,20 @@ class InternalError(FednbError):
 
     code = "internal_error"
     status = 500
+
+
+class SecAggRefused(FednbError):
+    """A domain refused a secure-aggregation step (the message says which check failed)."""
+
+    code = "secagg_refused"
+    status = 409
+
+
+class RoundAbandoned(FednbError):
+    """Too few members survived a secure round to unmask it: nothing was revealed."""
+
+    code = "round_abandoned"
+    status = 409
 
 
 class ConnectionFailed(FednbError):

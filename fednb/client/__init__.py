@@ -3,5 +3,7 @@
 from fednb.client._client import DatasetHandle, DomainClient, connect
 from fednb.client._handles import RemoteRequest, RemoteRun
 from fednb.client._http import is_loopback
+from fednb.client._secagg import RemoteSecAggPeer
 
-__all__ = ["DatasetHandle", "DomainClient", "RemoteRequest", "RemoteRun", "connect", "is_loopback"]
+__all__ = ["DatasetHandle", "DomainClient", "RemoteRequest", "RemoteRun", "RemoteSecAggPeer", "connect",
+           "is_loopback"]

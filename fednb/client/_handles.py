@@ -71,16 +71,18 @@ class RemoteRequest:
         return self
 
     def run(self, weights: Weights | None = None, *, dataset: str | None = None,
-            run_id: str | None = None, compression: Compression = "none", **params: Any) -> RemoteRun:
+            run_id: str | None = None, compression: Compression = "none", secure: bool = False,
+            **params: Any) -> RemoteRun:
         """Start one run; re-using ``run_id`` after a crash returns the same run.
 
         ``compression`` ("fp16" or "int8" with stochastic rounding) shrinks the result on
-        the wire; :meth:`RemoteRun.result` restores the dtypes.
+        the wire; :meth:`RemoteRun.result` restores the dtypes. ``secure=True`` keeps the
+        result in the domain to leave only masked, through a secure round.
         """
         rid = run_id or uuid.uuid4().hex
         tensors = {k: np.asarray(v, order="C") for k, v in (weights or {}).items()}
         body = encode_message({"dataset": dataset, "params": params, "compression": compression,
-                               "weights": weights is not None}, tensors)
+                               "weights": weights is not None, "secure": secure}, tensors)
         info = self.client._t.json("PUT", f"/requests/{self.id}/runs/{rid}", content=body)
         return RemoteRun(self.client, RunInfo.model_validate(info))
 

@@ -41,6 +41,12 @@ from fednb.protocol import (
     RequestStatus,
     RunCreate,
     RunInfo,
+    SecAggAdvert,
+    SecAggJoin,
+    SecAggReveal,
+    SecAggShare,
+    SecAggSignature,
+    SecAggSurvivors,
     UserInfo,
     dataset_to_bytes,
     decode_message,
@@ -96,7 +102,8 @@ def _routes(dom: "Domain") -> APIRouter:
     @r.get("/info", response_model=DomainInfo, tags=["public"])
     def info() -> DomainInfo:
         return DomainInfo(name=dom.name, domain_id=dom.domain_id, api_version=API_VERSION,
-                          fednb_version=FEDNB_VERSION, sandbox=dom.sandbox_mode or "unavailable")
+                          fednb_version=FEDNB_VERSION, sandbox=dom.sandbox_mode or "unavailable",
+                          identity=dom.identity.public)
 
     @r.get("/me", response_model=UserInfo)
     def me(u: User) -> UserInfo:
@@ -151,7 +158,33 @@ def _routes(dom: "Domain") -> APIRouter:
             raise InvalidInput(f"run header: {exc.errors()[0]['msg']}") from None
         return await anyio.to_thread.run_sync(
             lambda: dom.runs.create(u, request_id, run_id, spec.dataset, spec.params,
-                                    weights if spec.weights else None, spec.compression))
+                                    weights if spec.weights else None, spec.compression, spec.secure))
+
+    # -- secure aggregation (fednb.secagg): the orchestrator relays, the domain checks --
+    @r.post("/secagg/join", response_model=SecAggAdvert, tags=["secure aggregation"])
+    def secagg_join(body: SecAggJoin, u: Scientist) -> SecAggAdvert:
+        return dom.secagg.join(u, body)
+
+    @r.post("/secagg/{round_id}/share", response_model=list[SecAggShare], tags=["secure aggregation"])
+    def secagg_share(round_id: str, body: list[SecAggAdvert], u: Scientist) -> list[SecAggShare]:
+        return dom.secagg.share(u, round_id, body)
+
+    @r.post("/secagg/{round_id}/masked", response_class=Response, tags=["secure aggregation"],
+            responses={200: {"content": {BINARY: {}}}})
+    def secagg_masked(round_id: str, body: list[SecAggShare], u: Scientist) -> Response:
+        return Response(dom.secagg.masked(u, round_id, body), media_type=BINARY)
+
+    @r.post("/secagg/{round_id}/consistency", response_model=SecAggSignature, tags=["secure aggregation"])
+    def secagg_consistency(round_id: str, body: SecAggSurvivors, u: Scientist) -> SecAggSignature:
+        if body.round_id != round_id:
+            raise InvalidInput("the body's round id differs from the path's")
+        return SecAggSignature(signature=dom.secagg.consistency(u, round_id, body.survivors))
+
+    @r.post("/secagg/{round_id}/unmask", response_model=SecAggReveal, tags=["secure aggregation"])
+    def secagg_unmask(round_id: str, body: SecAggSurvivors, u: Scientist) -> SecAggReveal:
+        if body.round_id != round_id:
+            raise InvalidInput("the body's round id differs from the path's")
+        return dom.secagg.unmask(u, body)
 
     @r.get("/runs", response_model=list[RunInfo])
     def runs(u: User, request_id: str | None = None,

@@ -25,11 +25,13 @@ from fednb.domain._ledger import Ledger
 from fednb.domain._policy import Policy, PolicyView
 from fednb.domain._requests import RequestBook
 from fednb.domain._runs import RunBook
+from fednb.domain._secagg import PeerBook, SecAggDesk
 from fednb.domain._store import AuditRow, DatasetRow, RequestRow, RunRow, SettingRow, Store, UserRow
 from fednb.domain.runner import Limits, SandboxMode, WorkerPool, bwrap_available
 from fednb.errors import Conflict, InvalidInput, NotFound
 from fednb.privacy import SecureNoise
 from fednb.protocol import BudgetInfo, DatasetCard, MockInfo, Role, UserInfo
+from fednb.secagg import Identity
 
 if TYPE_CHECKING:
     from fednb.domain._server import Server
@@ -73,6 +75,9 @@ class Domain:
         self.requests = RequestBook(self)
         self.runs = RunBook(self)
         self.ledger = Ledger(self)
+        self.peers = PeerBook(self)
+        self.secagg = SecAggDesk(self)
+        self._identity: Identity | None = None
         self._noise = threading.local()
         self.sandbox_mode: SandboxMode | None = None
         self._lock = threading.RLock()
@@ -110,6 +115,15 @@ class Domain:
         except FileNotFoundError:
             raise NotFound(f"{home} holds no domain: create one with Domain.create") from None
         return cls(home, manifest, store_url)
+
+    @property
+    def identity(self) -> Identity:
+        """This domain's long-term Ed25519 identity for secure aggregation (a 0600 file in
+        the home, made on first use); peers put ``identity.public`` on their roster."""
+        with self._lock:
+            if self._identity is None:
+                self._identity = Identity.load_or_create(self.home / "identity.key")
+            return self._identity
 
     def close(self) -> None:
         """Stop workers and release the store."""

@@ -41,6 +41,9 @@ class Policy(BaseModel):
         Largest clipping bound a DP request may ask for (default: none).
     dataset_epsilon_cap
         Epsilon cap per dataset across all scientists (default: none).
+    secagg_min_members
+        Fewest members a secure-aggregation round may have for this domain to take part
+        (default 3: with 2, either member learns the other's update from the sum).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -55,6 +58,7 @@ class Policy(BaseModel):
     max_epsilon_per_run: float | None = Field(default=None, gt=0)
     max_clip: float | None = Field(default=None, gt=0)
     dataset_epsilon_cap: float | None = Field(default=None, gt=0)
+    secagg_min_members: int = Field(default=3, ge=2)
 
 
 class PolicyView:

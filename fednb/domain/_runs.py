@@ -14,6 +14,7 @@ from fednb.domain._store import RequestRow, RunRow, UserRow, utcnow
 from fednb.domain.runner import JobSpec, WorkerOutcome
 from fednb.errors import (
     Conflict,
+    InvalidInput,
     NotFound,
     ParamsOutOfSchema,
     RequestNotApproved,
@@ -21,7 +22,15 @@ from fednb.errors import (
     RunRefused,
     SandboxUnavailable,
 )
-from fednb.protocol import Compression, ParamSpec, RunInfo, TensorSpec, compress, encode_message
+from fednb.protocol import (
+    Compression,
+    ParamSpec,
+    RunInfo,
+    TensorSpec,
+    compress,
+    decode_message,
+    encode_message,
+)
 from fednb.runtime import (
     OutputPolicy,
     OutputRejected,
@@ -70,7 +79,7 @@ class RunBook:
 
     def create(self, user: UserRow, request_id: str, run_id: str, dataset: str | None,
                params: dict[str, Any], weights: Weights | None,
-               compression: Compression = "none") -> RunInfo:
+               compression: Compression = "none", secure: bool = False) -> RunInfo:
         """Check everything, reserve one run atomically, queue it; idempotent on ``run_id``."""
         req = self._d.requests.row(request_id, scientist=user.name)
         with self._d.store.session() as s:
@@ -79,6 +88,9 @@ class RunBook:
             if old.request_id != request_id or old.scientist != user.name:
                 raise Conflict(f"run id {run_id!r} is taken: use a new id")
             return self.info(old, owner=False)
+        if secure and compression != "none":
+            raise InvalidInput("a run for secure aggregation is quantised by the protocol; "
+                               "leave compression at 'none'")
         dp_event = self._d.ledger.run_event(req)  # parsed once per run, used below and in _finish
         self._refuse_early(user, req, dp_event is not None)
         name = dataset or req.datasets[0]
@@ -107,7 +119,7 @@ class RunBook:
                    epsilon_after=row.epsilon)
         fault("after_reserve")
         self._d._executor().submit(self._execute, run_id, req, name, params, weights, compression,
-                                   dp_event is not None)
+                                   dp_event is not None, secure)
         return self.info(row, owner=False)
 
     def _job(self, req: RequestRow) -> JobSpec:
@@ -124,17 +136,17 @@ class RunBook:
                                   self._d.policy.get().run_timeout_s)
 
     def _execute(self, run_id: str, req: RequestRow, dataset: str, params: dict[str, Any],
-                 weights: Weights | None, compression: Compression, dp: bool) -> None:
+                 weights: Weights | None, compression: Compression, dp: bool, secure: bool) -> None:
         try:
             with self._d.store.write() as s:
                 s.execute(update(RunRow).where(RunRow.id == run_id).values(status="running"))
             outcome = self._outcome(req, dataset, params, weights)
             self._finish(run_id, req, dataset, outcome, output_policy(req, self._d.policy.get()),
-                         compression, dp)
+                         compression, dp, secure)
         except Exception as exc:  # the run must end in a fixed category whatever happens
             self._finish(run_id, req, dataset,
                          WorkerOutcome("failed", "worker_crashed", log=f"domain error: {exc!r}"),
-                         OutputPolicy(), "none", dp)
+                         OutputPolicy(), "none", dp, secure)
         finally:
             self.event(run_id).set()
             self._retire_if_done(req.id)
@@ -149,7 +161,7 @@ class RunBook:
             self._d._pool.discard(request_id)
 
     def _finish(self, run_id: str, req: RequestRow, dataset: str, outcome: WorkerOutcome,
-                policy: OutputPolicy, compression: Compression, dp: bool) -> None:
+                policy: OutputPolicy, compression: Compression, dp: bool, secure: bool = False) -> None:
         result, state = None, None
         n = self._d.card(dataset).num_examples
         if outcome.status == "succeeded" and outcome.update is not None:
@@ -157,9 +169,11 @@ class RunBook:
                 upd = (outcome.update if req.kind == "query"  # noised by the query mechanism
                        else apply_output_policy(outcome.update, policy, self._d.noise))
                 sent, meta = compress(upd.weights, compression, self._d.noise.uniform)
-                result = encode_message({"metrics": upd.metrics, "num_examples": n, **meta}, sent)
-                # no-DP results are always held; DP results follow the approval's release mode
-                state = "released" if dp and req.release == "auto" else "held"
+                result = encode_message({"metrics": upd.metrics, "num_examples": n, "secure": secure,
+                                         **meta}, sent)
+                # no-DP results are always held; DP results follow the approval's release mode;
+                # a released secure result is kept to leave masked (SecAggDesk)
+                state = "held" if not (dp and req.release == "auto") else "secagg" if secure else "released"
             except OutputRejected as rej:
                 outcome = WorkerOutcome("failed", rej.reason, log=outcome.log + f"\n{rej.detail}")
         with self._d.transaction() as tx:
@@ -169,7 +183,7 @@ class RunBook:
                 outcome.status, outcome.reason, result, state)
             row.owner_log, row.finished, row.backend = outcome.log[-20_000:], utcnow(), "numpy"
             row.num_examples = n if result is not None else None
-            charge = "committed" if state == "released" else "freed" if result is None else None
+            charge = "committed" if state in ("released", "secagg") else "freed" if result is None else None
             if charge is not None and self._d.ledger.settle(tx.s, run_id, charge):
                 tx.log("domain", f"charge.{charge}", run=run_id, request=req.id, scientist=req.scientist,
                        dataset=dataset, epsilon_after=row.epsilon)
@@ -226,10 +240,12 @@ class RunBook:
                 raise NotFound(f"no run {run_id!r}")
             if row.release_state != "held":
                 raise Conflict(f"run {run_id!r} has no held result (state: {row.release_state})")
+            if state == "released" and row.result is not None and decode_message(row.result)[0].get("secure"):
+                state = "secagg"  # released to leave the domain masked, by secure aggregation
             row.release_state = state
             if state == "withheld":
                 row.result = None
-            charge = "committed" if state == "released" else "freed"
+            charge = "freed" if state == "withheld" else "committed"
             if self._d.ledger.settle(tx.s, run_id, charge):
                 tx.log(reviewer, f"charge.{charge}", run=run_id, request=row.request_id,
                        scientist=row.scientist, dataset=row.dataset, epsilon_after=row.epsilon)

@@ -31,7 +31,15 @@ from fednb.protocol._models import (
     VariableCard,
     code_hash,
 )
-from fednb.protocol._secagg import SecAggAdvert, SecAggConfig, SecAggReveal, SecAggShare, SecAggSurvivors
+from fednb.protocol._secagg import (
+    SecAggAdvert,
+    SecAggConfig,
+    SecAggJoin,
+    SecAggReveal,
+    SecAggShare,
+    SecAggSignature,
+    SecAggSurvivors,
+)
 from fednb.protocol._update import Update, as_update
 from fednb.protocol._version import API_PREFIX, API_VERSION, FEDNB_VERSION
 from fednb.protocol._xarray import dataset_from_bytes, dataset_to_bytes
@@ -67,8 +75,10 @@ __all__ = [
     "RunStatus",
     "SecAggAdvert",
     "SecAggConfig",
+    "SecAggJoin",
     "SecAggReveal",
     "SecAggShare",
+    "SecAggSignature",
     "SecAggSurvivors",
     "TensorSpec",
     "Update",

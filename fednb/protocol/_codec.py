@@ -21,7 +21,7 @@ __all__ = ["ALLOWED_DTYPES", "decode_message", "encode_message", "peek_header"]
 
 _META_KEY = "fednb"
 _HEADER_MAX = 16 * 1024 * 1024
-ALLOWED_DTYPES = frozenset({"F16", "F32", "F64", "I8", "I16", "I32", "I64", "U8", "BOOL"})
+ALLOWED_DTYPES = frozenset({"F16", "F32", "F64", "I8", "I16", "I32", "I64", "U8", "U32", "BOOL"})
 """Safetensors dtypes fednb accepts; anything else is refused."""
 
 

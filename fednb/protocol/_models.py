@@ -49,7 +49,8 @@ RequestStatus = Literal["pending", "approved", "denied"]
 ReleaseMode = Literal["auto", "manual"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "refused", "timeout", "killed"]
 RUN_STATUSES: tuple[str, ...] = RunStatus.__args__  # type: ignore[attr-defined]
-ReleaseState = Literal["held", "released", "withheld"]
+ReleaseState = Literal["held", "released", "withheld", "secagg", "masked"]
+"""``secagg``: kept for a secure round, never downloadable; ``masked``: sent masked, deleted."""
 ReasonCode = Literal[
     "ok",
     "exception",
@@ -297,6 +298,7 @@ class RunCreate(_Model):
     params: dict[str, Any] = Field(default_factory=dict, max_length=64)
     weights: bool = False
     compression: Literal["none", "fp16", "int8"] = "none"
+    secure: bool = False  # the result leaves the domain only masked, by secure aggregation
 
 
 class RunInfo(_Model):
@@ -333,3 +335,4 @@ class DomainInfo(_Model):
     api_version: str
     fednb_version: str
     sandbox: Literal["bubblewrap", "insecure-demo", "unavailable"]
+    identity: str | None = None  # Ed25519 public key (hex): what peers put on their roster

@@ -10,7 +10,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["SecAggAdvert", "SecAggConfig", "SecAggReveal", "SecAggShare", "SecAggSurvivors"]
+__all__ = ["SecAggAdvert", "SecAggConfig", "SecAggJoin", "SecAggReveal", "SecAggShare", "SecAggSignature",
+           "SecAggSurvivors"]
 
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
 Hex = Annotated[str, Field(max_length=1 << 16, pattern=r"^[0-9a-f]*$")]
@@ -86,3 +87,16 @@ class SecAggReveal(_Frozen):
     name: Name
     self_shares: dict[str, Hex]
     key_shares: dict[str, Hex]
+
+
+class SecAggJoin(_Frozen):
+    """Ask a domain to join a secure round with the result of one of the caller's runs."""
+
+    config: SecAggConfig
+    run_id: Annotated[str, Field(min_length=8, max_length=64)]
+
+
+class SecAggSignature(_Frozen):
+    """A member's signature on the list of survivors."""
+
+    signature: Hex = Field(min_length=128, max_length=128)

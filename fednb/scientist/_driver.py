@@ -184,8 +184,11 @@ class Driver:
         if len(counts) < max(2, self.min_domains):
             raise RoundFailed(f"round {rnd}: {len(counts)} of {len(futures)} domains answered, fewer than "
                               f"min_domains={self.min_domains} (secure aggregation needs 2)")
-        config = propose(round_id(f"{self.prefix}-r{rnd}"), counts, self.vec.size, self.secure_bound)
-        peers: dict[str, SecAggPeer] = {n: self.participants[n].secagg_peer(  # type: ignore[attr-defined]
+        # members are named by their secure-aggregation id: a domain's identity key over HTTP
+        ids = {n: getattr(self.participants[n], "secagg_id", None) or n for n in counts}
+        config = propose(round_id(f"{self.prefix}-r{rnd}"), {ids[n]: c for n, c in counts.items()},
+                         self.vec.size, self.secure_bound)
+        peers: dict[str, SecAggPeer] = {ids[n]: self.participants[n].secagg_peer(  # type: ignore[attr-defined]
             self._run_id(f"r{rnd}", n)) for n in counts}
         try:
             out_sum = secure_sum(config, peers, executor=None if isinstance(pool, SerialExecutor) else pool)
@@ -198,7 +201,7 @@ class Driver:
                 getattr(self.participants[name], "discard", lambda _: None)(self._run_id(f"r{rnd}", name))
         for name in counts:
             out = futures[name].result()
-            if name in out_sum.dropped:
+            if ids[name] in out_sum.dropped:
                 out = Outcome("failed", "secagg_dropped", None, out.seconds, 0, out.bytes_down)
             else:
                 out = Outcome(out.status, out.reason, out.update, out.seconds, 4 * self.vec.size,

@@ -74,7 +74,12 @@ class Federation:
     dp
         Client-level DP for every domain's updates (the domains clip, noise and charge).
     secure_aggregation
-        Not available yet (the secure aggregation issue); True is refused.
+        Sum the domains' updates by SecAgg+ (:mod:`fednb.secagg`): this notebook learns
+        only the weighted mean of each round's survivors. Every domain's owner must have
+        put the others' identities on its roster (``dom.peers.trust``).
+    secure_bound
+        With secure aggregation, coordinates are clipped into ``[-bound, bound]`` before
+        quantisation (default: past the DP noise, or 1000).
     min_domains
         Fewest domains a round needs (default: all but one, at least one).
     timeout
@@ -92,21 +97,25 @@ class Federation:
                  rounds: int = 10, dp: ClientDP | None = None, secure_aggregation: bool = False,
                  asynchronous: bool | None = None, min_domains: int | None = None, timeout: float = 600.0,
                  checkpoint: str | Path | bool | None = True, progress: bool = True,
-                 compression: Compression = "none") -> None:
+                 compression: Compression = "none", secure_bound: float | None = None) -> None:
         self.domains, self.fn, self.dataset = dict(domains), fn, dataset
         self.compression = compression
         self.strategy = strategy or FedAvg()
         self.asynchronous = isinstance(self.strategy, FedBuff) if asynchronous is None else asynchronous
-        if secure_aggregation:
-            raise InvalidInput("secure aggregation is not available yet in this version of fednb")
-        compose_check(self.strategy, secure_aggregation=False, asynchronous=self.asynchronous,
+        compose_check(self.strategy, secure_aggregation=secure_aggregation, asynchronous=self.asynchronous,
                       dp=dp is not None)
+        if secure_aggregation and (self.asynchronous or compression != "none"):
+            raise InvalidInput("secure aggregation runs synchronous rounds without compression "
+                               "(it quantises the updates itself)")
+        self.secure_bound = (None if not secure_aggregation else
+                             secure_bound if secure_bound is not None else default_secure_bound(dp))
         self.params, self.initial, self.rounds, self.dp = dict(params or {}), initial, rounds, dp
         _check_params(fn, self.strategy, self.params)
         self.min_domains = min_domains or max(1, len(self.domains) - 1)
         self.timeout, self.progress = timeout, progress
         key = json.dumps([sorted(self.domains), fn.code_hash, dataset, repr(self.strategy), rounds,
-                          None if dp is None else dp.model_dump(), sorted(self.params.items())], default=str)
+                          None if dp is None else dp.model_dump(), sorted(self.params.items()),
+                          self.secure_bound], default=str)
         self.id = "fed-" + hashlib.sha256(key.encode()).hexdigest()[:16]
         self.checkpoint = (Path(".fednb") / "federations" / self.id if checkpoint is True
                            else None if checkpoint in (False, None) else Path(str(checkpoint)))
@@ -155,12 +164,15 @@ class Federation:
         if waiting:
             raise InvalidInput(f"waiting for approval by {waiting}; call wait_for_approval() first")
         participants: dict[str, Participant] = {
-            n: RemoteParticipant(n, r, self.dataset, self.compression) for n, r in self.requests.items()}
+            n: RemoteParticipant(n, r, self.dataset, self.compression, secure=self.secure_bound is not None)
+            for n, r in self.requests.items()}
         driver = Driver(participants, self.strategy, self.initial, self.params, self.rounds,
                         run_prefix=self.id, min_domains=self.min_domains, timeout=self.timeout,
                         checkpoint=self.checkpoint, asynchronous=self.asynchronous, progress=self.progress,
+                        secure_bound=self.secure_bound,
                         settings={"federation": self.id, "strategy": repr(self.strategy),
                                   "dataset": self.dataset,
+                                  "secure_aggregation": self.secure_bound is not None,
                                   "dp": None if self.dp is None else self.dp.model_dump()})
         return driver.run()
 

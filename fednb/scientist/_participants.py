@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import xarray as xr
 
-from fednb.client import RemoteRequest
+from fednb.client import RemoteRequest, RemoteRun, RemoteSecAggPeer
 from fednb.errors import FednbError
 from fednb.privacy import SecureNoise
 from fednb.protocol import ClientDP, Compression, Update, compress, decompress
@@ -50,20 +50,43 @@ def _nbytes(weights: Weights | None) -> int:
 
 
 class RemoteParticipant:
-    """A domain over HTTP: one approved request, one run per round (idempotent run ids)."""
+    """A domain over HTTP: one approved request, one run per round (idempotent run ids).
+
+    With ``secure=True`` each run's result stays in the domain (``secagg``) and leaves only
+    masked, when the driver takes the domain through the round's SecAgg+ steps.
+    """
 
     def __init__(self, name: str, request: RemoteRequest, dataset: str,
-                 compression: Compression = "none") -> None:
+                 compression: Compression = "none", secure: bool = False) -> None:
         self.name, self.request, self.dataset, self.compression = name, request, dataset, compression
+        self.secure = secure
+        self.secagg_id = request.client.info.identity if secure else None
+
+    def secagg_peer(self, run_id: str) -> RemoteSecAggPeer:
+        """This domain's side of the secure round that sums the run ``run_id``."""
+        return RemoteSecAggPeer(self.request.client, run_id)
+
+    def _kept(self, run: RemoteRun, t0: float, timeout: float) -> Outcome:
+        """Wait until a secure run's result is kept for the round (the owner may hold it)."""
+        while True:
+            info = run.refresh().info
+            if info.release_state == "secagg":
+                return Outcome("succeeded", "ok", Update({}, {}, num_examples=info.num_examples),
+                               time.monotonic() - t0)
+            if info.release_state in ("withheld", "masked") or time.monotonic() - t0 > timeout:
+                return Outcome("failed", f"result_{info.release_state}", seconds=time.monotonic() - t0)
+            time.sleep(0.2)
 
     def run(self, weights: Weights, params: dict[str, Any], run_id: str, timeout: float) -> Outcome:
         t0 = time.monotonic()
         try:
             run = self.request.run(weights=weights, dataset=self.dataset, run_id=run_id,
-                                   compression=self.compression, **params)
+                                   compression=self.compression, secure=self.secure, **params)
             info = run.wait(timeout)
             if info.status != "succeeded":
                 return Outcome(info.status, info.reason, seconds=time.monotonic() - t0)
+            if self.secure:
+                return self._kept(run, t0, timeout)
             left = max(timeout - (time.monotonic() - t0), 1.0)
             update = run.result(timeout=left)
         except FednbError as exc:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from fednb.errors import FednbError
+from fednb.errors import SecAggRefused
 from fednb.protocol import SecAggAdvert, SecAggConfig, SecAggReveal, SecAggShare, SecAggSurvivors
 from fednb.secagg._identity import Identity, Roster, canonical, verify
 from fednb.secagg._masks import MaskStream, derive_key, neighbours, quantise, random_bits, scale_for
@@ -41,13 +41,6 @@ from fednb.typing import FloatArray
 
 __all__ = ["SecAggMember", "SecAggRefused", "advert_message", "config_digest", "encode", "mask_key_info",
            "public_bytes", "self_mask_info", "share_points", "survivors_message"]
-
-
-class SecAggRefused(FednbError):
-    """A domain refused a secure-aggregation step (the message says which check failed)."""
-
-    code = "secagg_refused"
-    status = 409
 
 
 def public_bytes(key: X25519PrivateKey) -> bytes:

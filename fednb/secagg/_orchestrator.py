@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from fednb.errors import FednbError, InvalidInput
+from fednb.errors import FednbError, InvalidInput, RoundAbandoned
 from fednb.protocol import SecAggAdvert, SecAggConfig, SecAggReveal, SecAggShare, SecAggSurvivors
 from fednb.secagg._masks import MaskStream, default_degree, dequantise, derive_key, neighbours, scale_for
 from fednb.secagg._member import mask_key_info, self_mask_info, share_points
@@ -27,13 +27,6 @@ from fednb.typing import FloatArray
 __all__ = ["RoundAbandoned", "SecAggPeer", "SecureSum", "propose", "secure_sum"]
 
 T = TypeVar("T")
-
-
-class RoundAbandoned(FednbError):
-    """Too few members survived a secure round to unmask it: nothing was revealed."""
-
-    code = "round_abandoned"
-    status = 409
 
 
 class SecAggPeer(Protocol):

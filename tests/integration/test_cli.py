@@ -207,6 +207,28 @@ def test_policy_set_show_and_budget(home: Path, capsys: pytest.CaptureFixture[st
         assert rc == 2 and err.startswith("error: ")
 
 
+def test_peers_identity_trust_and_forget(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fednb.secagg import Identity
+
+    peer = Identity.generate().public
+    rc, out, _ = run_cli(capsys, "domain", "peers")
+    mine = re.search(r"identity: ([0-9a-f]{64})", out)
+    assert rc == 0 and mine is not None and "no peers on the roster" in out
+    assert (home / "identity.key").stat().st_mode & 0o777 == 0o600
+    rc, out, _ = run_cli(capsys, "domain", "peers", "--trust", "st-john", peer)
+    assert rc == 0 and re.search(rf"st-john\s+{peer}", out) and mine.group(1) in out  # the same identity
+    assert Domain.open(home).peers.list() == {"st-john": peer}
+    rc, _, err = run_cli(capsys, "domain", "peers", "--trust", "evil", "not-a-key")
+    assert rc == 2 and "Ed25519" in err
+    rc, _, err = run_cli(capsys, "domain", "peers", "--trust", "me", mine.group(1))
+    assert rc == 2 and "own identity" in err
+    rc, out, _ = run_cli(capsys, "domain", "peers", "--forget", "st-john")
+    assert rc == 0 and "no peers on the roster" in out
+    assert run_cli(capsys, "domain", "peers", "--forget", "st-john")[0] == 2
+    actions = [e.action for e in Domain.open(home).audit.entries()]
+    assert "peer.trusted" in actions and "peer.forgotten" in actions
+
+
 SOURCE_V1 = "def train(data, weights, lr=0.1):\n    return {'w': weights['w'] - lr}\n"
 SOURCE_V2 = "def train(data, weights, lr=0.1):\n    return {'w': weights['w'] - 2 * lr}\n"
 

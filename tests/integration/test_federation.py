@@ -268,3 +268,85 @@ def test_simulate_with_secure_aggregation_trains_the_same_model_up_to_quantisati
     with pytest.raises(InvalidInput, match="need single updates"):
         fednb.simulate(train, parts, initial=W0, params=PARAMS, rounds=1, progress=False,
                        secure_aggregation=True, strategy=fednb.strategies.Median())
+
+
+def trust_each_other(sites: dict[str, Site]) -> None:
+    for name, s in sites.items():
+        for other, o in sites.items():
+            if other != name:
+                s.server.domain.peers.trust(other, o.server.domain.identity.public)
+
+
+def test_a_federation_with_secure_aggregation_over_real_domains(sites: dict[str, Site]) -> None:
+    trust_each_other(sites)
+    clients = {n: fednb.connect(s.server.url, token=s.scientist) for n, s in sites.items()}
+    _, xte, yte = split()
+    common = {"dataset": "bc", "initial": W0, "params": PARAMS, "rounds": 3, "dp": DP,
+              "checkpoint": None, "progress": False}
+    plain = fednb.Federation(clients, train, **common)
+    plain.request()
+    approve_all(sites)
+    expected = plain.run()
+    fed = fednb.Federation(clients, train, secure_aggregation=True, secure_bound=50.0, **common)
+    fed.request()
+    approve_all(sites)
+    history = fed.run()
+    assert history.settings["secure_aggregation"] is True
+    assert (history.metrics["status"] == "succeeded").all()
+    assert float(history.metrics["bytes_up"].max()) == 4 * 31  # the float32 size
+    for k in ("w", "b"):  # the same model up to DP noise (std 0.1) and quantisation
+        np.testing.assert_allclose(history.weights[k], expected.weights[k], atol=1.0)
+    assert accuracy(history.weights, xte, yte) > 0.9
+    for name, s in sites.items():
+        dom = s.server.domain
+        runs = [r for r in dom.runs.list() if r.request_id == fed.requests[name].id]
+        assert len(runs) == 3 and all(r.release_state == "masked" for r in runs)  # nothing in clear
+        with pytest.raises(fednb.errors.ResultNotReady):
+            clients[name].runs.get(runs[0].id).result(timeout=0)
+        actions = [e.action for e in dom.audit.entries()]
+        assert actions.count("result.masked") == 3 and actions.count("secagg.unmasked") == 3
+        assert dom.verify_audit().ok
+
+
+def test_a_domain_refuses_a_secure_round_with_a_member_off_its_roster(sites: dict[str, Site]) -> None:
+    trust_each_other(sites)
+    sites["h0"].server.domain.peers.forget("h2")
+    clients = {n: fednb.connect(s.server.url, token=s.scientist) for n, s in sites.items()}
+    fed = fednb.Federation(clients, train, dataset="bc", initial=W0, params=PARAMS, rounds=1, dp=DP,
+                           checkpoint=None, progress=False, secure_aggregation=True, min_domains=2)
+    fed.request()
+    approve_all(sites)
+    with pytest.raises(fednb.scientist.RoundFailed, match="roster"):
+        fed.run()
+
+
+def test_only_the_scientist_whose_run_it_is_drives_its_secure_round(sites: dict[str, Site]) -> None:
+    from fednb.client import RemoteSecAggPeer
+    from fednb.errors import NotFound, ResultNotReady
+    from fednb.secagg import propose
+
+    trust_each_other(sites)
+    s = sites["h0"]
+    dom = s.server.domain
+    alice = fednb.connect(s.server.url, token=s.scientist)
+    req = train.request(alice, "bc", runs=2, weights=W0, dp=DP)
+    fednb.connect(s.server.url, token=s.owner).requests.get(req.id).approve(release="auto")
+    run = req.run(W0, secure=True, **PARAMS)
+    assert run.wait(60).status == "succeeded"
+    deadline = time.monotonic() + 30
+    while run.refresh().info.release_state != "secagg" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with pytest.raises(ResultNotReady):  # kept for the round, never downloadable
+        run.result(timeout=0)
+    with pytest.raises(InvalidInput, match="compression"):
+        req.run(W0, secure=True, compression="fp16", **PARAMS)
+    counts = {o.server.domain.identity.public: 100 for o in sites.values()}
+    counts[dom.identity.public] = int(run.info.num_examples or 0)
+    cfg = propose("auth-round-1", counts, 31, 50.0)
+    mallory = fednb.connect(s.server.url, token=dom.add_user("mallory", epsilon=10.0))
+    with pytest.raises(NotFound):  # not her run
+        RemoteSecAggPeer(mallory, run.id).advertise(cfg)
+    advert = RemoteSecAggPeer(alice, run.id).advertise(cfg)
+    assert advert.name == dom.identity.public == alice.info.identity
+    with pytest.raises(NotFound):  # not her round
+        RemoteSecAggPeer(mallory, run.id).share(cfg.round_id, [advert])

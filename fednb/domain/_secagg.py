@@ -1,0 +1,153 @@
+"""The domain's side of secure aggregation: its identity, the roster, the round desk.
+
+The SecAgg+ member lives here, in the trusted parent (never in a sandboxed worker): a
+run made with ``secure=True`` keeps its (clipped, noised) result as ``secagg``, never
+downloadable; the scientist who made it may then take the domain through one round
+(:mod:`fednb.secagg`), in which the result leaves only quantised and masked, once, after
+which it is deleted (``masked``). Members are named by their identity's public key, so
+the roster is the set of keys the owner trusts (with the owner's labels for them).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from fednb.domain._store import RunRow, SettingRow, UserRow
+from fednb.errors import InvalidInput, NotFound
+from fednb.protocol import (
+    SecAggAdvert,
+    SecAggJoin,
+    SecAggReveal,
+    SecAggShare,
+    SecAggSurvivors,
+    decode_message,
+    decompress,
+    encode_message,
+)
+from fednb.secagg import Roster, SecAggMember, SecAggRefused
+from fednb.strategies import flatten
+
+if TYPE_CHECKING:
+    from fednb.domain._domain import Domain
+
+__all__ = ["PeerBook", "SecAggDesk"]
+
+
+class PeerBook:
+    """``dom.peers``: the peer domains this owner will aggregate with (label -> public key)."""
+
+    def __init__(self, domain: Domain) -> None:
+        self._d = domain
+
+    def list(self) -> dict[str, str]:
+        with self._d.store.session() as s:
+            row = s.get(SettingRow, "peers")
+        return dict(row.value) if row is not None else {}
+
+    def _save(self, peers: dict[str, str], actor: str, action: str, label: str, key: str) -> None:
+        with self._d.transaction() as tx:
+            row = tx.s.get(SettingRow, "peers")
+            if row is None:
+                tx.s.add(SettingRow(key="peers", value=peers))
+            else:
+                row.value = peers
+            tx.log(actor, action, peer=label, key=key)
+
+    def trust(self, label: str, public_key: str, *, actor: str = "owner") -> None:
+        """Put a peer domain's identity (its ``/info`` ``identity``) on the roster."""
+        key = public_key.strip().lower()
+        Roster({key: key})  # checks it is an Ed25519 public key
+        if key == self._d.identity.public:
+            raise InvalidInput("that is this domain's own identity")
+        if not label.strip():
+            raise InvalidInput("a peer needs a non-empty label")
+        self._save({**self.list(), label.strip(): key}, actor, "peer.trusted", label.strip(), key)
+
+    def forget(self, label: str, *, actor: str = "owner") -> None:
+        peers = self.list()
+        if label not in peers:
+            raise NotFound(f"no peer called {label!r}")
+        key = peers.pop(label)
+        self._save(peers, actor, "peer.forgotten", label, key)
+
+    def roster(self) -> Roster:
+        return Roster({k: k for k in self.list().values()})
+
+
+class SecAggDesk:
+    """Secure rounds on this domain: who started each, with which run."""
+
+    def __init__(self, domain: Domain) -> None:
+        self._d = domain
+        self._member: SecAggMember | None = None
+        self._rounds: dict[str, tuple[str, str]] = {}  # round id -> (scientist, run id)
+        self._lock = threading.Lock()
+        self._masking = threading.Lock()  # one result is masked at most once, for one round
+
+    def member(self) -> SecAggMember:
+        with self._lock:
+            if self._member is None:
+                ident = self._d.identity
+                self._member = SecAggMember(ident.public, ident, Roster())
+            # the owner's latest roster and minimum, at every round
+            self._member.roster = self._d.peers.roster()
+            self._member.min_members = self._d.policy.get().secagg_min_members
+            return self._member
+
+    def _run(self, user: UserRow, run_id: str) -> RunRow:
+        with self._d.store.session() as s:
+            row = s.get(RunRow, run_id)
+        if row is None or row.scientist != user.name:
+            raise NotFound(f"no run {run_id!r}")
+        if row.release_state != "secagg" or row.result is None:
+            raise SecAggRefused(f"run {run_id!r} has no result kept for secure aggregation "
+                                f"(state: {row.release_state or row.status})")
+        return row
+
+    def _round(self, user: UserRow, round_id: str) -> str:
+        got = self._rounds.get(round_id)
+        if got is None or got[0] != user.name:
+            raise NotFound(f"no secure round {round_id!r} of yours on this domain")
+        return got[1]
+
+    def join(self, user: UserRow, body: SecAggJoin) -> SecAggAdvert:
+        row = self._run(user, body.run_id)
+        got = self._rounds.get(body.config.round_id)
+        if got is not None and got != (user.name, body.run_id):
+            raise SecAggRefused(f"round {body.config.round_id!r} is taken")
+        advert = self.member().advertise(body.config, int(row.num_examples or 0))
+        self._rounds[body.config.round_id] = (user.name, body.run_id)
+        return advert
+
+    def share(self, user: UserRow, round_id: str, adverts: list[SecAggAdvert]) -> list[SecAggShare]:
+        self._round(user, round_id)
+        return self.member().share(round_id, adverts)
+
+    def masked(self, user: UserRow, round_id: str, shares: list[SecAggShare]) -> bytes:
+        """The run's result, quantised and masked, as a safetensors message (once)."""
+        run_id = self._round(user, round_id)
+        with self._masking:
+            row = self._run(user, run_id)
+            assert row.result is not None  # checked by _run
+            header, tensors = decode_message(row.result)
+            vector, _ = flatten(decompress(tensors, header))
+            masked = self.member().masked(round_id, shares, vector)
+            with self._d.transaction() as tx:
+                run = tx.s.get(RunRow, run_id)
+                assert run is not None
+                run.release_state, run.result = "masked", None
+                tx.log(user.name, "result.masked", run=run_id, request=run.request_id, round=round_id)
+        return encode_message({"round_id": round_id}, {"masked": masked})
+
+    def consistency(self, user: UserRow, round_id: str, survivors: list[str]) -> str:
+        self._round(user, round_id)
+        return self.member().consistency(round_id, survivors)
+
+    def unmask(self, user: UserRow, msg: SecAggSurvivors) -> SecAggReveal:
+        self._round(user, msg.round_id)
+        reveal = self.member().unmask(msg)
+        with self._d.transaction() as tx:
+            tx.log(user.name, "secagg.unmasked", round=msg.round_id, survivors=len(msg.survivors))
+        return reveal
+

@@ -84,6 +84,7 @@ class SecAggDesk:
         self._rounds: dict[str, tuple[str, str]] = {}  # round id -> (scientist, run id)
         self._lock = threading.Lock()
         self._masking = threading.Lock()  # one result is masked at most once, for one round
+        self._joining = threading.Lock()  # one scientist and run per round id
 
     def member(self) -> SecAggMember:
         with self._lock:
@@ -113,11 +114,12 @@ class SecAggDesk:
 
     def join(self, user: UserRow, body: SecAggJoin) -> SecAggAdvert:
         row = self._run(user, body.run_id)
-        got = self._rounds.get(body.config.round_id)
-        if got is not None and got != (user.name, body.run_id):
-            raise SecAggRefused(f"round {body.config.round_id!r} is taken")
-        advert = self.member().advertise(body.config, int(row.num_examples or 0))
-        self._rounds[body.config.round_id] = (user.name, body.run_id)
+        with self._joining:
+            got = self._rounds.get(body.config.round_id)
+            if got is not None and got != (user.name, body.run_id):
+                raise SecAggRefused(f"round {body.config.round_id!r} is taken")
+            advert = self.member().advertise(body.config, int(row.num_examples or 0))
+            self._rounds[body.config.round_id] = (user.name, body.run_id)
         return advert
 
     def share(self, user: UserRow, round_id: str, adverts: list[SecAggAdvert]) -> list[SecAggShare]:

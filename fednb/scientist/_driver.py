@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +194,13 @@ class Driver:
         try:
             out_sum = secure_sum(config, peers, executor=None if isinstance(pool, SerialExecutor) else pool)
         except RoundAbandoned as exc:
-            raise RoundFailed(f"round {rnd}: {exc}") from None
+            # nothing was unmasked: the model stays as it was and the next round goes on
+            warnings.warn(f"secure round {rnd} abandoned: {exc}", RuntimeWarning, stacklevel=2)
+            for name in counts:
+                out = futures[name].result()
+                self._record(rnd, name, Outcome("failed", "secagg_abandoned", None, out.seconds, 0,
+                                                out.bytes_down))
+            return
         finally:
             for peer in peers.values():
                 getattr(peer, "forget", lambda _: None)(config.round_id)

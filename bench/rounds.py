@@ -46,9 +46,9 @@ HERE = Path(__file__).resolve().parent
 FLOWER_PY = HERE / ".venv-flower" / "bin" / "python"
 GRID = [(n, p) for n in (10, 100, 1000) for p in (100_000, 1_000_000)]
 MEM_LIMIT = 10e9
-# What one fednb round keeps alive until it aggregates, per parameter and hospital (fednb at
-# 780acd3): the float32 update held in its Outcome and its float64 vector in the ClientUpdate.
-FEDNB_BYTES_PER_NP = 4 + 8
+# What one fednb round keeps alive until it aggregates, per parameter and hospital: the float32
+# update held in its Outcome (the ClientUpdate views it), and room for the hospital's temporaries.
+FEDNB_BYTES_PER_NP = 4 + 4
 TARGET_FLOWER_RATIO, TARGET_FLOOR_RATIO = 30.0, 3.0
 TARGET_CONFIGS = {(10, 1_000_000), (100, 100_000)}
 EARLIER_FLOWER = {(10, 1_000_000): "1.3-1.5 s", (100, 100_000): "2.0-2.2 s"}

@@ -155,7 +155,7 @@ class Driver:
         if out.status != "succeeded" or out.update is None or not out.update.num_examples:
             return None
         try:
-            new, layout = flatten(out.update.weights)
+            new, layout = flatten(out.update.weights, copy=False)  # read only: into the sum
         except InvalidInput:
             return None
         if layout.names != self.layout.names or new.shape != self.vec.shape:

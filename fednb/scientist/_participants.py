@@ -114,6 +114,17 @@ class LocalParticipant:
         self.noise = SecureNoise() if dp is not None or compression == "int8" else None
         self.member: SecAggMember | None = None  # set by join_secure_aggregation
         self._held: dict[str, FloatArray] = {}
+        self._policies: dict[tuple[Any, ...], OutputPolicy] = {}
+
+    def _policy(self, weights: Weights) -> OutputPolicy:
+        """The output policy for updates of ``weights``' names, shapes and dtypes (built once
+        per layout: validating the specs each run costs more than the run on small models)."""
+        key = tuple((k, v.shape, v.dtype) for k, v in weights.items())
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = self._policies[key] = OutputPolicy(weights=_specs(weights) if weights else None,
+                                                        metrics=self.metrics, dp=self.dp)
+        return policy
 
     def join_secure_aggregation(self, identity: Identity, roster: Roster) -> None:
         """Keep updates here and give them out only masked, through SecAgg+."""
@@ -142,9 +153,7 @@ class LocalParticipant:
         t0 = time.monotonic()
         try:
             raw = call_function(self.fn, self.data, weights, params)
-            policy = OutputPolicy(weights=_specs(weights) if weights else None, metrics=self.metrics,
-                                  dp=self.dp)
-            out = apply_output_policy(raw, policy, self.noise)
+            out = apply_output_policy(raw, self._policy(weights), self.noise)
         except OutputRejected as rej:
             return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
         except Exception:  # the code failed: a fixed category, as in a domain

@@ -41,6 +41,7 @@ __all__ = [
     "check_int",
     "check_real",
     "stack_updates",
+    "weighted_sum",
 ]
 
 ParamValue = float | int | str | bool
@@ -84,8 +85,9 @@ def check_int(name: str, value: object, low: int) -> int:
     return int(cast(int, value))
 
 
-def check_flat(vec: object, what: str) -> FloatArray:
-    """``vec`` as a 1-D finite float64 array (no copy when it already is one).
+def check_flat(vec: object, what: str, *, keep_float32: bool = False) -> FloatArray:
+    """``vec`` as a 1-D finite float64 array (no copy when it already is one; with
+    ``keep_float32``, a float32 array stays float32, uncopied).
 
     Raises
     ------
@@ -98,7 +100,7 @@ def check_flat(vec: object, what: str) -> FloatArray:
             f"{what} must be a flat (1-D) array of real numbers, got shape {arr.shape} and dtype "
             f"{arr.dtype}; flatten named weights with fednb.strategies.flatten"
         )
-    out = arr.astype(np.float64, copy=False)
+    out = arr if keep_float32 and arr.dtype == np.float32 else arr.astype(np.float64, copy=False)
     if not np.isfinite(out).all():
         raise InvalidInput(f"{what} holds NaN or infinity; the driver must drop such updates")
     return out
@@ -116,7 +118,8 @@ class ClientUpdate:
     Parameters
     ----------
     vector
-        The client's new weights, flattened (1-D, finite, stored as float64). For an
+        The client's new weights, flattened (1-D, finite; float32 stays float32, any
+        other real dtype is stored as float64). For an
         asynchronous run the driver rebases a stale update onto the current global
         vector: ``global + (new - weights the client started from)``.
     num_examples
@@ -136,7 +139,8 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "vector", check_flat(self.vector, f"the update of {self.domain!r}"))
+        object.__setattr__(self, "vector", check_flat(self.vector, f"the update of {self.domain!r}",
+                                                      keep_float32=True))
         check_int("num_examples", self.num_examples, 1)
         if not isinstance(self.domain, str):
             raise InvalidInput(f"domain must be a domain name (str), got {self.domain!r}")
@@ -180,6 +184,27 @@ def weighted_add(total: FloatArray, vec: FloatArray, weight: float) -> FloatArra
     return total
 
 
+def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> FloatArray:
+    """``sum_i weights[i] * vectors[i]``, in place with BLAS axpy, one pass per vector.
+
+    When every vector is float32 (models trained in float32) the sum is float32 too, as
+    in Flower and PyTorch: widening each to float64 costs four times the time and the
+    sum's relative error stays near ``N * 6e-8``, below the float32 model's own
+    rounding once N is small. Any other mix is summed in float64.
+    """
+    from scipy.linalg.blas import saxpy
+
+    if all(v.dtype == np.float32 and v.flags.c_contiguous for v in vectors):
+        total32: FloatArray = np.zeros(vectors[0].shape[0], dtype=np.float32)
+        for vec, w in zip(vectors, weights, strict=True):
+            total32 = saxpy(vec, total32, a=w)
+        return total32
+    total: FloatArray = np.zeros(vectors[0].shape[0], dtype=np.float64)
+    for vec, w in zip(vectors, weights, strict=True):
+        total = weighted_add(total, vec, w)
+    return total
+
+
 def stack_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
     """The updates' vectors as one (N, P) float64 array, after checking their shapes."""
     if not updates:
@@ -192,7 +217,7 @@ def stack_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> Fl
                 f"the update of {u.domain!r} has {u.vector.size} parameters, the global model "
                 f"{global_vec.size}; every domain must train the same architecture"
             )
-    return np.stack([u.vector for u in updates])
+    return np.stack([u.vector for u in updates], dtype=np.float64)
 
 
 class Strategy(abc.ABC):
@@ -332,14 +357,11 @@ class MeanStrategy(Strategy):
         g = check_global(global_vec)
         if not updates:
             raise InvalidInput("no client updates to aggregate; the driver needs at least one per round")
-        # Accumulate in place (BLAS axpy) rather than stacking an (N, P) copy: one pass per update.
-        total = np.zeros_like(g)
-        weights = []
         for u in updates:
             if not isinstance(u, ClientUpdate) or u.vector.shape != g.shape:
                 stack_updates(g, [u])  # raises the same clear error as the robust strategies
-            weights.append(self.weight(u))
-            total = weighted_add(total, u.vector, weights[-1])
+        weights = [self.weight(u) for u in updates]
+        total = weighted_sum([u.vector for u in updates], weights)
         examples = float(sum(u.num_examples for u in updates))
         return self.aggregate_sum(g, total, float(sum(weights)), total_examples=examples)
 
@@ -358,8 +380,8 @@ class MeanStrategy(Strategy):
         t = check_real("total_weight", total_weight, 0.0, open_low=True)
         n = t if total_examples is None else check_real("total_examples", total_examples, 0.0, open_low=True)
         # sum_i w_i (v_i - g) / n: the pseudo-gradient of Reddi et al. (2021), negated.
-        delta = s / n - (t / n) * g
-        return self.server_step(g, delta)
+        delta = s / n  # a new array: the caller's sum stays as it was
+        return self.server_step(g, weighted_add(delta, g, -t / n))
 
     @abc.abstractmethod
     def server_step(self, global_vec: FloatArray, delta: FloatArray) -> FloatArray:

@@ -33,7 +33,7 @@ class Layout:
         return sum(self.sizes)
 
 
-def flatten(weights: Mapping[str, Array]) -> tuple[FloatArray, Layout]:
+def flatten(weights: Mapping[str, Array], *, copy: bool = True) -> tuple[FloatArray, Layout]:
     """Concatenate named tensors into one float64 vector, in sorted name order.
 
     Sorting makes the layout independent of the order in which a client built its dict.
@@ -42,11 +42,16 @@ def flatten(weights: Mapping[str, Array]) -> tuple[FloatArray, Layout]:
     ----------
     weights
         Named real-valued tensors (float, integer or bool dtypes).
+    copy
+        False: tensors that are all float32 (or all float64) keep their dtype, and a single
+        contiguous tensor comes back as a view of itself (no copy): for read-only use,
+        such as an update on its way into a sum.
 
     Returns
     -------
     vector, layout
-        The flat float64 vector and the layout :func:`unflatten` needs.
+        The flat vector (float64 unless ``copy=False`` kept float32) and the layout
+        :func:`unflatten` needs.
 
     Examples
     --------
@@ -64,6 +69,11 @@ def flatten(weights: Mapping[str, Array]) -> tuple[FloatArray, Layout]:
     layout = Layout(names, tuple(a.shape for a in arrays), tuple(a.dtype.str for a in arrays))
     if not arrays or layout.size == 0:
         return np.zeros(0, dtype=np.float64), layout
+    kept = {a.dtype for a in arrays}
+    if not copy and len(kept) == 1 and kept <= {np.dtype(np.float32), np.dtype(np.float64)}:
+        if len(arrays) == 1:
+            return arrays[0].reshape(-1), layout  # a view when contiguous
+        return np.concatenate([a.reshape(-1) for a in arrays]), layout
     out = np.empty(layout.size, dtype=np.float64)  # one pass: convert while copying in
     offset = 0
     for arr, n in zip(arrays, layout.sizes, strict=True):

@@ -102,9 +102,12 @@ def test_client_update_validates(kwargs: dict[str, Any], match: str) -> None:
         ClientUpdate(**args)
 
 
-def test_client_update_stores_float64() -> None:
-    u = ClientUpdate(np.arange(3, dtype=np.float32), 4, "a", metrics={"loss": 0.5})
-    assert u.vector.dtype == np.float64 and u.staleness == 0
+def test_client_update_keeps_float32_and_widens_other_dtypes() -> None:
+    v32 = np.arange(3, dtype=np.float32)
+    u = ClientUpdate(v32, 4, "a", metrics={"loss": 0.5})
+    assert u.vector is v32 and u.staleness == 0  # no copy on the way into a sum
+    assert ClientUpdate(np.arange(3), 4, "a").vector.dtype == np.float64
+    assert ClientUpdate(np.arange(3, dtype=np.float16), 4, "a").vector.dtype == np.float64
     with pytest.raises(InvalidInput, match="fraction"):
         RoundConfig({}, fraction=0.0)
 
@@ -204,3 +207,31 @@ def test_flatten_and_unflatten_refuse_bad_input() -> None:
     _, layout = flatten({"w": np.ones((2, 3))})
     with pytest.raises(InvalidInput, match="layout of 6"):
         unflatten(np.ones(5), layout)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weighted_sum_matches_the_reference(dtype: type) -> None:
+    from fednb.strategies._base import weighted_sum
+
+    rng = np.random.default_rng(0)
+    vecs = [rng.normal(size=70_000).astype(dtype) for _ in range(5)]
+    w = [3.0, 0.5, 1e-3, 7.0, 2.0]
+    ref = sum(wi * v.astype(np.float64) for wi, v in zip(w, vecs, strict=True))
+    out = weighted_sum(vecs, w)
+    assert out.dtype == dtype  # float32 updates are summed in float32, anything else in float64
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * float(np.abs(ref).max()))
+    mixed = weighted_sum([vecs[0].astype(np.float32), vecs[1].astype(np.float64)], w[:2])
+    assert mixed.dtype == np.float64
+
+
+def test_flatten_without_copy_keeps_float32_and_views_a_single_tensor() -> None:
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    vec, layout = flatten({"w": w}, copy=False)
+    assert vec.dtype == np.float32 and np.shares_memory(vec, w) and layout.shapes == ((2, 3),)
+    vec2, _ = flatten({"a": w, "b": np.ones(2, np.float32)}, copy=False)
+    assert vec2.dtype == np.float32 and vec2.tolist() == [*range(6), 1.0, 1.0]
+    mixed, _ = flatten({"a": w, "b": np.ones(2)}, copy=False)
+    assert mixed.dtype == np.float64
+    copied, _ = flatten({"w": w})
+    assert copied.dtype == np.float64 and not np.shares_memory(copied, w)

@@ -19,6 +19,7 @@ demo-headless: install
 
 test: install
 	$(BIN)/python -m pytest
+	NUMBA_ENABLE_CUDASIM=1 FEDNB_BACKEND=numba-cuda-sim $(BIN)/python -m pytest tests/cudasim
 
 lint: install
 	$(BIN)/ruff check fednb tests bench

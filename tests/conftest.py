@@ -19,6 +19,10 @@ from fednb.domain import Domain, Server
 # The environment of the domain process: a sandboxed job must never see it.
 os.environ.setdefault("FEDNB_TEST_CANARY", "canary-secret-4711")
 
+# tests/cudasim needs Numba's CUDA simulator from the start of its process: `make test`
+# runs it as a second pytest process with NUMBA_ENABLE_CUDASIM=1 FEDNB_BACKEND=numba-cuda-sim
+collect_ignore = [] if os.environ.get("FEDNB_BACKEND") == "numba-cuda-sim" else ["cudasim"]
+
 
 def breast_cancer_dataset() -> xr.Dataset:
     """The Wisconsin breast cancer set (569 patients x 30 features, label 1 = benign)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fednb import kernels
 from fednb.errors import InvalidInput
 from fednb.typing import FloatArray
 
@@ -33,24 +34,22 @@ def weighted_mean(stacked: FloatArray, weights: FloatArray) -> FloatArray:
 
 
 def coordinate_median(stacked: FloatArray) -> FloatArray:
-    """The coordinate-wise median of the rows (the mean of the two middle values for even N)."""
-    return np.asarray(np.median(stacked, axis=0), dtype=np.float64)
+    """The coordinate-wise median of the rows (the mean of the two middle values for even N),
+    by :func:`fednb.kernels.coordinate_median`."""
+    return kernels.coordinate_median(stacked)
 
 
 def trimmed_mean(stacked: FloatArray, beta: float) -> FloatArray:
     """The coordinate-wise mean after dropping the ``floor(beta * N)`` lowest and highest values.
 
-    Equal to ``scipy.stats.trim_mean(stacked, beta, axis=0)``; one ``np.partition`` along
-    axis 0 isolates the kept values, so no full sort is needed.
+    Equal to ``scipy.stats.trim_mean(stacked, beta, axis=0)``; computed by
+    :func:`fednb.kernels.trimmed_mean`.
     """
     n = stacked.shape[0]
     k = int(np.floor(beta * n))
     if not 0 <= 2 * k < n:
         raise InvalidInput(f"beta={beta!r} trims all {n} updates; beta must be in [0, 0.5)")
-    if k == 0:
-        return np.asarray(stacked.mean(axis=0), dtype=np.float64)
-    part = np.partition(stacked, (k, n - k - 1), axis=0)
-    return np.asarray(part[k : n - k].mean(axis=0), dtype=np.float64)
+    return kernels.trimmed_mean(stacked, k)
 
 
 def pairwise_sq_distances(stacked: FloatArray) -> FloatArray:
@@ -60,7 +59,7 @@ def pairwise_sq_distances(stacked: FloatArray) -> FloatArray:
     rows are first centred on their coordinate-wise median (distances do not change) so
     that the cancellation in the formula does not eat the precision of nearby updates.
     """
-    centred = stacked - np.median(stacked, axis=0)
+    centred = stacked - kernels.coordinate_median(stacked)
     gram = centred @ centred.T
     sq = np.diag(gram)
     dist = sq[:, None] + sq[None, :] - 2.0 * gram

@@ -1,0 +1,65 @@
+"""Aggregation kernels on this machine: the robust statistics beside the weighted mean.
+
+    .venv/bin/python bench/kernels.py [--n 50] [--p 1e6] [--repeats 5]
+
+For N stacked float64 updates of P parameters: the weighted mean (BLAS, what FedAvg's sum
+costs) against the copy bandwidth, and the coordinate-wise median and trimmed mean
+(beta=0.1) by ``fednb.kernels`` on the probed backend and by NumPy (``np.median``,
+``np.partition``), each as a multiple of the weighted mean's time. Best of ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fednb import kernels
+from fednb.kernels import _reference
+
+
+def best(fn: Callable[[], Any], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--p", type=float, default=1e6)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    n, p = args.n, int(args.p)
+    x = np.random.default_rng(0).normal(size=(n, p))
+    w = np.ones(n) / n
+    k = int(np.floor(0.1 * n))
+    src = np.ones(64 << 20 >> 3)
+    dst = np.empty_like(src)
+    bw = src.nbytes / best(lambda: np.copyto(dst, src), args.repeats)
+    mean_s = best(lambda: w @ x, args.repeats)
+    print(f"N={n}, P={p:,} float64; backend {kernels.backend()}; best of {args.repeats}")
+    print(f"copy bandwidth (bytes of the array copied per second) {bw / 1e9:.1f} GB/s; weighted mean "
+          f"{mean_s * 1e3:.1f} ms, reading N*P*8 bytes at {x.nbytes / mean_s / 1e9:.1f} GB/s = "
+          f"{x.nbytes / mean_s / bw:.0%} of it (target >= 70%)")
+    print(f"{'':22}{'fednb.kernels':>14}{'x mean':>8}{'NumPy':>10}{'x mean':>8}{'speed-up':>10}")
+    rows = [("coordinate median", kernels.coordinate_median, _reference.coordinate_median),
+            (f"trimmed mean (k={k})", lambda a: kernels.trimmed_mean(a, k),
+             lambda a: _reference.trimmed_mean(a, k))]
+    for name, fast, ref in rows:
+        np.testing.assert_allclose(fast(x), ref(x), rtol=1e-9, atol=1e-12)
+        f, r = best(lambda fast=fast: fast(x), args.repeats), best(lambda ref=ref: ref(x), args.repeats)
+        print(f"{name:22}{f * 1e3:>11.1f} ms{f / mean_s:>7.1f}x{r * 1e3:>7.0f} ms{r / mean_s:>7.1f}x"
+              f"{r / f:>9.1f}x")
+    print("target (issue 6): median and trimmed mean within 3x of the weighted mean")
+
+
+if __name__ == "__main__":
+    main()

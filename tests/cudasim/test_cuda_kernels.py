@@ -1,0 +1,29 @@
+"""The CUDA kernels under Numba's simulator: its own pytest process (``make test`` runs it
+with NUMBA_ENABLE_CUDASIM=1 and FEDNB_BACKEND=numba-cuda-sim)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fednb import kernels
+from fednb.kernels import _cuda, _reference
+
+
+def test_this_process_runs_the_simulated_cuda_backend() -> None:
+    assert kernels.backend() == "numba-cuda-sim"
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 33])
+def test_cuda_kernels_match_the_reference(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 300))
+    x[:, :5] = -2.0
+    np.testing.assert_allclose(kernels.coordinate_median(x), _reference.coordinate_median(x), rtol=1e-12)
+    np.testing.assert_allclose(_cuda.trimmed_mean(x, n // 4), _reference.trimmed_mean(x, n // 4),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_rounds_larger_than_a_thread_can_sort_go_to_the_cpu() -> None:
+    x = np.random.default_rng(0).normal(size=(_cuda.MAX_N + 3, 50))
+    np.testing.assert_allclose(kernels.coordinate_median(x), _reference.coordinate_median(x), rtol=1e-12)

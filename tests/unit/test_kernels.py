@@ -1,0 +1,68 @@
+"""Kernels: every backend on this machine against the NumPy reference; the backend probe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fednb import kernels
+from fednb.errors import InvalidInput
+from fednb.kernels import _cpu, _reference
+
+SIZES = [1, 2, 3, 4, 5, 7, 16, 33, 50, 64, 65, 130]
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_cpu_kernels_match_the_reference(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 1000)) * rng.choice([1e-3, 1.0, 1e6], size=(n, 1))
+    x[:, :10] = 7.0  # ties
+    np.testing.assert_allclose(_cpu.coordinate_median(x), _reference.coordinate_median(x), rtol=1e-12)
+    for k in {0, n // 4, (n - 1) // 2}:
+        if 2 * k < n:
+            np.testing.assert_allclose(_cpu.trimmed_mean(x, k), _reference.trimmed_mean(x, k),
+                                       rtol=1e-9, atol=1e-9 * float(np.abs(x).max()))
+
+
+def test_the_network_sorts_every_zero_one_input() -> None:
+    # the 0-1 principle: a comparator network sorts everything iff it sorts all 0-1 inputs
+    for n in (3, 6, 9, 12):
+        lows, highs = _cpu.network(n, 0, n - 1)
+        for bits in range(2**n):
+            v = [(bits >> i) & 1 for i in range(n)]
+            for a, d in zip(lows, highs, strict=True):
+                if v[a] > v[d]:
+                    v[a], v[d] = v[d], v[a]
+            assert v == sorted(v), (n, bits)
+
+
+def test_the_dispatch_checks_its_input_and_uses_the_probed_backend() -> None:
+    assert kernels.backend() in kernels.BACKENDS
+    with pytest.raises(InvalidInput, match="shape"):
+        kernels.coordinate_median(np.zeros(3))
+    with pytest.raises(InvalidInput, match="leaves nothing"):
+        kernels.trimmed_mean(np.zeros((4, 2)), 2)
+    x = np.arange(12.0).reshape(4, 3)
+    np.testing.assert_allclose(kernels.coordinate_median(x), [4.5, 5.5, 6.5])
+
+
+def probe(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    code = "from fednb import kernels; print(kernels.backend())"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "PATH": "/usr/bin:/bin"}, check=False)
+
+
+def test_the_probe_honours_fednb_backend_and_never_trusts_the_simulator_alone() -> None:
+    assert probe({"FEDNB_BACKEND": "numpy"}).stdout.strip() == "numpy"
+    plain = probe({}).stdout.strip()
+    assert plain in ("numba", "numba-cuda", "cupy")  # "numba" on a machine without a GPU
+    # the simulator makes numba.cuda.is_available() true on any machine: not taken unless asked
+    assert probe({"NUMBA_ENABLE_CUDASIM": "1"}).stdout.strip() in ("numba", "cupy")
+    sim = probe({"NUMBA_ENABLE_CUDASIM": "1", "FEDNB_BACKEND": "numba-cuda-sim"})
+    assert sim.stdout.strip() == "numba-cuda-sim"
+    bad = probe({"FEDNB_BACKEND": "numba-cuda-sim"})
+    assert bad.returncode != 0 and "NUMBA_ENABLE_CUDASIM=1" in bad.stderr
+    assert "not one of" in probe({"FEDNB_BACKEND": "tpu"}).stderr

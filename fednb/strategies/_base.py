@@ -40,6 +40,7 @@ __all__ = [
     "check_global",
     "check_int",
     "check_real",
+    "check_updates",
     "stack_updates",
     "weighted_sum",
 ]
@@ -205,8 +206,8 @@ def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> Flo
     return total
 
 
-def stack_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
-    """The updates' vectors as one (N, P) float64 array, after checking their shapes."""
+def check_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> None:
+    """Refuse an empty round, anything not a ClientUpdate, and vectors of another size."""
     if not updates:
         raise InvalidInput("no client updates to aggregate; the driver needs at least one per round")
     for u in updates:
@@ -217,6 +218,11 @@ def stack_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> Fl
                 f"the update of {u.domain!r} has {u.vector.size} parameters, the global model "
                 f"{global_vec.size}; every domain must train the same architecture"
             )
+
+
+def stack_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
+    """The updates' vectors as one (N, P) float64 array, after checking their shapes."""
+    check_updates(global_vec, updates)
     return np.stack([u.vector for u in updates], dtype=np.float64)
 
 
@@ -355,11 +361,7 @@ class MeanStrategy(Strategy):
 
     def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
         g = check_global(global_vec)
-        if not updates:
-            raise InvalidInput("no client updates to aggregate; the driver needs at least one per round")
-        for u in updates:
-            if not isinstance(u, ClientUpdate) or u.vector.shape != g.shape:
-                stack_updates(g, [u])  # raises the same clear error as the robust strategies
+        check_updates(g, updates)  # the same clear errors as the robust strategies
         weights = [self.weight(u) for u in updates]
         total = weighted_sum([u.vector for u in updates], weights)
         examples = float(sum(u.num_examples for u in updates))

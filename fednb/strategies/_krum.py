@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fednb.errors import InvalidInput
-from fednb.strategies._base import ClientUpdate, Strategy, check_global, check_int, stack_updates
+from fednb.strategies._base import ClientUpdate, Strategy, check_global, check_int, check_updates
 from fednb.strategies._ops import krum_scores
 from fednb.typing import FloatArray
 
@@ -58,8 +58,8 @@ class Krum(Strategy):
 
     def select(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> list[int]:
         """Indices of the kept updates, best score first (ties by input order)."""
-        stacked = stack_updates(check_global(global_vec), updates)
-        n = stacked.shape[0]
+        check_updates(check_global(global_vec), updates)  # no (N, P) copy: distances go by blocks
+        n = len(updates)
         if n <= 2 * self.f + 2:
             raise InvalidInput(
                 f"Krum(f={self.f}) needs more than 2f + 2 = {2 * self.f + 2} updates per round, got {n}; "
@@ -67,7 +67,8 @@ class Krum(Strategy):
             )
         if self.m > n - self.f:
             raise InvalidInput(f"Krum(m={self.m}) keeps more than N - f = {n - self.f} updates; lower m")
-        return [int(i) for i in np.argsort(krum_scores(stacked, self.f), kind="stable")[: self.m]]
+        scores = krum_scores([u.vector for u in updates], self.f)
+        return [int(i) for i in np.argsort(scores, kind="stable")[: self.m]]
 
     def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
         chosen = self.select(global_vec, updates)

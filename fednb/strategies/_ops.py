@@ -7,10 +7,13 @@ can replace one function at a time and be tested against these references.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from fednb import kernels
 from fednb.errors import InvalidInput
+from fednb.strategies._base import weighted_sum
 from fednb.typing import FloatArray
 
 __all__ = ["coordinate_median", "krum_scores", "pairwise_sq_distances", "trimmed_mean", "weighted_mean"]
@@ -52,15 +55,30 @@ def trimmed_mean(stacked: FloatArray, beta: float) -> FloatArray:
     return kernels.trimmed_mean(stacked, k)
 
 
-def pairwise_sq_distances(stacked: FloatArray) -> FloatArray:
+_GRAM_BLOCK = 8192
+
+
+def pairwise_sq_distances(stacked: FloatArray | Sequence[FloatArray]) -> FloatArray:
     """Squared Euclidean distances between all rows, shape (N, N), via one Gram matrix.
 
     ``||a - b||^2 = |a|^2 + |b|^2 - 2 a.b``: one (N, P) x (P, N) product, O(N^2 P). The
-    rows are first centred on their coordinate-wise median (distances do not change) so
-    that the cancellation in the formula does not eat the precision of nearby updates.
+    rows are first centred on their mean (distances do not change) so that the cancellation
+    in the formula does not eat the precision of nearby updates. ``stacked`` may be an
+    (N, P) array or N flat vectors (float32 ones are widened block by block, in cache):
+    the Gram matrix is summed over blocks of coordinates, in float64.
     """
-    centred = stacked - kernels.coordinate_median(stacked)
-    gram = centred @ centred.T
+    rows = [np.asarray(r).reshape(-1) for r in stacked]
+    n, p = len(rows), rows[0].size
+    centre = np.asarray(weighted_sum(rows, [1.0 / n] * n))
+    gram = np.zeros((n, n), dtype=np.float64)
+    buf = np.empty((n, min(_GRAM_BLOCK, p)), dtype=np.float64)
+    for lo in range(0, p, _GRAM_BLOCK):
+        hi = min(lo + _GRAM_BLOCK, p)
+        block = buf[:, : hi - lo]
+        for i, row in enumerate(rows):
+            block[i] = row[lo:hi]
+        block -= centre[lo:hi]
+        gram += block @ block.T
     sq = np.diag(gram)
     dist = sq[:, None] + sq[None, :] - 2.0 * gram
     np.maximum(dist, 0.0, out=dist)
@@ -68,17 +86,17 @@ def pairwise_sq_distances(stacked: FloatArray) -> FloatArray:
     return np.asarray(dist, dtype=np.float64)
 
 
-def krum_scores(stacked: FloatArray, f: int) -> FloatArray:
+def krum_scores(stacked: FloatArray | Sequence[FloatArray], f: int) -> FloatArray:
     """Krum's score of every row: the sum of squared distances to its ``N - f - 2`` nearest others.
 
     Parameters
     ----------
     stacked
-        Updates, shape (N, P), with ``N > 2 f + 2``.
+        Updates, shape (N, P) or N flat vectors, with ``N > 2 f + 2``.
     f
         Number of Byzantine updates tolerated.
     """
-    n = stacked.shape[0]
+    n = len(stacked)
     if n <= 2 * f + 2:
         raise InvalidInput(f"Krum with f={f} needs more than 2f + 2 = {2 * f + 2} updates, got {n}")
     dist = pairwise_sq_distances(stacked)

@@ -1,0 +1,63 @@
+"""Krum on N=50 updates of P=1e6: fednb's strategy beside Flower's ``aggregate_krum``.
+
+    .venv/bin/python bench/krum.py [--n 50] [--p 1e6] [--f 5] [--no-flower]
+
+Both get the same N float32 vectors (NumPy ``default_rng(0).normal``). fednb:
+``fednb.strategies.Krum(f).aggregate`` over ``ClientUpdate`` objects (distances through
+one Gram matrix after centring on the coordinate-wise median kernel); Flower 1.41:
+``flwr.server.strategy.aggregate.aggregate_krum`` (a distance per pair), in its own venv
+(``bench/setup_flower.sh``). Best of ``--repeats``; both must choose the same update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fednb import kernels
+from fednb.strategies import ClientUpdate, Krum
+
+HERE = Path(__file__).resolve().parent
+FLOWER_PY = HERE / ".venv-flower" / "bin" / "python"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--p", type=float, default=1e6)
+    ap.add_argument("--f", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-flower", action="store_true")
+    args = ap.parse_args()
+    n, p = args.n, int(args.p)
+    rng = np.random.default_rng(0)
+    ups = [ClientUpdate(rng.normal(size=p).astype(np.float32), 1, f"h{i}") for i in range(n)]
+    krum, g = Krum(f=args.f), np.zeros(p)
+    krum.aggregate(g, ups)  # compiles the kernels
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        out = krum.aggregate(g, ups)
+        times.append(time.perf_counter() - t0)
+    fed = min(times)
+    chosen = next(i for i, u in enumerate(ups) if np.array_equal(u.vector, out))
+    print(f"Krum(f={args.f}) over N={n} updates of P={p:,} float32; fednb backend {kernels.backend()}")
+    print(f"fednb            {fed:8.3f} s  (chose update {chosen})")
+    if args.no_flower or not FLOWER_PY.exists():
+        print("(Flower not run: bench/setup_flower.sh creates its venv)")
+        return
+    res = subprocess.run([str(FLOWER_PY), str(HERE / "flower_krum.py"), "--n", str(n), "--p", str(p),
+                          "--f", str(args.f)], capture_output=True, text=True, check=True)
+    fl = json.loads(res.stdout.strip().splitlines()[-1])
+    same = "same update" if fl["chosen"] == chosen else f"ANOTHER update ({fl['chosen']})"
+    print(f"Flower {fl['flwr']:8} {fl['seconds']:8.3f} s  ({same})")
+    print(f"fednb {fl['seconds'] / fed:.0f}x faster (target >= 20x)")
+
+
+if __name__ == "__main__":
+    main()

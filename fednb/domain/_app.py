@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from fednb import kernels
 from fednb.domain._store import UserRow
 from fednb.errors import (
     DomainBusy,
@@ -103,7 +104,7 @@ def _routes(dom: "Domain") -> APIRouter:
     def info() -> DomainInfo:
         return DomainInfo(name=dom.name, domain_id=dom.domain_id, api_version=API_VERSION,
                           fednb_version=FEDNB_VERSION, sandbox=dom.sandbox_mode or "unavailable",
-                          identity=dom.identity.public)
+                          identity=dom.identity.public, kernels=kernels.backend())
 
     @r.get("/me", response_model=UserInfo)
     def me(u: User) -> UserInfo:

@@ -336,3 +336,4 @@ class DomainInfo(_Model):
     fednb_version: str
     sandbox: Literal["bubblewrap", "insecure-demo", "unavailable"]
     identity: str | None = None  # Ed25519 public key (hex): what peers put on their roster
+    kernels: str | None = None  # fednb.kernels backend of the domain's process (numba, cupy ...)

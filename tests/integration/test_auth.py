@@ -11,6 +11,7 @@ import pytest
 
 import fednb
 from fednb.errors import AuthenticationError, InsecureSetting, NotFound
+from fednb.kernels import BACKENDS
 from tests.conftest import Hospital
 
 OWNER_ONLY = [("GET", "/users"), ("GET", "/audit"), ("POST", "/requests/x/approve"),
@@ -33,6 +34,8 @@ def test_every_route_but_info_needs_a_token(hospital: Hospital) -> None:
         r = httpx.request(method, hospital.url + path)
         if path == "/api/v1/info":
             assert r.status_code == 200
+            info = r.json()  # public: who the domain is, and what it computes with
+            assert len(info["identity"]) == 64 and info["kernels"] in BACKENDS
         else:
             assert r.status_code == 401, (method, path, r.status_code)
             assert r.json()["error"]["code"] == "unauthenticated"

@@ -7,17 +7,20 @@ tests), NumPy otherwise. Every kernel returns what its reference in
 
 Kernels so far: the coordinate-wise median and the trimmed mean of N stacked updates
 (the robust strategies' hot spots: NumPy's sort-based versions take about 30x a weighted
-mean). The weighted mean is BLAS (:func:`fednb.strategies.weighted_sum`).
+mean), and the stochastic rounding of secure aggregation (one fused pass instead of
+NumPy's six). The weighted mean is BLAS (:func:`fednb.strategies.weighted_sum`).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from fednb.errors import InvalidInput
 from fednb.kernels import _reference
 from fednb.kernels._backend import BACKENDS, backend
 from fednb.typing import FloatArray
 
-__all__ = ["BACKENDS", "backend", "coordinate_median", "trimmed_mean"]
+__all__ = ["BACKENDS", "backend", "coordinate_median", "stochastic_round", "trimmed_mean"]
 
 
 def _check(stacked: FloatArray) -> None:
@@ -55,3 +58,12 @@ def trimmed_mean(stacked: FloatArray, k: int) -> FloatArray:
     if not 0 <= 2 * k < stacked.shape[0]:
         raise InvalidInput(f"trimming {k} from each end leaves nothing of {stacked.shape[0]} updates")
     return _module(stacked.shape[0]).trimmed_mean(stacked, k)  # type: ignore[no-any-return]
+
+
+def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray) -> np.ndarray:
+    """``floor(clip(x, -bound, bound) * scale + bits / 2^32)`` as uint32 two's complement (the
+    quantisation of secure aggregation). ``bits`` are uniform uint32 from the caller's
+    cryptographic stream: the kernel transforms them and never draws randomness itself."""
+    if x.ndim != 1 or bits.shape != x.shape or bits.dtype != np.uint32:
+        raise InvalidInput("stochastic_round takes a flat vector and as many uint32 random bits")
+    return _module(1).stochastic_round(x, scale, bound, bits)  # type: ignore[no-any-return]

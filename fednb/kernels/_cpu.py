@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from fednb.typing import FloatArray
 
-__all__ = ["coordinate_median", "network", "trimmed_mean"]
+__all__ = ["coordinate_median", "network", "stochastic_round", "trimmed_mean"]
 
 _BLOCK = 256
 
@@ -97,3 +97,16 @@ def coordinate_median(stacked: FloatArray) -> FloatArray:
 
 def trimmed_mean(stacked: FloatArray, k: int) -> FloatArray:
     return _run(stacked, k, stacked.shape[0] - k - 1)
+
+
+@njit(parallel=True, cache=True)
+def _round(x, scale, bound, bits, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for i in prange(x.shape[0]):
+        v = min(max(x[i], -bound), bound) * scale + bits[i] * 2.3283064365386963e-10  # 2^-32
+        out[i] = np.uint32(np.int64(np.floor(v)) & 0xFFFFFFFF)
+
+
+def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray) -> np.ndarray:
+    out = np.empty(x.shape[0], dtype=np.uint32)
+    _round(np.ascontiguousarray(x, dtype=np.float64), float(scale), float(bound), bits, out)
+    return out

@@ -14,7 +14,7 @@ from numba import cuda, float64
 
 from fednb.typing import FloatArray
 
-__all__ = ["MAX_N", "coordinate_median", "trimmed_mean"]
+__all__ = ["MAX_N", "coordinate_median", "stochastic_round", "trimmed_mean"]
 
 MAX_N = 128
 _THREADS = 128
@@ -57,3 +57,19 @@ def coordinate_median(stacked: FloatArray) -> FloatArray:
 
 def trimmed_mean(stacked: FloatArray, k: int) -> FloatArray:
     return _run(stacked, k, False)
+
+
+@cuda.jit
+def _round_kernel(x, scale, bound, bits, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    i = cuda.grid(1)  # type: ignore[attr-defined]
+    if i < x.shape[0]:
+        v = min(max(x[i], -bound), bound) * scale + bits[i] * 2.3283064365386963e-10
+        out[i] = math.floor(v) & 0xFFFFFFFF
+
+
+def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray) -> np.ndarray:
+    d_out = cuda.device_array(x.shape[0], dtype=np.uint32)
+    _round_kernel[math.ceil(x.shape[0] / _THREADS), _THREADS](
+        cuda.to_device(np.ascontiguousarray(x, dtype=np.float64)), float(scale), float(bound),
+        cuda.to_device(bits), d_out)
+    return np.asarray(d_out.copy_to_host())

@@ -6,7 +6,7 @@ import numpy as np
 
 from fednb.typing import FloatArray
 
-__all__ = ["coordinate_median", "trimmed_mean"]
+__all__ = ["coordinate_median", "stochastic_round", "trimmed_mean"]
 
 
 def coordinate_median(stacked: FloatArray) -> FloatArray:
@@ -21,3 +21,15 @@ def trimmed_mean(stacked: FloatArray, k: int) -> FloatArray:
         return np.asarray(stacked.mean(axis=0), dtype=np.float64)
     part = np.partition(stacked, (k, n - k - 1), axis=0)
     return np.asarray(part[k : n - k].mean(axis=0), dtype=np.float64)
+
+
+def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray) -> np.ndarray:
+    """``floor(clip(x, -bound, bound) * scale + bits / 2^32)`` as uint32 two's complement:
+    unbiased rounding onto the integer grid, driven by the uniform ``bits`` (uint32) the
+    caller draws from a cryptographic stream."""
+    y = np.clip(np.asarray(x, dtype=np.float64), -bound, bound)
+    y *= scale
+    frac = bits.astype(np.float64)
+    frac *= 2.0**-32
+    y += frac
+    return np.floor(y, out=y).astype(np.int64).astype(np.int32).view(np.uint32)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from fednb import kernels
 from fednb.errors import InvalidInput
 from fednb.typing import FloatArray
 
@@ -73,12 +74,8 @@ def quantise(x: FloatArray, scale: float, bound: float,
     rounding bits come from ``bits``, a fresh AES-CTR stream) into uint32 two's complement."""
     if not np.isfinite(x).all():
         raise InvalidInput("the update has NaN or Inf values; secure aggregation refuses it")
-    y = np.clip(np.asarray(x, dtype=np.float64), -bound, bound)
-    y *= scale
-    frac = bits(y.size).astype(np.float64)
-    frac *= 2.0**-32
-    y += frac
-    return np.floor(y, out=y).astype(np.int64).astype(np.int32).view(U32)
+    flat = np.asarray(x, dtype=np.float64).reshape(-1)
+    return kernels.stochastic_round(flat, scale, bound, np.ascontiguousarray(bits(flat.size), dtype=U32))
 
 
 def dequantise(total: np.ndarray, scale: float) -> FloatArray:

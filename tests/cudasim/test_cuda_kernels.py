@@ -27,3 +27,11 @@ def test_cuda_kernels_match_the_reference(n: int) -> None:
 def test_rounds_larger_than_a_thread_can_sort_go_to_the_cpu() -> None:
     x = np.random.default_rng(0).normal(size=(_cuda.MAX_N + 3, 50))
     np.testing.assert_allclose(kernels.coordinate_median(x), _reference.coordinate_median(x), rtol=1e-12)
+
+
+def test_cuda_stochastic_rounding_matches_the_reference() -> None:
+    rng = np.random.default_rng(9)
+    x = np.concatenate([rng.normal(size=500) * 3, [5.0, -5.0]])
+    bits = rng.integers(0, 2**32, size=x.size, dtype=np.uint32)
+    np.testing.assert_array_equal(_cuda.stochastic_round(x, 2**20, 4.0, bits),
+                                  _reference.stochastic_round(x, 2**20, 4.0, bits))

@@ -66,3 +66,24 @@ def test_the_probe_honours_fednb_backend_and_never_trusts_the_simulator_alone() 
     bad = probe({"FEDNB_BACKEND": "numba-cuda-sim"})
     assert bad.returncode != 0 and "NUMBA_ENABLE_CUDASIM=1" in bad.stderr
     assert "not one of" in probe({"FEDNB_BACKEND": "tpu"}).stderr
+
+
+def test_stochastic_rounding_matches_the_reference_bit_for_bit() -> None:
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=10_000) * 3, [5.0, -5.0, 4.0, -4.0, 0.0, 1e-300]])
+    bits = rng.integers(0, 2**32, size=x.size, dtype=np.uint32)
+    bits[-6:] = [0, 2**32 - 1, 0, 2**32 - 1, 2**31, 0]
+    for scale in (1.0, 2**20 / 4.0, (2**31 - 3) / 4.0):
+        want = _reference.stochastic_round(x, scale, 4.0, bits)
+        np.testing.assert_array_equal(_cpu.stochastic_round(x, scale, 4.0, bits), want)
+        np.testing.assert_array_equal(kernels.stochastic_round(x, scale, 4.0, bits), want)
+    with pytest.raises(InvalidInput, match="uint32"):
+        kernels.stochastic_round(x, 1.0, 4.0, bits.astype(np.int64))
+
+
+def test_stochastic_rounding_is_unbiased() -> None:
+    rng = np.random.default_rng(4)
+    x = np.full(200_000, 0.3)
+    bits = rng.integers(0, 2**32, size=x.size, dtype=np.uint32)
+    q = kernels.stochastic_round(x, 1.0, 1.0, bits).view(np.int32)
+    assert set(np.unique(q)) == {0, 1} and abs(q.mean() - 0.3) < 0.005

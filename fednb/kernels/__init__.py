@@ -7,8 +7,10 @@ tests), NumPy otherwise. Every kernel returns what its reference in
 
 Kernels so far: the coordinate-wise median and the trimmed mean of N stacked updates
 (the robust strategies' hot spots: NumPy's sort-based versions take about 30x a weighted
-mean), and the stochastic rounding of secure aggregation (one fused pass instead of
-NumPy's six). The weighted mean is BLAS (:func:`fednb.strategies.weighted_sum`).
+mean), the stochastic rounding of secure aggregation (one fused pass instead of
+NumPy's six) and the Box-Muller transform of DP noise. The weighted mean is BLAS
+(:func:`fednb.strategies.weighted_sum`). Sandboxed workers run the NumPy references
+(``FEDNB_BACKEND=numpy``): no JIT compiler beside untrusted code.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from fednb.kernels import _reference
 from fednb.kernels._backend import BACKENDS, backend
 from fednb.typing import FloatArray
 
-__all__ = ["BACKENDS", "backend", "coordinate_median", "stochastic_round", "trimmed_mean"]
+__all__ = ["BACKENDS", "backend", "box_muller", "coordinate_median", "stochastic_round",
+           "trimmed_mean"]
 
 
 def _check(stacked: FloatArray) -> None:
@@ -67,3 +70,13 @@ def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray
     if x.ndim != 1 or bits.shape != x.shape or bits.dtype != np.uint32:
         raise InvalidInput("stochastic_round takes a flat vector and as many uint32 random bits")
     return _module(1).stochastic_round(x, scale, bound, bits)  # type: ignore[no-any-return]
+
+
+def box_muller(u: FloatArray, sigma: float, cos_out: FloatArray, sin_out: FloatArray) -> None:
+    """Gaussian noise N(0, sigma^2) from the caller's uniforms on (0, 1) (the Box-Muller
+    transform of DP noise): ``len(u) // 2`` pairs fill ``cos_out`` and ``sin_out``. The
+    uniforms come from a cryptographic stream; the kernel only transforms them."""
+    m = u.shape[0] // 2
+    if u.ndim != 1 or u.dtype != np.float64 or cos_out.shape != (m,) or sin_out.shape != (m,):
+        raise InvalidInput("box_muller takes 2m float64 uniforms and two outputs of length m")
+    _module(1).box_muller(u, sigma, cos_out, sin_out)

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from fednb.typing import FloatArray
 
-__all__ = ["coordinate_median", "network", "stochastic_round", "trimmed_mean"]
+__all__ = ["box_muller", "coordinate_median", "network", "stochastic_round", "trimmed_mean"]
 
 _BLOCK = 256
 
@@ -110,3 +110,17 @@ def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray
     out = np.empty(x.shape[0], dtype=np.uint32)
     _round(np.ascontiguousarray(x, dtype=np.float64), float(scale), float(bound), bits, out)
     return out
+
+
+@njit(parallel=True, cache=True)
+def _box_muller(u, sigma, cos_out, sin_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    m = u.shape[0] // 2
+    for i in prange(m):
+        r = sigma * np.sqrt(-2.0 * np.log(u[i]))
+        theta = u[m + i] * (2.0 * np.pi)
+        cos_out[i] = r * np.cos(theta)
+        sin_out[i] = r * np.sin(theta)
+
+
+def box_muller(u: FloatArray, sigma: float, cos_out: FloatArray, sin_out: FloatArray) -> None:
+    _box_muller(u, float(sigma), cos_out, sin_out)

@@ -14,7 +14,7 @@ from numba import cuda, float64
 
 from fednb.typing import FloatArray
 
-__all__ = ["MAX_N", "coordinate_median", "stochastic_round", "trimmed_mean"]
+__all__ = ["MAX_N", "box_muller", "coordinate_median", "stochastic_round", "trimmed_mean"]
 
 MAX_N = 128
 _THREADS = 128
@@ -73,3 +73,23 @@ def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray
         cuda.to_device(np.ascontiguousarray(x, dtype=np.float64)), float(scale), float(bound),
         cuda.to_device(bits), d_out)
     return np.asarray(d_out.copy_to_host())
+
+
+@cuda.jit
+def _box_muller_kernel(u, sigma, cos_out, sin_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    i = cuda.grid(1)  # type: ignore[attr-defined]
+    m = u.shape[0] // 2
+    if i < m:
+        r = sigma * math.sqrt(-2.0 * math.log(u[i]))
+        theta = u[m + i] * (2.0 * math.pi)
+        cos_out[i] = r * math.cos(theta)
+        sin_out[i] = r * math.sin(theta)
+
+
+def box_muller(u: FloatArray, sigma: float, cos_out: FloatArray, sin_out: FloatArray) -> None:
+    m = u.shape[0] // 2
+    d_cos, d_sin = cuda.device_array(m, dtype=np.float64), cuda.device_array(m, dtype=np.float64)
+    blocks = max(1, math.ceil(m / _THREADS))
+    _box_muller_kernel[blocks, _THREADS](cuda.to_device(u), float(sigma), d_cos, d_sin)
+    cos_out[:] = d_cos.copy_to_host()
+    sin_out[:] = d_sin.copy_to_host()

@@ -6,7 +6,7 @@ import numpy as np
 
 from fednb.typing import FloatArray
 
-__all__ = ["coordinate_median", "stochastic_round", "trimmed_mean"]
+__all__ = ["box_muller", "coordinate_median", "stochastic_round", "trimmed_mean"]
 
 
 def coordinate_median(stacked: FloatArray) -> FloatArray:
@@ -33,3 +33,15 @@ def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray
     frac *= 2.0**-32
     y += frac
     return np.floor(y, out=y).astype(np.int64).astype(np.int32).view(np.uint32)
+
+
+def box_muller(u: FloatArray, sigma: float, cos_out: FloatArray, sin_out: FloatArray) -> None:
+    """Normals N(0, sigma^2) from uniforms on (0, 1): with ``m = len(u) // 2``,
+    ``r = sigma * sqrt(-2 ln u[:m])`` and ``theta = 2 pi u[m:]``, write ``r cos theta`` to
+    ``cos_out`` and ``r sin theta`` to ``sin_out`` (each of length m)."""
+    m = u.shape[0] // 2
+    r = np.sqrt(-2.0 * np.log(u[:m]))
+    r *= sigma
+    theta = u[m : 2 * m] * (2.0 * np.pi)
+    np.multiply(r, np.cos(theta), out=cos_out)
+    np.multiply(r, np.sin(theta), out=sin_out)

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fednb import kernels
 from fednb.errors import InvalidInput
+from fednb.kernels import stochastic_round
 from fednb.typing import FloatArray
 
 __all__ = ["MaskStream", "default_degree", "dequantise", "derive_key", "neighbours", "quantise",
@@ -75,7 +75,7 @@ def quantise(x: FloatArray, scale: float, bound: float,
     if not np.isfinite(x).all():
         raise InvalidInput("the update has NaN or Inf values; secure aggregation refuses it")
     flat = np.asarray(x, dtype=np.float64).reshape(-1)
-    return kernels.stochastic_round(flat, scale, bound, np.ascontiguousarray(bits(flat.size), dtype=U32))
+    return stochastic_round(flat, scale, bound, np.ascontiguousarray(bits(flat.size), dtype=U32))
 
 
 def dequantise(total: np.ndarray, scale: float) -> FloatArray:

@@ -35,3 +35,12 @@ def test_cuda_stochastic_rounding_matches_the_reference() -> None:
     bits = rng.integers(0, 2**32, size=x.size, dtype=np.uint32)
     np.testing.assert_array_equal(_cuda.stochastic_round(x, 2**20, 4.0, bits),
                                   _reference.stochastic_round(x, 2**20, 4.0, bits))
+
+
+def test_cuda_box_muller_matches_the_reference() -> None:
+    u = np.random.default_rng(10).uniform(0.01, 0.99, size=600)
+    got, want = (np.empty(300), np.empty(300)), (np.empty(300), np.empty(300))
+    _cuda.box_muller(u, 1.5, *got)
+    _reference.box_muller(u, 1.5, *want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12)

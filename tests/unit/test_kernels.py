@@ -87,3 +87,19 @@ def test_stochastic_rounding_is_unbiased() -> None:
     bits = rng.integers(0, 2**32, size=x.size, dtype=np.uint32)
     q = kernels.stochastic_round(x, 1.0, 1.0, bits).view(np.int32)
     assert set(np.unique(q)) == {0, 1} and abs(q.mean() - 0.3) < 0.005
+
+
+def test_box_muller_matches_the_reference_and_draws_normals() -> None:
+    rng = np.random.default_rng(5)
+    u = rng.uniform(size=200_000)
+    u[u == 0.0] = 0.5
+    got = (np.empty(100_000), np.empty(100_000))
+    want = (np.empty(100_000), np.empty(100_000))
+    kernels.box_muller(u, 2.5, *got)
+    _reference.box_muller(u, 2.5, *want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    both = np.concatenate(got)
+    assert abs(both.mean()) < 0.03 and abs(both.std() - 2.5) < 0.03
+    with pytest.raises(InvalidInput, match="uniforms"):
+        kernels.box_muller(u.astype(np.float32), 1.0, *got)

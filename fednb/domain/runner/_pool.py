@@ -69,7 +69,10 @@ class _Worker:
         binds = [(p, f"/data/{name}") for name, p in self.job.datasets.items()]
         env = {"PYTHONPATH": str(Path(__file__).resolve().parents[3]), "HOME": "/job",
                "OMP_NUM_THREADS": str(self.limits.cpus),
-               "OPENBLAS_NUM_THREADS": str(self.limits.cpus), "PYTHONDONTWRITEBYTECODE": "1"}
+               "OPENBLAS_NUM_THREADS": str(self.limits.cpus), "PYTHONDONTWRITEBYTECODE": "1",
+               # no JIT compiler in the sandbox (DP-SGD's noise uses the kernels): the NumPy
+               # references, no code generation or cache writes beside untrusted code
+               "FEDNB_BACKEND": "numpy"}
         argv = [sys.executable, "-s", "-m", "fednb.domain.runner._worker"]
         spec = SandboxSpec(argv, self.job.workdir, binds, env, self.limits)
         self.proc = launch(spec, self.mode)

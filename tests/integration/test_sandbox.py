@@ -210,3 +210,17 @@ def test_the_domain_still_runs_honest_code_afterwards(hospital: Hospital) -> Non
 
     info = attempt(hospital, honest)
     assert info.status == "succeeded"
+
+
+def test_workers_run_the_numpy_kernels_and_load_no_jit_compiler(hospital: Hospital) -> None:
+    @fednb.remote
+    def which_kernels(data):
+        import sys
+
+        from fednb import kernels
+
+        if kernels.backend() != "numpy" or "numba" in sys.modules:
+            raise RuntimeError("a JIT compiler runs beside untrusted code")
+        return np.zeros(1)
+
+    assert attempt(hospital, which_kernels).status == "succeeded"

@@ -15,14 +15,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fednb import kernels
 from fednb.domain._store import UserRow
 from fednb.errors import (
+    AuthenticationError,
     DomainBusy,
     FednbError,
     InternalError,
     InvalidInput,
+    NotFound,
     PayloadTooLarge,
     PermissionDenied,
     UnsupportedMedia,
@@ -69,9 +72,34 @@ def _error(exc: FednbError) -> JSONResponse:
     return JSONResponse(exc.to_wire(), status_code=exc.status)
 
 
+# FastAPI's and Starlette's own HTTP errors (an unparsable body, an unknown path, a wrong
+# method), answered in fednb's error shape with a message that says what to fix
+_HTTP_ERRORS: dict[int, type[FednbError]] = {
+    400: InvalidInput, 401: AuthenticationError, 403: PermissionDenied, 404: NotFound,
+    413: PayloadTooLarge, 415: UnsupportedMedia}
+_HTTP_MESSAGES = {
+    "There was an error parsing the body": "the body is not valid JSON: send a JSON document "
+                                           "encoded as UTF-8",
+    "Not Found": "no such route: see /api/v1/openapi.json for the routes of this API",
+    "Method Not Allowed": "this route does not take that HTTP method: see /api/v1/openapi.json",
+}
+
+
+def _http_error(exc: StarletteHTTPException) -> JSONResponse:
+    message = _HTTP_MESSAGES.get(str(exc.detail), str(exc.detail))
+    cls = _HTTP_ERRORS.get(exc.status_code)
+    code = cls.code if cls is not None else "invalid_input" if exc.status_code < 500 else "internal_error"
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for e in exc.errors()[:5]:
+        if e.get("type") == "json_invalid":  # loc is ("body", offset): say what it means
+            parts.append(f"the body is not valid JSON ({(e.get('ctx') or {}).get('error', 'decode error')} "
+                         f"at character {e['loc'][-1]})")
+            continue
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
         parts.append(f"{loc or 'body'}: {e.get('msg')}")
     return "; ".join(parts)
@@ -259,6 +287,10 @@ def create_app(dom: "Domain") -> FastAPI:
     @app.exception_handler(FednbError)
     async def on_fednb(_: Request, exc: FednbError) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _http_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

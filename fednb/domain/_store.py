@@ -22,6 +22,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 __all__ = ["AuditRow", "Base", "BudgetRow", "ChargeRow", "DatasetRow", "RequestRow", "RunRow",
            "SettingRow", "Store", "UserRow", "utcnow"]
@@ -29,6 +30,20 @@ __all__ = ["AuditRow", "Base", "BudgetRow", "ChargeRow", "DatasetRow", "RequestR
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend: SQLite drops the offset that
+    ``DateTime(timezone=True)`` keeps on PostgreSQL, so it is put back on reading (the API
+    promises RFC 3339 date-times, which carry one)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -40,7 +55,7 @@ class UserRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     role: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
@@ -48,7 +63,7 @@ class DatasetRow(Base):
     __tablename__ = "datasets"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     card: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class RequestRow(Base):
@@ -71,8 +86,8 @@ class RequestRow(Base):
     release: Mapped[str | None] = mapped_column(String(16), nullable=True)
     reviewed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     review_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    reviewed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    reviewed: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class RunRow(Base):
@@ -90,8 +105,8 @@ class RunRow(Base):
     result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     owner_log: Mapped[str | None] = mapped_column(Text, nullable=True)
     backend: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class BudgetRow(Base):
@@ -113,8 +128,8 @@ class ChargeRow(Base):
     dataset: Mapped[str] = mapped_column(String(64), index=True)
     event: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), index=True)  # reserved | committed | freed
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class SettingRow(Base):

@@ -10,6 +10,7 @@ from typing import Any
 import xarray as xr
 
 from fednb.client._handles import RemoteRequest, RemoteRun
+from fednb.client._html import budget_html, card_html
 from fednb.client._http import Transport
 from fednb.errors import NotFound
 from fednb.protocol import (
@@ -23,7 +24,7 @@ from fednb.protocol import (
     dataset_from_bytes,
 )
 
-__all__ = ["DatasetHandle", "DomainClient", "connect"]
+__all__ = ["Budgets", "DatasetHandle", "DomainClient", "connect"]
 
 
 class DatasetHandle:
@@ -45,11 +46,37 @@ class DatasetHandle:
             self._mock = dataset_from_bytes(data)
         return self._mock
 
+    def preview(self, rows: int = 5) -> list[dict[str, Any]]:
+        """The first ``rows`` examples of the mock, one dict each (long vectors shortened)."""
+        mock, dim = self.mock, self.card.example_dim
+        out: list[dict[str, Any]] = []
+        for i in range(min(rows, int(mock.sizes.get(dim, 0)))):
+            row: dict[str, Any] = {dim: str(mock[dim].values[i]) if dim in mock.coords else i}
+            for k, v in mock.data_vars.items():
+                if dim not in v.dims:
+                    continue
+                vals = v.isel({dim: i}).values.ravel()
+                shown = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in vals[:4].tolist())
+                row[str(k)] = shown if vals.size == 1 else f"[{shown}{', …' if vals.size > 4 else ''}]"
+            out.append(row)
+        return out
+
+    def _repr_html_(self) -> str:
+        return card_html(self.card, self.preview())
+
     def __repr__(self) -> str:
         c = self.card
         variables = ", ".join(f"{k}[{v.units}]" if v.units else k for k, v in c.variables.items())
         return (f"DatasetHandle({c.name!r}, {c.num_examples} {c.example_dim}s, "
                 f"variables: {variables}; mock: {c.mock.method})")
+
+
+class Budgets(builtins.list[BudgetInfo]):
+    """Budget rows (a list of :class:`~fednb.protocol.BudgetInfo`) that draw themselves as
+    meters in a notebook."""
+
+    def _repr_html_(self) -> str:
+        return budget_html(self)
 
 
 class _Datasets(Mapping[str, DatasetHandle]):
@@ -143,9 +170,9 @@ class DomainClient:
                           "for teaching, never with real patient data", stacklevel=3)
 
     @property
-    def budget(self) -> list[BudgetInfo]:
+    def budget(self) -> Budgets:
         """Epsilon spent, reserved and left per dataset (a scientist: their own; owner: all)."""
-        return [BudgetInfo.model_validate(b) for b in self._t.json("GET", "/budget")]
+        return Budgets(BudgetInfo.model_validate(b) for b in self._t.json("GET", "/budget"))
 
     @property
     def info(self) -> DomainInfo:

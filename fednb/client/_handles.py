@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fednb.client._html import request_html, run_html
 from fednb.errors import ResultNotReady, RunFailed
 from fednb.protocol import (
     Compression,
@@ -86,6 +87,9 @@ class RemoteRequest:
         info = self.client._t.json("PUT", f"/requests/{self.id}/runs/{rid}", content=body)
         return RemoteRun(self.client, RunInfo.model_validate(info))
 
+    def _repr_html_(self) -> str:
+        return request_html(self.info)
+
     def __repr__(self) -> str:
         i = self.info
         return (f"RemoteRequest({i.id!r}, function={i.function_name!r}, status={i.status!r}, "
@@ -161,6 +165,9 @@ class RemoteRun:
         """(Owner) withhold this run's held result for good."""
         self.info = RunInfo.model_validate(self.client._t.json("POST", f"/runs/{self.id}/withhold"))
         return self
+
+    def _repr_html_(self) -> str:
+        return run_html(self.info)
 
     def __repr__(self) -> str:
         i = self.info

@@ -93,7 +93,7 @@ class Driver:
                  timeout: float = 600.0, checkpoint: str | Path | None = None,
                  asynchronous: bool = False, progress: bool = True,
                  settings: dict[str, Any] | None = None, executor: Executor | None = None,
-                 secure_bound: float | None = None) -> None:
+                 secure_bound: float | None = None, history: History | None = None) -> None:
         if rounds < 1:
             raise InvalidInput(f"rounds must be >= 1, not {rounds}")
         if not 1 <= min_domains <= len(participants):
@@ -110,7 +110,8 @@ class Driver:
         if secure_bound is not None and asynchronous:
             raise InvalidInput("secure aggregation runs synchronous rounds only in this version")
         self.vec, self.layout = flatten(initial)
-        self.history = History(settings=dict(settings or {}))
+        self.history = history if history is not None else History()
+        self.history.settings.update(settings or {})
         self.done = 0
         self._rng = np.random.default_rng(secrets.randbits(64))  # sampling only, not privacy noise
         self._resume()
@@ -139,7 +140,7 @@ class Driver:
         self.vec, self.done = tensors["__global__"], int(header["done"])
         state = {k: tensors[f"state/{k}"] for k in header["state_keys"]}
         self.strategy.load_state_dict({k: (v if v.ndim else v.item()) for k, v in state.items()})
-        self.history = History.load(self.checkpoint / "history")
+        self.history.replace(History.load(self.checkpoint / "history"))
 
     # -- one run ---------------------------------------------------------------------
     def _record(self, rnd: int, name: str, out: Outcome, staleness: int = 0) -> None:
@@ -263,6 +264,7 @@ class Driver:
                     self.done += 1
                     self._save()
                     bar.update(1)
+                    self.history.notify()
         finally:
             if own:
                 pool.shutdown(wait=True)
@@ -316,5 +318,6 @@ class Driver:
                 self.done += 1
                 self._save()
                 bar.update(1)
+                self.history.notify()
         for fut in flights:  # stragglers of the last round: let them finish, drop their answers
             fut.cancel()

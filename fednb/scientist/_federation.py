@@ -120,6 +120,7 @@ class Federation:
         self.checkpoint = (Path(".fednb") / "federations" / self.id if checkpoint is True
                            else None if checkpoint in (False, None) else Path(str(checkpoint)))
         self.requests: dict[str, RemoteRequest] = {}
+        self.history = History()  # filled by run(); watch it for a live view (fednb.ui.ResultsViewer)
 
     def check_cards(self) -> None:
         """Refuse before round 1 when the domains' dataset cards differ (and say how)."""
@@ -169,7 +170,7 @@ class Federation:
         driver = Driver(participants, self.strategy, self.initial, self.params, self.rounds,
                         run_prefix=self.id, min_domains=self.min_domains, timeout=self.timeout,
                         checkpoint=self.checkpoint, asynchronous=self.asynchronous, progress=self.progress,
-                        secure_bound=self.secure_bound,
+                        secure_bound=self.secure_bound, history=self.history,
                         settings={"federation": self.id, "strategy": repr(self.strategy),
                                   "dataset": self.dataset,
                                   "secure_aggregation": self.secure_bound is not None,
@@ -183,7 +184,7 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
              example_dim: str | None = None, checkpoint: str | Path | None = None,
              progress: bool = True, compression: Compression = "none", backend: str = "local",
              dask_client: Any = None, secure_aggregation: bool = False,
-             secure_bound: float | None = None) -> History:
+             secure_bound: float | None = None, history: History | None = None) -> History:
     """Federated training over virtual hospitals through the same driver, strategies, output
     policy (DP included) and execution path as a real federation.
 
@@ -196,6 +197,9 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
     weighted mean of the survivors' updates, clipped into ``[-secure_bound, secure_bound]``
     (default: ``dp.clip * (1 + 6 * dp.noise_multiplier)`` with DP, else 1000) and
     quantised into 32-bit integers.
+
+    ``history``: an (empty) :class:`History` to fill, e.g. one a live
+    ``fednb.ui.ResultsViewer`` already shows; by default a new one.
     """
     strategy = strategy or FedAvg()
     is_async = isinstance(strategy, FedBuff) if asynchronous is None else asynchronous
@@ -226,6 +230,7 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
         driver = Driver(parts, strategy, initial, dict(params or {}), rounds, run_prefix="sim",
                         min_domains=min_domains, timeout=float("inf"), checkpoint=checkpoint,
                         asynchronous=is_async, progress=progress, executor=executor, secure_bound=bound,
+                        history=history,
                         settings={"simulated": True, "strategy": repr(strategy), "backend": backend,
                                   "secure_aggregation": secure_aggregation})
         return driver.run()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from fednb.client._html import esc, svg_lines, table_html
 from fednb.protocol import decode_message, encode_message
 from fednb.typing import Weights
 
@@ -44,6 +47,29 @@ class History:
     records: list[ClientRecord] = field(default_factory=list)
     weights: Weights = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    _watchers: list[Callable[[History], None]] = field(default_factory=list, repr=False, compare=False)
+
+    def watch(self, callback: Callable[[History], None]) -> Callable[[], None]:
+        """Call ``callback(history)`` after every round the driver finishes (a live view's
+        hook); returns a function that stops it. A failing callback warns, never stops the
+        federation."""
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback) if callback in self._watchers else None
+
+    def notify(self) -> None:
+        """Tell the watchers a round has finished (the driver calls this)."""
+        for cb in list(self._watchers):
+            try:
+                cb(self)
+            except Exception as exc:  # a view must not stop the training
+                warnings.warn(f"a History watcher failed: {type(exc).__name__}: {exc}", RuntimeWarning,
+                              stacklevel=2)
+
+    def replace(self, other: History) -> None:
+        """Take ``other``'s records, weights and settings, keeping this object's watchers."""
+        self.records[:] = other.records
+        self.weights = dict(other.weights)
+        self.settings.update(other.settings)
 
     @property
     def domains(self) -> list[str]:
@@ -107,6 +133,22 @@ class History:
         payload = json.loads((p / "records.json").read_text())
         _, weights = decode_message((p / "weights.safetensors").read_bytes())
         return cls([ClientRecord(**r) for r in payload["records"]], dict(weights), payload["settings"])
+
+    def _repr_html_(self) -> str:
+        if not self.num_rounds:
+            return "<div class='fednb-history'>History: no rounds yet</div>"
+        r, names, m = self.rounds, self._names(), self.metrics
+        charts = "".join(
+            svg_lines({"all domains": r[k].values.tolist(),
+                       **{d: m[k].sel(domain=d).values.tolist() for d in self.domains}}, title=k)
+            for k in names)
+        charts += svg_lines({"bytes": r["bytes"].values.tolist()}, title="bytes on the wire")
+        rows = [[i, *(f"{float(r[k][i]):.4g}" for k in names), int(r["domains"][i]), int(r["bytes"][i])]
+                for i in range(self.num_rounds)][-10:]
+        table = table_html(["round", *names, "domains", "bytes"], rows,
+                           "last rounds (metrics weighted by examples)")
+        return (f"<div class='fednb-history'><b>{esc(repr(self))}</b>"
+                f"<div style='display:flex;flex-wrap:wrap'>{charts}</div>{table}</div>")
 
     def __repr__(self) -> str:
         last = self.rounds.isel(round=-1) if self.num_rounds else None

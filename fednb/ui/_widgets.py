@@ -1,0 +1,238 @@
+"""ipywidgets views over the models in :mod:`fednb.ui._models`: the owner's ``Inbox``,
+the ``BudgetMeter`` and the scientist's ``ResultsViewer``.
+
+Each view is a ``VBox`` with a CSS class (``fednb-inbox``, ``fednb-budget-meter``,
+``fednb-results-viewer``) so saved widget state shows which are fednb's. Request text
+reaches the page only as escaped HTML or as option labels (drawn as text).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any
+
+import ipywidgets as w
+
+from fednb.client import DomainClient
+from fednb.client._html import esc
+from fednb.scientist import History
+from fednb.ui._models import BudgetModel, InboxModel, ResultsModel
+
+__all__ = ["BudgetMeter", "Inbox", "ResultsViewer"]
+
+
+class _Poller:
+    """Calls ``fn`` every ``every`` seconds on a daemon thread until stopped (0: never)."""
+
+    def __init__(self, fn: Any, every: float) -> None:
+        self._stop = threading.Event()
+        self._fn, self._every = fn, every
+        self._thread: threading.Thread | None = None
+        if every > 0:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="fednb-ui-poll")
+            self._thread.start()
+
+    def _loop(self) -> None:
+        delay = self._every
+        while not self._stop.wait(delay):
+            try:
+                self._fn()
+                delay = self._every
+            except Exception as exc:  # the domain is away: back off, keep the view
+                delay = min(delay * 2, 300.0)
+                warnings.warn(
+                    f"fednb: refresh failed ({type(exc).__name__}); retrying in {delay:.0f} s",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Inbox(w.VBox):
+    """Pending requests and held results of a domain, for its owner.
+
+    Select a request to see its requester, datasets, highlighted source, hash, the diff
+    against the last approved version, the parameter schema, runs, privacy parameters
+    and the projected epsilon against the remaining budgets; then Approve (auto or manual
+    release) or Deny with a reason. The second tab releases or withholds held results.
+    Polls the domain every ``poll`` seconds (0: only on :meth:`refresh`).
+    """
+
+    def __init__(self, owner: DomainClient, poll: float = 5.0) -> None:
+        self.model = InboxModel(owner)
+        self._syncing = False
+        self._list = w.Select(options=[], rows=8, layout=w.Layout(width="100%"))
+        self._detail = w.HTML()
+        self._release = w.ToggleButtons(
+            options=[("manual release", "manual"), ("auto release", "auto")], value="manual"
+        )
+        self._approve = w.Button(description="Approve", button_style="success", icon="check")
+        self._reason = w.Text(
+            placeholder="reason to deny (the scientist sees it)", layout=w.Layout(width="40%")
+        )
+        self._deny = w.Button(description="Deny", button_style="danger", icon="times")
+        self._held = w.Select(options=[], rows=6, layout=w.Layout(width="100%"))
+        self._run = w.HTML()
+        self._release_btn = w.Button(description="Release", button_style="success")
+        self._withhold_btn = w.Button(description="Withhold", button_style="warning")
+        self._status = w.HTML()
+        self._title = w.HTML()
+        review = w.VBox(
+            [
+                self._list,
+                w.HBox([self._release, self._approve]),
+                w.HBox([self._reason, self._deny]),
+                self._detail,
+            ]
+        )
+        held = w.VBox([self._held, w.HBox([self._release_btn, self._withhold_btn]), self._run])
+        self._tabs = w.Tab(children=[review, held])
+        self._tabs.set_title(0, "Pending requests")
+        self._tabs.set_title(1, "Held results")
+        super().__init__([self._title, self._tabs, self._status])
+        self.add_class("fednb-inbox")
+        self._list.observe(self._on_select, names="value")
+        self._held.observe(self._on_select_run, names="value")
+        self._approve.on_click(lambda _b: self.model.approve(self._release.value))
+        self._deny.on_click(self._on_deny)
+        self._release_btn.on_click(lambda _b: self.model.release())
+        self._withhold_btn.on_click(lambda _b: self.model.withhold())
+        self.model.on_change(self._draw)
+        self._draw()
+        self._poller = _Poller(self.model.refresh, poll)
+
+    def refresh(self) -> None:
+        self.model.refresh()
+
+    def _on_select(self, change: dict[str, Any]) -> None:
+        if not self._syncing:
+            self.model.select(change["new"])
+
+    def _on_select_run(self, change: dict[str, Any]) -> None:
+        if not self._syncing:
+            self.model.select_run(change["new"])
+
+    def _on_deny(self, _b: Any) -> None:
+        if self.model.deny(self._reason.value):
+            self._reason.value = ""
+
+    def _draw(self) -> None:
+        m = self.model
+        self._syncing = True
+        try:
+            self._list.options = m.request_options()
+            self._list.value = m.selected.id if m.selected else None
+            self._held.options = m.run_options()
+            self._held.value = m.selected_run.id if m.selected_run else None
+        finally:
+            self._syncing = False
+        self._title.value = f"<b>{esc(m.client.info.name)}</b>: {len(m.pending)} pending, {len(m.held)} held"
+        self._tabs.set_title(0, f"Pending requests ({len(m.pending)})")
+        self._tabs.set_title(1, f"Held results ({len(m.held)})")
+        self._detail.value = m.detail_html()
+        self._run.value = m.run_html()
+        self._status.value = f"<i>{esc(m.message)}</i>" if m.message else ""
+        self._approve.disabled = self._deny.disabled = m.selected is None
+        self._release_btn.disabled = self._withhold_btn.disabled = m.selected_run is None
+
+    def close(self) -> None:
+        self._poller.stop()
+        super().close()
+
+
+class BudgetMeter(w.VBox):
+    """Epsilon spent and remaining per (scientist, dataset) and per dataset, as bars.
+
+    Refreshes every ``poll`` seconds, on :meth:`refresh`, and after every round of the
+    ``history`` it follows (``BudgetMeter(h, history=fed.history)``).
+    """
+
+    def __init__(self, client: DomainClient, poll: float = 10.0, history: History | None = None) -> None:
+        self.model = BudgetModel(client)
+        super().__init__([])
+        self.add_class("fednb-budget-meter")
+        self.model.on_change(self._draw)
+        self._draw()
+        self._poller = _Poller(self.model.refresh, poll)
+        self._unwatch = None if history is None else history.watch(lambda _h: self.refresh())
+
+    def refresh(self) -> None:
+        self.model.refresh()
+
+    @staticmethod
+    def _bar(g: Any) -> w.Widget:
+        left = "no cap" if g.budget is None else f"{g.remaining:.3g} left of {g.budget:.3g}"
+        reserved = f" + {g.reserved:.3g} reserved" if g.reserved else ""
+        text = w.HTML(
+            f"{esc(g.label)}: ε {g.spent:.3g} spent{reserved}, {left}", layout=w.Layout(width="55%")
+        )
+        style = "success" if g.fraction < 0.5 else "warning" if g.fraction < 0.9 else "danger"
+        bar = w.FloatProgress(
+            value=g.fraction, min=0.0, max=1.0, bar_style=style, layout=w.Layout(width="40%")
+        )
+        return w.HBox([text, bar])
+
+    def _draw(self) -> None:
+        gauges, per_dataset = self.model.gauges(), self.model.dataset_gauges()
+        head = w.HTML(
+            f"<b>Privacy budget of {esc(self.model.client.url)}</b>"
+            + ("" if gauges else ": nothing spent yet")
+        )
+        children: list[w.Widget] = [head, *map(self._bar, gauges)]
+        if per_dataset:
+            children += [w.HTML("<b>Per dataset, all scientists</b>"), *map(self._bar, per_dataset)]
+        self.children = children
+
+    def close(self) -> None:
+        self._poller.stop()
+        if self._unwatch is not None:
+            self._unwatch()
+        super().close()
+
+
+class ResultsViewer(w.VBox):
+    """Per-round metrics per hospital and aggregated (loss, accuracy, examples, seconds,
+    bytes on the wire), redrawn after every round while ``Federation.run()`` goes::
+
+        viewer = ResultsViewer(fed.history); display(viewer); fed.run()
+    """
+
+    def __init__(self, history: History) -> None:
+        self.model = ResultsModel(history)
+        self._metric = w.Dropdown(description="metric", options=[])
+        self._domains = w.SelectMultiple(description="hospitals", options=[], rows=4)
+        self._chart = w.HTML()
+        self._summary = w.HTML()
+        super().__init__([w.HBox([self._metric, self._domains]), self._chart, self._summary])
+        self.add_class("fednb-results-viewer")
+        self._metric.observe(lambda _c: self._draw_chart(), names="value")
+        self._domains.observe(lambda _c: self._draw_chart(), names="value")
+        self.model.on_change(self._draw)
+        self._draw()
+
+    def _draw(self) -> None:
+        names, domains = self.model.metric_names(), self.model.history.domains
+        if list(self._metric.options) != names:
+            keep = self._metric.value
+            self._metric.options = names
+            self._metric.value = keep if keep in names else (names[0] if names else None)
+        if list(self._domains.options) != domains:
+            self._domains.options = domains
+            self._domains.value = tuple(domains)
+        self._draw_chart()
+        self._summary.value = self.model.summary_html()
+
+    def _draw_chart(self) -> None:
+        metric = self._metric.value
+        self._chart.value = (
+            "<i>No rounds yet.</i>"
+            if metric is None
+            else self.model.chart_html(metric, list(self._domains.value))
+        )
+
+    def close(self) -> None:
+        self.model.close()
+        super().close()

@@ -1,0 +1,247 @@
+"""The widget models and the ipywidgets views, driven against a real domain on loopback."""
+
+from __future__ import annotations
+
+import html
+import re
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import fednb
+from fednb.errors import InvalidInput
+from fednb.scientist import History, iid_split
+from fednb.ui import BudgetMeter, BudgetModel, ConsoleModel, Inbox, InboxModel, ResultsModel, ResultsViewer
+from tests.conftest import Hospital, breast_cancer_dataset, make_hospital
+
+DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
+    h = make_hospital(tmp_path_factory.mktemp("ui") / "st-mary")
+    yield h
+    h.server.stop()
+
+
+def scientist(h: Hospital, epsilon: float = 100.0) -> fednb.DomainClient:
+    return fednb.connect(h.url, token=h.dom.add_user(f"s{uuid.uuid4().hex[:8]}", epsilon=epsilon))
+
+
+@fednb.remote(params={"scale": (float, 0.0, 2.0)})
+def fixed_update(data, scale=1.0):
+    return fednb.Update(weights={"w": np.full(10, scale)}, num_examples=data.sizes["patient"])
+
+
+@fednb.remote
+def evil(data):
+    """<script>alert("x")</script><img src=x onerror=alert(1)>"""
+    # <script>alert("x")</script><img src=x onerror=alert(1)>
+    return fednb.Update(weights={"w": np.zeros(1)})
+
+
+def select(model: InboxModel, request_id: str) -> None:
+    model.refresh()
+    assert request_id in [rid for _label, rid in model.request_options()]
+    model.select(request_id)
+
+
+def test_approve_approves_with_the_chosen_release(hospital: Hospital) -> None:
+    sci = scientist(hospital)
+    req = fixed_update.request(sci, "breast-cancer", runs=2, dp=DP)
+    inbox = InboxModel(hospital.owner())
+    select(inbox, req.id)
+    assert inbox.approve("auto")
+    info = req.refresh().info
+    assert (info.status, info.release, info.reviewed_by) == ("approved", "auto", "olivia")
+    assert req.id not in [rid for _l, rid in inbox.request_options()]
+    assert inbox.message.startswith("approved fixed_update")
+
+
+def test_deny_records_its_reason_and_a_blank_reason_is_refused(hospital: Hospital) -> None:
+    sci = scientist(hospital)
+    req = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP)
+    inbox = InboxModel(hospital.owner())
+    select(inbox, req.id)
+    assert not inbox.deny("   ")
+    assert "give a reason" in inbox.message
+    assert req.refresh().info.status == "pending"
+    assert inbox.deny("asks for 1 run but trains nothing")
+    info = req.refresh().info
+    assert (info.status, info.review_reason) == ("denied", "asks for 1 run but trains nothing")
+
+
+def test_release_releases_a_held_result_and_withhold_withholds(hospital: Hospital) -> None:
+    sci = scientist(hospital)
+    req = fixed_update.request(sci, "breast-cancer", runs=2, dp=DP)
+    inbox = InboxModel(hospital.owner())
+    select(inbox, req.id)
+    assert inbox.approve("manual")
+    kept, dropped = req.run(scale=1.0), req.run(scale=0.5)
+    assert kept.wait(120).release_state == dropped.wait(120).release_state == "held"
+    inbox.refresh()
+    held = [rid for _l, rid in inbox.run_options()]
+    assert kept.id in held and dropped.id in held
+    inbox.select_run(kept.id)
+    assert "Run" in inbox.run_html() and kept.id in inbox.run_html()
+    assert inbox.release()
+    assert kept.refresh().info.release_state == "released"
+    assert kept.result(timeout=10).weights["w"].shape == (10,)
+    assert inbox.withhold(dropped.id)
+    assert dropped.refresh().info.release_state == "withheld"
+    assert not inbox.release()  # nothing selected any more
+    assert "select a held result" in inbox.message
+
+
+def test_a_refused_action_leaves_the_domains_message(hospital: Hospital) -> None:
+    sci = scientist(hospital)
+    req = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP)
+    inbox = InboxModel(hospital.owner())
+    select(inbox, req.id)
+    hospital.owner().requests.get(req.id).deny("someone else was faster")
+    assert not inbox.approve("auto")
+    assert inbox.message == f"approve refused: request {req.id!r} is already denied"
+    assert req.id not in [rid for _l, rid in inbox.request_options()]
+
+
+def test_the_review_shows_hash_diff_schema_and_projected_epsilon(hospital: Hospital) -> None:
+    sci = scientist(hospital, epsilon=7.0)
+    first = globals()["fixed_update"].request(sci, "breast-cancer", runs=1, dp=DP)
+    hospital.owner().requests.get(first.id).approve()
+
+    @fednb.remote(params={"scale": (float, 0.0, 2.0)})
+    def fixed_update(data, scale=1.0):  # one line changed
+        return fednb.Update(weights={"w": np.full(10, 2 * scale)}, num_examples=data.sizes["patient"])
+
+    again = fixed_update.request(sci, "breast-cancer", runs=3, dp=DP)
+    inbox = InboxModel(hospital.owner())
+    select(inbox, again.id)
+    page = inbox.detail_html()
+    info = inbox.selected
+    assert info is not None and info.projected_epsilon is not None
+    for shown in (
+        sci.me.name,
+        "breast-cancer",
+        info.code_hash,
+        first.info.code_hash,
+        "scale",
+        f"{info.projected_epsilon:.4g}",
+        "of 7 spent",
+        "clip 1.0, noise multiplier 2.0",
+    ):
+        assert shown in page, shown
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert '-    return fednb.Update(weights={"w": np.full(10, scale)}' in text
+    assert '+    return fednb.Update(weights={"w": np.full(10, 2 * scale)}' in text
+
+
+def test_hostile_request_text_is_shown_as_text(hospital: Hospital) -> None:
+    sci = scientist(hospital)
+    req = evil.request(sci, "breast-cancer", runs=1, dp=DP, description=HOSTILE)
+    assert HOSTILE in req.info.source
+    inbox = InboxModel(hospital.owner())
+    select(inbox, req.id)
+    for page in (inbox.detail_html(), req._repr_html_(), inbox.run_html()):
+        assert "<script" not in page.lower() and "<img" not in page.lower()
+        assert "onerror=" not in page.replace("onerror=alert", "")  # only ever as escaped text
+    assert "&lt;script&gt;" in inbox.detail_html() and "&lt;img" in inbox.detail_html()
+    view = Inbox(hospital.owner(), poll=0)
+    view._list.value = req.id
+    assert "<script" not in view._detail.value and "&lt;script&gt;" in view._detail.value
+    hospital.owner().requests.get(req.id).deny("test cleanup")
+
+
+def test_the_budget_meter_shows_the_ledgers_numbers(hospital: Hospital) -> None:
+    sci = scientist(hospital, epsilon=9.0)
+    req = fixed_update.request(sci, "breast-cancer", runs=3, dp=DP)
+    hospital.owner().requests.get(req.id).approve("auto")
+    meter = BudgetMeter(sci, poll=0)
+    for _ in range(2):
+        assert req.run().wait(120).status == "succeeded"
+    meter.refresh()
+    ledger = hospital.dom.ledger.info(sci.me.name, "breast-cancer")
+    (g,) = [g for g in meter.model.gauges() if g.label == f"{sci.me.name} on breast-cancer"]
+    assert ledger.epsilon_spent > 0
+    assert (g.spent, g.reserved, g.budget) == (ledger.epsilon_spent, ledger.epsilon_reserved, 9.0)
+    assert g.remaining == pytest.approx(ledger.epsilon_remaining)
+    (d,) = [d for d in meter.model.dataset_gauges() if d.label.startswith("breast-cancer")]
+    assert (d.spent, d.budget) == (ledger.dataset_spent, ledger.dataset_cap)
+    bars = [c for c in meter.children if hasattr(c, "children")]
+    assert any(f"{ledger.epsilon_spent:.3g} spent" in b.children[0].value for b in bars)
+    assert BudgetModel(hospital.owner()).rows and any(
+        b.scientist == sci.me.name for b in BudgetModel(hospital.owner()).rows
+    )
+    meter.close()
+
+
+def test_the_inbox_widget_buttons_drive_the_model(hospital: Hospital) -> None:
+    sci = scientist(hospital)
+    a = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP)
+    b = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP)
+    view = Inbox(hospital.owner(), poll=0)
+    assert "fednb-inbox" in view._dom_classes
+    view._list.value = a.id
+    view._release.value = "auto"
+    view._approve.click()
+    assert a.refresh().info.release == "auto" and a.info.status == "approved"
+    view._list.value = b.id
+    view._reason.value = "no"
+    view._deny.click()
+    assert b.refresh().info.review_reason == "no"
+    assert view._reason.value == ""
+    assert b.id not in [rid for _l, rid in view._list.options]
+    view.close()
+
+
+def test_only_an_owner_gets_an_inbox(hospital: Hospital) -> None:
+    with pytest.raises(InvalidInput, match="owner"):
+        InboxModel(hospital.alice())
+    with pytest.raises(InvalidInput, match="owner"):
+        ConsoleModel(hospital.alice())
+
+
+def test_the_console_shows_users_and_the_audit_chain(hospital: Hospital) -> None:
+    console = ConsoleModel(hospital.owner())
+    assert "alice" in console.users_html() and "olivia" in console.users_html()
+    audit = console.audit_html()
+    assert ("audit chain verifies" in audit and "user.add" in audit) or "request" in audit
+
+
+def test_the_results_viewer_follows_a_simulation_live() -> None:
+    @fednb.remote(metrics={"loss": (0.0, 100.0)})
+    def mean_update(data, weights):
+        x = data.x.values / 1000.0
+        return fednb.Update(
+            weights={"w": weights["w"] * 0.5 + x.mean(0) * 0.5},
+            num_examples=len(x),
+            metrics={"loss": float(np.abs(weights["w"] - x.mean(0)).sum())},
+        )
+
+    parts = iid_split(breast_cancer_dataset(), 3, seed=1)
+    history = History()
+    viewer = ResultsViewer(history)
+    seen: list[int] = []
+    history.watch(lambda h: seen.append(h.num_rounds))
+    fednb.simulate(mean_update, parts, initial={"w": np.zeros(30)}, rounds=4, history=history, progress=False)
+    assert seen == [1, 2, 3, 4]
+    assert "fednb-results-viewer" in viewer._dom_classes
+    assert viewer._metric.options[0] == "loss" and "bytes" in viewer._metric.options
+    assert viewer._chart.value.count("<polyline") == 4  # all domains + 3 hospitals
+    viewer._domains.value = (viewer._domains.options[0],)
+    assert viewer._chart.value.count("<polyline") == 2
+    series = ResultsModel(history).series("loss")
+    assert len(series["all domains"]) == 4 and series["all domains"][-1] < series["all domains"][0]
+    assert "round 3" in viewer._summary.value
+    html = history._repr_html_()
+    assert "<svg" in html and "loss" in html
+    viewer.close()
+
+
+def test_dataset_and_budget_reprs_render(hospital: Hospital) -> None:
+    alice = hospital.alice()
+    page = alice.datasets["breast-cancer"]._repr_html_()
+    assert "Mock preview" in page and "569 patients" in page and "Wisconsin" in page
+    assert alice.budget._repr_html_().startswith("<div class='fednb-budget'>")

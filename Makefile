@@ -18,7 +18,8 @@ demo-headless: install
 	$(BIN)/fednb demo --headless
 
 test: install
-	$(BIN)/python -m pytest
+	bash scripts/test-deps.sh
+	FEDNB_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 	NUMBA_ENABLE_CUDASIM=1 FEDNB_BACKEND=numba-cuda-sim $(BIN)/python -m pytest tests/cudasim
 
 lint: install

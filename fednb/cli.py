@@ -4,7 +4,7 @@
 
     fednb --version
     fednb demo [--hospitals N] [--headless] [--home DIR] [--port-base P]
-    fednb dashboard
+    fednb dashboard [--domain URL] [--history DIR] [--address A] [--port P] [--show]
     fednb domain [--home PATH] ...          (or FEDNB_HOME; default ./domain)
         init --name NAME [--store-url URL]
         serve [--host H] [--port P] [--certfile F --keyfile F] [--insecure] [--insecure-demo]
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -319,12 +320,26 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    print(
-        "error: the Panel console arrives with the widgets issue; until then use "
-        "`fednb domain ...` or the Python API (fednb.connect)",
-        file=sys.stderr,
-    )
-    return 2
+    try:
+        panel_app = importlib.import_module("fednb.ui._panel")
+    except ModuleNotFoundError as exc:
+        print(f"error: the dashboard needs Panel ({exc.name} is missing): pip install 'fednb[ui]'",
+              file=sys.stderr)
+        return 2
+    from fednb.client import is_loopback
+
+    if not is_loopback(args.address):
+        print(f"warning: serving on {args.address}: anyone who reaches it sees the login page, and tokens "
+              "travel in clear unless a TLS proxy sits in front", file=sys.stderr)
+    where = f"http://{args.address}:{args.port}"
+    if args.domain:
+        print(f"owner console: {where}/console (log in with the owner's token)", flush=True)
+    if args.history:
+        print(f"federation view: {where}/federation", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        panel_app.serve(args.domain, address=args.address, port=args.port, history=args.history,
+                        insecure=args.insecure, show=args.show)
+    return 0
 
 
 def _add_apps(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -336,8 +351,16 @@ def _add_apps(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--port-base", type=_int_in(0, 65000), default=0, help="first port (default 0: random free ports)"
     )
-    p = sub.add_parser("dashboard", help="the Panel console (login required)")
+    p = sub.add_parser("dashboard", help="the Panel console (login required) and federation view")
     p.set_defaults(func=_dashboard)
+    p.add_argument("--domain", metavar="URL", default=os.environ.get("FEDNB_DOMAIN"),
+                   help="the domain the owner console manages (default: $FEDNB_DOMAIN)")
+    p.add_argument("--history", metavar="DIR", help="a saved History (History.save) for /federation")
+    p.add_argument("--address", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=_int_in(1, 65535), default=5006, help="port (default 5006)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plain HTTP to a domain that is not on loopback (tokens travel in clear)")
+    p.add_argument("--show", action="store_true", help="open a browser")
 
 
 def build_parser() -> argparse.ArgumentParser:

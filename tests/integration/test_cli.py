@@ -398,4 +398,6 @@ def test_demo_and_dashboard_parsers(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["demo", "--hospitals", "3", "--headless", "--port-base", "9000"])
     assert (args.hospitals, args.headless, args.port_base) == (3, True, 9000)
     rc, _, err = run_cli(capsys, "dashboard")
-    assert rc == 2 and "Panel console" in err
+    assert rc == 2 and "give --domain URL (the owner console), --history DIR" in err
+    rc, _, err = run_cli(capsys, "dashboard", "--history", "somewhere", "--address", "0.0.0.0")
+    assert rc == 2 and "serve it on loopback only" in err and "warning: serving on 0.0.0.0" in err

@@ -1,0 +1,265 @@
+"""The Panel apps behind ``fednb dashboard``: the owner's console and a federation view.
+
+The console holds no credential of its own. Each browser session logs in with an owner
+token, which the server checks against the domain and keeps only in that session's
+Python objects; until then the page shows the login form and nothing else. The server
+binds to loopback unless told otherwise. The federation view opens a saved ``History``
+(``History.save``) and needs no domain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import panel as pn
+
+from fednb.client import connect, is_loopback
+from fednb.client._html import esc
+from fednb.errors import FednbError, InsecureSetting, InvalidInput
+from fednb.scientist import History
+from fednb.ui._models import ConsoleModel, ResultsModel
+
+__all__ = ["console_app", "federation_app", "serve"]
+
+REFRESH_MS = 5000
+
+
+def _options(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(pairs)
+
+
+def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewable.Viewable:
+    inbox = model.inbox
+    info = model.client.info
+    requests = pn.widgets.Select(
+        name="Pending requests", size=8, sizing_mode="stretch_width", css_classes=["fednb-pending"]
+    )
+    detail = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["fednb-detail"])
+    release = pn.widgets.RadioButtonGroup(name="release", options=["manual", "auto"], value="manual")
+    approve = pn.widgets.Button(name="Approve", button_type="success", css_classes=["fednb-approve"])
+    reason = pn.widgets.TextInput(placeholder="reason to deny (the scientist sees it)", width=360)
+    deny = pn.widgets.Button(name="Deny", button_type="danger", css_classes=["fednb-deny"])
+    held = pn.widgets.Select(name="Held results", size=6, sizing_mode="stretch_width")
+    run = pn.pane.HTML(sizing_mode="stretch_width")
+    release_btn = pn.widgets.Button(name="Release", button_type="success")
+    withhold_btn = pn.widgets.Button(name="Withhold", button_type="warning")
+    budgets = pn.pane.HTML(sizing_mode="stretch_width")
+    users = pn.pane.HTML(sizing_mode="stretch_width")
+    audit = pn.pane.HTML(sizing_mode="stretch_width")
+    status = pn.pane.HTML(css_classes=["fednb-status"])
+    syncing = [False]
+
+    def draw() -> None:
+        syncing[0] = True
+        try:
+            requests.options = _options(inbox.request_options())
+            requests.value = inbox.selected.id if inbox.selected else None
+            held.options = _options(inbox.run_options())
+            held.value = inbox.selected_run.id if inbox.selected_run else None
+        finally:
+            syncing[0] = False
+        detail.object = inbox.detail_html()
+        run.object = inbox.run_html()
+        budgets.object = model.budget.html()
+        status.object = f"<i>{esc(inbox.message)}</i>" if inbox.message else ""
+        approve.disabled = deny.disabled = inbox.selected is None
+        release_btn.disabled = withhold_btn.disabled = inbox.selected_run is None
+
+    def draw_slow() -> None:
+        users.object = model.users_html()
+        audit.object = model.audit_html()
+
+    def on_select(event: Any) -> None:
+        if not syncing[0]:
+            inbox.select(event.new)
+
+    def on_select_run(event: Any) -> None:
+        if not syncing[0]:
+            inbox.select_run(event.new)
+
+    def on_deny(_e: Any) -> None:
+        if inbox.deny(reason.value or ""):
+            reason.value = ""
+        draw_slow()
+
+    def act(fn: Callable[[], bool]) -> Callable[[Any], None]:
+        def handler(_e: Any) -> None:
+            fn()
+            draw_slow()
+
+        return handler
+
+    requests.param.watch(on_select, "value")
+    held.param.watch(on_select_run, "value")
+    approve.on_click(act(lambda: inbox.approve(release.value)))
+    deny.on_click(on_deny)
+    release_btn.on_click(act(inbox.release))
+    withhold_btn.on_click(act(inbox.withhold))
+    inbox.on_change(draw)
+    model.budget.on_change(draw)
+    draw()
+    draw_slow()
+
+    def tick() -> None:
+        with contextlib.suppress(FednbError, OSError):
+            model.refresh()
+            draw_slow()
+
+    with contextlib.suppress(RuntimeError):  # outside a server session (tests), no periodic refresh
+        pn.state.add_periodic_callback(tick, period=REFRESH_MS)
+    out = pn.widgets.Button(name="Log out", button_type="light", width=90)
+    out.on_click(lambda _e: logout())
+    header = pn.Row(
+        pn.pane.HTML(
+            f"<h2>{esc(info.name)}: owner console</h2><div>signed in as "
+            f"<b>{esc(model.client.me.name)}</b> at {esc(model.client.url)}</div>"
+        ),
+        pn.layout.HSpacer(),
+        out,
+    )
+    tabs = pn.Tabs(
+        ("Requests", pn.Column(requests, pn.Row(release, approve), pn.Row(reason, deny), detail)),
+        ("Held results", pn.Column(held, pn.Row(release_btn, withhold_btn), run)),
+        ("Budgets", budgets),
+        ("Users", users),
+        ("Audit log", audit),
+        dynamic=False,
+    )
+    return pn.Column(header, status, tabs, sizing_mode="stretch_width", css_classes=["fednb-console"])
+
+
+def console_app(domain_url: str, *, insecure: bool = False) -> Callable[[], pn.viewable.Viewable]:
+    """A function building one session of the owner's console for ``domain_url``."""
+
+    def make() -> pn.viewable.Viewable:
+        token = pn.widgets.PasswordInput(
+            name="Owner token", placeholder="fednb_…", width=420, css_classes=["fednb-token"]
+        )
+        login = pn.widgets.Button(name="Log in", button_type="primary", css_classes=["fednb-login"])
+        error = pn.pane.HTML(css_classes=["fednb-login-error"])
+        form = pn.Column(
+            pn.pane.HTML(
+                f"<h2>fednb owner console</h2><div>Domain: {esc(domain_url)}</div>"
+                "<div>Log in with the domain owner's token.</div>"
+            ),
+            token,
+            login,
+            error,
+            css_classes=["fednb-login-form"],
+        )
+        page = pn.Column(form, sizing_mode="stretch_width")
+
+        def logout() -> None:
+            page[:] = [form]
+
+        def on_login(_e: Any) -> None:
+            secret, token.value = token.value, ""
+            if not secret:
+                error.object = "<span style='color:#d62728'>enter a token</span>"
+                return
+            try:
+                model = ConsoleModel(connect(domain_url, secret, insecure=insecure))
+            except (InvalidInput, InsecureSetting) as exc:
+                error.object = f"<span style='color:#d62728'>{esc(exc)}</span>"
+                return
+            except FednbError:
+                error.object = "<span style='color:#d62728'>the domain refused this token</span>"
+                return
+            except OSError:
+                error.object = f"<span style='color:#d62728'>cannot reach {esc(domain_url)}</span>"
+                return
+            error.object = ""
+            page[:] = [_console_view(model, logout)]
+
+        login.on_click(on_login)
+        return page
+
+    return make
+
+
+def federation_app(path: str | Path) -> Callable[[], pn.viewable.Viewable]:
+    """A function building the federation view of the ``History`` saved at ``path``."""
+    from bokeh.plotting import figure
+
+    History.load(path)  # fail now, not in the browser, if it is not a saved History
+
+    def make() -> pn.viewable.Viewable:
+        model = ResultsModel(History.load(path))
+        names = model.metric_names()
+        metric = pn.widgets.Select(name="metric", options=names, value=names[0] if names else None)
+        plot = pn.pane.Bokeh(sizing_mode="stretch_width")
+        palette = ("#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+
+        def draw(*_a: Any) -> None:
+            fig = figure(
+                height=360,
+                sizing_mode="stretch_width",
+                x_axis_label="round",
+                y_axis_label=metric.value or "",
+                tools="pan,wheel_zoom,box_zoom,reset,hover,save",
+            )
+            for k, (name, values) in enumerate(model.series(metric.value).items() if metric.value else []):
+                fig.line(
+                    list(range(len(values))),
+                    values,
+                    legend_label=name,
+                    line_width=3 if k == 0 else 1.5,
+                    color=palette[k % len(palette)],
+                )
+            if 1 < model.history.num_rounds <= 30:
+                fig.xaxis.ticker = list(range(model.history.num_rounds))
+            if fig.legend:
+                fig.legend.click_policy = "hide"
+            plot.object = fig
+
+        metric.param.watch(draw, "value")
+        draw()
+        return pn.Column(
+            pn.pane.HTML(f"<h2>Federation</h2><div>{esc(path)}</div>"),
+            metric,
+            plot,
+            pn.pane.HTML(model.summary_html()),
+            sizing_mode="stretch_width",
+        )
+
+    return make
+
+
+def serve(
+    domain_url: str | None,
+    *,
+    address: str = "127.0.0.1",
+    port: int = 5006,
+    history: str | None = None,
+    insecure: bool = False,
+    show: bool = False,
+) -> None:
+    """Serve the console (``/console``) and, given a saved history, ``/federation``; blocks."""
+    if domain_url is None and history is None:
+        raise InvalidInput(
+            "give --domain URL (the owner console), --history DIR (a federation view), or both"
+        )
+    if history is not None and not is_loopback(address):
+        raise InsecureSetting("the federation view has no login: serve it on loopback only")
+    apps: dict[str, Any] = {}
+    if domain_url is not None:
+        apps["console"] = console_app(domain_url, insecure=insecure)
+    if history is not None:
+        apps["federation"] = federation_app(history)
+    hosts = [f"{address}:{port}"] + (
+        [f"localhost:{port}", f"127.0.0.1:{port}"] if address == "127.0.0.1" else []
+    )
+    pn.serve(
+        apps,
+        address=address,
+        port=port,
+        allow_websocket_origin=hosts,
+        show=show,
+        threaded=False,
+        title={"console": "fednb owner console", "federation": "fednb federation"},
+        start=True,
+        print_url=False,
+    )

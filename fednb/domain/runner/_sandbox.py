@@ -2,9 +2,10 @@
 
 The worker sees a read-only root made of the system's library directories and the
 Python installation, the datasets of one approved request (read-only), a writable work
-directory (``/job``) and a private ``/tmp``. It runs as uid 65534 with no capabilities, in its own
-user, pid, network, ipc, uts and cgroup namespaces, so it has no network at all (its
-loopback is its own) and sees no other process. Resource caps:
+directory (``/job``) and a private ``/tmp``, both tmpfs of a capped size. It runs as uid
+65534 with no capabilities, in its own user, pid, network, ipc, uts and cgroup
+namespaces, so it has no network at all (its loopback is its own) and sees no other
+process. Resource caps:
 
 - rlimits always: address space, file size, open files, CPU seconds, and processes
   (``RLIMIT_NPROC`` binds only where the domain runs as a non-root user: the kernel
@@ -56,6 +57,9 @@ class Limits:
         Largest file the worker may write, bytes (default 256 MiB).
     open_files
         Open file descriptors (default 256).
+    scratch_bytes
+        Size of each writable tmpfs, ``/tmp`` and ``/job`` (default 256 MiB), where
+        bubblewrap can size one: a job cannot fill the domain's disk or memory with files.
     cpus
         Cores the worker may run on (default: all but one, at least one).
     nice
@@ -67,6 +71,7 @@ class Limits:
     cpu_seconds: int = 3600
     file_bytes: int = 256 << 20
     open_files: int = 256
+    scratch_bytes: int = 256 << 20
     cpus: int = field(default_factory=lambda: max(1, (os.cpu_count() or 1) - 1))
     nice: int = 10
 
@@ -94,6 +99,17 @@ def bwrap_available() -> bool:
         return subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
+
+
+@functools.lru_cache(maxsize=1)
+def _bwrap_sizes_tmpfs() -> bool:
+    """True when this bubblewrap has ``--size`` (0.8 and later) to cap a tmpfs."""
+    try:
+        out = subprocess.run([shutil.which("bwrap") or "bwrap", "--help"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--size" in out.stdout + out.stderr
 
 
 def _system_binds() -> list[str]:
@@ -125,12 +141,18 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     """The full bubblewrap command line for ``spec``."""
     exe = shutil.which("bwrap") or "bwrap"
     args = [exe, "--unshare-all", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
-    args += ["--die-with-parent", "--new-session", "--clearenv"]
+    # --as-pid-1: the worker is the namespace's init, with no bubblewrap reaper beside it
+    # that the job could ptrace or whose command line names the domain's paths
+    args += ["--die-with-parent", "--new-session", "--clearenv", "--as-pid-1"]
     args += _system_binds()
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    size = ["--size", str(spec.limits.scratch_bytes)] if _bwrap_sizes_tmpfs() else []
+    args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/tmp"]
     for host, inside in [*python_binds(), *spec.ro_binds]:
         args += ["--ro-bind", str(host), inside]
-    args += ["--bind", str(spec.workdir), "/job", "--chdir", "/job"]
+    # /job: a sized tmpfs, so a job cannot fill the domain's disk (the owner's log reaches
+    # the work dir through the worker's stderr); without --size, the work dir itself
+    args += [*size, "--tmpfs", "/job"] if size else ["--bind", str(spec.workdir), "/job"]
+    args += ["--chdir", "/job"]
     for k, v in spec.env.items():
         args += ["--setenv", k, v]
     args += ["--remount-ro", "/", "--", *spec.argv]

@@ -63,16 +63,23 @@ def _serve(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
         except BaseException:
             traceback.print_exc()
             reply, out = {"status": "error", "reason": "exception"}, {}
+        try:
+            frame = encode_message(reply, out)
+        except BaseException as exc:  # the codec cannot carry it: NaN metrics, text or complex arrays
+            traceback.print_exc()
+            reason = "nonfinite_output" if isinstance(exc, ValueError) and "JSON" in str(exc) \
+                else "invalid_output"
+            frame = encode_message({"status": "error", "reason": reason})
         sys.stdout.flush()
         sys.stderr.flush()
-        write_frame(proto_out, encode_message(reply, out))
+        write_frame(proto_out, frame)
 
 
 def main() -> None:
     """Entry point: ``python -m fednb.domain.runner._worker``."""
     proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
     proto_out = os.fdopen(os.dup(1), "wb")
-    log_fd = os.open("log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_fd = os.dup(2)  # the owner's log.txt in the work dir, opened by the domain
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(log_fd, 1)

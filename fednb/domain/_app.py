@@ -5,6 +5,7 @@ The OpenAPI document at ``/api/v1/openapi.json`` is the contract of this API.
 
 
 import logging
+import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
@@ -176,7 +177,7 @@ def _routes(dom: "Domain") -> APIRouter:
            openapi_extra={"requestBody": {"required": True, "content": {BINARY: {
                "schema": {"type": "string", "format": "binary"}}}}})
     async def run(request_id: str, run_id: str, req: Request, u: Scientist) -> RunInfo:
-        if not 8 <= len(run_id) <= 64 or not run_id.replace("-", "").replace("_", "").isalnum():
+        if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", run_id):  # ASCII: str.isalnum() takes any script
             raise InvalidInput("run ids are 8-64 letters, digits, '-' or '_'")
         if req.headers.get("content-type", "").split(";")[0].strip() != BINARY:
             raise UnsupportedMedia(f"a run body is a safetensors message sent as {BINARY}")
@@ -270,20 +271,52 @@ async def _read_capped(req: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
+class _CapBody:
+    """Refuse a non-binary body over ``_MAX_JSON`` bytes before anything parses it.
+
+    FastAPI reads and parses a JSON body before it checks the token, so without this an
+    anonymous client could make the domain buffer any amount (a chunked body declares no
+    length). Run bodies (``application/octet-stream``) are capped by their own route.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1")
+        if scope["type"] != "http" or ctype == BINARY:
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(PayloadTooLarge(f"JSON bodies are capped at {_MAX_JSON} bytes"))
+        length = headers.get(b"content-length", b"0")
+        if length.isdigit() and int(length) > _MAX_JSON:
+            return await too_large(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > _MAX_JSON:
+                return await too_large(scope, receive, send)
+            more = message.get("more_body", False)
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def again() -> Any:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, again, send)
+
+
 def create_app(dom: "Domain") -> FastAPI:
     """The FastAPI application serving ``dom``."""
     app = FastAPI(title=f"fednb domain: {dom.name}", version=FEDNB_VERSION,
                   openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",
                   redoc_url=None)
 
-    @app.middleware("http")
-    async def cap_json(request: Request, call_next: Any) -> Any:
-        ctype = request.headers.get("content-type", "")
-        length = request.headers.get("content-length", "0")
-        if ctype.startswith("application/json") and length.isdigit() and int(length) > _MAX_JSON:
-            return _error(PayloadTooLarge(f"JSON bodies are capped at {_MAX_JSON} bytes"))
-        return await call_next(request)
-
+    app.add_middleware(_CapBody)
     @app.exception_handler(FednbError)
     async def on_fednb(_: Request, exc: FednbError) -> JSONResponse:
         return _error(exc)

@@ -30,7 +30,7 @@ Bounds = Mapping[str, tuple[float, float] | Sequence[str]]
 
 
 def check_name(name: str) -> None:
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise InvalidInput(f"dataset name {name[:80]!r} must match {NAME_PATTERN}")
 
 

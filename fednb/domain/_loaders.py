@@ -101,6 +101,26 @@ def _check_example_dim(ds: xr.Dataset, example_dim: str | None, source: Path) ->
     return ds
 
 
+def max_load_bytes() -> int:
+    """The largest dataset (decompressed, in memory) a loader reads: half this machine's memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (OSError, ValueError):
+        return 8 << 30
+
+
+def _check_decompressed_size(ds: xr.Dataset, source: Path, cap: int | None) -> None:
+    """Refuse, from the metadata alone, a file that would decompress past ``cap`` bytes (a
+    decompression bomb: a small file whose chunks hold a huge, well-compressed array)."""
+    cap = max_load_bytes() if cap is None else cap
+    if ds.nbytes > cap:
+        raise InvalidInput(
+            f"{source.name} would take {ds.nbytes / 2**30:.1f} GiB in memory once decompressed, "
+            f"over the cap of {cap / 2**30:.1f} GiB; check the file (a small file that declares "
+            "huge arrays is a decompression bomb), or pass max_bytes= to read a larger one"
+        )
+
+
 # --------------------------------------------------------------------------- NetCDF, Zarr
 
 
@@ -118,7 +138,8 @@ def _netcdf_engine(path: Path) -> str:
     )
 
 
-def load_netcdf(path: _StrPath, *, example_dim: str | None = None) -> xr.Dataset:
+def load_netcdf(path: _StrPath, *, example_dim: str | None = None,
+                max_bytes: int | None = None) -> xr.Dataset:
     """Read a NetCDF3 or NetCDF4/HDF5 file fully into memory.
 
     Parameters
@@ -128,6 +149,9 @@ def load_netcdf(path: _StrPath, *, example_dim: str | None = None) -> xr.Dataset
         ``h5netcdf`` for NetCDF4/HDF5.
     example_dim
         When given, the dimension that must exist in the file (the examples).
+    max_bytes
+        Refuse files whose arrays would take more memory than this once decompressed
+        (default: half of this machine's memory, :func:`max_load_bytes`).
 
     Returns
     -------
@@ -137,12 +161,15 @@ def load_netcdf(path: _StrPath, *, example_dim: str | None = None) -> xr.Dataset
     Raises
     ------
     InvalidInput
-        The file is missing, is not NetCDF, cannot be read or lacks ``example_dim``.
+        The file is missing, is not NetCDF, cannot be read, would decompress past
+        ``max_bytes`` or lacks ``example_dim``.
     """
     p = _existing(path, "NetCDF file")
     engine = _netcdf_engine(p)
     try:
-        ds = xr.load_dataset(p, engine=engine)
+        with xr.open_dataset(p, engine=engine) as lazy:
+            _check_decompressed_size(lazy, p, max_bytes)
+            ds = lazy.load()
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise InvalidInput(
             f"could not read NetCDF file {p.name} with engine {engine!r} ({exc}); "
@@ -151,7 +178,8 @@ def load_netcdf(path: _StrPath, *, example_dim: str | None = None) -> xr.Dataset
     return _check_example_dim(ds, example_dim, p)
 
 
-def load_zarr(path: _StrPath, *, example_dim: str | None = None) -> xr.Dataset:
+def load_zarr(path: _StrPath, *, example_dim: str | None = None,
+              max_bytes: int | None = None) -> xr.Dataset:
     """Read a Zarr store (format 2 or 3) fully into memory.
 
     Parameters
@@ -160,6 +188,8 @@ def load_zarr(path: _StrPath, *, example_dim: str | None = None) -> xr.Dataset:
         The store, usually a folder ending in ``.zarr``.
     example_dim
         When given, the dimension that must exist in the store (the examples).
+    max_bytes
+        As for :func:`load_netcdf`.
 
     Returns
     -------
@@ -169,11 +199,13 @@ def load_zarr(path: _StrPath, *, example_dim: str | None = None) -> xr.Dataset:
     Raises
     ------
     InvalidInput
-        The store is missing, is not a Zarr group, or lacks ``example_dim``.
+        The store is missing, is not a Zarr group, would decompress past ``max_bytes``,
+        or lacks ``example_dim``.
     """
     p = _existing(path, "Zarr store", folder=None)
     try:
         with xr.open_zarr(p) as ds:
+            _check_decompressed_size(ds, p, max_bytes)
             loaded = ds.load()
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise InvalidInput(

@@ -6,6 +6,7 @@ import builtins
 import threading
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from sqlalchemy import select, update
 
 from fednb.domain._faults import fault
@@ -99,6 +100,9 @@ class RunBook:
         check_params({k: ParamSpec.model_validate(v) for k, v in req.params.items()}, params)
         check_weights(None if req.weights is None else
                       {k: TensorSpec.model_validate(v) for k, v in req.weights.items()}, weights)
+        for k, w in (weights or {}).items():
+            if w.dtype.kind == "f" and not np.isfinite(w).all():
+                raise InvalidInput(f"weight {k!r} holds NaN or Inf: send finite numbers")
         with self._d.transaction() as tx:
             took: int = tx.s.execute(  # type: ignore[attr-defined]
                 update(RequestRow)

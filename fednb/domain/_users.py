@@ -34,7 +34,7 @@ def user_info(row: UserRow) -> UserInfo:
 
 
 def check_new_user(name: str, role: str) -> Role:
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise InvalidInput(f"user name {name[:80]!r} must match {NAME_PATTERN}")
     if role not in _ROLES:
         raise InvalidInput(f"role {role!r} is not one of {_ROLES}")

@@ -43,6 +43,8 @@ __all__ = [
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """Names of users, datasets and functions: ASCII letters, digits, '.', '_', '-'; 1-64 long."""
 _ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+"""Names of functions, run parameters and metrics: ASCII Python identifiers, 1-64 long."""
 
 Role = Literal["owner", "scientist"]
 RequestStatus = Literal["pending", "approved", "denied"]
@@ -227,7 +229,7 @@ class RequestCreate(_Model):
     """What a scientist files: the exact source text and the envelope it may run in."""
 
     id: str = Field(pattern=_ID_PATTERN)
-    function_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    function_name: str = Field(pattern=_IDENTIFIER)
     kind: Literal["update", "query", "dp-sgd"] = "update"
     source: str = Field(min_length=1, max_length=200_000)
     code_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -244,8 +246,12 @@ class RequestCreate(_Model):
         if code_hash(self.source) != self.code_hash:
             raise ValueError("code_hash is not the SHA-256 of source")
         for d in self.datasets:
-            if not re.match(NAME_PATTERN, d):
+            if not re.fullmatch(NAME_PATTERN, d):
                 raise ValueError(f"dataset name {d[:80]!r} is not a valid name")
+        for what, names in (("parameter", self.params), ("metric", self.metrics)):
+            for k in names:  # keyword arguments and metric keys: no look-alikes, no RTL overrides
+                if not re.fullmatch(_IDENTIFIER, k):
+                    raise ValueError(f"{what} name {k[:80]!r} must be an ASCII identifier ({_IDENTIFIER})")
         for k, (lo, hi) in self.metrics.items():
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
                 raise ValueError(f"metric {k!r} bounds must be finite and ordered")

@@ -3,13 +3,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fednb-installed
 
-.PHONY: install demo demo-headless test check lint typecheck imports bench clean
+.PHONY: install labextension demo demo-headless test check lint typecheck imports bench clean
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh labextension/package.json labextension/yarn.lock
 	bash scripts/setup.sh
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# rebuild the JupyterLab extension after editing labextension/src (setup.sh builds it once)
+labextension: install
+	cd labextension && PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/jlpm build
 
 demo: install
 	$(BIN)/fednb demo
@@ -19,6 +23,7 @@ demo-headless: install
 
 test: install
 	bash scripts/test-deps.sh
+	cd labextension && ../$(BIN)/jlpm test
 	FEDNB_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 	NUMBA_ENABLE_CUDASIM=1 FEDNB_BACKEND=numba-cuda-sim $(BIN)/python -m pytest tests/cudasim
 
@@ -37,4 +42,4 @@ bench: install
 	$(BIN)/python bench/latency.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache labextension/node_modules labextension/lib fednb/labextensions

@@ -27,3 +27,17 @@ echo "==> installing fednb and its dev tools into $VENV"
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
 echo "==> ready: $VENV/bin/fednb"
+
+# The JupyterLab extension: built from labextension/ (TypeScript) when node is here, then
+# linked into the venv the way the wheel installs it (share/jupyter/labextensions and the
+# server extension's config). Without node, JupyterLab simply runs without the sidebar.
+if command -v node >/dev/null 2>&1; then
+  echo "==> building the JupyterLab extension (labextension/)"
+  (cd labextension && PATH="$PWD/../$VENV/bin:$PATH" ../"$VENV"/bin/jlpm install --immutable >/dev/null \
+    && PATH="$PWD/../$VENV/bin:$PATH" ../"$VENV"/bin/jlpm build >/dev/null)
+  mkdir -p "$VENV/share/jupyter/labextensions" "$VENV/etc/jupyter/jupyter_server_config.d"
+  ln -sfn "$PWD/fednb/labextensions/fednb-labextension" "$VENV/share/jupyter/labextensions/fednb-labextension"
+  cp jupyter-config/server-config/fednb.json "$VENV/etc/jupyter/jupyter_server_config.d/fednb.json"
+else
+  echo "note: node is missing: the JupyterLab extension is not built (see DEVELOPERS.md)" >&2
+fi

@@ -1,0 +1,78 @@
+"""The JupyterLab extension in a real browser (Debian chromium + Playwright): open the
+sidebar, review and approve a request, deny another with a reason, release a held result."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.browser.conftest import browser, shot  # noqa: F401  (the fixture)
+from tests.lab.conftest import Lab
+from tests.lab.test_server_extension import DP, fixed_update
+
+TIMEOUT_MS = 60_000
+
+
+def wait_until(check: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.25)
+    raise AssertionError("condition not met in time")
+
+
+def test_review_approve_deny_and_release_in_jupyterlab(lab: Lab, browser: Any) -> None:  # noqa: F811
+    h = lab.hospital
+    alice = h.alice()
+    approve_me = fixed_update.request(alice, "breast-cancer", runs=2, dp=DP, description="<b>not bold</b>")
+    deny_me = fixed_update.request(alice, "breast-cancer", runs=1, dp=DP)
+    held_req = fixed_update.request(alice, "breast-cancer", runs=1)
+    h.owner().requests.get(held_req.id).approve(release="manual")
+    held_run = held_req.run(scale=1.0)
+    assert held_run.wait(120).release_state == "held"
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{lab.url}/lab?token={lab.token}")
+    page.locator("#jp-main-dock-panel").wait_for()
+    page.locator('.jp-SideBar [title="Federated requests"]').first.click()
+    owner_block = page.locator('section.fednb-domain[data-domain="st-mary"]')
+    item = owner_block.locator(f'li[data-request="{approve_me.id}"]')
+    item.wait_for()
+    page.locator(".fednb-statusbar").get_by_text("pending").wait_for()
+    shot(page, "lab-sidebar")
+
+    item.click()
+    review = page.locator(".fednb-review").filter(has_text=approve_me.info.code_hash)
+    review.wait_for()
+    review.get_by_text("<b>not bold</b>").wait_for()  # untrusted text stays text
+    source = review.locator(".cm-content")  # the source in a read-only CodeMirror
+    source.get_by_text("def fixed_update").wait_for()
+    before = source.inner_text()
+    source.click()
+    page.keyboard.type("import os  # typed by the test")
+    assert source.inner_text() == before and "typed by the test" not in before
+    shot(page, "lab-review")
+    review.locator(".fednb-approve").click()
+    wait_until(lambda: approve_me.refresh().info.status == "approved")
+    assert approve_me.info.release == "manual" and approve_me.info.reviewed_by == "olivia"
+
+    owner_block.locator(f'li[data-request="{deny_me.id}"]').click()
+    review = page.locator(".fednb-review").filter(has_text=deny_me.info.code_hash).filter(has_text=deny_me.id)
+    review.locator(".fednb-reason").fill("one run tells us nothing")
+    review.locator(".fednb-deny").click()
+    wait_until(lambda: deny_me.refresh().info.status == "denied")
+    assert deny_me.info.review_reason == "one run tells us nothing"
+
+    owner_block.locator(".fednb-open-held").click()
+    held = page.locator(".fednb-held")
+    held.locator(f'tr[data-run="{held_run.id}"]').click()
+    held.locator(".fednb-release-run").click()
+    wait_until(lambda: held_run.refresh().info.release_state == "released")
+    held.get_by_text(f"released run {held_run.id[:12]}").wait_for()
+    shot(page, "lab-released")
+
+    owner_block.locator(".fednb-open-budget").click()
+    page.locator(".fednb-budget").get_by_text("Privacy budgets on St Mary").wait_for()
+    page.close()

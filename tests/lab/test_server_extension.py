@@ -1,0 +1,123 @@
+"""fednb's jupyter_server extension against a real domain, with Jupyter's auth on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+import fednb
+from tests.lab.conftest import Lab
+
+DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
+
+
+@fednb.remote(params={"scale": (float, 0.0, 2.0)})
+def fixed_update(data, scale=1.0):
+    return fednb.Update(weights={"w": np.full(4, scale)}, num_examples=data.sizes["patient"])
+
+
+def no_domain_token_in(lab: Lab, text: str) -> None:
+    h = lab.hospital
+    for secret in (h.owner_token, h.alice_token, h.bob_token):
+        assert secret not in text
+
+
+def test_no_jupyter_token_is_403_everywhere(lab: Lab) -> None:
+    for path in (
+        "domains",
+        "domains/st-mary/requests",
+        "domains/st-mary/budget",
+        "domains/st-mary/runs?release_state=held",
+    ):
+        assert lab.get(path, token=None).status_code == 403, path
+        assert lab.get(path, token="wrong").status_code == 403, path
+    assert (
+        lab.post("domains/st-mary/requests/abcdefgh12/approve", {"release": "auto"}, token=None).status_code
+        == 403
+    )
+
+
+def test_domains_say_who_we_are_and_never_the_token(lab: Lab) -> None:
+    req = fixed_update.request(lab.hospital.alice(), "breast-cancer", runs=1, dp=DP)
+    r = lab.get("domains")
+    assert r.status_code == 200
+    no_domain_token_in(lab, r.text)
+    got = {d["name"]: d for d in r.json()}
+    assert set(got) == {"st-mary", "st-mary-as-alice"}
+    assert (got["st-mary"]["role"], got["st-mary"]["user"], got["st-mary"]["title"]) == (
+        "owner",
+        "olivia",
+        "St Mary",
+    )
+    assert got["st-mary"]["pending"] >= 1 and got["st-mary"]["error"] is None
+    assert got["st-mary-as-alice"]["role"] == "scientist"
+    assert "token" not in json.dumps(r.json()).lower()
+    lab.hospital.owner().requests.get(req.id).deny("test cleanup")
+
+
+def test_the_owner_reviews_approves_and_denies_through_the_proxy(lab: Lab) -> None:
+    alice = lab.hospital.alice()
+    a = fixed_update.request(alice, "breast-cancer", runs=2, dp=DP)
+    b = fixed_update.request(alice, "breast-cancer", runs=1, dp=DP)
+    pending = lab.get("domains/st-mary/requests?status=pending")
+    assert {a.id, b.id} <= {r["id"] for r in pending.json()}
+    detail = lab.get(f"domains/st-mary/requests/{a.id}").json()
+    assert detail["code_hash"] == a.info.code_hash and detail["projected_epsilon"] > 0
+    r = lab.post(f"domains/st-mary/requests/{a.id}/approve", {"release": "manual"})
+    assert r.status_code == 200 and r.json()["status"] == "approved"
+    assert a.refresh().info.status == "approved" and a.info.reviewed_by == "olivia"
+    r = lab.post(f"domains/st-mary/requests/{b.id}/deny", {"reason": "one run tells us nothing"})
+    assert r.status_code == 200
+    assert b.refresh().info.review_reason == "one run tells us nothing"
+    # the domain's refusal comes back with its message
+    again = lab.post(f"domains/st-mary/requests/{b.id}/approve", {"release": "auto"})
+    assert again.status_code == 409 and "already denied" in again.json()["error"]["message"]
+    blank = lab.post(f"domains/st-mary/requests/{b.id}/deny", {"reason": ""})
+    assert blank.status_code == 400
+
+
+def test_held_results_are_released_and_withheld(lab: Lab) -> None:
+    req = fixed_update.request(lab.hospital.alice(), "breast-cancer", runs=2)  # no DP: alice may (policy)
+    lab.post(f"domains/st-mary/requests/{req.id}/approve", {"release": "manual"})
+    keep, drop = req.run(scale=1.0), req.run(scale=0.5)
+    keep.wait(120)
+    drop.wait(120)
+    held = {r["id"] for r in lab.get("domains/st-mary/runs?release_state=held").json()}
+    assert {keep.id, drop.id} <= held
+    assert lab.post(f"domains/st-mary/runs/{keep.id}/release").json()["release_state"] == "released"
+    assert lab.post(f"domains/st-mary/runs/{drop.id}/withhold").json()["release_state"] == "withheld"
+    assert keep.result(timeout=10).weights["w"].shape == (4,)
+
+
+def test_a_scientist_sees_only_their_own(lab: Lab) -> None:
+    bob = lab.hospital.bob()
+    theirs = fixed_update.request(bob, "breast-cancer", runs=1, dp=DP)
+    mine = fixed_update.request(lab.hospital.alice(), "breast-cancer", runs=1, dp=DP)
+    seen = {r["id"] for r in lab.get("domains/st-mary-as-alice/requests").json()}
+    assert mine.id in seen and theirs.id not in seen
+    refused = lab.post(f"domains/st-mary-as-alice/requests/{mine.id}/approve", {"release": "auto"})
+    assert refused.status_code == 403
+    budget = lab.get("domains/st-mary-as-alice/budget").json()
+    assert {b["scientist"] for b in budget} <= {"alice"}
+    for rid in (theirs.id, mine.id):
+        lab.hospital.owner().requests.get(rid).deny("test cleanup")
+
+
+def test_unknown_domains_and_malformed_ids_are_refused(lab: Lab) -> None:
+    assert lab.get("domains/nowhere/requests").status_code == 404
+    assert lab.get("domains/st-mary/requests/..%2F..%2Fetc").status_code == 404
+    assert lab.get("domains/st-mary/requests?status=everything").status_code == 400
+    r = lab.post("domains/st-mary/requests/abcdefgh12/approve", "not an object")
+    assert r.status_code == 400
+
+
+def test_a_tokens_file_others_can_read_is_refused(lab: Lab) -> None:
+    lab.tokens_file.chmod(0o644)
+    try:
+        r = lab.get("domains")
+        assert r.status_code == 500 and "chmod 600" in r.json()["error"]["message"]
+        no_domain_token_in(lab, r.text)
+    finally:
+        lab.tokens_file.chmod(0o600)
+    assert lab.get("domains").status_code == 200

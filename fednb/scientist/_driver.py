@@ -149,7 +149,7 @@ class Driver:
             round=rnd, domain=name, status=out.status, reason=out.reason,
             num_examples=int(u.num_examples or 0) if u else 0, seconds=round(out.seconds, 4),
             bytes_up=out.bytes_up, bytes_down=out.bytes_down, staleness=staleness,
-            metrics=dict(u.metrics) if u else {}))
+            metrics=dict(u.metrics) if u else {}, epsilon=out.epsilon))
 
     def _vector(self, out: Outcome) -> np.ndarray | None:
         """The update as a flat vector, or None when it failed or does not fit the model."""
@@ -200,7 +200,7 @@ class Driver:
             for name in counts:
                 out = futures[name].result()
                 self._record(rnd, name, Outcome("failed", "secagg_abandoned", None, out.seconds, 0,
-                                                out.bytes_down))
+                                                out.bytes_down, out.epsilon))  # charged all the same
             return
         finally:
             for peer in peers.values():
@@ -210,10 +210,10 @@ class Driver:
         for name in counts:
             out = futures[name].result()
             if ids[name] in out_sum.dropped:
-                out = Outcome("failed", "secagg_dropped", None, out.seconds, 0, out.bytes_down)
+                out = Outcome("failed", "secagg_dropped", None, out.seconds, 0, out.bytes_down, out.epsilon)
             else:
                 out = Outcome(out.status, out.reason, out.update, out.seconds, 4 * self.vec.size,
-                              out.bytes_down)
+                              out.bytes_down, out.epsilon)
             self._record(rnd, name, out)
         if len(out_sum.survivors) < self.min_domains:
             raise RoundFailed(f"round {rnd}: {len(out_sum.survivors)} domains survived secure aggregation, "

@@ -19,6 +19,8 @@ from fednb.typing import Weights
 
 __all__ = ["ClientRecord", "History"]
 
+_FIELDS = ("num_examples", "seconds", "bytes_up", "bytes_down", "staleness", "epsilon")
+
 
 @dataclass(frozen=True)
 class ClientRecord:
@@ -34,6 +36,7 @@ class ClientRecord:
     bytes_down: int = 0
     staleness: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    epsilon: float | None = None  # spent on this domain's data so far (its ledger), with DP
 
 
 @dataclass
@@ -41,7 +44,8 @@ class History:
     """Per-round, per-domain records, the final weights, and the run's settings.
 
     ``metrics`` is an ``xarray.Dataset`` over (round, domain); ``rounds`` aggregates it
-    per round (metrics weighted by examples, domains that took part, bytes on the wire).
+    per round (metrics weighted by examples, domains that took part, bytes on the wire,
+    and with DP the epsilon spent on the most-charged domain).
     """
 
     records: list[ClientRecord] = field(default_factory=list)
@@ -88,7 +92,7 @@ class History:
         rounds, domains = np.arange(self.num_rounds), self.domains
         shape = (len(rounds), len(domains))
         data: dict[str, np.ndarray] = {k: np.full(shape, np.nan) for k in self._names()}
-        for k in ("num_examples", "seconds", "bytes_up", "bytes_down", "staleness"):
+        for k in _FIELDS:
             data[k] = np.full(shape, np.nan)
         status = np.full(shape, "", dtype=object)
         col = {d: i for i, d in enumerate(domains)}
@@ -97,8 +101,9 @@ class History:
             status[i, j] = r.status
             for k, v in r.metrics.items():
                 data[k][i, j] = v
-            for k in ("num_examples", "seconds", "bytes_up", "bytes_down", "staleness"):
-                data[k][i, j] = getattr(r, k)
+            for k in _FIELDS:
+                v = getattr(r, k)
+                data[k][i, j] = np.nan if v is None else v
         ds = xr.Dataset({k: (("round", "domain"), v) for k, v in data.items()},
                         coords={"round": rounds, "domain": domains})
         ds["status"] = (("round", "domain"), status.astype(str))
@@ -112,6 +117,7 @@ class History:
         n = m["num_examples"].where(ok)
         out = {k: (m[k].where(ok) * n).sum("domain") / n.sum("domain") for k in self._names()}
         out["domains"] = ok.sum("domain")
+        out["epsilon"] = m["epsilon"].max("domain")  # the most spent on any one domain
         out["bytes"] = (m["bytes_up"].fillna(0) + m["bytes_down"].fillna(0)).sum("domain")
         return xr.Dataset(out)
 

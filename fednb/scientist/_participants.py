@@ -14,9 +14,16 @@ import xarray as xr
 
 from fednb.client import RemoteRequest, RemoteRun, RemoteSecAggPeer
 from fednb.errors import FednbError
-from fednb.privacy import SecureNoise
+from fednb.privacy import RepeatedEvent, SecureNoise, accountant_for
 from fednb.protocol import ClientDP, Compression, Update, compress, decompress
-from fednb.runtime import OutputPolicy, OutputRejected, apply_output_policy, call_function, compile_function
+from fednb.runtime import (
+    OutputPolicy,
+    OutputRejected,
+    apply_output_policy,
+    call_function,
+    compile_function,
+    update_event,
+)
 from fednb.runtime import weight_specs as _specs
 from fednb.secagg import Identity, LocalPeer, Roster, SecAggMember
 from fednb.strategies import flatten
@@ -35,6 +42,7 @@ class Outcome:
     seconds: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
+    epsilon: float | None = None  # the domain's ledger after this run (this dataset, this scientist)
 
 
 class Participant(Protocol):
@@ -72,7 +80,7 @@ class RemoteParticipant:
             info = run.refresh().info
             if info.release_state == "secagg":
                 return Outcome("succeeded", "ok", Update({}, {}, num_examples=info.num_examples),
-                               time.monotonic() - t0)
+                               time.monotonic() - t0, epsilon=info.epsilon)
             if info.release_state in ("withheld", "masked") or time.monotonic() - t0 > timeout:
                 return Outcome("failed", f"result_{info.release_state}", seconds=time.monotonic() - t0)
             time.sleep(0.2)
@@ -92,7 +100,7 @@ class RemoteParticipant:
         except FednbError as exc:
             return Outcome("failed", exc.code, seconds=time.monotonic() - t0)
         return Outcome("succeeded", "ok", update, time.monotonic() - t0, run.result_bytes,
-                       _nbytes(weights))
+                       _nbytes(weights), run.info.epsilon)
 
 
 class LocalParticipant:
@@ -115,6 +123,15 @@ class LocalParticipant:
         self.member: SecAggMember | None = None  # set by join_secure_aggregation
         self._held: dict[str, FloatArray] = {}
         self._policies: dict[tuple[Any, ...], OutputPolicy] = {}
+        self._released = 0  # DP releases so far, for the epsilon a domain's ledger would show
+        self.delta = min(1e-6, 1.0 / (10 * self.num_examples))  # a domain's default delta
+
+    def epsilon(self) -> float | None:
+        """Epsilon spent by this hospital's releases so far (PLD accountant, as a domain's)."""
+        if self.dp is None:
+            return None
+        event = RepeatedEvent(update_event(self.dp, bool(self.metrics)), self._released)
+        return float(accountant_for("pld").epsilon([event], self.delta))
 
     def _policy(self, weights: Weights) -> OutputPolicy:
         """The output policy for updates of ``weights``' names, shapes and dtypes (built once
@@ -158,14 +175,16 @@ class LocalParticipant:
             return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
         except Exception:  # the code failed: a fixed category, as in a domain
             return Outcome("failed", "exception", seconds=time.monotonic() - t0)
+        self._released += 1
         if self.member is not None:  # secure aggregation: the update leaves only masked
             self._held[run_id] = flatten(out.weights)[0]
             return Outcome("succeeded", "ok", Update({}, out.metrics, num_examples=self.num_examples),
-                           time.monotonic() - t0, 0, _nbytes(weights))
+                           time.monotonic() - t0, 0, _nbytes(weights), self.epsilon())
         sent, meta = compress(out.weights, self.compression,
                               self.noise.uniform if self.noise is not None else _no_uniform)
         update = Update(decompress(sent, meta), out.metrics, num_examples=self.num_examples)
-        return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(sent), _nbytes(weights))
+        return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(sent), _nbytes(weights),
+                       self.epsilon())
 
 
 def _no_uniform(n: int) -> Any:

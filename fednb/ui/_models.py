@@ -272,12 +272,14 @@ class ResultsModel(_Observable):
         self._unwatch()
 
     def metric_names(self) -> list[str]:
-        """Metrics the functions reported (loss, accuracy ...), then examples, seconds, bytes."""
-        return sorted({k for r in self.history.records for k in r.metrics}) + list(self.EXTRA)
+        """Metrics the functions reported (loss, accuracy ...), epsilon (with DP), then
+        examples, seconds, bytes."""
+        dp = ["epsilon"] if any(r.epsilon is not None for r in self.history.records) else []
+        return sorted({k for r in self.history.records for k in r.metrics}) + dp + list(self.EXTRA)
 
     def series(self, metric: str, domains: list[str] | None = None) -> dict[str, list[float]]:
-        """``metric`` per round: "all domains" (weighted by examples, or summed for bytes)
-        first, then each domain (NaN where it did not take part)."""
+        """``metric`` per round: "all domains" (weighted by examples; bytes summed; epsilon
+        the most-charged domain's) first, then each domain (NaN where it did not take part)."""
         h = self.history
         if not h.num_rounds:
             return {}

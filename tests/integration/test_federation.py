@@ -115,6 +115,12 @@ def test_federation_over_three_domains_survives_a_dead_domain(sites: dict[str, S
     assert (status.sel(domain="h2") != "succeeded").any()  # dropped after it died
     assert accuracy(history.weights, xte, yte) > 0.9
     assert "loss" in history.rounds
+    # each round records the epsilon the domain's ledger shows after it, as it grows
+    eps = history.metrics["epsilon"].sel(domain="h0").values
+    assert (np.diff(eps) > 0).all()
+    (ledger,) = [b for b in clients["h0"].budget if b.dataset == "bc"]
+    assert eps[-1] == pytest.approx(ledger.epsilon_spent + ledger.epsilon_reserved)
+    assert fed.history is history  # a live view made before run() watched this very object
 
 
 def test_mismatched_cards_are_refused_before_round_one(sites: dict[str, Site]) -> None:

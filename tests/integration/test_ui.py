@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import html
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +247,21 @@ def test_dataset_and_budget_reprs_render(hospital: Hospital) -> None:
     page = alice.datasets["breast-cancer"]._repr_html_()
     assert "Mock preview" in page and "569 patients" in page and "Wisconsin" in page
     assert alice.budget._repr_html_().startswith("<div class='fednb-budget'>")
+
+
+def test_the_results_viewer_draws_epsilon_with_dp() -> None:
+    @fednb.remote
+    def half(data, weights):
+        return fednb.Update(weights={"w": weights["w"] / 2}, num_examples=data.sizes["patient"])
+
+    dp = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
+    history = fednb.simulate(half, iid_split(breast_cancer_dataset(), 2, seed=3), initial={"w": np.ones(5)},
+                             rounds=3, dp=dp, progress=False)
+    model = ResultsModel(history)
+    assert "epsilon" in model.metric_names()
+    eps = model.series("epsilon")
+    per = eps["hospital-0"]
+    assert 0 < per[0] < per[1] < per[2]  # spent accumulates round by round
+    both = zip(eps["hospital-0"], eps["hospital-1"], strict=True)
+    assert eps["all domains"] == [max(a, b) for a, b in both]
+    assert History.load(history.save(Path(tempfile.mkdtemp()) / "h")).metrics["epsilon"].shape == (3, 2)

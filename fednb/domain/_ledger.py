@@ -93,8 +93,12 @@ class Ledger:
             if total > cap + 1e-9:
                 raise RunRefused(f"this run would bring dataset {dataset!r} to epsilon {total:.3f}, "
                                  f"over its cap of {cap:g}")
-        s.add(ChargeRow(run_id=run_id, request_id=req.id, scientist=req.scientist, dataset=dataset,
-                        event=event.to_json(), state="reserved"))
+        freed = s.get(ChargeRow, run_id)  # a run queued again after a crash freed its charge
+        if freed is not None and freed.state == "freed":
+            freed.event, freed.state, freed.updated = event.to_json(), "reserved", utcnow()
+        else:
+            s.add(ChargeRow(run_id=run_id, request_id=req.id, scientist=req.scientist, dataset=dataset,
+                            event=event.to_json(), state="reserved"))
         return after
 
     def settle(self, s: Session, run_id: str, state: str) -> bool:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from fednb.domain._faults import fault
 from fednb.domain._kinds import kind_source, output_policy, run_query_kind
@@ -49,6 +50,11 @@ __all__ = ["RunBook"]
 _DONE = ("succeeded", "failed", "refused", "timeout", "killed")
 
 
+def _interrupted(row: RunRow) -> bool:
+    """A run the domain failed on restart: it was in flight when the process died."""
+    return row.status == "failed" and row.reason == "domain_restarted"
+
+
 class RunBook:
     """``dom.runs``: queue, execute, finish and release runs."""
 
@@ -88,7 +94,8 @@ class RunBook:
         if old is not None:
             if old.request_id != request_id or old.scientist != user.name:
                 raise Conflict(f"run id {run_id!r} is taken: use a new id")
-            return self.info(old, owner=False)
+            if not _interrupted(old):
+                return self.info(old, owner=False)
         if secure and compression != "none":
             raise InvalidInput("a run for secure aggregation is quantised by the protocol; "
                                "leave compression at 'none'")
@@ -104,27 +111,49 @@ class RunBook:
             if w.dtype.kind == "f" and not np.isfinite(w).all():
                 raise InvalidInput(f"weight {k!r} holds NaN or Inf: send finite numbers")
         with self._d.transaction() as tx:
-            took: int = tx.s.execute(  # type: ignore[attr-defined]
-                update(RequestRow)
-                .where(RequestRow.id == request_id, RequestRow.status == "approved",
-                       RequestRow.runs_used < RequestRow.runs)
-                .values(runs_used=RequestRow.runs_used + 1)
-            ).rowcount
-            if took != 1:
-                raise RunRefused(f"all {req.runs} approved runs of request {request_id!r} are used")
-            row = RunRow(id=run_id, request_id=request_id, scientist=user.name, dataset=name,
-                         params=params, status="queued", created=utcnow())
-            tx.s.add(row)
+            row, queued = self._take_run(tx.s, req, run_id, user.name, name, params)
+            if not queued:  # a concurrent call with this id got there first
+                return self.info(row, owner=False)
             if dp_event is not None:
                 tx.s.flush()
                 row.epsilon = self._d.ledger.reserve(tx.s, run_id, req, name, dp_event)
             tx.log(user.name, "run.queued", run=run_id, request=request_id, code_hash=req.code_hash,
                    dataset=name, charge=None if dp_event is None else dp_event.to_json(),
-                   epsilon_after=row.epsilon)
+                   epsilon_after=row.epsilon, requeued=old is not None)
+        if old is not None:
+            with self._guard:  # a waiter must not see the interrupted run's end as this one's
+                self._events.pop(run_id, None)
         fault("after_reserve")
         self._d._executor().submit(self._execute, run_id, req, name, params, weights, compression,
                                    dp_event is not None, secure)
         return self.info(row, owner=False)
+
+    @staticmethod
+    def _take_run(s: Session, req: RequestRow, run_id: str, scientist: str, dataset: str,
+                  params: dict[str, Any]) -> tuple[RunRow, bool]:
+        """Queue ``run_id`` inside the caller's write transaction: a new run takes one of the
+        approved runs; a run a crash interrupted (nothing of it was released, its charge
+        freed) is queued again in the run it already took. Returns (row, queued); False
+        when the id is already queued or done, by a concurrent call."""
+        row = s.get(RunRow, run_id)
+        if row is not None:
+            if not _interrupted(row):
+                return row, False
+            row.dataset, row.params, row.status, row.reason = dataset, params, "queued", None
+            row.owner_log, row.finished, row.epsilon = None, None, None
+            return row, True
+        took: int = s.execute(  # type: ignore[attr-defined]
+            update(RequestRow)
+            .where(RequestRow.id == req.id, RequestRow.status == "approved",
+                   RequestRow.runs_used < RequestRow.runs)
+            .values(runs_used=RequestRow.runs_used + 1)
+        ).rowcount
+        if took != 1:
+            raise RunRefused(f"all {req.runs} approved runs of request {req.id!r} are used")
+        row = RunRow(id=run_id, request_id=req.id, scientist=scientist, dataset=dataset,
+                     params=params, status="queued", created=utcnow())
+        s.add(row)
+        return row, True
 
     def _job(self, req: RequestRow) -> JobSpec:
         source, name = kind_source(req)

@@ -1,0 +1,145 @@
+"""Crash safety under a real ``kill -9``: a ``fednb domain serve`` process is SIGKILLed from
+outside at moments the fault points (test_faults.py) do not pick, and restarted on the
+same home. Nothing acknowledged is lost, no charge is counted twice or left reserved, the
+audit chain verifies, and a checkpointed Federation resumes against the restarted domain.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fednb
+from fednb.domain import Domain
+from fednb.domain._store import ChargeRow, RequestRow, RunRow
+from fednb.errors import ConnectionFailed
+from fednb.scientist import RoundFailed
+from tests.conftest import BC_BOUNDS, breast_cancer_dataset
+from tests.integration.test_faults import served
+
+DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
+
+
+@fednb.remote(params={"lr": (float, 0.0, 1.0)})
+def step(data, weights, lr=0.1):
+    import time
+
+    time.sleep(float(data.attrs.get("delay", 0.0)))  # long enough for a kill to land mid-run
+    return fednb.Update(weights={"w": weights["w"] + lr})
+
+
+@fednb.remote
+def quick(data):
+    return fednb.Update(weights={"w": np.full(10, 1.0)})
+
+
+def make_home(tmp: Path, scientists: int, delay: float = 0.0) -> tuple[Path, str, list[str]]:
+    dom = Domain.create(tmp / "h", name="Crashy")
+    owner = dom.add_user("olivia", role="owner")
+    tokens = [dom.add_user(f"s{i}", epsilon=1e6) for i in range(scientists)]
+    dom.add_dataset("bc", breast_cancer_dataset().assign_attrs(delay=delay), bounds=BC_BOUNDS)
+    dom.close()
+    return tmp / "h", owner, tokens
+
+
+def kill9(proc: object) -> None:
+    proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+    assert proc.wait(30) == -signal.SIGKILL  # type: ignore[attr-defined]
+
+
+def sandbox_orphans(home: Path) -> list[int]:
+    """Processes still naming the domain's home (its sandboxed workers), other than ours."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(home).encode() in cmd and int(pid) != os.getpid():
+            found.append(int(pid))
+    return found
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def check_books(home: Path, *, held_ok: bool = False) -> Domain:
+    """The ledger after a crash: one charge per run, each settled as its run ended; the
+    requests' run counts match their runs; the audit chain verifies. Returns the domain."""
+    dom = Domain.open(home)
+    report = dom.verify_audit()
+    assert report.ok, report.problems
+    with dom.store.session() as s:
+        runs = {r.id: r for r in s.query(RunRow).all()}
+        charges = s.query(ChargeRow).all()
+        requests = s.query(RequestRow).all()
+    for c in charges:
+        run = runs[c.run_id]  # no charge without its run
+        assert run.status not in ("queued", "running"), (run.id, run.status)
+        want = {"released": "committed", "held": "reserved"}.get(run.release_state or "", "freed")
+        if held_ok and run.release_state == "held":
+            want = "reserved"
+        assert c.state == want, (run.id, run.status, run.release_state, c.state)
+    assert len(charges) == len({c.run_id for c in charges})
+    for req in requests:
+        mine = [r for r in runs.values() if r.request_id == req.id]
+        assert req.status == "approved" and req.runs_used == len(mine) <= req.runs
+    for b in dom.budgets():
+        assert b.epsilon_budget is None or b.epsilon_spent + b.epsilon_reserved <= b.epsilon_budget + 1e-9
+        if not held_ok:
+            assert b.epsilon_reserved == 0
+    return dom
+
+
+def test_a_federation_resumes_against_a_domain_killed_mid_run(tmp_path: Path) -> None:
+    """kill -9 while a round's run is in the sandbox; restart; a new Federation (a restarted
+    notebook, with the same checkpoint) finishes every round, each charged once."""
+    home, owner_tok, (sci_tok,) = make_home(tmp_path, 1, delay=0.3)
+    rounds, ckpt = 6, tmp_path / "ckpt"
+
+    def federation(url: str) -> fednb.Federation:
+        return fednb.Federation({"crashy": fednb.connect(url, token=sci_tok)}, step, dataset="bc",
+                                initial={"w": np.zeros(10)}, params={"lr": 0.1}, rounds=rounds, dp=DP,
+                                timeout=60, checkpoint=ckpt, progress=False)
+
+    with served(home) as (url, proc):
+        fed = federation(url)
+        fed.request()
+        fednb.connect(url, token=owner_tok).requests.pending()[0].approve(release="auto")
+        owner = fednb.connect(url, token=owner_tok)
+        killed: list[str] = []
+
+        def killer() -> None:  # the third round's run is in the sandbox: kill -9 the domain
+            wait_until(lambda: any(r.status == "running" and "-r2-" in r.id for r in owner.runs.list()),
+                       60, "round 2 to run")
+            killed.append(next(r.id for r in owner.runs.list() if "-r2-" in r.id))
+            kill9(proc)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        with pytest.raises((RoundFailed, ConnectionFailed)):
+            fed.run()
+        t.join()
+    wait_until(lambda: not sandbox_orphans(home), 10, "the sandboxed worker to die with the domain")
+    with served(home) as (url, _):
+        history = federation(url).run()  # resumes at round 2 with the same run ids
+        assert history.num_rounds == rounds
+        np.testing.assert_allclose(history.weights["w"].shape, (10,))
+    dom = check_books(home)
+    with dom.store.session() as s:
+        charges = {c.run_id: c.state for c in s.query(ChargeRow).all()}
+        (req,) = s.query(RequestRow).all()
+    dom.close()
+    assert killed and charges[killed[0]] == "committed"  # the interrupted run ran again, charged once
+    assert sorted(charges.values()) == ["committed"] * rounds and req.runs_used == rounds

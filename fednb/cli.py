@@ -3,7 +3,7 @@
 ::
 
     fednb --version
-    fednb demo [--hospitals N] [--headless] [--home DIR] [--port-base P]
+    fednb demo [--hospitals N] [--headless] [--no-lab] [--home DIR] [--port-base P]
     fednb dashboard [--domain URL] [--history DIR] [--address A] [--port P] [--show]
     fednb domain [--home PATH] ...          (or FEDNB_HOME; default ./domain)
         init --name NAME [--store-url URL]
@@ -345,8 +345,10 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _add_apps(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="local hospitals and JupyterLab on the tutorials")
     p.set_defaults(func=_demo)
-    p.add_argument("--hospitals", type=_int_in(1, 16), default=2, help="domains to start (default 2)")
-    p.add_argument("--headless", action="store_true", help="start no browser")
+    p.add_argument("--hospitals", type=_int_in(1, 5), default=3, help="domains to start (default 3)")
+    p.add_argument("--headless", action="store_true",
+                   help="play both roles end to end (federations without DP and with DP-SGD), print, exit")
+    p.add_argument("--no-lab", action="store_true", help="serve the domains only, without JupyterLab")
     p.add_argument("--home", default=".fednb-demo", help="where the demo domains live")
     p.add_argument(
         "--port-base", type=_int_in(0, 65000), default=0, help="first port (default 0: random free ports)"

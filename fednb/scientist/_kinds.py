@@ -21,10 +21,11 @@ __all__ = ["DPSGD", "Query"]
 
 
 def _file(client: DomainClient, kind: str, name: str, source: str, dataset: str | list[str],
-          runs: int, weights: Weights | None = None, description: str = "") -> RemoteRequest:
+          runs: int, weights: Weights | None = None, description: str = "",
+          request_id: str | None = None) -> RemoteRequest:
     from fednb.runtime import weight_specs
 
-    body = RequestCreate(id=uuid.uuid4().hex, function_name=name, kind=kind,
+    body = RequestCreate(id=request_id or uuid.uuid4().hex, function_name=name, kind=kind,
                          source=source, code_hash=code_hash(source),
                          datasets=[dataset] if isinstance(dataset, str) else list(dataset),
                          weights=None if weights is None else weight_specs(weights), runs=runs,
@@ -103,5 +104,8 @@ class DPSGD:
             [RepeatedEvent(event, self.spec.steps(num_examples) * runs)], delta))
 
     def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,
-                weights: Weights | None = None, description: str = "") -> RemoteRequest:
-        return _file(client, "dp-sgd", "dpsgd", self.source, dataset, runs, weights, description)
+                weights: Weights | None = None, description: str = "",
+                request_id: str | None = None) -> RemoteRequest:
+        """File the request; re-using ``request_id`` finds the same request again."""
+        return _file(client, "dp-sgd", "dpsgd", self.source, dataset, runs, weights, description,
+                     request_id)

@@ -394,7 +394,7 @@ def test_serve_in_the_foreground_stops_on_ctrl_c(home: Path) -> None:
 
 def test_demo_and_dashboard_parsers(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["demo"])
-    assert (args.hospitals, args.headless, args.home, args.port_base) == (2, False, ".fednb-demo", 0)
+    assert (args.hospitals, args.headless, args.home, args.port_base) == (3, False, ".fednb-demo", 0)
     args = build_parser().parse_args(["demo", "--hospitals", "3", "--headless", "--port-base", "9000"])
     assert (args.hospitals, args.headless, args.port_base) == (3, True, 9000)
     rc, _, err = run_cli(capsys, "dashboard")

@@ -7,6 +7,7 @@ audit chain verifies, and a checkpointed Federation resumes against the restarte
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
@@ -94,7 +95,7 @@ def check_books(home: Path, *, held_ok: bool = False) -> Domain:
     assert len(charges) == len({c.run_id for c in charges})
     for req in requests:
         mine = [r for r in runs.values() if r.request_id == req.id]
-        assert req.status == "approved" and req.runs_used == len(mine) <= req.runs
+        assert req.runs_used == len(mine) <= req.runs, (req.id, req.runs_used, len(mine))
     for b in dom.budgets():
         assert b.epsilon_budget is None or b.epsilon_spent + b.epsilon_reserved <= b.epsilon_budget + 1e-9
         if not held_ok:
@@ -143,3 +144,128 @@ def test_a_federation_resumes_against_a_domain_killed_mid_run(tmp_path: Path) ->
     dom.close()
     assert killed and charges[killed[0]] == "committed"  # the interrupted run ran again, charged once
     assert sorted(charges.values()) == ["committed"] * rounds and req.runs_used == rounds
+
+
+class Load:
+    """Scientists running approved requests, filing new ones, and an owner approving and
+    releasing, against one domain process, until it dies. Records what the domain
+    acknowledged, to hold it to that after the restart."""
+
+    def __init__(self, url: str, owner_tok: str, tokens: list[str], reqs: dict[str, str], cycle: int,
+                 resend: list[str]) -> None:
+        self.url, self.owner_tok, self.tokens, self.reqs, self.cycle = url, owner_tok, tokens, reqs, cycle
+        self.resend = resend  # runs a kill left unfinished, as their notebooks saw them
+        self.acked: dict[str, str] = {}  # run id -> last status seen
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.approved: set[str] = set()  # requests whose approval was acknowledged
+        self.released: set[str] = set()  # runs whose manual release was acknowledged
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.guard, args=(self.scientist, i))
+                        for i in range(len(tokens))]
+        self.threads.append(threading.Thread(target=self.guard, args=(self.owner,)))
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for t in self.threads:
+            t.join(60)
+
+    def guard(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except ConnectionFailed:
+            pass  # the domain was killed
+        except Exception as exc:  # anything else is a finding
+            self.errors.append(repr(exc))
+
+    def scientist(self, i: int) -> None:
+        sci = fednb.connect(self.url, token=self.tokens[i])
+        req = sci.requests.get(self.reqs[f"s{i}"])
+        again = [r for r in self.resend if r.startswith(f"s{i}-")]
+        for n in range(10_000):
+            if self.stop.is_set():
+                return
+            rid = again[n] if n < len(again) else f"s{i}-c{self.cycle}-{n:05d}"
+            if n % 7 == 3:  # now and then a new request for the owner to approve
+                quick.request(sci, "bc", runs=2, dp=DP)
+            run = req.run(run_id=rid)
+            with self.lock:
+                self.acked[rid] = "queued"
+            info = run.wait(30)
+            with self.lock:
+                self.acked[rid] = f"{info.status}/{info.release_state}"
+            if info.status != "succeeded":  # an interrupted run resumes when re-sent
+                self.errors.append(f"{rid}: {info.status} {info.reason}")
+
+    def owner(self) -> None:
+        owner = fednb.connect(self.url, token=self.owner_tok)
+        while not self.stop.is_set():
+            for r in owner.requests.pending():
+                r.approve(release="auto")
+                with self.lock:
+                    self.approved.add(r.id)
+            for run in owner.results.held():
+                run.release()
+                with self.lock:
+                    self.released.add(run.id)
+            time.sleep(0.05)
+
+
+def check_acknowledged(home: Path, load: Load) -> None:
+    """What the killed domain acknowledged is still there after the kill."""
+    dom = Domain.open(home)
+    with dom.store.session() as s:
+        runs = {r.id: r for r in s.query(RunRow).all()}
+        requests = {r.id: r for r in s.query(RequestRow).all()}
+    dom.close()
+    assert not load.errors, load.errors
+    for rid, seen in load.acked.items():
+        assert rid in runs, f"run {rid} was acknowledged and is lost"
+        if seen == "succeeded/released":
+            assert (runs[rid].status, runs[rid].release_state) == ("succeeded", "released")
+    for req_id in load.approved:
+        assert requests[req_id].status == "approved", f"approval of {req_id} is lost"
+    for rid in load.released:
+        assert runs[rid].release_state == "released", f"release of {rid} is lost"
+
+
+def test_kill_9_at_random_moments_under_load_loses_nothing(tmp_path: Path) -> None:
+    """Three times: scientists run, file and get approved, the owner approves and releases
+    held results, and the domain is SIGKILLed at a (seeded) random moment, in a run, a
+    charge or a release as it falls; each time the restarted domain holds what it
+    acknowledged, every charge matches its run, and the interrupted runs resume."""
+    home, owner_tok, tokens = make_home(tmp_path, 3, delay=0.02)
+    rng = random.Random(1009)
+    reqs: dict[str, str] = {}
+    unfinished: list[str] = []
+    for cycle in range(3):
+        with served(home) as (url, proc):
+            if cycle:  # restarted: the runs the kill caught were failed and their charges freed
+                check_books(home, held_ok=True).close()
+            else:  # s2's results are held for the owner's manual release
+                owner = fednb.connect(url, token=owner_tok)
+                for i, tok in enumerate(tokens):
+                    reqs[f"s{i}"] = quick.request(fednb.connect(url, token=tok), "bc", runs=10_000, dp=DP).id
+                    owner.requests.get(reqs[f"s{i}"]).approve(release="manual" if i == 2 else "auto")
+            with Load(url, owner_tok, tokens, reqs, cycle, unfinished) as load:
+                wait_until(lambda: len(load.acked) >= 3, 60, "the load to start")
+                time.sleep(rng.uniform(0.5, 2.5))
+                kill9(proc)
+        wait_until(lambda: not sandbox_orphans(home), 10, "the sandboxed workers to die with the domain")
+        check_acknowledged(home, load)
+        unfinished = sorted(r for r, seen in load.acked.items() if seen == "queued")
+    with served(home) as (url, _):
+        check_books(home, held_ok=True).close()
+        with Load(url, owner_tok, tokens, reqs, 3, unfinished) as load:  # the last runs resume
+            wait_until(lambda: all(load.acked.get(r, "queued") != "queued" for r in unfinished), 60,
+                       "the interrupted runs to finish")
+            load.stop.set()
+        check_acknowledged(home, load)
+        owner = fednb.connect(url, token=owner_tok)
+        for run in owner.results.held():
+            run.release()
+    check_books(home).close()  # everything released: nothing left reserved

@@ -7,11 +7,13 @@ beside it, so deleting entries from the end of the table is detected too.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,8 @@ class AuditReport:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # a temporary name of this writer's own: the server and the owner's CLI may publish at once
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -77,8 +80,20 @@ class AuditLog:
         return row
 
     def publish_head(self, row: AuditRow) -> None:
-        """Record the last entry outside the database (after its transaction committed)."""
-        _write_private(self.head_path, json.dumps({"seq": row.seq, "mac": row.mac}).encode())
+        """Record the last entry outside the database (after its transaction committed).
+
+        Writers in several processes commit in one order but may publish in another: the
+        head only moves forward, under a lock file beside it.
+        """
+        lock = os.open(self.head_path.with_name(self.head_path.name + ".lock"),
+                       os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            head = self.head()
+            if head is None or not isinstance(head.get("seq"), int) or head["seq"] < row.seq:
+                _write_private(self.head_path, json.dumps({"seq": row.seq, "mac": row.mac}).encode())
+        finally:
+            os.close(lock)
 
     def head(self) -> dict[str, Any] | None:
         """The published head: ``{"seq": ..., "mac": ...}`` or None."""

@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# What the tests need beyond the venv: Debian's chromium for the real-browser tests
-# (driven by Playwright; never `playwright install`). Idempotent; `make test` calls it.
+# What the tests need beyond the venv, from Debian: chromium for the real-browser tests
+# (driven by Playwright; never `playwright install`) and PostgreSQL for the store tests
+# (each test run starts a throwaway server of its own: tests/_stores.py; the package's
+# own cluster is not used). Idempotent; `make test` calls it.
 set -euo pipefail
-if command -v chromium >/dev/null 2>&1; then
+missing=()
+if ! command -v chromium >/dev/null 2>&1; then
+  missing+=(chromium)
+fi
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+if [ "${#missing[@]}" = 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "==> installing chromium (the browser tests' browser)"
+  echo "==> installing ${missing[*]} (the browser tests' browser, the store tests' database server)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  echo "error: the browser tests need chromium: sudo apt-get install chromium" >&2
+  echo "error: the tests need ${missing[*]}: sudo apt-get install ${missing[*]}" >&2
   exit 1
 fi

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 import fednb
 from fednb.client import DomainClient
 from fednb.domain import Domain, Server
+from tests._stores import PostgresCluster, find_postgres
 
 # The environment of the domain process: a sandboxed job must never see it.
 os.environ.setdefault("FEDNB_TEST_CANARY", "canary-secret-4711")
@@ -45,6 +46,7 @@ def diabetes_dataset() -> xr.Dataset:
 
 
 BC_BOUNDS = {"x": (0.0, 5000.0), "y": (0, 1)}
+NewStore = Callable[[], "str | None"]  # makes a fresh store for one domain: its URL (None: SQLite)
 
 
 @dataclass
@@ -69,8 +71,8 @@ class Hospital:
         return fednb.connect(self.url, token=self.bob_token)
 
 
-def make_hospital(home: Path, **policy: object) -> Hospital:
-    dom = Domain.create(home, name="St Mary")
+def make_hospital(home: Path, store_url: str | None = None, **policy: object) -> Hospital:
+    dom = Domain.create(home, name="St Mary", store_url=store_url)
     owner = dom.add_user("olivia", role="owner")
     alice = dom.add_user("alice")
     bob = dom.add_user("bob")
@@ -84,7 +86,53 @@ def make_hospital(home: Path, **policy: object) -> Hospital:
 
 
 @pytest.fixture(scope="module")
-def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
-    h = make_hospital(tmp_path_factory.mktemp("hospital") / "st-mary")
+def hospital(tmp_path_factory: pytest.TempPathFactory, new_store: NewStore) -> Iterator[Hospital]:
+    h = make_hospital(tmp_path_factory.mktemp("hospital") / "st-mary", store_url=new_store())
     yield h
     h.server.stop()
+
+
+# -- stores: SQLite, and PostgreSQL for modules or tests marked `stores` ------------------
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stores(*backends): run on these store backends (default: "
+                                       "SQLite and PostgreSQL); a test's mark overrides its module's")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    mark = metafunc.definition.get_closest_marker("stores")
+    if "store_backend" in metafunc.fixturenames and mark is not None:
+        metafunc.parametrize("store_backend", mark.args or STORE_BACKENDS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL server for the whole run, started on first use.
+
+    `make test` sets FEDNB_REQUIRE_POSTGRES=1 (scripts/test-deps.sh installs the server):
+    there a missing server fails the run instead of skipping the PostgreSQL cases.
+    """
+    bindir = find_postgres()
+    if bindir is None:
+        if os.environ.get("FEDNB_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is not installed: bash scripts/test-deps.sh (apt postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with PostgresCluster(bindir) as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """The store under test: "sqlite" unless the test is marked `stores`."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="module")
+def new_store(store_backend: str, request: pytest.FixtureRequest) -> NewStore:
+    """Makes a fresh, empty store for each domain a test creates: its URL (None: SQLite)."""
+    if store_backend == "sqlite":
+        return lambda: None
+    pg: PostgresCluster = request.getfixturevalue("postgres")
+    return pg.new_database

@@ -19,7 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fednb import kernels
-from fednb.domain._store import UserRow
+from fednb.domain._store import UserRow, is_busy
 from fednb.errors import (
     AuthenticationError,
     DomainBusy,
@@ -333,8 +333,7 @@ def create_app(dom: "Domain") -> FastAPI:
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)
     async def on_store_error(request: Request, exc: Exception) -> JSONResponse:
-        text = str(getattr(exc, "orig", exc)).lower()
-        if isinstance(exc, PoolTimeout) or "locked" in text or "busy" in text:
+        if is_busy(exc):
             # transient: the client retries idempotent calls
             _log.warning("store busy: %s", type(exc).__name__)
             return _error(DomainBusy("the domain's database is busy; try again in a moment"))

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import sqlite3
 import stat
 from pathlib import Path
 
 import pytest
 
 from fednb.domain import Domain
-from tests.conftest import BC_BOUNDS, breast_cancer_dataset
+from tests._stores import execute_sql
+from tests.conftest import BC_BOUNDS, NewStore, breast_cancer_dataset
+
+pytestmark = pytest.mark.stores  # on SQLite and on PostgreSQL
 
 
 @pytest.fixture
-def dom(tmp_path: Path) -> Domain:
-    d = Domain.create(tmp_path / "h", name="Audit Hospital")
+def dom(tmp_path: Path, new_store: NewStore) -> Domain:
+    d = Domain.create(tmp_path / "h", name="Audit Hospital", store_url=new_store())
     d.add_user("alice")
     d.add_user("olivia", role="owner")
     d.policy.update(allow_no_dp=["alice"])
@@ -25,8 +27,7 @@ def dom(tmp_path: Path) -> Domain:
 
 def sql(dom: Domain, statement: str) -> None:
     dom.store.close()
-    with sqlite3.connect(dom.home / "store.sqlite") as db:
-        db.execute(statement)
+    execute_sql(dom.store.url, statement)  # someone with write access to the database
 
 
 def test_the_chain_verifies_and_the_key_is_private(dom: Domain) -> None:
@@ -35,7 +36,10 @@ def test_the_chain_verifies_and_the_key_is_private(dom: Domain) -> None:
     assert report.entries == 6
     assert stat.S_IMODE((dom.home / "audit.key").stat().st_mode) == 0o600
     key = (dom.home / "audit.key").read_bytes()
-    assert key not in (dom.home / "store.sqlite").read_bytes()
+    if dom.store.url.startswith("sqlite"):
+        assert key not in (dom.home / "store.sqlite").read_bytes()
+    else:
+        assert not (dom.home / "store.sqlite").exists()  # the store is the server's alone
 
 
 def test_an_edit_is_detected(dom: Domain) -> None:

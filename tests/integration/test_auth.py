@@ -14,6 +14,8 @@ from fednb.errors import AuthenticationError, InsecureSetting, NotFound
 from fednb.kernels import BACKENDS
 from tests.conftest import Hospital
 
+pytestmark = pytest.mark.stores  # on SQLite and on PostgreSQL
+
 OWNER_ONLY = [("GET", "/users"), ("GET", "/audit"), ("POST", "/requests/x/approve"),
               ("POST", "/requests/x/deny"), ("POST", "/runs/x/release"), ("POST", "/runs/x/withhold")]
 

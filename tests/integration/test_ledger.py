@@ -11,17 +11,19 @@ import pytest
 import xarray as xr
 
 import fednb
+from fednb.domain import Domain
 from fednb.errors import InvalidInput, RunRefused
 from fednb.privacy import RepeatedEvent, accountant_for
 from fednb.runtime import update_event
-from tests.conftest import Hospital, breast_cancer_dataset, make_hospital
+from tests.conftest import Hospital, NewStore, breast_cancer_dataset, make_hospital
 
 DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
+pytestmark = pytest.mark.stores  # every test that makes a domain: on SQLite and on PostgreSQL
 
 
 @pytest.fixture(scope="module")
-def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
-    h = make_hospital(tmp_path_factory.mktemp("ledger") / "st-mary")
+def hospital(tmp_path_factory: pytest.TempPathFactory, new_store: NewStore) -> Iterator[Hospital]:
+    h = make_hospital(tmp_path_factory.mktemp("ledger") / "st-mary", store_url=new_store())
     h.dom.policy.update(allow_no_dp=[])  # DP only from here on
     yield h
     h.server.stop()
@@ -88,6 +90,45 @@ def test_twenty_concurrent_runs_against_a_budget_for_five(hospital: Hospital) ->
     assert b.epsilon_spent <= b.epsilon_budget
 
 
+def test_writers_in_four_processes_never_overspend_a_budget(hospital: Hospital) -> None:
+    """The server is not the store's only writer (the owner's CLI is another process): the
+    store's own write lock, not the domain's in-process lock, keeps 20 reservations racing
+    from four Domain objects on one store (each with its own pool and lock) to the 5 that fit."""
+    sci = scientist(hospital, epsilon=per_run(hospital, 5) * 1.0001)
+    req_id = approved(hospital, fixed_update, sci, runs=20).id
+    doms = [hospital.dom, *(Domain.open(hospital.dom.home) for _ in range(3))]
+    start = threading.Barrier(20)
+    got: list[bool] = []
+
+    def reserve(dom: Domain, run_id: str) -> None:
+        req = dom.requests.row(req_id)
+        event = dom.ledger.run_event(req)
+        assert event is not None
+        start.wait()
+        try:
+            with dom.transaction() as tx:
+                dom.ledger.reserve(tx.s, run_id, req, "breast-cancer", event)
+                tx.log("test", "charge.reserved", run=run_id)
+            got.append(True)
+        except RunRefused:
+            got.append(False)
+
+    threads = [threading.Thread(target=reserve, args=(doms[i % 4], f"race-{uuid.uuid4().hex}"))
+               for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for d in doms[1:]:
+        d.close()
+    assert got.count(True) == 5 and got.count(False) == 15
+    (b,) = [b for b in sci.budget if b.dataset == "breast-cancer"]
+    assert b.epsilon_reserved == pytest.approx(per_run(hospital, 5))
+    assert b.epsilon_remaining == pytest.approx(per_run(hospital, 5) * 1e-4)
+    assert hospital.dom.verify_audit().ok, hospital.dom.verify_audit().problems
+
+
+@pytest.mark.stores("sqlite")  # 60 runs of noise: nothing here depends on the store
 def test_released_noise_matches_sigma_and_the_clip_holds(hospital: Hospital) -> None:
     @fednb.remote
     def tamper(data):
@@ -159,8 +200,9 @@ def test_manual_release_commits_and_withholding_frees(hospital: Hospital) -> Non
     assert budget.epsilon_spent == pytest.approx(per_run(hospital, 1)) and budget.epsilon_reserved == 0
 
 
-def test_a_dataset_cap_binds_across_scientists(tmp_path_factory: pytest.TempPathFactory) -> None:
-    h = make_hospital(tmp_path_factory.mktemp("cap") / "h")
+def test_a_dataset_cap_binds_across_scientists(tmp_path_factory: pytest.TempPathFactory,
+                                               new_store: NewStore) -> None:
+    h = make_hospital(tmp_path_factory.mktemp("cap") / "h", store_url=new_store())
     try:
         delta = h.dom.ledger.delta(h.dom.card("breast-cancer"))
         three = accountant_for("pld").epsilon([RepeatedEvent(update_event(DP, False), 3)], delta)

@@ -11,6 +11,8 @@ import fednb
 from fednb.errors import ParamsOutOfSchema, RequestNotApproved, RunFailed, RunRefused
 from tests.conftest import Hospital, breast_cancer_dataset
 
+pytestmark = pytest.mark.stores  # on SQLite and on PostgreSQL
+
 
 @fednb.remote(params={"col": (int, 0, 29)})
 def column_mean(data, col=0):

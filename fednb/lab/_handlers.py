@@ -14,12 +14,13 @@ import logging
 import threading
 from typing import Any
 
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
 from fednb.client._http import Transport
-from fednb.errors import AuthenticationError, FednbError, InvalidInput
+from fednb.errors import AuthenticationError, FednbError
 from fednb.lab._config import DomainEntry, FednbLab
 
 __all__ = ["setup_handlers"]
@@ -53,18 +54,19 @@ class Lab:
 
 class _Base(APIHandler):
     lab: Lab
+    auth_resource = "fednb"  # for jupyter_server's Authorizer: reading and reviewing requests
 
     def initialize(self, lab: Lab) -> None:
         self.lab = lab
 
     async def domain(self, name: str, method: str, path: str, **kw: Any) -> Any:
         """Call the domain off the event loop; its errors become this handler's."""
-        t = self.lab.transport(name)
         try:
+            t = self.lab.transport(name)
             return await asyncio.to_thread(t.json, method, path, **kw)
         except AuthenticationError as exc:
             raise _Refused(502, f"domain {name!r} refused the configured token: {exc.message}") from None
-        except FednbError as exc:
+        except FednbError as exc:  # the domain's answer, or a configuration it cannot be reached with
             raise _Refused(exc.status, exc.message, exc.code) from None
 
     def reply(self, data: Any) -> None:
@@ -117,7 +119,7 @@ class DomainsHandler(_Base):
                 held=len(held),
                 error=None,
             )
-        except (web.HTTPError, InvalidInput) as exc:
+        except (web.HTTPError, FednbError) as exc:  # one domain's trouble is shown, not raised
             out.update(
                 title=e.name,
                 user=None,
@@ -129,6 +131,7 @@ class DomainsHandler(_Base):
         return out
 
     @web.authenticated
+    @authorized("read")
     async def get(self) -> None:
         try:
             entries = self.lab.entries()
@@ -139,6 +142,7 @@ class DomainsHandler(_Base):
 
 class RequestsHandler(_Base):
     @web.authenticated
+    @authorized("read")
     async def get(self, name: str) -> None:
         status = self.get_query_argument("status", None)
         if status not in (None, "pending", "approved", "denied"):
@@ -148,12 +152,14 @@ class RequestsHandler(_Base):
 
 class RequestHandler(_Base):
     @web.authenticated
+    @authorized("read")
     async def get(self, name: str, item: str) -> None:
         self.reply(await self.domain(name, "GET", f"/requests/{item}"))
 
 
 class ReviewHandler(_Base):
     @web.authenticated
+    @authorized("write")
     async def post(self, name: str, item: str, action: str) -> None:
         body = self.body()
         if action == "approve":
@@ -165,6 +171,7 @@ class ReviewHandler(_Base):
 
 class RunsHandler(_Base):
     @web.authenticated
+    @authorized("read")
     async def get(self, name: str) -> None:
         params = {
             k: v
@@ -176,12 +183,14 @@ class RunsHandler(_Base):
 
 class ReleaseHandler(_Base):
     @web.authenticated
+    @authorized("write")
     async def post(self, name: str, item: str, action: str) -> None:
         self.reply(await self.domain(name, "POST", f"/runs/{item}/{action}"))
 
 
 class BudgetHandler(_Base):
     @web.authenticated
+    @authorized("read")
     async def get(self, name: str) -> None:
         self.reply(await self.domain(name, "GET", "/budget"))
 

@@ -111,6 +111,7 @@ class Driver:
             raise InvalidInput("secure aggregation runs synchronous rounds only in this version")
         self.vec, self.layout = flatten(initial)
         self.history = history if history is not None else History()
+        self.history.records.clear()  # a new run starts afresh; _resume() restores a checkpoint's
         self.history.settings.update(settings or {})
         self.done = 0
         self._rng = np.random.default_rng(secrets.randbits(64))  # sampling only, not privacy noise

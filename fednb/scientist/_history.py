@@ -117,7 +117,10 @@ class History:
         n = m["num_examples"].where(ok)
         out = {k: (m[k].where(ok) * n).sum("domain") / n.sum("domain") for k in self._names()}
         out["domains"] = ok.sum("domain")
-        out["epsilon"] = m["epsilon"].max("domain")  # the most spent on any one domain
+        # the most spent on any one domain so far: a domain's epsilon only grows, so a round
+        # it sat out keeps its last value (a running nan-aware max along the rounds)
+        spent = np.fmax.accumulate(m["epsilon"].values, axis=0) if self.num_rounds else m["epsilon"].values
+        out["epsilon"] = xr.DataArray(spent, dims=("round", "domain")).max("domain")
         out["bytes"] = (m["bytes_up"].fillna(0) + m["bytes_down"].fillna(0)).sum("domain")
         return xr.Dataset(out)
 

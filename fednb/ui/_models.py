@@ -8,10 +8,12 @@ Everything a request carries is untrusted: the models hand views escaped HTML
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fednb.client import DomainClient
 from fednb.client._html import budget_html, esc, request_html, run_html, svg_lines, table_html
@@ -22,12 +24,26 @@ from fednb.scientist import History
 __all__ = ["BudgetModel", "ConsoleModel", "InboxModel", "ResultsModel"]
 
 Listener = Callable[[], None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(fn: F) -> F:
+    """Run a model method (and the views' redraws it triggers) under the model's lock."""
+
+    @functools.wraps(fn)
+    def inner(self: _Observable, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return fn(self, *args, **kwargs)
+
+    return inner  # type: ignore[return-value]
 
 
 class _Observable:
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
         self.message = ""  # the last action's outcome, for a status line
+        # a view's poller thread and its click handlers both change the model: one at a time
+        self.lock = threading.RLock()
 
     def on_change(self, fn: Listener) -> None:
         self._listeners.append(fn)
@@ -69,6 +85,7 @@ class InboxModel(_Observable):
         self.refresh()
 
     # -- reading ------------------------------------------------------------------
+    @_locked
     def refresh(self) -> bool:
         """Re-read pending requests and held results; True when something changed."""
         pending = [r.info for r in self.client.requests.pending()]
@@ -94,7 +111,7 @@ class InboxModel(_Observable):
                     f" · {r.runs} runs",
                     64,
                 )
-                + f" · #{r.id[:8]}",
+                + f" · #{r.id}",
                 r.id,
             )
             for r in self.pending
@@ -103,16 +120,18 @@ class InboxModel(_Observable):
     def run_options(self) -> list[tuple[str, str]]:
         """(label, run id) per held result."""
         return [
-            (_label(f"{r.scientist} · {r.dataset} · {r.status}", 64) + f" · run #{r.id[:8]}", r.id)
+            (_label(f"{r.scientist} · {r.dataset} · {r.status}", 64) + f" · run {r.id}", r.id)
             for r in self.held
         ]
 
+    @_locked
     def select(self, request_id: str | None) -> RequestInfo | None:
         """Pick a pending request; fetches its full review view (diff, projected epsilon)."""
         self.selected = None if not request_id else self.client.requests.get(request_id).info
         self._changed()
         return self.selected
 
+    @_locked
     def select_run(self, run_id: str | None) -> RunInfo | None:
         self.selected_run = None if not run_id else self.client.runs.get(run_id).info
         self._changed()
@@ -146,6 +165,7 @@ class InboxModel(_Observable):
         self._changed()
         return True
 
+    @_locked
     def approve(self, release: ReleaseMode = "manual") -> bool:
         """Approve the selected request; ``release`` is "auto" or "manual"."""
         req = self.selected
@@ -161,6 +181,7 @@ class InboxModel(_Observable):
             lambda: self.client.requests.get(req.id).approve(release=release),
         )
 
+    @_locked
     def deny(self, reason: str) -> bool:
         """Deny the selected request; the reason is recorded and shown to the scientist."""
         req = self.selected
@@ -178,18 +199,21 @@ class InboxModel(_Observable):
             lambda: self.client.requests.get(req.id).deny(reason.strip()),
         )
 
+    @_locked
     def _held(self, verb: str, done: str, run_id: str | None) -> bool:
         rid = run_id or (self.selected_run.id if self.selected_run else None)
         if rid is None:
             self.message = "select a held result first"
             self._changed()
             return False
-        return self._act(verb, f"{done} run {rid[:12]}", lambda: getattr(self.client.runs.get(rid), verb)())
+        return self._act(verb, f"{done} run {rid}", lambda: getattr(self.client.runs.get(rid), verb)())
 
+    @_locked
     def release(self, run_id: str | None = None) -> bool:
         """Release a held result (the selected one by default)."""
         return self._held("release", "released", run_id)
 
+    @_locked
     def withhold(self, run_id: str | None = None) -> bool:
         """Withhold a held result for good (the selected one by default)."""
         return self._held("withhold", "withheld", run_id)
@@ -228,6 +252,7 @@ class BudgetModel(_Observable):
         self.rows: list[BudgetInfo] = []
         self.refresh()
 
+    @_locked
     def refresh(self) -> bool:
         rows = list(self.client.budget)
         changed = rows != self.rows

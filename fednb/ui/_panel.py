@@ -27,8 +27,10 @@ __all__ = ["console_app", "federation_app", "serve"]
 REFRESH_MS = 5000
 
 
-def _options(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    return dict(pairs)
+def _options(pairs: list[tuple[str, str]], none: str) -> dict[str, str]:
+    """Select options with a placeholder first: a rendered Select cannot hold "nothing", so
+    without it the first item would look selected while the model has none."""
+    return {none: "", **dict(pairs)}  # labels end with the full id: unique
 
 
 def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewable.Viewable:
@@ -55,10 +57,10 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
     def draw() -> None:
         syncing[0] = True
         try:
-            requests.options = _options(inbox.request_options())
-            requests.value = inbox.selected.id if inbox.selected else None
-            held.options = _options(inbox.run_options())
-            held.value = inbox.selected_run.id if inbox.selected_run else None
+            requests.options = _options(inbox.request_options(), "— select a request to review —")
+            requests.value = inbox.selected.id if inbox.selected else ""
+            held.options = _options(inbox.run_options(), "— select a held result —")
+            held.value = inbox.selected_run.id if inbox.selected_run else ""
         finally:
             syncing[0] = False
         detail.object = inbox.detail_html()
@@ -74,11 +76,11 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
 
     def on_select(event: Any) -> None:
         if not syncing[0]:
-            inbox.select(event.new)
+            inbox.select(event.new or None)
 
     def on_select_run(event: Any) -> None:
         if not syncing[0]:
-            inbox.select_run(event.new)
+            inbox.select_run(event.new or None)
 
     def on_deny(_e: Any) -> None:
         if inbox.deny(reason.value or ""):
@@ -108,10 +110,18 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
             model.refresh()
             draw_slow()
 
+    poll = None
     with contextlib.suppress(RuntimeError):  # outside a server session (tests), no periodic refresh
-        pn.state.add_periodic_callback(tick, period=REFRESH_MS)
-    out = pn.widgets.Button(name="Log out", button_type="light", width=90)
-    out.on_click(lambda _e: logout())
+        poll = pn.state.add_periodic_callback(tick, period=REFRESH_MS)
+
+    def on_logout(_e: Any) -> None:
+        if poll is not None:
+            poll.stop()  # the session forgets the model, its client and the token
+        model.client.close()
+        logout()
+
+    out = pn.widgets.Button(name="Log out", button_type="light", width=90, css_classes=["fednb-logout"])
+    out.on_click(on_logout)
     header = pn.Row(
         pn.pane.HTML(
             f"<h2>{esc(info.name)}: owner console</h2><div>signed in as "
@@ -156,7 +166,8 @@ def console_app(domain_url: str, *, insecure: bool = False) -> Callable[[], pn.v
             page[:] = [form]
 
         def on_login(_e: Any) -> None:
-            secret, token.value = token.value, ""
+            secret = token.value_input or token.value
+            token.value = token.value_input = ""  # the field keeps nothing
             if not secret:
                 error.object = "<span style='color:#d62728'>enter a token</span>"
                 return
@@ -249,6 +260,7 @@ def serve(
         apps["console"] = console_app(domain_url, insecure=insecure)
     if history is not None:
         apps["federation"] = federation_app(history)
+    pn.config.nthreads = 4  # type: ignore[misc]  # callbacks call domains: keep a slow one off the loop
     hosts = [f"{address}:{port}"] + (
         [f"localhost:{port}", f"127.0.0.1:{port}"] if address == "127.0.0.1" else []
     )

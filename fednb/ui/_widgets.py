@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import ipywidgets as w
 
@@ -23,12 +23,26 @@ __all__ = ["BudgetMeter", "Inbox", "ResultsViewer"]
 
 
 class _Poller:
-    """Calls ``fn`` every ``every`` seconds on a daemon thread until stopped (0: never)."""
+    """Calls ``fn`` every ``every`` seconds on a daemon thread until stopped (0: never).
 
-    def __init__(self, fn: Any, every: float) -> None:
+    One poller per ``key`` (the view's kind, domain and user): a cell run again makes a new
+    view, whose poller stops the old one, so re-running never piles up threads polling
+    with the same token.
+    """
+
+    _live: ClassVar[dict[tuple[str, ...], _Poller]] = {}
+    _live_lock = threading.Lock()
+
+    def __init__(self, fn: Any, every: float, key: tuple[str, ...]) -> None:
         self._stop = threading.Event()
         self._fn, self._every = fn, every
         self._thread: threading.Thread | None = None
+        with self._live_lock:
+            old = self._live.pop(key, None)
+            if old is not None:
+                old.stop()
+            if every > 0:
+                self._live[key] = self
         if every > 0:
             self._thread = threading.Thread(target=self._loop, daemon=True, name="fednb-ui-poll")
             self._thread.start()
@@ -102,24 +116,32 @@ class Inbox(w.VBox):
         self._withhold_btn.on_click(lambda _b: self.model.withhold())
         self.model.on_change(self._draw)
         self._draw()
-        self._poller = _Poller(self.model.refresh, poll)
+        self._poller = _Poller(self.model.refresh, poll, ("inbox", owner.url, owner.me.name))
 
     def refresh(self) -> None:
         self.model.refresh()
 
+    # a poll redraws under the model's lock: a selection waits for it instead of being
+    # taken for the redraw's own change
     def _on_select(self, change: dict[str, Any]) -> None:
-        if not self._syncing:
-            self.model.select(change["new"])
+        with self.model.lock:
+            if not self._syncing:
+                self.model.select(change["new"])
 
     def _on_select_run(self, change: dict[str, Any]) -> None:
-        if not self._syncing:
-            self.model.select_run(change["new"])
+        with self.model.lock:
+            if not self._syncing:
+                self.model.select_run(change["new"])
 
     def _on_deny(self, _b: Any) -> None:
         if self.model.deny(self._reason.value):
             self._reason.value = ""
 
     def _draw(self) -> None:
+        with self.model.lock:
+            self._draw_locked()
+
+    def _draw_locked(self) -> None:
         m = self.model
         self._syncing = True
         try:
@@ -156,7 +178,7 @@ class BudgetMeter(w.VBox):
         self.add_class("fednb-budget-meter")
         self.model.on_change(self._draw)
         self._draw()
-        self._poller = _Poller(self.model.refresh, poll)
+        self._poller = _Poller(self.model.refresh, poll, ("budget", client.url, client.me.name))
         self._unwatch = None if history is None else history.watch(lambda _h: self.refresh())
 
     def refresh(self) -> None:

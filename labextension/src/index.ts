@@ -191,7 +191,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       const poll = Number(s.get('pollSeconds').composite ?? 10);
       const maxPoll = Number(s.get('maxPollSeconds').composite ?? 300);
       model.configure({ interval: Math.max(1, poll) * 1000, maxInterval: Math.max(poll, maxPoll) * 1000 });
-      sidebar.filter = (s.get('domains').composite as string[] | undefined) ?? [];
+      model.filter = (s.get('domains').composite as string[] | undefined) ?? [];
     };
     if (settingRegistry) {
       settingRegistry

@@ -34,8 +34,15 @@ export class FednbModel {
     this._delay = options.interval;
   }
 
+  /** The configured domains the settings' `domains` filter lets through (all by default). */
   get domains(): IDomainSummary[] {
-    return this._domains;
+    return this._filter.length ? this._domains.filter(d => this._filter.includes(d.name)) : this._domains;
+  }
+
+  /** Show only these domains (by name); empty shows all. */
+  set filter(names: string[]) {
+    this._filter = [...names];
+    this._changed.emit();
   }
 
   /** The last refresh's failure, or null. */
@@ -45,11 +52,11 @@ export class FednbModel {
 
   /** Pending requests over every domain (what the status bar shows). */
   get pendingTotal(): number {
-    return this._domains.reduce((n, d) => n + d.pending, 0);
+    return this.domains.reduce((n, d) => n + d.pending, 0);
   }
 
   get heldTotal(): number {
-    return this._domains.reduce((n, d) => n + d.held, 0);
+    return this.domains.reduce((n, d) => n + d.held, 0);
   }
 
   /** The wait before the next poll, in milliseconds. */
@@ -112,6 +119,7 @@ export class FednbModel {
   private _clock: IClock;
   private _delay: number;
   private _domains: IDomainSummary[] = [];
+  private _filter: string[] = [];
   private _error: string | null = null;
   private _running = false;
   private _timer: unknown = null;

@@ -39,15 +39,9 @@ export class Sidebar extends Widget {
     model.changed.connect(() => void this.render(), this);
   }
 
-  /** Shown domains by name; empty means all configured. */
-  set filter(names: string[]) {
-    this._filter = names;
-    void this.render();
-  }
-
   async render(): Promise<void> {
     const seq = ++this._seq;
-    const domains = this.model.domains.filter(d => this._filter.length === 0 || this._filter.includes(d.name));
+    const domains = this.model.domains;
     const blocks = await Promise.all(domains.map(d => this.domainBlock(d)));
     if (seq !== this._seq) {
       return; // a newer render started meanwhile
@@ -100,7 +94,6 @@ export class Sidebar extends Widget {
     return block;
   }
 
-  private _filter: string[] = [];
   private _list: HTMLElement;
   private _seq = 0;
   private _status: HTMLElement;
@@ -223,7 +216,7 @@ export class ReviewPanel extends Widget {
       this.node.appendChild(
         table(
           ['run', 'dataset', 'status', 'reason', 'release', 'ε'],
-          this._runs.map(u => [u.id.slice(0, 12), u.dataset, u.status, u.reason ?? '', u.release_state ?? '', formatEpsilon(u.epsilon)])
+          this._runs.map(u => [u.id, u.dataset, u.status, u.reason ?? '', u.release_state ?? '', formatEpsilon(u.epsilon)])
         )
       );
     }
@@ -297,7 +290,7 @@ export class HeldPanel extends Widget {
     }
     try {
       await fn(id);
-      this._message = `${done} run ${id.slice(0, 12)}`;
+      this._message = `${done} run ${id}`;
       this._selected = null;
     } catch (e) {
       this._message = `refused: ${message(e)}`;
@@ -318,7 +311,7 @@ export class HeldPanel extends Widget {
     }
     const rows = this._runs.map(r => {
       const row = el('tr', { cls: 'fednb-held-row', attrs: { 'data-run': r.id } }, [
-        el('td', { text: r.id.slice(0, 12) }),
+        el('td', { text: r.id }),
         el('td', { text: r.scientist }),
         el('td', { text: r.dataset }),
         el('td', { text: r.status }),

@@ -68,6 +68,16 @@ describe('FednbModel', () => {
     expect(clock.pending).toHaveLength(0);
   });
 
+  it("counts only the domains the settings' filter shows", async () => {
+    const model = new FednbModel(apiAnswering([[domain('a', 2, 1), domain('b', 3)]]));
+    await model.refresh();
+    model.filter = ['b'];
+    expect(model.domains.map(d => d.name)).toEqual(['b']);
+    expect(statusText(model)).toBe('fednb: 3 pending');
+    model.filter = [];
+    expect(model.pendingTotal).toBe(5);
+  });
+
   it('keeps the last list when a refresh fails', async () => {
     const model = new FednbModel(apiAnswering([[domain('a', 4)], new Error('timeout')]));
     await model.refresh();

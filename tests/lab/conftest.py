@@ -68,6 +68,9 @@ def start_lab(root: Path, tokens_file: Path, token: str) -> tuple[subprocess.Pop
             f"--ServerApp.root_dir={root}",
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            # a fresh workspace and settings: nothing restored from an earlier session
+            f"--LabApp.workspaces_dir={root / 'workspaces'}",
+            f"--LabApp.user_settings_dir={root / 'settings'}",
             *(["--allow-root"] if os.geteuid() == 0 else []),
         ],
         stdout=subprocess.PIPE,

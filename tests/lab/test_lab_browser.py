@@ -37,6 +37,7 @@ def test_review_approve_deny_and_release_in_jupyterlab(lab: Lab, browser: Any) -
     page.goto(f"{lab.url}/lab?token={lab.token}")
     page.locator("#jp-main-dock-panel").wait_for()
     page.locator('.jp-SideBar [title="Federated requests"]').first.click()
+    page.locator("#fednb-sidebar").wait_for()  # the click opened it (nothing was restored open)
     owner_block = page.locator('section.fednb-domain[data-domain="st-mary"]')
     item = owner_block.locator(f'li[data-request="{approve_me.id}"]')
     item.wait_for()
@@ -70,7 +71,7 @@ def test_review_approve_deny_and_release_in_jupyterlab(lab: Lab, browser: Any) -
     held.locator(f'tr[data-run="{held_run.id}"]').click()
     held.locator(".fednb-release-run").click()
     wait_until(lambda: held_run.refresh().info.release_state == "released")
-    held.get_by_text(f"released run {held_run.id[:12]}").wait_for()
+    held.get_by_text(f"released run {held_run.id}").wait_for()
     shot(page, "lab-released")
 
     owner_block.locator(".fednb-open-budget").click()

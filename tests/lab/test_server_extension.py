@@ -27,6 +27,7 @@ def test_no_jupyter_token_is_403_everywhere(lab: Lab) -> None:
     for path in (
         "domains",
         "domains/st-mary/requests",
+        "domains/st-mary/requests/abcdefgh12",
         "domains/st-mary/budget",
         "domains/st-mary/runs?release_state=held",
     ):
@@ -121,3 +122,25 @@ def test_a_tokens_file_others_can_read_is_refused(lab: Lab) -> None:
     finally:
         lab.tokens_file.chmod(0o600)
     assert lab.get("domains").status_code == 200
+
+
+def test_an_unreachable_or_misconfigured_domain_shows_its_error_and_the_others_go_on(lab: Lab) -> None:
+    good = lab.tokens_file.read_text()
+    entries = json.loads(good)
+    entries["domains"] += [
+        {"name": "down", "url": "http://127.0.0.1:9", "token": "fednb_x"},  # nothing listens
+        {"name": "far", "url": "http://192.0.2.1:8000", "token": "fednb_y"},  # plain HTTP, not loopback
+    ]
+    lab.tokens_file.write_text(json.dumps(entries))
+    try:
+        r = lab.get("domains")
+        assert r.status_code == 200
+        got = {d["name"]: d for d in r.json()}
+        assert got["st-mary"]["error"] is None and got["st-mary"]["role"] == "owner"
+        assert "could not reach" in got["down"]["error"]
+        assert "plain HTTP" in got["far"]["error"]
+        assert "fednb_x" not in r.text and "fednb_y" not in r.text
+        assert lab.get("domains/far/requests").status_code == 400
+        assert lab.get("domains/down/requests").status_code == 503
+    finally:
+        lab.tokens_file.write_text(good)

@@ -71,8 +71,9 @@ class Hospital:
         return fednb.connect(self.url, token=self.bob_token)
 
 
-def make_hospital(home: Path, store_url: str | None = None, **policy: object) -> Hospital:
-    dom = Domain.create(home, name="St Mary", store_url=store_url)
+def make_hospital(home: Path, store_url: str | None = None, dask_address: str | None = None,
+                  **policy: object) -> Hospital:
+    dom = Domain.create(home, name="St Mary", store_url=store_url, dask_address=dask_address)
     owner = dom.add_user("olivia", role="owner")
     alice = dom.add_user("alice")
     bob = dom.add_user("bob")

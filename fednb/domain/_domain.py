@@ -27,7 +27,7 @@ from fednb.domain._requests import RequestBook
 from fednb.domain._runs import RunBook
 from fednb.domain._secagg import PeerBook, SecAggDesk
 from fednb.domain._store import AuditRow, DatasetRow, RequestRow, RunRow, SettingRow, Store, UserRow
-from fednb.domain.runner import Limits, SandboxMode, WorkerPool, bwrap_available
+from fednb.domain.runner import JobRunner, Limits, SandboxMode, WorkerPool, bwrap_available
 from fednb.errors import Conflict, InvalidInput, NotFound
 from fednb.privacy import SecureNoise
 from fednb.protocol import BudgetInfo, DatasetCard, MockInfo, Role, UserInfo
@@ -64,10 +64,12 @@ class Domain:
     >>> server = dom.serve(port=0)                           # doctest: +SKIP
     """
 
-    def __init__(self, home: Path, manifest: dict[str, Any], store_url: str | None) -> None:
+    def __init__(self, home: Path, manifest: dict[str, Any], store_url: str | None,
+                 dask_address: str | None = None) -> None:
         self.home = home
         self.name: str = manifest["name"]
         self.domain_id: str = manifest["domain_id"]
+        self.dask_address: str | None = dask_address or manifest.get("dask_address")
         self.store = Store(store_url or manifest.get("store_url") or
                            f"sqlite:///{home / 'store.sqlite'}")
         self.audit = AuditLog(self.store, home / "audit.key", home / "audit.head")
@@ -81,25 +83,37 @@ class Domain:
         self._noise = threading.local()
         self.sandbox_mode: SandboxMode | None = None
         self._lock = threading.RLock()
-        self._pool: WorkerPool | None = None
+        self._pool: JobRunner | None = None
         self._exec: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike[str], name: str, *, store_url: str | None = None,
-               exist_ok: bool = False) -> Domain:
-        """Make a new domain home at ``path`` (0700) and return the open domain."""
+               dask_address: str | None = None, exist_ok: bool = False) -> Domain:
+        """Make a new domain home at ``path`` (0700) and return the open domain.
+
+        Parameters
+        ----------
+        store_url
+            SQLAlchemy URL of the store (default: SQLite in the home), e.g.
+            ``postgresql+psycopg://fednb@db.example/st_mary`` (``pip install 'fednb[postgres]'``).
+        dask_address
+            Address of a Dask scheduler (``tcp://host:8786``) whose workers run this domain's
+            jobs, each in the same sandbox (``pip install 'fednb[dask]'``); they must see the
+            domain home at the same path. Default: local worker processes.
+        """
         home = Path(path).expanduser().resolve()
         if (home / _MANIFEST).exists():
             if exist_ok:
-                return cls.open(home, store_url=store_url)
+                return cls.open(home, store_url=store_url, dask_address=dask_address)
             raise Conflict(f"{home} already holds a domain: use Domain.open({str(home)!r})")
         if not name.strip():
             raise InvalidInput("a domain needs a non-empty name")
         home.mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
-        manifest = {"name": name.strip(), "domain_id": uuid.uuid4().hex, "store_url": store_url}
+        manifest = {"name": name.strip(), "domain_id": uuid.uuid4().hex, "store_url": store_url,
+                    "dask_address": dask_address}
         (home / _MANIFEST).write_text(json.dumps(manifest, indent=2))
         dom = cls(home, manifest, store_url)
         with dom.transaction() as tx:
@@ -107,14 +121,16 @@ class Domain:
         return dom
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, store_url: str | None = None) -> Domain:
-        """Open an existing domain home."""
+    def open(cls, path: str | os.PathLike[str], *, store_url: str | None = None,
+             dask_address: str | None = None) -> Domain:
+        """Open an existing domain home; ``store_url`` and ``dask_address`` override the
+        ones it was created with."""
         home = Path(path).expanduser().resolve()
         try:
             manifest = json.loads((home / _MANIFEST).read_text())
         except FileNotFoundError:
             raise NotFound(f"{home} holds no domain: create one with Domain.create") from None
-        return cls(home, manifest, store_url)
+        return cls(home, manifest, store_url, dask_address)
 
     @property
     def identity(self) -> Identity:
@@ -341,15 +357,24 @@ class Domain:
             self.sandbox_mode = None
         return self.sandbox_mode
 
-    def pool(self) -> WorkerPool:
+    def pool(self) -> JobRunner:
+        """What runs this domain's jobs: local sandboxed workers, or a Dask cluster's."""
         with self._lock:
             if self._pool is None:
                 if self.sandbox_mode is None:
                     raise RuntimeError("no sandbox configured")
                 p = self.policy.get()
-                self._pool = WorkerPool(self.sandbox_mode, Limits(memory_bytes=p.worker_memory_bytes),
-                                        max_concurrent=p.max_concurrent_jobs,
-                                        max_output=p.max_result_bytes)
+                limits = Limits(memory_bytes=p.worker_memory_bytes)
+                if self.dask_address is not None:
+                    from fednb.domain.runner._dask import DaskPool
+
+                    self._pool = DaskPool(self.dask_address, self.sandbox_mode, limits,
+                                          max_concurrent=p.max_concurrent_jobs,
+                                          max_output=p.max_result_bytes)
+                else:
+                    self._pool = WorkerPool(self.sandbox_mode, limits,
+                                            max_concurrent=p.max_concurrent_jobs,
+                                            max_output=p.max_result_bytes)
             return self._pool
 
     def _executor(self) -> ThreadPoolExecutor:

@@ -7,7 +7,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fednb.domain.runner._frames import (
     FrameError,
@@ -28,7 +28,7 @@ from fednb.protocol import (
 )
 from fednb.typing import Weights
 
-__all__ = ["JobSpec", "WorkerOutcome", "WorkerPool"]
+__all__ = ["JobRunner", "JobSpec", "RawOutcome", "WorkerOutcome", "WorkerPool", "parse_outcome"]
 
 _LOG_KEEP = 20_000
 _START_TIMEOUT = 120.0
@@ -55,6 +55,34 @@ class WorkerOutcome:
     log: str = ""
 
 
+@dataclass
+class RawOutcome:
+    """What the trusted launcher saw of one run: the worker's reply frame, undecoded
+    (``reply``: untrusted safetensors bytes, on ``status == "succeeded"`` only), or how the
+    exchange failed; and the owner's log. :func:`parse_outcome` decodes and checks it."""
+
+    status: RunStatus
+    reason: ReasonCode
+    reply: bytes | None = None
+    log: str = ""
+
+
+def parse_outcome(raw: RawOutcome) -> WorkerOutcome:
+    """Decode a worker's reply (safetensors and JSON only; nothing is unpickled) and check it."""
+    if raw.status != "succeeded":
+        return WorkerOutcome(raw.status, raw.reason, log=raw.log)
+    try:
+        header, tensors = decode_message(raw.reply or b"")
+        if header.get("status") != "ok":
+            reason = header.get("reason")
+            return WorkerOutcome("failed", reason if reason in REASON_CODES else "exception",
+                                 log=raw.log)
+        metrics = {str(k): float(v) for k, v in dict(header.get("metrics") or {}).items()}
+        return WorkerOutcome("succeeded", "ok", Update(weights=tensors, metrics=metrics), raw.log)
+    except (FednbError, TypeError, ValueError, AttributeError):
+        return WorkerOutcome("failed", "invalid_output", log=raw.log)
+
+
 class _Worker:
     def __init__(self, job: JobSpec, mode: SandboxMode, limits: Limits, max_output: int) -> None:
         self.job, self.mode, self.limits, self.max_output = job, mode, limits, max_output
@@ -65,7 +93,7 @@ class _Worker:
             return {name: f"/data/{name}" for name in self.job.datasets}
         return {name: str(p) for name, p in self.job.datasets.items()}
 
-    def start(self) -> WorkerOutcome | None:
+    def start(self) -> RawOutcome | None:
         binds = [(p, f"/data/{name}") for name, p in self.job.datasets.items()]
         env = {"PYTHONPATH": str(Path(__file__).resolve().parents[3]), "HOME": "/job",
                "OMP_NUM_THREADS": str(self.limits.cpus),
@@ -86,11 +114,12 @@ class _Worker:
             return self._died()
         if header.get("status") != "ready":
             self.stop()
-            return WorkerOutcome("failed", "exception", log=self.take_log())
+            return RawOutcome("failed", "exception", log=self.take_log())
         return None
 
     def run(self, dataset: str, params: dict[str, Any], weights: Weights | None,
-            timeout: float) -> WorkerOutcome:
+            timeout: float) -> RawOutcome:
+        """One run: the worker's reply frame, undecoded, or how the exchange failed."""
         assert self.proc is not None and self.proc.stdin and self.proc.stdout
         msg = encode_message({"dataset": dataset, "params": params, "weights": weights is not None},
                              weights or {})
@@ -99,34 +128,21 @@ class _Worker:
             data = read_frame(self.proc.stdout, self.max_output + (1 << 20), timeout)
         except FrameTimeout:
             self.stop()
-            return WorkerOutcome("timeout", "wall_clock", log=self.take_log())
+            return RawOutcome("timeout", "wall_clock", log=self.take_log())
         except FrameTooLarge:
             self.stop()
-            return WorkerOutcome("failed", "output_too_large", log=self.take_log())
+            return RawOutcome("failed", "output_too_large", log=self.take_log())
         except (FrameError, OSError):
             return self._died()
-        return self._parse(data)
+        return RawOutcome("succeeded", "ok", reply=data, log=self.take_log())
 
-    def _parse(self, data: bytes) -> WorkerOutcome:
-        log = self.take_log()
-        try:
-            header, tensors = decode_message(data)
-            if header.get("status") != "ok":
-                reason = header.get("reason")
-                return WorkerOutcome("failed", reason if reason in REASON_CODES else "exception",
-                                     log=log)
-            metrics = {str(k): float(v) for k, v in dict(header.get("metrics") or {}).items()}
-            return WorkerOutcome("succeeded", "ok", Update(weights=tensors, metrics=metrics), log)
-        except (FednbError, TypeError, ValueError, AttributeError):
-            return WorkerOutcome("failed", "invalid_output", log=log)
-
-    def _died(self) -> WorkerOutcome:
+    def _died(self) -> RawOutcome:
         oom = self._oom_seen()  # read the cgroup before stop() removes it
         rc = self.stop()
         if rc is not None and rc < 0:
-            return WorkerOutcome("killed", "memory_limit" if oom else "worker_crashed",
-                                 log=self.take_log())
-        return WorkerOutcome("failed", "worker_crashed", log=self.take_log())
+            return RawOutcome("killed", "memory_limit" if oom else "worker_crashed",
+                              log=self.take_log())
+        return RawOutcome("failed", "worker_crashed", log=self.take_log())
 
     def _cgroup_dirs(self) -> list[Path]:
         return self.proc.cgroup.dirs if self.proc is not None else []
@@ -174,6 +190,20 @@ class _Worker:
         return rc
 
 
+class JobRunner(Protocol):
+    """What a domain runs its jobs on: a :class:`WorkerPool` of local processes, or a
+    ``DaskPool`` (``fednb.domain.runner._dask``) on a Dask cluster."""
+
+    def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
+            timeout: float) -> WorkerOutcome: ...
+
+    def prewarm(self, job: JobSpec) -> None: ...
+
+    def discard(self, request_id: str) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
 class WorkerPool:
     """Keeps up to ``max_warm`` workers warm and runs at most ``max_concurrent`` jobs.
 
@@ -204,7 +234,7 @@ class WorkerPool:
         with self._guard:
             return self._locks.setdefault(request_id, threading.Lock())
 
-    def _worker(self, job: JobSpec) -> tuple[_Worker, WorkerOutcome | None]:
+    def _worker(self, job: JobSpec) -> tuple[_Worker, RawOutcome | None]:
         with self._guard:
             w = self._workers.pop(job.request_id, None)
         if w is not None and w.alive():
@@ -231,12 +261,27 @@ class WorkerPool:
     def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
             timeout: float) -> WorkerOutcome:
         """Run the job once; a worker that failed in any way is stopped, not reused."""
+        return self._run(job, dataset, params, weights, timeout)[1]
+
+    def run_raw(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
+                timeout: float) -> RawOutcome:
+        """:meth:`run`, returning the worker's reply undecoded (for a Dask worker to send on)."""
+        return self._run(job, dataset, params, weights, timeout)[0]
+
+    def _run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
+             timeout: float) -> tuple[RawOutcome, WorkerOutcome]:
         with self._lock(job.request_id), self._slots:
             worker, failure = self._worker(job)
-            outcome = failure or worker.run(dataset, params, weights, timeout)
+            raw = failure or worker.run(dataset, params, weights, timeout)
+            outcome = parse_outcome(raw)
             if outcome.status != "succeeded":
                 worker.stop()
-            return outcome
+            return raw, outcome
+
+    def warm(self) -> list[str]:
+        """The requests whose workers are warm."""
+        with self._guard:
+            return [rid for rid, w in self._workers.items() if w.alive()]
 
     def discard(self, request_id: str) -> None:
         """Stop the request's worker (denied, revoked or exhausted)."""

@@ -1,0 +1,210 @@
+"""The Dask executor: a domain's runs on the workers of a Dask cluster.
+
+Each Dask worker is trusted (the hospital runs it, like the domain's own process) and
+launches the same bubblewrap sandbox the local :class:`WorkerPool` does, keeping warm
+workers per request. What crosses the cluster is bytes only, both ways:
+
+- the domain sends :func:`run_job` a safetensors message (the job, the run's parameters,
+  the weights);
+- :func:`run_job` returns a safetensors message of its own making (the run's status,
+  reason and the owner's log, and the sandboxed worker's reply frame as a ``uint8``
+  tensor, undecoded), never an object the job made;
+- the domain decodes it (safetensors and JSON: nothing is unpickled) and checks the
+  reply with :func:`parse_outcome`, exactly as for a local run, before the output policy.
+
+Dask pickles the ``bytes`` object it carries, which is safe: no job-made object reaches
+the pickle, and a launcher failure is caught and sent as a reason code, so no exception
+travels either. The Dask workers must see the domain home (datasets, work directories)
+at the same path: one machine, or a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import threading
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fednb.domain.runner._pool import JobSpec, RawOutcome, WorkerOutcome, WorkerPool, parse_outcome
+from fednb.domain.runner._sandbox import Limits, SandboxMode, bwrap_available
+from fednb.errors import FednbError, InvalidInput
+from fednb.protocol import REASON_CODES, RUN_STATUSES, decode_message, encode_message
+from fednb.typing import Weights
+
+__all__ = ["DaskPool", "run_job", "warm_requests"]
+
+_SLACK_S = 150.0  # beyond the run's own timeout: a worker's start, the scheduler's queue
+_POOLS: dict[str, WorkerPool] = {}  # on a Dask worker: one pool per domain configuration
+_POOLS_GUARD = threading.Lock()
+
+
+# -- on the Dask worker (trusted) ---------------------------------------------------------
+def encode_raw(raw: RawOutcome) -> bytes:
+    """The launcher's answer as one safetensors message."""
+    tensors = {} if raw.reply is None else {"reply": np.frombuffer(raw.reply, np.uint8)}
+    return encode_message({"status": raw.status, "reason": raw.reason, "log": raw.log}, tensors)
+
+
+def decode_raw(data: bytes, max_bytes: int) -> RawOutcome:
+    """Read :func:`encode_raw`'s message back; raises FednbError or ValueError if it is not one."""
+    header, tensors = decode_message(data, max_bytes)
+    status, reason, log = header.get("status"), header.get("reason"), header.get("log")
+    if status not in RUN_STATUSES or reason not in REASON_CODES or not isinstance(log, str):
+        raise ValueError("not a launcher's answer")
+    reply = tensors.get("reply")
+    if reply is not None and (reply.dtype != np.uint8 or reply.ndim != 1):
+        raise ValueError("the reply is not a byte string")
+    return RawOutcome(status, reason, None if reply is None else reply.tobytes(), log)
+
+
+def _settings_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _local_pool(settings: dict[str, Any]) -> WorkerPool:
+    key = _settings_key(settings)
+    with _POOLS_GUARD:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = WorkerPool(settings["mode"], Limits(**settings["limits"]),
+                                            max_concurrent=settings["max_concurrent"],
+                                            max_warm=settings["max_warm"],
+                                            max_output=settings["max_output"])
+        return pool
+
+
+def _unpack(spec: bytes) -> tuple[dict[str, Any], JobSpec, Weights | None]:
+    header, weights = decode_message(spec)
+    j = header["job"]
+    job = JobSpec(request_id=j["request_id"], source=j["source"], function_name=j["function_name"],
+                  datasets={k: Path(v) for k, v in j["datasets"].items()}, workdir=Path(j["workdir"]))
+    return header, job, (weights if header["weights"] else None)
+
+
+def run_job(spec: bytes) -> bytes:
+    """The Dask task: run one job in this machine's sandbox; returns :func:`encode_raw` bytes."""
+    try:
+        header, job, weights = _unpack(spec)
+        settings = header["settings"]
+        if settings["mode"] == "bubblewrap" and not bwrap_available():  # never run unsandboxed
+            return encode_raw(RawOutcome("refused", "sandbox_unavailable",
+                                         log="this Dask worker has no working bubblewrap"))
+        pool = _local_pool(settings)
+        if header.get("prewarm"):
+            pool.prewarm(job)
+            return encode_raw(RawOutcome("succeeded", "ok"))
+        raw = pool.run_raw(job, header["dataset"], header["params"], weights, header["timeout"])
+        return encode_raw(raw)
+    except Exception:  # a launcher failure travels as a reason code, never as an exception
+        return encode_raw(RawOutcome("failed", "worker_crashed",
+                                     log="Dask launcher error:\n" + traceback.format_exc()[-4000:]))
+
+
+def warm_requests() -> list[str]:
+    """The requests with warm sandboxed workers on this Dask worker (``client.run`` it)."""
+    with _POOLS_GUARD:
+        pools = list(_POOLS.values())
+    return sorted({rid for p in pools for rid in p.warm()})
+
+
+def discard_request(request_id: str) -> None:
+    """Stop a request's warm workers on this Dask worker."""
+    with _POOLS_GUARD:
+        pools = list(_POOLS.values())
+    for p in pools:
+        p.discard(request_id)
+
+
+def shutdown_pool(key: str) -> None:
+    """Stop the warm workers of one domain configuration on this Dask worker."""
+    with _POOLS_GUARD:
+        pool = _POOLS.pop(key, None)
+    if pool is not None:
+        pool.shutdown()
+
+
+# -- in the domain ------------------------------------------------------------------------
+class DaskPool:
+    """The :class:`WorkerPool` interface over a Dask cluster at ``address``.
+
+    Parameters are those of :class:`WorkerPool`; ``max_concurrent`` caps the domain's jobs
+    in flight on the whole cluster (and on each Dask worker). A request's runs go to one
+    Dask worker, picked by a hash of its id, where its sandboxed worker stays warm; if that
+    worker leaves, Dask runs them elsewhere.
+    """
+
+    def __init__(self, address: str, mode: SandboxMode, limits: Limits | None = None,
+                 max_concurrent: int = 2, max_warm: int = 8, max_output: int = 64 << 20) -> None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise InvalidInput("a Dask executor needs dask.distributed: pip install 'fednb[dask]'") \
+                from None
+
+        caps = dataclasses.asdict(limits or Limits())
+        caps.pop("cpus")  # how many cores a job may use is each Dask worker's own default
+        self.address, self.max_output = address, max_output
+        self._settings = {"mode": mode, "limits": caps, "max_concurrent": max_concurrent,
+                          "max_warm": max_warm, "max_output": max_output}
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._client: Any = Client(address, set_as_default=False, timeout=60)  # type: ignore[no-untyped-call]
+
+    def _spec(self, job: JobSpec, **run: Any) -> bytes:
+        weights: Weights | None = run.pop("weights", None)
+        j = {"request_id": job.request_id, "source": job.source, "function_name": job.function_name,
+             "datasets": {k: str(v) for k, v in job.datasets.items()}, "workdir": str(job.workdir)}
+        return encode_message({"job": j, "settings": self._settings, "weights": weights is not None,
+                               **run}, weights or {})
+
+    def _home(self, request_id: str) -> list[str] | None:
+        workers = sorted(self._client.scheduler_info().get("workers", {}))
+        if not workers:
+            return None
+        return [workers[int(hashlib.sha256(request_id.encode()).hexdigest(), 16) % len(workers)]]
+
+    def _submit(self, job: JobSpec, spec: bytes) -> Any:
+        return self._client.submit(run_job, spec, key=f"fednb-run-{uuid.uuid4().hex}", pure=False,
+                                   workers=self._home(job.request_id), allow_other_workers=True)
+
+    def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
+            timeout: float) -> WorkerOutcome:
+        """Run the job once on the cluster; the answer is decoded and checked here."""
+        spec = self._spec(job, dataset=dataset, params=params, weights=weights, timeout=timeout)
+        with self._slots:
+            future = self._submit(job, spec)
+            try:
+                data = future.result(timeout=timeout + _SLACK_S)
+            except Exception as exc:  # the cluster failed (worker lost, timeout): not the job
+                future.cancel()
+                return WorkerOutcome("failed", "worker_crashed", log=f"Dask: {type(exc).__name__}")
+        if type(data) is not bytes:
+            return WorkerOutcome("failed", "invalid_output", log="Dask task returned no bytes")
+        try:
+            raw = decode_raw(data, self.max_output + (4 << 20))
+        except (FednbError, ValueError):
+            return WorkerOutcome("failed", "invalid_output", log="Dask task returned a bad message")
+        return parse_outcome(raw)
+
+    def prewarm(self, job: JobSpec) -> None:
+        """Start the request's worker on its Dask worker, in the background."""
+        from distributed import fire_and_forget
+
+        fire_and_forget(self._submit(job, self._spec(job, prewarm=True)))  # type: ignore[no-untyped-call]
+
+    def discard(self, request_id: str) -> None:
+        """Stop the request's warm workers on every Dask worker."""
+        with contextlib.suppress(Exception):  # a cluster that is gone has no workers to stop
+            self._client.run(discard_request, request_id)
+
+    def shutdown(self) -> None:
+        """Stop every warm worker this domain started, and disconnect."""
+        with contextlib.suppress(Exception):
+            self._client.run(shutdown_pool, _settings_key(self._settings))
+        self._client.close()

@@ -384,7 +384,9 @@ class Domain:
             return self._exec
 
     def _prewarm(self, row: RequestRow) -> None:
-        if self.sandbox_mode is not None:
+        # a query runs in this process (the trusted runtime): a worker would only hold a job
+        # slot and push the warm workers of code requests out
+        if self.sandbox_mode is not None and row.kind != "query":
             self.pool().prewarm(self.runs._job(row))
 
     def verify_audit(self) -> AuditReport:

@@ -74,7 +74,8 @@ class RemoteRequest:
     def run(self, weights: Weights | None = None, *, dataset: str | None = None,
             run_id: str | None = None, compression: Compression = "none", secure: bool = False,
             **params: Any) -> RemoteRun:
-        """Start one run; re-using ``run_id`` after a crash returns the same run.
+        """Start one run; re-using ``run_id`` returns the same run (one a crash of the domain
+        interrupted runs again, in the slot and with the charge it already had).
 
         ``compression`` ("fp16" or "int8" with stochastic rounding) shrinks the result on
         the wire; :meth:`RemoteRun.result` restores the dtypes. ``secure=True`` keeps the

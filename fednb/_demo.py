@@ -17,6 +17,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -105,8 +106,16 @@ def _wait(lab: subprocess.Popen[bytes] | None) -> None:
         time.sleep(0.5 if lab is not None else 3600)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> int:
     """Entry point of ``fednb demo``."""
+    # Ctrl-C stops everything, even when a shell started the demo in the background (which
+    # ignores SIGINT for it); `kill` and `docker stop` (SIGTERM) stop it the same way
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     n = int(args.hospitals)
     if not 1 <= n <= len(NAMES):
         raise SystemExit(f"--hospitals must be between 1 and {len(NAMES)}")

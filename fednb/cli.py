@@ -6,7 +6,7 @@
     fednb demo [--hospitals N] [--headless] [--no-lab] [--home DIR] [--port-base P]
     fednb dashboard [--domain URL] [--history DIR] [--address A] [--port P] [--show]
     fednb domain [--home PATH] ...          (or FEDNB_HOME; default ./domain)
-        init --name NAME [--store-url URL]
+        init --name NAME [--store-url URL] [--dask-address ADDR]
         serve [--host H] [--port P] [--certfile F --keyfile F] [--insecure] [--insecure-demo]
         user add NAME [--role scientist|owner] | list | revoke NAME | rotate NAME
         dataset add NAME FILE [--bounds VAR=LO:HI ...] [--categories VAR=a,b ...] ... | list | show NAME
@@ -58,7 +58,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     home = cd.home_of(args)
     try:
-        dom = Domain.create(home, name=args.name, store_url=args.store_url)
+        dom = Domain.create(home, name=args.name, store_url=args.store_url, dask_address=args.dask_address)
     except Conflict:
         raise Conflict(f"{home} already holds a domain: use it as it is, or pick another --home") from None
     dom.close()
@@ -299,6 +299,9 @@ def _add_domain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = _leaf(dom, "init", cmd_init, "create a domain home")
     p.add_argument("--name", required=True, help='the hospital\'s name, e.g. "St Mary"')
     p.add_argument("--store-url", help="SQLAlchemy URL of the store (default: SQLite in the home)")
+    p.add_argument("--dask-address", metavar="ADDR",
+                   help="run jobs on this Dask scheduler's workers (each in the same sandbox; "
+                        "they must see the domain home at the same path)")
     _add_serve(dom)
     _add_users(dom)
     _add_datasets(dom)

@@ -102,6 +102,14 @@ def test_init_twice_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rc == 2 and "non-empty name" in err
 
 
+def test_init_keeps_a_dask_scheduler_for_the_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "h"
+    rc, _, _ = run_cli(capsys, "domain", "init", "--home", str(home), "--name", "St Mary",
+                       "--dask-address", "tcp://127.0.0.1:8786")
+    assert rc == 0
+    assert Domain.open(home).dask_address == "tcp://127.0.0.1:8786"
+
+
 def test_missing_home_says_how_to_make_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run_cli(capsys, "domain", "--home", str(tmp_path / "nowhere"), "user", "list")
     assert rc == 2 and "fednb domain init" in err

@@ -33,6 +33,8 @@ from fednb.domain.runner import bwrap_available
 
 __all__ = ["main", "start"]
 
+LAB_TOKENS = "lab-tokens.json"  # fednb.lab's tokens_file format: {"domains": [{name, url, token}]}
+
 
 @dataclass
 class Site:
@@ -68,16 +70,19 @@ def start(home: Path, n: int, port_base: int = 0) -> list[Site]:
         sites.append(Site(name, server, fednb.connect(server.url, token=toks["owner"]),
                           fednb.connect(server.url, token=toks["scientist"])))
     _write_private(tok_file, state)
+    owners = [{"name": name, "url": toks["url"], "token": toks["owner"]}
+              for name, toks in state["hospitals"].items()]
+    _write_private(home / LAB_TOKENS, {"domains": owners})  # the owners' review desk in JupyterLab
     return sites
 
 
 def _lab_settings(sites: list[Site]) -> dict[str, Any]:
     """What JupyterLab (and the fednb extension) needs to know about the demo: each
-    hospital's URL and the 0600 file that holds the owner and scientist tokens (never
-    the tokens themselves). The lab extension reads this; see :func:`_start_lab`."""
+    hospital's URL and the 0600 file with the owners' tokens in ``fednb.lab``'s
+    ``tokens_file`` format (never the tokens themselves). See :func:`_start_lab`."""
     home = Path(sites[0].server.domain.home).parent if sites else Path(".fednb-demo")
     return {"domains": {s.name: s.server.url for s in sites},
-            "tokens_file": str((home / "tokens.json").resolve())}
+            "tokens_file": str((home / LAB_TOKENS).resolve())}
 
 
 def _notebooks_dir() -> Path:
@@ -94,16 +99,23 @@ def _start_lab(sites: list[Site], home: Path) -> subprocess.Popen[bytes] | None:
         print("JupyterLab is not installed (pip install jupyterlab): open the tutorials in "
               f"notebooks/ with FEDNB_DEMO_HOME={home}")
         return None
-    env = dict(os.environ, FEDNB_DEMO_HOME=str(home), FEDNB_DEMO_SETTINGS=json.dumps(_lab_settings(sites)))
+    settings = _lab_settings(sites)
+    env = dict(os.environ, FEDNB_DEMO_HOME=str(home), FEDNB_LAB_TOKENS=settings["tokens_file"])
     cmd = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={_notebooks_dir()}", "--ip=127.0.0.1"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # a container's only user; JupyterLab refuses root otherwise
     print("starting JupyterLab on the tutorials: " + " ".join(cmd[2:]), flush=True)
     return subprocess.Popen(cmd, env=env)
 
 
 def _wait(lab: subprocess.Popen[bytes] | None) -> None:
     print("domains are up; press Ctrl-C to stop", flush=True)
-    while lab is None or lab.poll() is None:
-        time.sleep(0.5 if lab is not None else 3600)
+    while lab is not None and lab.poll() is None:
+        time.sleep(0.5)
+    if lab is not None:
+        print(f"JupyterLab exited (status {lab.returncode}); the domains stay up: Ctrl-C to stop", flush=True)
+    while True:
+        time.sleep(3600)
 
 
 def _interrupt(signum: int, frame: object) -> None:

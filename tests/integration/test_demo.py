@@ -47,6 +47,9 @@ def test_headless_demo(tmp_path: Path) -> None:
     assert all(0.5 < eps <= 1.0 for eps in spent.values()), spent
     assert text.count("audit chain OK") == 3
     assert stat.S_IMODE((home / "tokens.json").stat().st_mode) == 0o600
+    lab = json.loads((home / "lab-tokens.json").read_text())  # for fednb.lab (FEDNB_LAB_TOKENS)
+    assert stat.S_IMODE((home / "lab-tokens.json").stat().st_mode) == 0o600
+    assert [d["name"] for d in lab["domains"]] == list(hospitals)
     datasets = {p.name for p in (home / "st-mary" / "datasets").iterdir()}
     assert {"breast-cancer", "diabetes", "imaging"} <= datasets
 

@@ -67,7 +67,9 @@ def test_binder_image_runs_the_tutorials(tmp_path: Path) -> None:
     run(["python", "-m", "pip", "install", "-q", "-r", str(repo / "binder" / "requirements.txt")],
         env, repo, timeout=1200)
     installed = time.monotonic() - t0
-    run(["bash", str(repo / "binder" / "postBuild")], env, repo, timeout=300)
+    built = run(["bash", str(repo / "binder" / "postBuild")], env, repo, timeout=600)
+    # node is on this machine, as in repo2docker's images: postBuild builds and enables the extension
+    assert "fednb: JupyterLab extension enabled" in built, built
     demo_home = home / ".fednb-demo"
     try:
         out = run(["bash", str(repo / "binder" / "start"), "python", "-c", RUNNER,

@@ -8,7 +8,10 @@ tests), NumPy otherwise. Every kernel returns what its reference in
 Kernels so far: the coordinate-wise median and the trimmed mean of N stacked updates
 (the robust strategies' hot spots: NumPy's sort-based versions take about 30x a weighted
 mean), the stochastic rounding of secure aggregation (one fused pass instead of
-NumPy's six) and the Box-Muller transform of DP noise. The weighted mean is BLAS
+NumPy's six), the Box-Muller transform of DP noise, and the statistics of ``query``
+requests: the clipped sum, the clipped histogram and the exponential mechanism's
+quantile draw (the domain runs queries in its own process, so they use the probed
+backend). The weighted mean is BLAS
 (:func:`fednb.strategies.weighted_sum`). Sandboxed workers run the NumPy references
 (``FEDNB_BACKEND=numpy``): no JIT compiler beside untrusted code.
 """
@@ -22,8 +25,8 @@ from fednb.kernels import _reference
 from fednb.kernels._backend import BACKENDS, backend
 from fednb.typing import FloatArray
 
-__all__ = ["BACKENDS", "backend", "box_muller", "coordinate_median", "stochastic_round",
-           "trimmed_mean"]
+__all__ = ["BACKENDS", "backend", "box_muller", "clipped_histogram", "clipped_sum", "coordinate_median",
+           "quantile_pick", "stochastic_round", "trimmed_mean"]
 
 
 def _check(stacked: FloatArray) -> None:
@@ -80,3 +83,35 @@ def box_muller(u: FloatArray, sigma: float, cos_out: FloatArray, sin_out: FloatA
     if u.ndim != 1 or u.dtype != np.float64 or cos_out.shape != (m,) or sin_out.shape != (m,):
         raise InvalidInput("box_muller takes 2m float64 uniforms and two outputs of length m")
     _module(1).box_muller(u, sigma, cos_out, sin_out)
+
+
+def clipped_sum(x: FloatArray, lo: float, hi: float) -> FloatArray:
+    """The sum over the first axis (patients) of ``x`` clipped into ``[lo, hi]``, float64,
+    of shape ``x.shape[1:]`` (a query's sum, before its noise)."""
+    if x.ndim < 1 or not lo <= hi:
+        raise InvalidInput("clipped_sum takes an array with a patient axis and ordered bounds")
+    return _module(1).clipped_sum(x, lo, hi)  # type: ignore[no-any-return]
+
+
+def clipped_histogram(x: FloatArray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Counts (int64) of the values of ``x`` clipped into ``[lo, hi]``, over ``bins`` equal
+    bins with NumPy's edges (the last bin closed); NaN values are not counted."""
+    if bins < 1 or not lo < hi:
+        raise InvalidInput("clipped_histogram takes bins >= 1 and bounds lo < hi")
+    return _module(1).clipped_histogram(x, lo, hi, bins)  # type: ignore[no-any-return]
+
+
+def quantile_pick(v: FloatArray, lo: float, hi: float, target: float, eps: float, u: float) -> int:
+    """The exponential mechanism's choice of a gap for a quantile (Smith 2011): over the
+    gaps between ``lo``, the sorted clipped values ``v`` and ``hi``, gap ``i`` weighs
+    ``width * exp(-eps * |i - target| / 2)``; ``u`` is the caller's uniform draw. Runs on
+    the CPU (one sequential pass after the sort)."""
+    if v.ndim != 1 or not 0.0 <= u <= 1.0:
+        raise InvalidInput("quantile_pick takes sorted values and a uniform in [0, 1]")
+    module = _module(1)
+    pick = getattr(module, "quantile_pick", None)
+    if pick is None:  # the CUDA module leaves this sequential pass to the CPU kernels
+        from fednb.kernels import _cpu
+
+        pick = _cpu.quantile_pick
+    return int(pick(v, lo, hi, target, eps, u))

@@ -14,7 +14,8 @@ from numba import cuda, float64
 
 from fednb.typing import FloatArray
 
-__all__ = ["MAX_N", "box_muller", "coordinate_median", "stochastic_round", "trimmed_mean"]
+__all__ = ["MAX_N", "box_muller", "clipped_histogram", "clipped_sum", "coordinate_median", "stochastic_round",
+           "trimmed_mean"]
 
 MAX_N = 128
 _THREADS = 128
@@ -93,3 +94,44 @@ def box_muller(u: FloatArray, sigma: float, cos_out: FloatArray, sin_out: FloatA
     _box_muller_kernel[blocks, _THREADS](cuda.to_device(u), float(sigma), d_cos, d_sin)
     cos_out[:] = d_cos.copy_to_host()
     sin_out[:] = d_sin.copy_to_host()
+
+
+@cuda.jit
+def _clipped_sum_kernel(x, lo, hi, out):  # type: ignore[no-untyped-def]  # pragma: no cover - device code
+    j = cuda.grid(1)  # type: ignore[attr-defined]
+    if j < x.shape[1]:  # one thread per column, down the patients
+        acc = 0.0
+        for i in range(x.shape[0]):
+            v = x[i, j]
+            acc += lo if v < lo else (hi if v > hi else v)
+        out[j] = acc
+
+
+def clipped_sum(x: FloatArray, lo: float, hi: float) -> FloatArray:
+    flat = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1))
+    d_out = cuda.device_array(flat.shape[1], dtype=np.float64)
+    _clipped_sum_kernel[max(1, math.ceil(flat.shape[1] / _THREADS)), _THREADS](
+        cuda.to_device(flat), float(lo), float(hi), d_out)
+    return np.asarray(d_out.copy_to_host().reshape(x.shape[1:]))
+
+
+@cuda.jit
+def _histogram_kernel(x, lo, hi, edges, counts):  # type: ignore[no-untyped-def]  # pragma: no cover
+    i = cuda.grid(1)  # type: ignore[attr-defined]
+    bins = edges.shape[0] - 1
+    if i < x.shape[0] and x[i] == x[i]:  # NaN: dropped, as NumPy does
+        v = lo if x[i] < lo else (hi if x[i] > hi else x[i])
+        k = min(int((v - lo) * (bins / (hi - lo))), bins - 1)
+        if v < edges[k]:
+            k -= 1
+        elif k + 1 < bins and v >= edges[k + 1]:
+            k += 1
+        cuda.atomic.add(counts, k, 1)  # type: ignore[attr-defined]
+
+
+def clipped_histogram(x: FloatArray, lo: float, hi: float, bins: int) -> np.ndarray:
+    flat = np.ascontiguousarray(x, dtype=np.float64).ravel()
+    d_counts = cuda.to_device(np.zeros(bins, dtype=np.int64))
+    _histogram_kernel[max(1, math.ceil(flat.shape[0] / _THREADS)), _THREADS](
+        cuda.to_device(flat), float(lo), float(hi), cuda.to_device(np.linspace(lo, hi, bins + 1)), d_counts)
+    return np.asarray(d_counts.copy_to_host())

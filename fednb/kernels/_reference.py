@@ -6,7 +6,8 @@ import numpy as np
 
 from fednb.typing import FloatArray
 
-__all__ = ["box_muller", "coordinate_median", "stochastic_round", "trimmed_mean"]
+__all__ = ["box_muller", "clipped_histogram", "clipped_sum", "coordinate_median", "quantile_pick",
+           "stochastic_round", "trimmed_mean"]
 
 
 def coordinate_median(stacked: FloatArray) -> FloatArray:
@@ -45,3 +46,29 @@ def box_muller(u: FloatArray, sigma: float, cos_out: FloatArray, sin_out: FloatA
     theta = u[m : 2 * m] * (2.0 * np.pi)
     np.multiply(r, np.cos(theta), out=cos_out)
     np.multiply(r, np.sin(theta), out=sin_out)
+
+
+def clipped_sum(x: FloatArray, lo: float, hi: float) -> FloatArray:
+    """The sum over the first axis (patients) of ``x`` clipped into ``[lo, hi]``, float64."""
+    return np.asarray(np.clip(np.asarray(x, dtype=np.float64), lo, hi).sum(axis=0), dtype=np.float64)
+
+
+def clipped_histogram(x: FloatArray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Counts (int64) of ``x`` clipped into ``[lo, hi]`` over ``bins`` equal bins (NumPy's
+    binning: the last bin is closed)."""
+    counts, _ = np.histogram(np.clip(np.asarray(x, dtype=np.float64), lo, hi), bins=bins, range=(lo, hi))
+    return counts.astype(np.int64)
+
+
+def quantile_pick(v: FloatArray, lo: float, hi: float, target: float, eps: float, u: float) -> int:
+    """The exponential mechanism's draw for a quantile (Smith 2011): over the ``len(v) + 1``
+    gaps between ``lo``, the sorted clipped values ``v`` and ``hi``, gap ``i`` has weight
+    ``width_i * exp(-eps * |i - target| / 2)``; returns the gap the uniform ``u`` picks."""
+    edges = np.concatenate([[lo], v, [hi]])
+    widths = np.diff(edges)
+    ranks = np.arange(len(widths))
+    logw = np.where(widths > 0, np.log(np.maximum(widths, 1e-300)), -np.inf)
+    score = logw - eps * np.abs(ranks - target) / 2
+    p = np.exp(score - score.max())
+    cdf = np.cumsum(p / p.sum())
+    return min(int(np.searchsorted(cdf, u)), len(widths) - 1)

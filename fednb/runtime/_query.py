@@ -7,15 +7,22 @@ gets Gaussian noise of ``noise_multiplier`` times its sensitivity, drawn from a 
 mean is a noisy sum over a noisy count (two releases). A quantile (1-D variables) is
 drawn by the exponential mechanism over the gaps between sorted clipped values (Smith
 2011), utility ``-|rank - q n|`` of sensitivity 1, at ``quantile_epsilon`` each.
+
+The statistics run on :mod:`fednb.kernels` (clipped sum, clipped histogram, the quantile
+draw). A dask-backed dataset is read one chunk of patients at a time for sums, means and
+histograms, so memory holds one chunk; a quantile needs the variable's values sorted,
+so it reads the whole (one value per patient) variable.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import xarray as xr
 
+from fednb import kernels
 from fednb.errors import InvalidInput
 from fednb.privacy import Event, GaussianEvent, PureDPEvent, SecureNoise
 from fednb.protocol import Aggregation, DatasetCard, QuerySpec
@@ -61,24 +68,41 @@ def _count(n: int, z: float, noise: SecureNoise) -> float:
     return float(n + noise.gaussian((), z)[()])
 
 
-def _sum(x: Array, lo: float, hi: float, z: float, noise: SecureNoise) -> Array:
-    per = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
+def _blocks(var: xr.DataArray) -> Iterator[Array]:
+    """The variable's values as float64, one chunk of patients at a time when dask backs it."""
+    data = var.data
+    if not hasattr(data, "dask"):
+        yield np.asarray(data, dtype=np.float64)
+        return
+    start = 0
+    for size in data.chunks[0]:
+        yield np.asarray(data[start : start + size].compute(), dtype=np.float64)
+        start += size
+
+
+def _clipped_sum(var: xr.DataArray, lo: float, hi: float) -> tuple[Array, int]:
+    total: Array | None = None
+    n = 0
+    for block in _blocks(var):
+        part = kernels.clipped_sum(block, lo, hi)
+        total = part if total is None else total + part
+        n += block.shape[0]
+    assert total is not None
+    return total, n
+
+
+def _sum(total: Array, shape: tuple[int, ...], lo: float, hi: float, z: float, noise: SecureNoise) -> Array:
+    per = int(np.prod(shape[1:])) if len(shape) > 1 else 1
     sens = max(abs(lo), abs(hi)) * math.sqrt(per)
-    total = np.clip(x, lo, hi).sum(axis=0)
     return np.asarray(total + noise.gaussian(np.shape(total), z * sens))
 
 
 def _quantile(x: Array, lo: float, hi: float, q: float, eps: float, noise: SecureNoise) -> float:
     v = np.sort(np.clip(x.astype(np.float64), lo, hi))
-    edges = np.concatenate([[lo], v, [hi]])
-    widths = np.diff(edges)
-    ranks = np.arange(len(widths))
-    logw = np.where(widths > 0, np.log(np.maximum(widths, 1e-300)), -np.inf)
-    score = logw - eps * np.abs(ranks - q * len(v)) / 2
-    p = np.exp(score - score.max())
-    cdf = np.cumsum(p / p.sum())
-    i = int(min(np.searchsorted(cdf, noise.uniform(1)[0]), len(widths) - 1))
-    return float(edges[i] + widths[i] * noise.uniform(1)[0])
+    i = kernels.quantile_pick(v, lo, hi, q * len(v), eps, float(noise.uniform(1)[0]))
+    left = lo if i == 0 else v[i - 1]
+    right = hi if i == len(v) else v[i]
+    return float(left + (right - left) * noise.uniform(1)[0])
 
 
 def _one(agg: Aggregation, data: xr.Dataset, card: DatasetCard, spec: QuerySpec,
@@ -88,15 +112,18 @@ def _one(agg: Aggregation, data: xr.Dataset, card: DatasetCard, spec: QuerySpec,
         return np.asarray(_count(card.num_examples if card.example_dim not in data.sizes
                                  else int(data.sizes[card.example_dim]), z, noise))
     lo, hi = _bounds(card, agg)
-    x = np.asarray(data[agg.variable].values, dtype=np.float64)
-    if agg.op == "sum":
-        return _sum(x, lo, hi, z, noise)
-    if agg.op == "mean":
-        count = max(_count(x.shape[0], z, noise), 1.0)
-        return np.clip(_sum(x, lo, hi, z, noise) / count, lo, hi)
+    var = data[agg.variable]
+    if agg.op in ("sum", "mean"):
+        total, n = _clipped_sum(var, lo, hi)
+        noisy = _sum(total, var.shape, lo, hi, z, noise)
+        if agg.op == "sum":
+            return noisy
+        count = max(_count(n, z, noise), 1.0)
+        return np.clip(noisy / count, lo, hi)
     if agg.op == "histogram":
-        counts, _ = np.histogram(np.clip(x, lo, hi), bins=agg.bins or 10, range=(lo, hi))
-        return np.asarray(counts + noise.gaussian(counts.shape, z))
+        counts = sum(kernels.clipped_histogram(b, lo, hi, agg.bins or 10) for b in _blocks(var))
+        return np.asarray(counts + noise.gaussian(np.shape(counts), z))
+    x = np.concatenate(list(_blocks(var)))
     return np.asarray([_quantile(x, lo, hi, q, spec.quantile_epsilon, noise) for q in agg.quantiles or []])
 
 

@@ -20,8 +20,9 @@ def test_cuda_kernels_match_the_reference(n: int) -> None:
     x = rng.normal(size=(n, 300))
     x[:, :5] = -2.0
     np.testing.assert_allclose(kernels.coordinate_median(x), _reference.coordinate_median(x), rtol=1e-12)
-    np.testing.assert_allclose(_cuda.trimmed_mean(x, n // 4), _reference.trimmed_mean(x, n // 4),
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        _cuda.trimmed_mean(x, n // 4), _reference.trimmed_mean(x, n // 4), rtol=1e-9, atol=1e-12
+    )
 
 
 def test_rounds_larger_than_a_thread_can_sort_go_to_the_cpu() -> None:
@@ -33,8 +34,9 @@ def test_cuda_stochastic_rounding_matches_the_reference() -> None:
     rng = np.random.default_rng(9)
     x = np.concatenate([rng.normal(size=500) * 3, [5.0, -5.0]])
     bits = rng.integers(0, 2**32, size=x.size, dtype=np.uint32)
-    np.testing.assert_array_equal(_cuda.stochastic_round(x, 2**20, 4.0, bits),
-                                  _reference.stochastic_round(x, 2**20, 4.0, bits))
+    np.testing.assert_array_equal(
+        _cuda.stochastic_round(x, 2**20, 4.0, bits), _reference.stochastic_round(x, 2**20, 4.0, bits)
+    )
 
 
 def test_cuda_box_muller_matches_the_reference() -> None:
@@ -44,3 +46,20 @@ def test_cuda_box_muller_matches_the_reference() -> None:
     _reference.box_muller(u, 1.5, *want)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-12)
+
+
+def test_cuda_query_statistics_match_the_reference() -> None:
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(300, 4, 2)) * 5
+    np.testing.assert_allclose(
+        kernels.clipped_sum(x, -4.0, 6.0), _reference.clipped_sum(x, -4.0, 6.0), rtol=1e-12
+    )
+    y = np.concatenate([rng.normal(size=600) * 3, [3.0, -2.5, 1e9, np.nan], np.linspace(-2.5, 3.0, 23)])
+    for bins in (1, 7, 10):
+        np.testing.assert_array_equal(
+            kernels.clipped_histogram(y, -2.5, 3.0, bins), _reference.clipped_histogram(y, -2.5, 3.0, bins)
+        )
+    v = np.sort(np.clip(rng.normal(size=51), -2, 2))
+    assert kernels.quantile_pick(v, -2.0, 2.0, 25.0, 1.0, 0.3) == _reference.quantile_pick(
+        v, -2.0, 2.0, 25.0, 1.0, 0.3
+    )

@@ -23,8 +23,12 @@ def test_cpu_kernels_match_the_reference(n: int) -> None:
     np.testing.assert_allclose(_cpu.coordinate_median(x), _reference.coordinate_median(x), rtol=1e-12)
     for k in {0, n // 4, (n - 1) // 2}:
         if 2 * k < n:
-            np.testing.assert_allclose(_cpu.trimmed_mean(x, k), _reference.trimmed_mean(x, k),
-                                       rtol=1e-9, atol=1e-9 * float(np.abs(x).max()))
+            np.testing.assert_allclose(
+                _cpu.trimmed_mean(x, k),
+                _reference.trimmed_mean(x, k),
+                rtol=1e-9,
+                atol=1e-9 * float(np.abs(x).max()),
+            )
 
 
 def test_the_network_sorts_every_zero_one_input() -> None:
@@ -51,8 +55,13 @@ def test_the_dispatch_checks_its_input_and_uses_the_probed_backend() -> None:
 
 def probe(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     code = "from fednb import kernels; print(kernels.backend())"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**env, "PATH": "/usr/bin:/bin"}, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**env, "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
 
 
 def test_the_probe_honours_fednb_backend_and_never_trusts_the_simulator_alone() -> None:
@@ -103,3 +112,91 @@ def test_box_muller_matches_the_reference_and_draws_normals() -> None:
     assert abs(both.mean()) < 0.03 and abs(both.std() - 2.5) < 0.03
     with pytest.raises(InvalidInput, match="uniforms"):
         kernels.box_muller(u.astype(np.float32), 1.0, *got)
+
+
+def test_the_query_statistics_match_the_reference() -> None:
+    rng = np.random.default_rng(11)
+    assert np.isnan(_cpu.clipped_sum(np.array([1.0, np.nan, 2.0, 3.0, 4.0]), -1.0, 1.0))  # as np.clip does
+    x = rng.normal(size=(5000, 4, 3)) * 5
+    x[7, 1, 2] = np.nan
+    np.testing.assert_allclose(
+        _cpu.clipped_sum(x, -4.0, 6.0), _reference.clipped_sum(x, -4.0, 6.0), rtol=1e-12, equal_nan=True
+    )
+    np.testing.assert_allclose(
+        kernels.clipped_sum(x[:, 0, 0], -1.0, 1.0), _reference.clipped_sum(x[:, 0, 0], -1, 1)
+    )
+    y = np.concatenate(
+        [rng.normal(size=100_000) * 3, [3.0, -2.5, 1e9, -1e9, np.nan], np.linspace(-2.5, 3.0, 101)]
+    )
+    for bins in (1, 7, 10, 64):
+        np.testing.assert_array_equal(
+            _cpu.clipped_histogram(y, -2.5, 3.0, bins), _reference.clipped_histogram(y, -2.5, 3.0, bins)
+        )
+    v = np.sort(np.clip(rng.normal(size=501), -2, 2))
+    v[100:110] = v[100]  # ties: empty gaps
+    for u in rng.uniform(size=500):
+        assert _cpu.quantile_pick(v, -2.0, 2.0, 250.5, 1.0, u) == _reference.quantile_pick(
+            v, -2.0, 2.0, 250.5, 1.0, u
+        )
+    first = int(np.argmax(np.diff(np.concatenate([[-2.0], v, [2.0]])) > 0))  # the lowest gap of any width
+    assert kernels.quantile_pick(v, -2.0, 2.0, 0.0, 50.0, 0.5) == first  # a sharp mechanism picks it
+    with pytest.raises(InvalidInput):
+        kernels.clipped_histogram(y, 1.0, 1.0, 5)
+    with pytest.raises(InvalidInput):
+        kernels.quantile_pick(v, -2.0, 2.0, 1.0, 1.0, 1.5)
+
+
+def test_a_query_over_a_dask_backed_dataset_reads_it_chunk_by_chunk() -> None:
+    import dask
+    import xarray as xr
+
+    from fednb.privacy import SecureNoise
+    from fednb.protocol import Aggregation, DatasetCard, MockInfo, QuerySpec, VariableCard
+    from fednb.runtime._query import run_query
+
+    rng = np.random.default_rng(12)
+    n = 2000
+    ds = xr.Dataset(
+        {"age": ("patient", rng.uniform(20, 90, n)), "x": (("patient", "f"), rng.normal(size=(n, 3)))}
+    )
+    card = DatasetCard(
+        name="d",
+        source="test",
+        dims={"patient": n, "f": 3},
+        example_dim="patient",
+        num_examples=n,
+        variables={
+            "age": VariableCard(dims=["patient"], dtype="float64", bounds=(0.0, 100.0)),
+            "x": VariableCard(dims=["patient", "f"], dtype="float64", bounds=(-1.0, 1.0)),
+        },
+        coords={},
+        mock=MockInfo(method="provided-by-owner", note=""),
+        created="2026-01-01T00:00:00Z",
+    )
+    spec = QuerySpec(
+        aggregations=[
+            Aggregation(op="sum", variable="x"),
+            Aggregation(op="mean", variable="age"),
+            Aggregation(op="histogram", variable="age", bins=7),
+            Aggregation(op="quantile", variable="age", quantiles=[0.5]),
+        ],
+        noise_multiplier=1e-9,
+        quantile_epsilon=10.0,
+    )
+    lazy = ds.chunk({"patient": 300})
+    computed: list[int] = []
+
+    class Count(dask.callbacks.Callback):  # type: ignore[misc]
+        def _finish(self, dsk, state, errored):  # type: ignore[no-untyped-def]
+            computed.append(1)
+
+    with Count():
+        got = run_query(spec, lazy, card, SecureNoise())
+    assert len(computed) >= 7 * 3  # one computation per chunk of 300 patients, per statistic
+    want = run_query(spec, ds, card, SecureNoise())
+    np.testing.assert_allclose(got["0:sum:x"], np.clip(ds.x.values, -1, 1).sum(0), atol=1e-6)
+    np.testing.assert_allclose(got["1:mean:age"], want["1:mean:age"], rtol=1e-9)
+    np.testing.assert_allclose(
+        got["2:histogram:age"], np.histogram(ds.age.values, bins=7, range=(0, 100))[0], atol=1e-6
+    )
+    assert abs(float(got["3:quantile:age"][0]) - float(np.median(ds.age.values))) < 2.0

@@ -45,10 +45,18 @@ class Site:
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+    """Write ``data`` to ``path`` readable only by the user, at no moment readable by others:
+    a new 0600 file beside it (fchmod'ed before a byte is written), then renamed over."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a leftover of the same name kept its own mode
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def start(home: Path, n: int, port_base: int = 0) -> list[Site]:

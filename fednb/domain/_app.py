@@ -64,6 +64,7 @@ __all__ = ["BINARY", "create_app"]
 
 BINARY = "application/octet-stream"
 _MAX_JSON = 4 << 20
+_RUN_PATH = re.compile(rf"^{re.escape(API_PREFIX)}/requests/[^/]+/runs/[^/]+$")
 _MAX_RUN_BODY = 512 << 20
 _bearer = HTTPBearer(auto_error=False)
 _log = logging.getLogger("fednb.domain")
@@ -272,11 +273,13 @@ async def _read_capped(req: Request, cap: int) -> bytes:
 
 
 class _CapBody:
-    """Refuse a non-binary body over ``_MAX_JSON`` bytes before anything parses it.
+    """Refuse a body over ``_MAX_JSON`` bytes before anything parses it.
 
-    FastAPI reads and parses a JSON body before it checks the token, so without this an
-    anonymous client could make the domain buffer any amount (a chunked body declares no
-    length). Run bodies (``application/octet-stream``) are capped by their own route.
+    FastAPI reads a body before it checks the token, so without this an anonymous client
+    could make the domain buffer any amount (a chunked body declares no length), whatever
+    the content type it claims. Only a run's safetensors body (``PUT .../runs/{id}`` as
+    ``application/octet-stream``) passes: its route checks the token, then reads it
+    under its own cap.
     """
 
     def __init__(self, app: Any) -> None:
@@ -285,7 +288,9 @@ class _CapBody:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1")
-        if scope["type"] != "http" or ctype == BINARY:
+        run_body = (ctype == BINARY and scope.get("method") == "PUT"
+                    and _RUN_PATH.match(scope.get("path", "")) is not None)
+        if scope["type"] != "http" or run_body:  # the run route reads (and caps) its body after auth
             await self.app(scope, receive, send)
             return
         too_large = _error(PayloadTooLarge(f"JSON bodies are capped at {_MAX_JSON} bytes"))

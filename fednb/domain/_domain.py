@@ -70,6 +70,10 @@ class Domain:
         self.name: str = manifest["name"]
         self.domain_id: str = manifest["domain_id"]
         self.dask_address: str | None = dask_address or manifest.get("dask_address")
+        if self.dask_address is not None:
+            from fednb.domain.runner._dask import check_scheduler_address
+
+            check_scheduler_address(self.dask_address)  # before anything is written
         self.store = Store(store_url or manifest.get("store_url") or
                            f"sqlite:///{home / 'store.sqlite'}")
         self.audit = AuditLog(self.store, home / "audit.key", home / "audit.head")
@@ -99,10 +103,15 @@ class Domain:
             SQLAlchemy URL of the store (default: SQLite in the home), e.g.
             ``postgresql+psycopg://fednb@db.example/st_mary`` (``pip install 'fednb[postgres]'``).
         dask_address
-            Address of a Dask scheduler (``tcp://host:8786``) whose workers run this domain's
-            jobs, each in the same sandbox (``pip install 'fednb[dask]'``); they must see the
-            domain home at the same path. Default: local worker processes.
+            Address of a Dask scheduler whose workers run this domain's jobs, each in the
+            same sandbox (``pip install 'fednb[dask]'``); they must see the domain home at
+            the same path. ``tcp://`` only on loopback; beyond it ``tls://`` (whoever
+            reaches the scheduler runs code beside the data). Default: local processes.
         """
+        if dask_address is not None:
+            from fednb.domain.runner._dask import check_scheduler_address
+
+            check_scheduler_address(dask_address)
         home = Path(path).expanduser().resolve()
         if (home / _MANIFEST).exists():
             if exist_ok:
@@ -370,7 +379,7 @@ class Domain:
 
                     self._pool = DaskPool(self.dask_address, self.sandbox_mode, limits,
                                           max_concurrent=p.max_concurrent_jobs,
-                                          max_output=p.max_result_bytes)
+                                          max_output=p.max_result_bytes, domain=self.domain_id)
                 else:
                     self._pool = WorkerPool(self.sandbox_mode, limits,
                                             max_concurrent=p.max_concurrent_jobs,
@@ -406,12 +415,15 @@ class Domain:
         self._take_server_lock()
         try:
             self.configure_sandbox(insecure_demo)
+            # this process executes runs from now on, so none can be in flight: end those a
+            # crash interrupted before the server accepts a call (a run queued after this
+            # point must not be taken for one)
+            self._fail_interrupted_runs()
             server = Server.start(self, host, port, certfile=certfile, keyfile=keyfile,
                                   background=background)
         except BaseException:
             self._release_server_lock()
             raise
-        self._fail_interrupted_runs()  # this process now executes runs: none can be in flight
         return server
 
     def _take_server_lock(self) -> None:

@@ -95,7 +95,9 @@ class Ledger:
                                  f"over its cap of {cap:g}")
         freed = s.get(ChargeRow, run_id)  # a run queued again after a crash freed its charge
         if freed is not None and freed.state == "freed":
+            # queued again, perhaps on another of the request's datasets: charge that one
             freed.event, freed.state, freed.updated = event.to_json(), "reserved", utcnow()
+            freed.dataset, freed.scientist, freed.request_id = dataset, req.scientist, req.id
         else:
             s.add(ChargeRow(run_id=run_id, request_id=req.id, scientist=req.scientist, dataset=dataset,
                             event=event.to_json(), state="reserved"))

@@ -172,7 +172,11 @@ class RunBook:
                  weights: Weights | None, compression: Compression, dp: bool, secure: bool) -> None:
         try:
             with self._d.store.write() as s:
-                s.execute(update(RunRow).where(RunRow.id == run_id).values(status="running"))
+                started = s.execute(  # type: ignore[attr-defined]
+                    update(RunRow).where(RunRow.id == run_id, RunRow.status == "queued")
+                    .values(status="running")).rowcount
+            if started != 1:  # ended meanwhile (a restart's recovery): it runs nowhere, is charged nothing
+                return
             outcome = self._outcome(req, dataset, params, weights)
             self._finish(run_id, req, dataset, outcome, output_policy(req, self._d.policy.get()),
                          compression, dp, secure)

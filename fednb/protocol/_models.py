@@ -243,6 +243,10 @@ class RequestCreate(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> RequestCreate:
+        if "\x00" in self.source or "\x00" in self.description:
+            # a store may not keep NUL as it came (PostgreSQL text cannot): the reviewed
+            # source must be exactly what runs, so it is refused, never rewritten
+            raise ValueError("source and description must not contain NUL characters")
         if code_hash(self.source) != self.code_hash:
             raise ValueError("code_hash is not the SHA-256 of source")
         for d in self.datasets:
@@ -294,7 +298,7 @@ class ApproveDecision(_Model):
 
 
 class DenyDecision(_Model):
-    reason: str = Field(min_length=1, max_length=2_000)
+    reason: str = Field(min_length=1, max_length=2_000, pattern=r"^[^\x00]*$")
 
 
 class RunCreate(_Model):

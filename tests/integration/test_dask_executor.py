@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fednb
+from fednb.domain import Domain
 from fednb.domain.runner import bwrap_available
 from fednb.protocol import RunInfo
 from tests.conftest import Hospital, make_hospital
@@ -165,3 +166,42 @@ def test_only_bytes_cross_the_cluster(on_dask: Hospital, cluster: tuple[Any, Res
     ours = {k: t for k, t in cluster[1].types.items() if k.startswith("fednb-run-")}
     assert len(ours) >= 3 and set(ours.values()) == {"bytes"}, ours
     assert os.environ.get("FEDNB_TEST_CANARY")  # the domain's environment stayed here
+
+
+def test_a_plain_tcp_scheduler_beyond_loopback_is_refused(tmp_path: Path) -> None:
+    from fednb.errors import InsecureSetting
+
+    with pytest.raises(InsecureSetting, match="tls://"):
+        Domain.create(tmp_path / "far", name="Far", dask_address="tcp://10.1.2.3:8786")
+    assert not (tmp_path / "far").exists()
+    Domain.create(tmp_path / "tls", name="TLS", dask_address="tls://10.1.2.3:8786").close()
+    Domain.create(tmp_path / "near", name="Near", dask_address="tcp://127.0.0.1:8786").close()
+
+
+@fednb.remote
+def answer_a(data):
+    return np.asarray(1.0)
+
+
+@fednb.remote
+def answer_b(data):
+    return np.asarray(2.0)
+
+
+def test_two_domains_on_one_cluster_never_share_a_warm_worker(
+        tmp_path: Path, cluster: tuple[Any, ResultTypes], on_dask: Hospital) -> None:
+    # request ids are the scientist's choice: the same id on another domain must run that
+    # domain's own approved code, never the first domain's warm worker
+    other = make_hospital(tmp_path / "st-john", dask_address=cluster[0].scheduler_address)
+    try:
+        results = []
+        for h, fn in ((on_dask, answer_a), (other, answer_b)):
+            req = fn.request(h.alice(), "breast-cancer", runs=1, request_id="shared-request-id")
+            h.owner().requests.get(req.id).approve()
+            run = req.run()
+            assert run.wait(120).status == "succeeded"
+            h.owner().runs.get(run.id).release()
+            results.append(float(run.result(timeout=30).weights["result"]))
+        assert results == [1.0, 2.0]
+    finally:
+        other.server.stop()

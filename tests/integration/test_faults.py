@@ -92,3 +92,30 @@ def test_a_crash_at_each_fault_point_loses_nothing_and_charges_nothing_twice(tmp
         assert info.status == "succeeded" and again.result(timeout=30).weights["w"].shape == (10,)
         assert alice.requests.get(req.id).info.runs_used == 1  # the resend did not take a new run
     check_books(home, "crash-run-0001", interrupted=point != "after_release")
+
+
+def test_a_run_queued_again_on_another_dataset_is_charged_to_that_one(tmp_path: Path) -> None:
+    home, owner_tok, alice_tok = setup_home(tmp_path)
+    dom = Domain.open(home)
+    dom.add_dataset("bc2", breast_cancer_dataset(), bounds=BC_BOUNDS)
+    dom.close()
+    with served(home, fault="after_reserve") as (url, proc):
+        alice, owner = fednb.connect(url, token=alice_tok), fednb.connect(url, token=owner_tok)
+        req = fixed_update.request(alice, ["bc", "bc2"], runs=2, dp=DP)
+        owner.requests.get(req.id).approve(release="auto")
+        with contextlib.suppress(ConnectionFailed):
+            req.run(run_id="moved-run-0001", dataset="bc").wait(60)
+        assert proc.wait(60) == 137
+    with served(home) as (url, _):
+        alice = fednb.connect(url, token=alice_tok)
+        again = alice.requests.get(req.id).run(run_id="moved-run-0001", dataset="bc2")
+        assert again.wait(60).status == "succeeded" and again.info.dataset == "bc2"
+        spent = {b.dataset: b.epsilon_spent for b in alice.budget}
+    assert spent.get("bc", 0.0) == 0.0 and spent["bc2"] > 0  # the charge followed the run
+    from fednb.domain._store import ChargeRow
+
+    dom = Domain.open(home)
+    with dom.store.session() as s:
+        (charge,) = s.query(ChargeRow).all()
+    assert (charge.dataset, charge.state) == ("bc2", "committed")
+    dom.close()

@@ -112,3 +112,16 @@ def test_errors_have_stable_codes_and_round_trip() -> None:
         assert type(back) is cls and back.message == "boom"
     assert errors.http_status(ValueError()) == 500
     assert isinstance(errors.from_wire(None, 401), errors.AuthenticationError)
+
+
+def test_a_nul_in_reviewed_text_is_refused_not_rewritten() -> None:
+    import pydantic
+
+    from fednb.protocol import DenyDecision, RequestCreate, code_hash
+
+    src = "def f(data):\n    return 1  # \x00\n"
+    with pytest.raises(pydantic.ValidationError, match="NUL"):
+        RequestCreate(id="abcdefgh12", function_name="f", source=src, code_hash=code_hash(src),
+                      datasets=["d"], runs=1)
+    with pytest.raises(pydantic.ValidationError):
+        DenyDecision(reason="no\x00")

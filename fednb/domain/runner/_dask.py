@@ -34,7 +34,7 @@ import numpy as np
 
 from fednb.domain.runner._pool import JobSpec, RawOutcome, WorkerOutcome, WorkerPool, parse_outcome
 from fednb.domain.runner._sandbox import Limits, SandboxMode, bwrap_available
-from fednb.errors import FednbError, InvalidInput
+from fednb.errors import FednbError, InsecureSetting, InvalidInput
 from fednb.protocol import REASON_CODES, RUN_STATUSES, decode_message, encode_message
 from fednb.typing import Weights
 
@@ -62,6 +62,27 @@ def decode_raw(data: bytes, max_bytes: int) -> RawOutcome:
     if reply is not None and (reply.dtype != np.uint8 or reply.ndim != 1):
         raise ValueError("the reply is not a byte string")
     return RawOutcome(status, reason, None if reply is None else reply.tobytes(), log)
+
+
+def check_scheduler_address(address: str) -> None:
+    """Refuse a plain-TCP scheduler that is not on this machine.
+
+    Whoever can reach a Dask scheduler runs code on its workers (which read the domain's
+    home) and talks pickle to the domain's client: a cluster beyond loopback needs TLS
+    (``tls://``, with the certificates in Dask's ``distributed.comm.tls`` config).
+    """
+    scheme, _, rest = address.partition("://")
+    if not rest:
+        scheme, rest = "tcp", address
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if scheme == "tls":
+        return
+    if scheme in ("tcp", "inproc") and (scheme == "inproc" or host in ("localhost", "127.0.0.1", "::1")
+                                        or host.startswith("127.")):
+        return
+    raise InsecureSetting(f"refusing the Dask scheduler {address!r}: plain {scheme} beyond loopback lets "
+                          "anyone on the path run code beside the domain's data; use tls:// with "
+                          "Dask's TLS settings")
 
 
 def _settings_key(settings: dict[str, Any]) -> str:
@@ -141,7 +162,8 @@ class DaskPool:
     """
 
     def __init__(self, address: str, mode: SandboxMode, limits: Limits | None = None,
-                 max_concurrent: int = 2, max_warm: int = 8, max_output: int = 64 << 20) -> None:
+                 max_concurrent: int = 2, max_warm: int = 8, max_output: int = 64 << 20,
+                 domain: str = "") -> None:
         try:
             from distributed import Client
         except ImportError:
@@ -151,8 +173,11 @@ class DaskPool:
         caps = dataclasses.asdict(limits or Limits())
         caps.pop("cpus")  # how many cores a job may use is each Dask worker's own default
         self.address, self.max_output = address, max_output
+        check_scheduler_address(address)
+        # the domain is part of the key of a Dask worker's pool: two domains on one cluster
+        # never share warm workers (request ids are the scientists' choice)
         self._settings = {"mode": mode, "limits": caps, "max_concurrent": max_concurrent,
-                          "max_warm": max_warm, "max_output": max_output}
+                          "max_warm": max_warm, "max_output": max_output, "domain": domain}
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._client: Any = Client(address, set_as_default=False, timeout=60)  # type: ignore[no-untyped-call]
 

@@ -237,6 +237,9 @@ class WorkerPool:
     def _worker(self, job: JobSpec) -> tuple[_Worker, RawOutcome | None]:
         with self._guard:
             w = self._workers.pop(job.request_id, None)
+        if w is not None and w.job != job:  # same id, other code, data or home: never reuse
+            w.stop()
+            w = None
         if w is not None and w.alive():
             failure = None
         else:

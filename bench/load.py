@@ -202,7 +202,7 @@ class Load:
         while time.monotonic() < self.stop_at:
             turn += 1
             s.timed("list datasets", list, sci.datasets)
-            if turn % 5 == 0:
+            if turn % 5 == 1:  # from the first turn on, so a short window files some too
                 s.timed("file a request", QUERY.request, sci, "bc", runs=1)
             if turn % 10 == 0:
                 s.timed("read budget", lambda: sci.budget)

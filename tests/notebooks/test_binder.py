@@ -31,6 +31,9 @@ for path in sys.argv[1:]:
     print("executed", path, flush=True)
 """
 
+_PASS_THROUGH = ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+                 "CURL_CA_BUNDLE")
+
 pytestmark = pytest.mark.skipif(os.environ.get("FEDNB_SKIP_BINDER") == "1", reason="FEDNB_SKIP_BINDER=1")
 
 
@@ -62,7 +65,11 @@ def test_binder_image_runs_the_tutorials(tmp_path: Path) -> None:
     home.mkdir()
     env = {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "HOME": str(home), "LANG": "C.UTF-8",
            "VIRTUAL_ENV": str(venv), "PIP_RETRIES": "0",  # an unreachable index fails fast
-           **{k: v for k, v in os.environ.items() if k.startswith("PIP_")}}
+           **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},
+           # the machine's CA bundle (a TLS-inspecting proxy here) and yarn's package cache, so
+           # postBuild's build of the lab extension fetches no more than a Binder build would
+           **{k: v for k, v in os.environ.items() if k in _PASS_THROUGH},
+           "YARN_GLOBAL_FOLDER": str(Path.home() / ".yarn" / "berry")}
     t0 = time.monotonic()
     run(["python", "-m", "pip", "install", "-q", "-r", str(repo / "binder" / "requirements.txt")],
         env, repo, timeout=1200)

@@ -12,7 +12,7 @@ import pytest
 
 import fednb
 from fednb.domain import _store
-from fednb.errors import DomainBusy, InternalError
+from fednb.errors import DomainBusy, InternalError, InvalidInput
 from tests._stores import execute_sql, libpq_conninfo
 from tests.conftest import Hospital, NewStore, make_hospital
 
@@ -91,22 +91,29 @@ def log_nul(data):
 
 
 def test_text_holding_nul_is_kept_or_not_found_never_a_500(hospital: Hospital) -> None:
-    """SQLite keeps U+0000 in text; PostgreSQL refuses it. Hostile ids, free text and an
-    untrusted job's log that hold one behave alike on both stores."""
+    """SQLite keeps U+0000 in text; PostgreSQL refuses it. Hostile ids and an untrusted
+    job's log that hold one behave alike on both stores; reviewed text (a request's source
+    and description, a deny reason) holding one is refused, never rewritten."""
     alice, auth = hospital.alice(), {"Authorization": f"Bearer {hospital.alice_token}"}
     base = hospital.url + "/api/v1"
     assert httpx.get(f"{base}/requests/abcdefgh%00ijk", headers=auth).status_code == 404
     assert httpx.get(f"{base}/runs/abcdefgh%00ijk", headers=auth).status_code == 404
     r = httpx.get(f"{base}/runs", params={"request_id": "a\x00b"}, headers=auth)
     assert r.status_code == 200 and r.json() == []
-    req = log_nul.request(alice, "breast-cancer", runs=1, description="see \x00 here")
-    assert req.info.description in ("see \x00 here", "see \ufffd here")
+    body = fednb.protocol.RequestCreate(
+        id="nul-description-1", function_name="log_nul", source=log_nul.source, code_hash=log_nul.code_hash,
+        datasets=["breast-cancer"], runs=1).model_dump(mode="json")
+    r = httpx.post(f"{base}/requests", json={**body, "description": "see \x00 here"}, headers=auth)
+    assert r.status_code == 422 and "NUL" in r.json()["error"]["message"]
+    req = log_nul.request(alice, "breast-cancer", runs=1, description="see here")
     hospital.owner().requests.get(req.id).approve()
     info = req.run().wait(120)
     log = hospital.dom.runs.owner_view(info.id).owner_log or ""
     assert info.status == "succeeded", log
     assert "a NUL \x00 in the log" in log or "a NUL \ufffd in the log" in log
     denied = mean_x.request(alice, "breast-cancer")
-    hospital.owner().requests.get(denied.id).deny("no \x00 thanks")
-    assert alice.requests.get(denied.id).info.review_reason in ("no \x00 thanks", "no \ufffd thanks")
+    with pytest.raises(InvalidInput):
+        hospital.owner().requests.get(denied.id).deny("no \x00 thanks")
+    assert alice.requests.get(denied.id).info.status == "pending"
+    hospital.owner().requests.get(denied.id).deny("no thanks")
     assert hospital.dom.verify_audit().ok

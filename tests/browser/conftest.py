@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, poll: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy (returned) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(poll)
+    raise AssertionError("condition not met in time")
+
+
+def wait_for_server(
+    proc: subprocess.Popen[bytes], name: str, ready: Callable[[], bool], timeout: float
+) -> None:
+    """Wait until ``ready()`` (an HTTP probe) holds; fail with the output if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{out[-4000:]}")
+        try:
+            if ready():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise TimeoutError(f"{name} did not start in {timeout:.0f} s")
+
+
 def shot(page: Any, name: str) -> Path:
     """Save a screenshot under tests/browser/artifacts (kept by CI)."""
     ARTIFACTS.mkdir(exist_ok=True)
@@ -79,17 +108,8 @@ def dashboard() -> Iterator[Any]:
         )
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                raise RuntimeError(f"fednb dashboard exited with {proc.returncode}:\n{out}")
-            try:
-                httpx.get(url + "/", timeout=2)
-                return url
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        raise TimeoutError("fednb dashboard did not start in 60 s")
+        wait_for_server(proc, "fednb dashboard", lambda: bool(httpx.get(url + "/", timeout=2)), 60)
+        return url
 
     yield start
     for proc in procs:

@@ -3,7 +3,6 @@ and the federation view of a saved History."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 
 import fednb
 from fednb.scientist import History, iid_split
-from tests.browser.conftest import shot
+from tests.browser.conftest import shot, wait_until
 from tests.conftest import Hospital, breast_cancer_dataset, make_hospital
 
 TIMEOUT_MS = 30_000
@@ -29,16 +28,6 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
     h = make_hospital(tmp_path_factory.mktemp("browser") / "st-mary")
     yield h
     h.server.stop()
-
-
-def wait_until(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def log_in(page: Any, token: str) -> None:

@@ -7,7 +7,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser.conftest import free_port
+from tests.browser.conftest import free_port, wait_for_server
 from tests.conftest import Hospital, make_hospital
 
 
@@ -79,21 +78,11 @@ def start_lab(root: Path, tokens_file: Path, token: str) -> tuple[subprocess.Pop
         cwd=root,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise RuntimeError(f"jupyter lab exited with {proc.returncode}:\n{out[-4000:]}")
-        try:
-            if httpx.get(
-                f"{url}/api/status", headers={"Authorization": f"token {token}"}, timeout=2
-            ).is_success:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise TimeoutError("jupyter lab did not start in 90 s")
+    status = {"Authorization": f"token {token}"}
+    wait_for_server(
+        proc, "jupyter lab", lambda: httpx.get(f"{url}/api/status", headers=status, timeout=2).is_success, 90
+    )
+    return proc, url
 
 
 @pytest.fixture(scope="module")

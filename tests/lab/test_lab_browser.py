@@ -3,23 +3,17 @@ sidebar, review and approve a request, deny another with a reason, release a hel
 
 from __future__ import annotations
 
-import time
+import functools
 from typing import Any
 
 from tests.browser.conftest import browser, shot  # noqa: F401  (the fixture)
+from tests.browser.conftest import wait_until as _wait_until
 from tests.lab.conftest import Lab
 from tests.lab.test_server_extension import DP, fixed_update
 
+wait_until = functools.partial(_wait_until, timeout=30.0, poll=0.25)
+
 TIMEOUT_MS = 60_000
-
-
-def wait_until(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.25)
-    raise AssertionError("condition not met in time")
 
 
 def test_review_approve_deny_and_release_in_jupyterlab(lab: Lab, browser: Any) -> None:  # noqa: F811

@@ -1,9 +1,11 @@
 """Kernels for aggregation, each with a NumPy reference, on the backend probed once.
 
 ``fednb.kernels.backend()`` says which backend runs them (see :mod:`._backend`):
-Numba's parallel CPU kernels here, Numba CUDA on a GPU (and under Numba's simulator in
-tests), NumPy otherwise. Every kernel returns what its reference in
-:mod:`fednb.kernels._reference` returns, within float64 rounding.
+Numba's parallel CPU kernels here, CuPy or Numba CUDA on a GPU (Numba CUDA also under
+Numba's simulator in tests), NumPy otherwise. The CuPy kernels (:mod:`._cupy`) take NumPy
+arrays (copied to the device and back) or CuPy arrays (the result stays on the device).
+Every kernel returns what its reference in :mod:`fednb.kernels._reference` returns, within
+float64 rounding.
 
 Kernels so far: the coordinate-wise median and the trimmed mean of N stacked updates
 (the robust strategies' hot spots: NumPy's sort-based versions take about 30x a weighted
@@ -17,6 +19,8 @@ backend). The weighted mean is BLAS
 """
 
 from __future__ import annotations
+
+from types import ModuleType
 
 import numpy as np
 
@@ -42,13 +46,21 @@ def _module(n: int):  # type: ignore[no-untyped-def]
         if n <= _cuda.MAX_N:
             return _cuda
         name = "numba"
-    if name in ("numba", "cupy"):  # CuPy kernels are not written yet: the CPU ones serve
-        try:
-            from fednb.kernels import _cpu
-        except ImportError:
-            return _reference
-        return _cpu
+    if name == "cupy":
+        from fednb.kernels import _cupy
+
+        return _cupy
+    if name == "numba":
+        return _cpu_module()
     return _reference
+
+
+def _cpu_module() -> ModuleType:
+    try:
+        from fednb.kernels import _cpu
+    except ImportError:
+        return _reference
+    return _cpu
 
 
 def coordinate_median(stacked: FloatArray) -> FloatArray:
@@ -110,8 +122,6 @@ def quantile_pick(v: FloatArray, lo: float, hi: float, target: float, eps: float
         raise InvalidInput("quantile_pick takes sorted values and a uniform in [0, 1]")
     module = _module(1)
     pick = getattr(module, "quantile_pick", None)
-    if pick is None:  # the CUDA module leaves this sequential pass to the CPU kernels
-        from fednb.kernels import _cpu
-
-        pick = _cpu.quantile_pick
+    if pick is None:  # the CUDA and CuPy modules leave this sequential pass to the CPU
+        pick = _cpu_module().quantile_pick
     return int(pick(v, lo, hi, target, eps, u))

@@ -10,7 +10,7 @@ import pytest
 
 from fednb import kernels
 from fednb.errors import InvalidInput
-from fednb.kernels import _cpu, _reference
+from fednb.kernels import _cpu, _cupy, _reference
 
 SIZES = [1, 2, 3, 4, 5, 7, 16, 33, 50, 64, 65, 130]
 
@@ -200,3 +200,108 @@ def test_a_query_over_a_dask_backed_dataset_reads_it_chunk_by_chunk() -> None:
         got["2:histogram:age"], np.histogram(ds.age.values, bins=7, range=(0, 100))[0], atol=1e-6
     )
     assert abs(float(got["3:quantile:age"][0]) - float(np.median(ds.age.values))) < 2.0
+
+
+# -- the CuPy kernels: array-module generic code, run here with xp = numpy --------------
+
+
+def _has_gpu() -> bool:
+    try:
+        import cupy  # type: ignore[import-not-found]
+
+        return bool(cupy.cuda.is_available())
+    except Exception:
+        return False
+
+
+needs_gpu = pytest.mark.skipif(not _has_gpu(), reason="needs a GPU: cupy.cuda.is_available() is false "
+                                                       "(or CuPy is not installed)")
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_the_cupy_kernels_code_matches_the_reference_with_numpy_as_xp(n: int) -> None:
+    rng = np.random.default_rng(100 + n)
+    x = rng.normal(size=(n, 400)) * rng.choice([1e-3, 1.0, 1e6], size=(n, 1))
+    x[:, :10] = 7.0  # ties
+    np.testing.assert_array_equal(_cupy.xp_coordinate_median(np, x), _reference.coordinate_median(x))
+    for k in {0, n // 4, (n - 1) // 2}:
+        if 2 * k < n:
+            np.testing.assert_allclose(_cupy.xp_trimmed_mean(np, x, k), _reference.trimmed_mean(x, k),
+                                       rtol=1e-9, atol=1e-9 * float(np.abs(x).max()))
+    assert _cupy.xp_coordinate_median(np, x.astype(np.float32)).dtype == np.float64
+
+
+def test_the_cupy_elementwise_kernels_match_the_reference_with_numpy_as_xp() -> None:
+    rng = np.random.default_rng(21)
+    x = np.concatenate([rng.normal(size=5000) * 3, [5.0, -5.0, 4.0, -4.0, 0.0, 1e-300]])
+    bits = rng.integers(0, 2**32, size=x.size, dtype=np.uint32)
+    bits[-6:] = [0, 2**32 - 1, 0, 2**32 - 1, 2**31, 0]
+    for scale in (1.0, 2**20 / 4.0, (2**31 - 3) / 4.0):
+        np.testing.assert_array_equal(_cupy.xp_stochastic_round(np, x, scale, 4.0, bits),
+                                      _reference.stochastic_round(x, scale, 4.0, bits))
+    u = rng.uniform(size=20_001)
+    u[u == 0.0] = 0.5
+    want = (np.empty(10_000), np.empty(10_000))
+    _reference.box_muller(u, 2.5, *want)
+    for got, w in zip(_cupy.xp_box_muller(np, u, 2.5), want, strict=True):
+        np.testing.assert_array_equal(got, w)
+
+
+def test_the_cupy_query_statistics_match_the_reference_with_numpy_as_xp() -> None:
+    rng = np.random.default_rng(22)
+    x = rng.normal(size=(3000, 4, 3)) * 5
+    np.testing.assert_allclose(_cupy.xp_clipped_sum(np, x, -4.0, 6.0), _reference.clipped_sum(x, -4.0, 6.0),
+                               rtol=1e-12)
+    assert np.isnan(_cupy.xp_clipped_sum(np, np.array([1.0, np.nan]), -1.0, 1.0))  # as np.clip does
+    y = np.concatenate([rng.normal(size=50_000) * 3, [3.0, -2.5, 1e9, -1e9, np.nan, np.inf, -np.inf],
+                        np.linspace(-2.5, 3.0, 101), np.nextafter(np.linspace(-2.5, 3.0, 101), 9)])
+    for bins in (1, 7, 10, 64, 1000):
+        got = _cupy.xp_clipped_histogram(np, y, -2.5, 3.0, bins)
+        np.testing.assert_array_equal(got, _reference.clipped_histogram(y, -2.5, 3.0, bins))
+        assert got.dtype == np.int64
+    strided = y[::3]  # not contiguous
+    np.testing.assert_array_equal(_cupy.xp_clipped_histogram(np, strided, 0.0, 1.0, 5),
+                                  _reference.clipped_histogram(strided, 0.0, 1.0, 5))
+
+
+def test_the_cupy_backend_is_what_the_dispatch_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "backend", lambda: "cupy")
+    assert kernels._module(200) is _cupy  # no size limit: CuPy sorts any N
+    assert not hasattr(_cupy, "quantile_pick")  # the sequential draw stays on the CPU
+
+
+@needs_gpu
+@pytest.mark.parametrize("n", [1, 2, 5, 50, 130])
+def test_the_cupy_kernels_on_the_gpu_match_the_reference(n: int) -> None:
+    import cupy
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 3000))
+    np.testing.assert_allclose(_cupy.coordinate_median(x), _reference.coordinate_median(x), rtol=1e-12)
+    np.testing.assert_allclose(_cupy.trimmed_mean(x, n // 4), _reference.trimmed_mean(x, n // 4),
+                               rtol=1e-9, atol=1e-12)
+    on_device = _cupy.coordinate_median(cupy.asarray(x))  # CuPy in, CuPy out: no copy back
+    assert isinstance(on_device, cupy.ndarray)
+    np.testing.assert_allclose(cupy.asnumpy(on_device), _reference.coordinate_median(x), rtol=1e-12)
+
+
+@needs_gpu
+def test_the_cupy_elementwise_and_query_kernels_on_the_gpu_match_the_reference() -> None:
+    rng = np.random.default_rng(23)
+    x = rng.normal(size=100_000) * 3
+    bits = rng.integers(0, 2**32, size=x.size, dtype=np.uint32)
+    np.testing.assert_array_equal(_cupy.stochastic_round(x, 2**20, 4.0, bits),
+                                  _reference.stochastic_round(x, 2**20, 4.0, bits))
+    u = rng.uniform(0.01, 0.99, size=20_000)
+    got, want = (np.empty(10_000), np.empty(10_000)), (np.empty(10_000), np.empty(10_000))
+    _cupy.box_muller(u, 1.5, *got)
+    _reference.box_muller(u, 1.5, *want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    m = rng.normal(size=(5000, 4)) * 5
+    np.testing.assert_allclose(_cupy.clipped_sum(m, -4.0, 6.0), _reference.clipped_sum(m, -4.0, 6.0),
+                               rtol=1e-9)
+    y = np.concatenate([x, [np.nan, 1e9], np.linspace(-2.5, 3.0, 23)])
+    for bins in (1, 7, 50):
+        np.testing.assert_array_equal(_cupy.clipped_histogram(y, -2.5, 3.0, bins),
+                                      _reference.clipped_histogram(y, -2.5, 3.0, bins))

@@ -239,7 +239,7 @@ class Driver:
             if vec is not None and out.update is not None:
                 try:  # ClientUpdate refuses NaN/Inf: such an update is dropped like a failure
                     updates.append(ClientUpdate(vec, int(out.update.num_examples or 0), name, 0,
-                                                dict(out.update.metrics)))
+                                                dict(out.update.metrics), checked=out.checked))
                 except InvalidInput:
                     continue
         if len(updates) < self.min_domains:

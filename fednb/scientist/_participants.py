@@ -43,6 +43,9 @@ class Outcome:
     bytes_up: int = 0
     bytes_down: int = 0
     epsilon: float | None = None  # the domain's ledger after this run (this dataset, this scientist)
+    # the update's values were found finite by an output policy in this process (a virtual
+    # hospital, uncompressed), so the driver need not scan them again; never for the wire
+    checked: bool = False
 
 
 class Participant(Protocol):
@@ -184,7 +187,7 @@ class LocalParticipant:
                               self.noise.uniform if self.noise is not None else _no_uniform)
         update = Update(decompress(sent, meta), out.metrics, num_examples=self.num_examples)
         return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(sent), _nbytes(weights),
-                       self.epsilon())
+                       self.epsilon(), checked=self.compression == "none")
 
 
 def _no_uniform(n: int) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import fednb
@@ -86,3 +87,23 @@ def test_no_pickle_anywhere_in_fednb() -> None:
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not {"pickle", "cloudpickle", "dill", "marshal"} & {n.split(".")[0] for n in names}, path
+
+
+@fednb.remote
+def _overflow_fp16(data, weights):
+    big = float(data["x"].values[0])  # 1e5 overflows float16; 1.0 does not
+    return fednb.Update(weights={k: v + big for k, v in weights.items()})
+
+
+def test_an_update_decoded_from_fp16_is_scanned_again() -> None:
+    # A virtual hospital's output policy found its update finite; float16 on the wire can
+    # still make it infinite, so only uncompressed in-process updates skip the driver's scan.
+    import xarray as xr
+
+    parts = {name: xr.Dataset({"x": ("row", np.array([v]))}) for name, v in (("a", 1e5), ("b", 1.0))}
+    hist = fednb.simulate(_overflow_fp16, parts, initial={"w": np.zeros(3, np.float32)}, rounds=1,
+                          compression="fp16", progress=False)
+    np.testing.assert_array_equal(hist.weights["w"], 1.0)  # b's alone: a's infinite update dropped
+    plain = fednb.simulate(_overflow_fp16, parts, initial={"w": np.zeros(3, np.float32)}, rounds=1,
+                           progress=False)
+    np.testing.assert_allclose(plain.weights["w"], (1e5 + 1.0) / 2)

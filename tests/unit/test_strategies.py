@@ -349,3 +349,29 @@ def test_fedbuff_discounts_stale_updates() -> None:
     np.testing.assert_allclose(partial, FedAvg().aggregate(g, fresh[:2]))
     with pytest.raises(InvalidInput, match="buffer of 5"):
         FedBuff(buffer_size=4).aggregate(g, ups)
+
+
+@pytest.mark.parametrize("cls", [FedAvg, FedAdam])
+def test_a_sum_that_overflows_is_refused_before_the_server_state_moves(cls: type[Strategy]) -> None:
+    # The FedAvg family scans the aggregate once instead of every input: finite float32
+    # updates near float32's largest value sum to infinity, and that must still be refused.
+    big = np.full(4, 3e38, np.float32)
+    strategy = cls()
+    strategy.aggregate(np.zeros(4), [ClientUpdate(np.ones(4, np.float32), 1, "a")])  # state to keep
+    before = {k: np.array(v, copy=True) for k, v in strategy.state_dict().items()}
+    with pytest.raises(InvalidInput, match="overflowed"):
+        strategy.aggregate(np.zeros(4), [ClientUpdate(big, 1, "a"), ClientUpdate(big, 1, "b")])
+    after = strategy.state_dict()
+    assert sorted(after) == sorted(before)
+    assert all(np.array_equal(v, after[k]) for k, v in before.items())
+
+
+def test_checked_skips_only_the_scan_of_values() -> None:
+    # checked=True is the in-process output policy's word that the values are finite; the
+    # shape and dtype checks still hold.
+    with pytest.raises(InvalidInput, match="flat"):
+        ClientUpdate(np.zeros((2, 2)), 1, "a", checked=True)
+    with pytest.raises(InvalidInput, match="NaN"):
+        ClientUpdate(np.array([np.nan]), 1, "a")
+    vec = np.ones(3, np.float32)
+    assert ClientUpdate(vec, 1, "a", checked=True).vector is vec

@@ -18,6 +18,7 @@ The arithmetic lives in :mod:`fednb.strategies._ops`; the hooks only validate an
 from __future__ import annotations
 
 import abc
+import functools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -184,14 +185,36 @@ def _check_fraction(fraction: object) -> float:
     return check_real("fraction", fraction, 0.0, 1.0, open_low=True)
 
 
-def weighted_add(total: FloatArray, vec: FloatArray, weight: float) -> FloatArray:
-    """``total += weight * vec`` in place, without a temporary (BLAS daxpy)."""
-    from scipy.linalg.blas import daxpy
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
 
-    if total.flags.c_contiguous and vec.flags.c_contiguous and vec.dtype == np.float64:
-        return np.asarray(daxpy(vec, total, a=weight))
+    return ThreadpoolController()  # finds the BLAS libraries once (milliseconds); limits then cost µs
+
+
+def one_blas_thread() -> Any:
+    """A context in which BLAS runs on one thread. Axpy is memory-bound, so a second
+    thread gains little on a quiet machine; when other processes keep the cores busy,
+    OpenBLAS's worker threads wake late and one 400 kB saxpy took 8 ms instead of 9 µs here."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+def _axpy(total: FloatArray, vec: FloatArray, weight: float) -> FloatArray:
+    from scipy.linalg.blas import daxpy, saxpy
+
+    if total.flags.c_contiguous and vec.flags.c_contiguous and vec.dtype == total.dtype:
+        if total.dtype == np.float64:
+            return np.asarray(daxpy(vec, total, a=weight))
+        if total.dtype == np.float32:
+            return np.asarray(saxpy(vec, total, a=weight))
     total += weight * vec
     return total
+
+
+def weighted_add(total: FloatArray, vec: FloatArray, weight: float) -> FloatArray:
+    """``total += weight * vec`` in place, without a temporary (BLAS axpy, one thread)."""
+    with one_blas_thread():
+        return _axpy(total, vec, weight)
 
 
 def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> FloatArray:
@@ -202,16 +225,11 @@ def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> Flo
     sum's relative error stays near ``N * 6e-8``, below the float32 model's own
     rounding once N is small. Any other mix is summed in float64.
     """
-    from scipy.linalg.blas import saxpy
-
-    if all(v.dtype == np.float32 and v.flags.c_contiguous for v in vectors):
-        total32: FloatArray = np.zeros(vectors[0].shape[0], dtype=np.float32)
+    f32 = all(v.dtype == np.float32 and v.flags.c_contiguous for v in vectors)
+    total: FloatArray = np.zeros(vectors[0].shape[0], dtype=np.float32 if f32 else np.float64)
+    with one_blas_thread():
         for vec, w in zip(vectors, weights, strict=True):
-            total32 = saxpy(vec, total32, a=w)
-        return total32
-    total: FloatArray = np.zeros(vectors[0].shape[0], dtype=np.float64)
-    for vec, w in zip(vectors, weights, strict=True):
-        total = weighted_add(total, vec, w)
+            total = _axpy(total, vec if f32 else np.asarray(vec, np.float64), w)
     return total
 
 

@@ -375,3 +375,21 @@ def test_checked_skips_only_the_scan_of_values() -> None:
         ClientUpdate(np.array([np.nan]), 1, "a")
     vec = np.ones(3, np.float32)
     assert ClientUpdate(vec, 1, "a", checked=True).vector is vec
+
+
+def test_sums_run_blas_on_one_thread_and_restore_it() -> None:
+    # Level-1 BLAS is memory-bound; OpenBLAS's extra threads only wait for busy cores.
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with S._base.one_blas_thread():
+        assert set(blas_threads()) == {1}
+    assert blas_threads() == before
+    vecs = [np.arange(5, dtype=np.float32), np.ones(5, np.float32), np.arange(5.0)]
+    np.testing.assert_allclose(S._base.weighted_sum(vecs[:2], [2.0, 3.0]), 2 * np.arange(5) + 3)
+    np.testing.assert_allclose(S._base.weighted_sum(vecs, [1.0, 1.0, 1.0]), 2 * np.arange(5) + 1)
+    assert S._base.weighted_sum(vecs[:2], [1.0, 1.0]).dtype == np.float32
+    assert blas_threads() == before

@@ -385,6 +385,9 @@ class MeanStrategy(Strategy):
 
     secure_aggregation = True
     robust = False
+    plain_mean: ClassVar[bool] = False
+    """True when :meth:`server_step` is ``global_vec + delta``: the new model is then the
+    weighted mean itself whenever the weights are the example counts."""
 
     def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
         g = check_global(global_vec)
@@ -415,12 +418,15 @@ class MeanStrategy(Strategy):
         s = check_flat(weighted_sum, "the weighted sum", keep_float32=True) if check_sum else weighted_sum
         if s.ndim != 1 or s.shape != g.shape:
             raise InvalidInput(f"the weighted sum has {s.size} parameters, the global model {g.size}")
-        # sum_i w_i (v_i - g) / n: the pseudo-gradient of Reddi et al. (2021), negated.
-        delta = np.multiply(s, 1.0 / n, dtype=np.float64)  # a new array: the caller's sum stays as it was
-        delta = weighted_add(delta, g, -t / n)
-        if not check_sum and not np.isfinite(delta).all():  # before a server optimiser's state moves
+        # A finite sum keeps everything below finite (float32 or float64 sums, weights <= 1, n >= 1), so
+        # one scan of the sum, before a server optimiser's state moves, covers an overflow.
+        if not check_sum and not np.isfinite(s).all():
             raise InvalidInput("the aggregate overflowed to infinity; the updates are too large to sum")
-        return self.server_step(g, delta)
+        mean = np.multiply(s, 1.0 / n, dtype=np.float64)  # a new array: the caller's sum stays as it was
+        if self.plain_mean and t == n:
+            return mean  # g + (mean - g): the same up to rounding, two passes over the model fewer
+        # sum_i w_i (v_i - g) / n: the pseudo-gradient of Reddi et al. (2021), negated.
+        return self.server_step(g, weighted_add(mean, g, -t / n))
 
     @abc.abstractmethod
     def server_step(self, global_vec: FloatArray, delta: FloatArray) -> FloatArray:

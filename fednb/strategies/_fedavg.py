@@ -33,5 +33,7 @@ class FedAvg(MeanStrategy):
     [0.75, 0.25]
     """
 
+    plain_mean = True
+
     def server_step(self, global_vec: FloatArray, delta: FloatArray) -> FloatArray:
         return global_vec + delta

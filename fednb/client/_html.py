@@ -209,6 +209,7 @@ def run_html(info: RunInfo) -> str:
         "release": info.release_state or "",
         "examples": info.num_examples,
         "ε": _eps(info.epsilon),
+        "backend": info.backend or "",  # owner only: the device the run used (cpu, cuda:NAME)
         "created": info.created,
         "finished": info.finished,
     }

@@ -267,7 +267,8 @@ class Domain:
             else:
                 row.value = value
             tx.log("owner", "policy.updated", changed={k: value[k] for k in changed})
-        if {"max_concurrent_jobs", "worker_memory_bytes", "max_result_bytes"} & set(changed):
+        if {"max_concurrent_jobs", "worker_memory_bytes", "max_result_bytes", "gpu_jobs", "gpu_memory_bytes",
+                "gpu_without_host_memory_cap"} & set(changed):
             with self._lock:  # new caps take effect with fresh workers; running jobs finish
                 old, self._pool = self._pool, None
             if old is not None:
@@ -373,7 +374,9 @@ class Domain:
                 if self.sandbox_mode is None:
                     raise RuntimeError("no sandbox configured")
                 p = self.policy.get()
-                limits = Limits(memory_bytes=p.worker_memory_bytes)
+                limits = Limits(memory_bytes=p.worker_memory_bytes, gpu=p.gpu_jobs,
+                                gpu_memory_bytes=p.gpu_memory_bytes,
+                                host_memory_uncapped_ok=p.gpu_without_host_memory_cap)
                 if self.dask_address is not None:
                     from fednb.domain.runner._dask import DaskPool
 

@@ -19,6 +19,7 @@ from fednb.privacy import ComposedEvent, Event, RepeatedEvent, SubsampledGaussia
 from fednb.protocol import ClientDP, DatasetCard, QuerySpec, RequestCreate, TensorSpec, Update
 from fednb.protocol._dpsgd import DPSGDSpec
 from fednb.runtime import OutputPolicy, update_event
+from fednb.runtime._gpu import kernels_device
 from fednb.runtime._query import check_query, query_events, run_query
 
 if TYPE_CHECKING:
@@ -124,4 +125,4 @@ def run_query_kind(dom: Domain, req: RequestRow, dataset: str) -> WorkerOutcome:
     assert isinstance(spec, QuerySpec)
     weights = run_query(spec, dom.private(dataset), dom.card(dataset), dom.noise)
     return WorkerOutcome("succeeded", "ok", Update(weights=weights), log=json.dumps(
-        {"query": [a.model_dump() for a in spec.aggregations]}))
+        {"query": [a.model_dump() for a in spec.aggregations]}), backend=kernels_device())

@@ -30,6 +30,19 @@ class Policy(BaseModel):
         Runs executing at once across the domain (default 2).
     worker_memory_bytes
         Memory cap of one sandboxed worker, bytes (default 3 GiB: room for torch, not for 4 GiB).
+    gpu_jobs
+        Let approved jobs see this machine's NVIDIA GPUs (default False): the sandbox binds
+        the NVIDIA device nodes and driver libraries, and caps the worker's host memory by
+        its cgroup instead of ``RLIMIT_AS`` (CUDA reserves far more address space than it
+        uses). Where the domain cannot write a memory cgroup, GPU jobs are refused unless
+        ``gpu_without_host_memory_cap`` is set.
+    gpu_memory_bytes
+        GPU memory of one job, bytes (default: none): CuPy's memory pool limit and PyTorch's
+        per-process memory fraction, set before the job's code starts. An allocator limit
+        in the job's own process, which code can lift: it stops accidents, not hostile code.
+    gpu_without_host_memory_cap
+        Run GPU jobs even where no memory cgroup can be written, so with no cap on their
+        host memory at all (default False: such runs are refused with ``sandbox_unavailable``).
     delta
         The delta of every epsilon this domain reports and enforces; None (default) uses
         ``min(1e-6, 1 / (10 n))`` for a dataset of n examples.
@@ -53,6 +66,9 @@ class Policy(BaseModel):
     max_result_bytes: int = Field(default=64 << 20, gt=0, le=1 << 31)
     max_concurrent_jobs: int = Field(default=2, ge=1, le=256)
     worker_memory_bytes: int = Field(default=3 << 30, ge=256 << 20)
+    gpu_jobs: bool = False
+    gpu_memory_bytes: int | None = Field(default=None, ge=1 << 20)
+    gpu_without_host_memory_cap: bool = False
     delta: float | None = Field(default=None, gt=0, lt=0.1)
     min_noise_multiplier: float = Field(default=0.5, ge=0)
     max_epsilon_per_run: float | None = Field(default=None, gt=0)

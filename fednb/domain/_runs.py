@@ -70,8 +70,8 @@ class RunBook:
     @staticmethod
     def info(row: RunRow, owner: bool) -> RunInfo:
         fields = {c: getattr(row, c) for c in RunInfo.model_fields}
-        if not owner:
-            fields["owner_log"] = None
+        if not owner:  # the backend is the job's report: code could spell data into it
+            fields["owner_log"] = fields["backend"] = None
         return RunInfo.model_validate(fields)
 
     def _refuse_early(self, user: UserRow, req: RequestRow, dp: bool) -> None:
@@ -218,7 +218,7 @@ class RunBook:
             assert row is not None
             row.status, row.reason, row.result, row.release_state = (
                 outcome.status, outcome.reason, result, state)
-            row.owner_log, row.finished, row.backend = outcome.log[-20_000:], utcnow(), "numpy"
+            row.owner_log, row.finished, row.backend = outcome.log[-20_000:], utcnow(), outcome.backend
             row.num_examples = n if result is not None else None
             charge = "committed" if state in ("released", "secagg") else "freed" if result is None else None
             if charge is not None and self._d.ledger.settle(tx.s, run_id, charge):

@@ -15,7 +15,8 @@ requests: the clipped sum, the clipped histogram and the exponential mechanism's
 quantile draw (the domain runs queries in its own process, so they use the probed
 backend). The weighted mean is BLAS
 (:func:`fednb.strategies.weighted_sum`). Sandboxed workers run the NumPy references
-(``FEDNB_BACKEND=numpy``): no JIT compiler beside untrusted code.
+(``FEDNB_BACKEND=numpy``): no JIT compiler beside untrusted code; the workers of GPU jobs
+run the CuPy kernels where CuPy finds the GPU (the job has CuPy's compiler anyway).
 """
 
 from __future__ import annotations

@@ -326,7 +326,7 @@ class RunInfo(_Model):
     created: datetime
     finished: datetime | None
     epsilon: float | None = None
-    backend: str | None = None
+    backend: str | None = None  # owner only: the device the run used, "cpu" or "cuda:<name>"
     owner_log: str | None = None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from collections import OrderedDict
@@ -17,7 +18,7 @@ from fednb.domain.runner._frames import (
     write_frame,
 )
 from fednb.domain.runner._sandbox import Limits, SandboxedProcess, SandboxMode, SandboxSpec, launch
-from fednb.errors import FednbError
+from fednb.errors import FednbError, SandboxUnavailable
 from fednb.protocol import (
     REASON_CODES,
     ReasonCode,
@@ -32,6 +33,9 @@ __all__ = ["JobRunner", "JobSpec", "RawOutcome", "WorkerOutcome", "WorkerPool", 
 
 _LOG_KEEP = 20_000
 _START_TIMEOUT = 120.0
+# the device a run used, as its worker reports it: "cpu" or "cuda:<device name>" (printable
+# ASCII, 32 characters in all); anything else is recorded as None
+_BACKEND = re.compile(r"cpu|cuda(:[ -~]{1,27})?")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class WorkerOutcome:
     reason: ReasonCode
     update: Update | None = None
     log: str = ""
+    backend: str | None = None  # reported by the (untrusted) worker: for the owner's eyes only
 
 
 @dataclass
@@ -73,12 +78,15 @@ def parse_outcome(raw: RawOutcome) -> WorkerOutcome:
         return WorkerOutcome(raw.status, raw.reason, log=raw.log)
     try:
         header, tensors = decode_message(raw.reply or b"")
+        backend = header.get("backend")
+        backend = backend if isinstance(backend, str) and _BACKEND.fullmatch(backend) else None
         if header.get("status") != "ok":
             reason = header.get("reason")
             return WorkerOutcome("failed", reason if reason in REASON_CODES else "exception",
-                                 log=raw.log)
+                                 log=raw.log, backend=backend)
         metrics = {str(k): float(v) for k, v in dict(header.get("metrics") or {}).items()}
-        return WorkerOutcome("succeeded", "ok", Update(weights=tensors, metrics=metrics), raw.log)
+        return WorkerOutcome("succeeded", "ok", Update(weights=tensors, metrics=metrics), raw.log,
+                             backend)
     except (FednbError, TypeError, ValueError, AttributeError):
         return WorkerOutcome("failed", "invalid_output", log=raw.log)
 
@@ -100,10 +108,13 @@ class _Worker:
                "OPENBLAS_NUM_THREADS": str(self.limits.cpus), "PYTHONDONTWRITEBYTECODE": "1",
                # no JIT compiler in the sandbox (DP-SGD's noise uses the kernels): the NumPy
                # references, no code generation or cache writes beside untrusted code
-               "FEDNB_BACKEND": "numpy"}
+               "FEDNB_BACKEND": "numpy", **self._gpu_env()}
         argv = [sys.executable, "-s", "-m", "fednb.domain.runner._worker"]
         spec = SandboxSpec(argv, self.job.workdir, binds, env, self.limits)
-        self.proc = launch(spec, self.mode)
+        try:
+            self.proc = launch(spec, self.mode)
+        except SandboxUnavailable as exc:  # a GPU job where no memory cgroup caps it
+            return RawOutcome("refused", "sandbox_unavailable", log=f"{exc}\n")
         init = {"source": self.job.source, "function_name": self.job.function_name,
                 "datasets": self._paths(), "max_output": self.max_output}
         try:
@@ -116,6 +127,17 @@ class _Worker:
             self.stop()
             return RawOutcome("failed", "exception", log=self.take_log())
         return None
+
+    def _gpu_env(self) -> dict[str, str]:
+        """What the worker's runtime reads before user code starts (``prepare_gpu``)."""
+        if not self.limits.gpu:
+            return {}
+        env = {"FEDNB_GPU": "1"}
+        if self.limits.gpu_memory_bytes is not None:
+            cap = str(self.limits.gpu_memory_bytes)
+            # CuPy reads this when it makes its pool, in case code swaps the default pool
+            env.update(FEDNB_GPU_MEMORY_BYTES=cap, CUPY_GPU_MEMORY_LIMIT=cap)
+        return env
 
     def run(self, dataset: str, params: dict[str, Any], weights: Weights | None,
             timeout: float) -> RawOutcome:
@@ -139,7 +161,9 @@ class _Worker:
     def _died(self) -> RawOutcome:
         oom = self._oom_seen()  # read the cgroup before stop() removes it
         rc = self.stop()
-        if rc is not None and rc < 0:
+        # the OOM killer's victim is the worker, pid 1 of its namespace: bubblewrap, which
+        # this process waits for, then exits with a status, not by the signal
+        if oom or (rc is not None and rc < 0):
             return RawOutcome("killed", "memory_limit" if oom else "worker_crashed",
                               log=self.take_log())
         return RawOutcome("failed", "worker_crashed", log=self.take_log())

@@ -15,6 +15,13 @@ process. Resource caps:
   ``memory.limit_in_bytes`` (cgroup v1), which also bind when the domain runs as root;
 - a nice level and a CPU affinity mask, so jobs never take every core from the
   hospital's other systems.
+
+GPU jobs (``Limits.gpu``, the domain policy's ``gpu_jobs``) also see the NVIDIA device
+nodes (``--dev-bind``) and driver libraries (read-only), found by :mod:`._gpu`. CUDA
+reserves far more address space than it touches, so a GPU worker gets no
+``RLIMIT_AS``: its host memory is capped by its memory cgroup alone, and where no memory
+cgroup can be written it is refused (:class:`~fednb.errors.SandboxUnavailable`) unless
+the owner accepted running it without a host memory cap (``host_memory_uncapped_ok``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Limits", "SandboxMode", "SandboxSpec", "bwrap_available", "launch"]
+from fednb.domain.runner._gpu import gpu_binds
+from fednb.errors import SandboxUnavailable
+
+__all__ = ["Limits", "SandboxMode", "SandboxSpec", "bwrap_available", "launch", "memory_cgroup_works"]
 
 SandboxMode = Literal["bubblewrap", "insecure-demo"]
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -64,6 +74,15 @@ class Limits:
         Cores the worker may run on (default: all but one, at least one).
     nice
         Scheduling niceness added to the worker (default 10).
+    gpu
+        Bind the NVIDIA devices and driver libraries; host memory capped by the cgroup
+        only, never ``RLIMIT_AS`` (default False).
+    gpu_memory_bytes
+        GPU memory cap handed to the worker's allocators (CuPy, PyTorch), bytes (default
+        None: no cap).
+    host_memory_uncapped_ok
+        With ``gpu``, start the worker even where no memory cgroup can be written (no cap
+        on its host memory at all); default False refuses such a start.
     """
 
     memory_bytes: int = 3 << 30
@@ -74,6 +93,9 @@ class Limits:
     scratch_bytes: int = 256 << 20
     cpus: int = field(default_factory=lambda: max(1, (os.cpu_count() or 1) - 1))
     nice: int = 10
+    gpu: bool = False
+    gpu_memory_bytes: int | None = None
+    host_memory_uncapped_ok: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +171,8 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/tmp"]
     for host, inside in [*python_binds(), *spec.ro_binds]:
         args += ["--ro-bind", str(host), inside]
+    if spec.limits.gpu:  # after --dev and --proc; /proc/driver/nvidia shows in every procfs
+        args += gpu_binds().argv((*_SYSTEM_DIRS, "/proc"))
     # /job: a sized tmpfs, so a job cannot fill the domain's disk (the owner's log reaches
     # the work dir through the worker's stderr); without --size, the work dir itself
     args += [*size, "--tmpfs", "/job"] if size else ["--bind", str(spec.workdir), "/job"]
@@ -164,6 +188,7 @@ class _Cgroup:
 
     def __init__(self, limits: Limits) -> None:
         self.dirs: list[Path] = []
+        self.caps_memory = False  # a memory.max or memory.limit_in_bytes took
         name = f"fednb-{uuid.uuid4().hex[:12]}"
         v2 = _CGROUP_ROOT / "cgroup.controllers"
         if v2.exists():
@@ -183,6 +208,7 @@ class _Cgroup:
             for k, v in settings.items():
                 (path / k).write_text(str(v))
             self.dirs.append(path)
+            self.caps_memory |= any(k.startswith("memory.") for k in settings)
         except OSError:
             path.rmdir()
 
@@ -197,16 +223,25 @@ class _Cgroup:
                 d.rmdir()
 
 
+def memory_cgroup_works() -> bool:
+    """True when this process can make a worker cgroup with a memory cap here (what GPU
+    jobs need unless the owner accepts no host memory cap)."""
+    cgroup = _Cgroup(Limits())
+    cgroup.remove()
+    return cgroup.caps_memory
+
+
 def _preexec(limits: Limits, cgroup: _Cgroup) -> None:
     cgroup.enter()
     caps = {
-        resource.RLIMIT_AS: limits.memory_bytes,
         resource.RLIMIT_NPROC: limits.max_procs,
         resource.RLIMIT_CPU: limits.cpu_seconds,
         resource.RLIMIT_FSIZE: limits.file_bytes,
         resource.RLIMIT_NOFILE: limits.open_files,
         resource.RLIMIT_CORE: 0,
     }
+    if not limits.gpu:  # CUDA reserves address space far beyond what it uses: the cgroup caps it
+        caps[resource.RLIMIT_AS] = limits.memory_bytes
     for which, value in caps.items():
         resource.setrlimit(which, (value, value))
     os.nice(limits.nice)
@@ -247,6 +282,14 @@ def _launch(spec: SandboxSpec, mode: SandboxMode) -> SandboxedProcess:
         argv = spec.argv
         env = {**spec.env, "PATH": "/usr/bin:/bin"}
     cgroup = _Cgroup(spec.limits)
+    if spec.limits.gpu and not cgroup.caps_memory and not spec.limits.host_memory_uncapped_ok:
+        cgroup.remove()
+        raise SandboxUnavailable(
+            "GPU jobs run without RLIMIT_AS (CUDA reserves more address space than it uses), so "
+            "their host memory needs a memory cgroup, and this domain cannot write one under "
+            f"{_CGROUP_ROOT} (delegate cgroup v2 to the domain's user, or run it where cgroup "
+            "v1 memory is writable); or set policy gpu_without_host_memory_cap=true to run GPU "
+            "jobs with no host memory cap")
     log = os.open(spec.workdir / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     proc = SandboxedProcess(
         argv,

@@ -25,10 +25,13 @@ def _serve(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
     from fednb.domain.runner._frames import FrameError, read_frame, write_frame
     from fednb.protocol import decode_message, encode_message
     from fednb.runtime import call_function, compile_function
+    from fednb.runtime._gpu import device_in_use, prepare_gpu
 
     init, _ = decode_message(read_frame(proto_in, _MAX_IN))
     datasets: dict[str, str] = init["datasets"]
     max_output = int(init["max_output"])  # the parent enforces it too; this saves the copy
+    for line in prepare_gpu():  # GPU jobs: allocator caps before any user code runs
+        print(f"fednb: {line}", file=sys.stderr)
     try:
         fn = compile_function(init["source"], init["function_name"])
         write_frame(proto_out, encode_message({"status": "ready"}))
@@ -63,6 +66,7 @@ def _serve(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
         except BaseException:
             traceback.print_exc()
             reply, out = {"status": "error", "reason": "exception"}, {}
+        reply["backend"] = device_in_use()
         try:
             frame = encode_message(reply, out)
         except BaseException as exc:  # the codec cannot carry it: NaN metrics, text or complex arrays

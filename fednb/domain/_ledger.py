@@ -111,6 +111,28 @@ class Ledger:
         row.state, row.updated = state, utcnow()
         return True
 
+    def lowers(self, s: Session, run_id: str, event: Event) -> bool:
+        """Whether charging ``event`` instead of ``run_id``'s charge lowers both the scientist's
+        epsilon and the dataset's on the ledger (composition is not additive: checked whole)."""
+        row = s.get(ChargeRow, run_id)
+        if row is None or row.state not in _LIVE:
+            return False
+        card, old = self._d.card(row.dataset), event_from_json(row.event)
+        for who in (row.scientist, None):
+            events = self._events(s, row.dataset, who)
+            events.remove(old)
+            if self.epsilon([*events, event], card) >= self.epsilon([*events, old], card):
+                return False
+        return True
+
+    def rebook(self, s: Session, run_id: str, event: Event) -> float:
+        """Charge ``event`` for ``run_id`` in place of its charge (which :meth:`lowers` approved);
+        returns the scientist's epsilon after on the run's dataset."""
+        row = s.get(ChargeRow, run_id)
+        assert row is not None
+        row.event, row.updated = event.to_json(), utcnow()
+        return self.epsilon(self._events(s, row.dataset, row.scientist), self._d.card(row.dataset))
+
     def free_interrupted(self, s: Session, run_ids: list[str]) -> int:
         """Free the charges of runs a crash interrupted (nothing of them was released)."""
         n = 0

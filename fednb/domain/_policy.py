@@ -57,6 +57,13 @@ class Policy(BaseModel):
     secagg_min_members
         Fewest members a secure-aggregation round may have for this domain to take part
         (default 3: with 2, either member learns the other's update from the sum).
+    secagg_distributed_noise
+        Let secure-aggregation runs carry distributed discrete Gaussian noise instead of this
+        domain's full client-level noise (default False). The update is kept clipped but not
+        noised; in the round, every member adds a discrete Gaussian share and this domain is
+        charged what the sum of the round's threshold of shares guarantees, when that is
+        less than its full noise would cost, else it adds its full noise. It relies on its
+        roster: every member of a round must be on it (a stranger makes it refuse the round).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -75,6 +82,7 @@ class Policy(BaseModel):
     max_clip: float | None = Field(default=None, gt=0)
     dataset_epsilon_cap: float | None = Field(default=None, gt=0)
     secagg_min_members: int = Field(default=3, ge=2)
+    secagg_distributed_noise: bool = False
 
 
 class PolicyView:

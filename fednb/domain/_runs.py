@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -203,11 +204,16 @@ class RunBook:
         n = self._d.card(dataset).num_examples
         if outcome.status == "succeeded" and outcome.update is not None:
             try:
+                # distributed noise: the update is noised in the secure round (SecAggDesk.masked)
+                defer = (secure and req.kind != "query" and policy.dp is not None
+                         and self._d.policy.get().secagg_distributed_noise)
+                if defer:
+                    policy = dataclasses.replace(policy, defer_noise=True)
                 upd = (outcome.update if req.kind == "query"  # noised by the query mechanism
                        else apply_output_policy(outcome.update, policy, self._d.noise))
                 sent, meta = compress(upd.weights, compression, self._d.noise.uniform)
                 result = encode_message({"metrics": upd.metrics, "num_examples": n, "secure": secure,
-                                         **meta}, sent)
+                                         **({"noise_deferred": True} if defer else {}), **meta}, sent)
                 # no-DP results are always held; DP results follow the approval's release mode;
                 # a released secure result is kept to leave masked (SecAggDesk)
                 state = "held" if not (dp and req.release == "auto") else "secagg" if secure else "released"

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING
 
 from fednb.domain._store import RunRow, SettingRow, UserRow
 from fednb.errors import InvalidInput, NotFound
+from fednb.privacy import Event
 from fednb.protocol import (
+    ClientDP,
     SecAggAdvert,
+    SecAggConfig,
     SecAggJoin,
     SecAggReveal,
     SecAggShare,
@@ -25,8 +28,10 @@ from fednb.protocol import (
     decompress,
     encode_message,
 )
+from fednb.runtime import SecAggInput, secagg_input
 from fednb.secagg import Roster, SecAggMember, SecAggRefused
 from fednb.strategies import flatten
+from fednb.typing import FloatArray
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain
@@ -134,13 +139,35 @@ class SecAggDesk:
             assert row.result is not None  # checked by _run
             header, tensors = decode_message(row.result)
             vector, _ = flatten(decompress(tensors, header))
-            masked = self.member().masked(round_id, shares, vector)
+            member = self.member()
+            entry = self._input(row, member.config(round_id), vector, bool(header.get("noise_deferred")))
+            masked = member.masked(round_id, shares, entry.vector, entry.noise)
             with self._d.transaction() as tx:
                 run = tx.s.get(RunRow, run_id)
                 assert run is not None
                 run.release_state, run.result = "masked", None
                 tx.log(user.name, "result.masked", run=run_id, request=run.request_id, round=round_id)
+                if entry.event is not None:
+                    run.epsilon = self._d.ledger.rebook(tx.s, run_id, entry.event)
+                    tx.log("domain", "charge.rebooked", run=run_id, request=run.request_id,
+                           scientist=run.scientist, dataset=run.dataset, charge=entry.event.to_json(),
+                           epsilon_after=run.epsilon)
         return encode_message({"round_id": round_id}, {"masked": masked})
+
+    def _input(self, row: RunRow, config: SecAggConfig, vector: FloatArray, deferred: bool) -> SecAggInput:
+        """The run's input to the round: distributed noise where the policy allows it and it
+        charges less, else the domain's full noise (see :mod:`fednb.runtime._secagg_noise`)."""
+        req = self._d.requests.row(row.request_id)
+        dp = None if req.dp is None else ClientDP.model_validate(req.dp)
+
+        def accept(event: Event) -> bool:
+            if not self._d.policy.get().secagg_distributed_noise:
+                return False
+            with self._d.store.session() as s:
+                return self._d.ledger.lowers(s, row.id, event)
+
+        return secagg_input(config, self._d.identity.public, vector, dp=dp, deferred=deferred,
+                            metrics=bool(req.metrics), noise=self._d.noise, accept=accept)
 
     def consistency(self, user: UserRow, round_id: str, survivors: list[str]) -> str:
         self._round(user, round_id)

@@ -13,6 +13,7 @@ from fednb.privacy._analytic import analytic_gaussian_delta, analytic_gaussian_e
 from fednb.privacy._calibrate import epsilon_for, noise_multiplier_for
 from fednb.privacy._events import (
     ComposedEvent,
+    DistributedDiscreteGaussianEvent,
     Event,
     GaussianEvent,
     LaplaceEvent,
@@ -27,6 +28,7 @@ from fednb.privacy._noise import SecureNoise, clip_l2, gaussian_mechanism
 __all__ = [
     "Accountant",
     "ComposedEvent",
+    "DistributedDiscreteGaussianEvent",
     "Event",
     "EventsLike",
     "GaussianEvent",

@@ -28,6 +28,7 @@ from fednb.typing import JSON
 
 __all__ = [
     "ComposedEvent",
+    "DistributedDiscreteGaussianEvent",
     "Event",
     "GaussianEvent",
     "LaplaceEvent",
@@ -196,6 +197,81 @@ class SubsampledGaussianEvent(Event):
 
 
 @dataclass(frozen=True)
+class DistributedDiscreteGaussianEvent(Event):
+    """A sum carrying at least ``shares`` independent discrete Gaussian shares N_Z(0, s^2).
+
+    Secure aggregation's distributed noise (Kairouz, Liu & Steinke 2021, "The Distributed
+    Discrete Gaussian Mechanism for Federated Learning with Secure Aggregation", ICML): each
+    member adds one share to its quantised update; the sum of t shares is close to, but not
+    exactly, N_Z(0, t s^2). Accounted in Rényi DP by their Proposition 14: for an integer
+    shift of L2 norm Δ2 and L1 norm Δ1 <= sqrt(d) Δ2,
+
+        eps(a) = min(a/2 r2^2 + tau d,  a/2 (r2^2 + 2 r1 tau + tau^2 d),  a/2 (r2 + sqrt(d) tau)^2)
+
+    with r2 = Δ2 / (sqrt(t) s), r1 = Δ1 / (sqrt(t) s) and
+    tau = 10 sum_{k=1}^{t-1} exp(-2 pi^2 s^2 k / (k + 1)). Shares beyond t only add noise.
+
+    Parameters are relative to C, the clipping norm in integer units *including* the
+    rounding: a member whose clipped update has norm at most C_0 quantised units enters the
+    sum within C = C_0 + sqrt(d) of it (stochastic rounding moves each coordinate by less
+    than one unit), so any two of its possible inputs differ by at most 2C.
+
+    Parameters
+    ----------
+    noise_multiplier
+        Standard deviation of the sum of ``shares`` shares (sqrt(t) s) over C (unitless, > 0).
+    shares
+        t, the fewest shares the sum is guaranteed to carry (the round's threshold), >= 1.
+    share_sigma
+        s, one share's scale in integer units (> 0); tau depends on it.
+    dimension
+        d, the number of coordinates (>= 1).
+    sensitivity_factor
+        L2 sensitivity over C (default 2: replace-one, as ``update`` releases).
+    """
+
+    noise_multiplier: float
+    shares: int
+    share_sigma: float
+    dimension: int
+    sensitivity_factor: float = 2.0
+    kind: ClassVar[str] = "distributed_discrete_gaussian"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "noise_multiplier", _positive("noise_multiplier", self.noise_multiplier))
+        object.__setattr__(self, "share_sigma", _positive("share_sigma", self.share_sigma))
+        object.__setattr__(self, "sensitivity_factor",
+                           _positive("sensitivity_factor", self.sensitivity_factor))
+        for name in ("shares", "dimension"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise InvalidInput(f"{name} must be an integer >= 1, got {v!r}")
+            object.__setattr__(self, name, int(v))
+
+    @property
+    def tau(self) -> float:
+        """Kairouz et al.'s tau: how far the sum of t shares is from one discrete Gaussian."""
+        s2 = self.share_sigma**2
+        return 10.0 * math.fsum(math.exp(-2.0 * math.pi**2 * s2 * k / (k + 1)) for k in range(1, self.shares))
+
+    def rdp(self, orders: Iterable[float]) -> list[float]:
+        """The Rényi divergence bound (nats) at each order (> 1), Proposition 14."""
+        r2 = self.sensitivity_factor / self.noise_multiplier
+        d, tau = self.dimension, self.tau
+        r1 = math.sqrt(d) * r2
+        out = []
+        for a in orders:
+            out.append(min(a / 2 * r2**2 + tau * d, a / 2 * (r2**2 + 2 * r1 * tau + tau**2 * d),
+                           a / 2 * (r2 + math.sqrt(d) * tau) ** 2))
+        return out
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"kind": self.kind, "noise_multiplier": self.noise_multiplier, "shares": self.shares,
+                "share_sigma": self.share_sigma, "dimension": self.dimension,
+                "sensitivity_factor": self.sensitivity_factor}
+
+
+@dataclass(frozen=True)
 class ComposedEvent(Event):
     """Several releases on the same data, possibly chosen adaptively.
 
@@ -289,6 +365,12 @@ def _subsampled(obj: dict[str, Any]) -> Event:
     return SubsampledGaussianEvent(obj["sampling_rate"], obj["noise_multiplier"])
 
 
+def _distributed(obj: dict[str, Any]) -> Event:
+    _fields(obj, ("noise_multiplier", "shares", "share_sigma", "dimension"), ("sensitivity_factor",))
+    return DistributedDiscreteGaussianEvent(obj["noise_multiplier"], obj["shares"], obj["share_sigma"],
+                                            obj["dimension"], obj.get("sensitivity_factor", 2.0))
+
+
 def _composed(obj: dict[str, Any]) -> Event:
     _fields(obj, ("events",))
     if not isinstance(obj["events"], list):
@@ -306,6 +388,7 @@ _READERS: dict[str, Callable[[dict[str, Any]], Event]] = {
     LaplaceEvent.kind: _laplace,
     PureDPEvent.kind: _pure_dp,
     SubsampledGaussianEvent.kind: _subsampled,
+    DistributedDiscreteGaussianEvent.kind: _distributed,
     ComposedEvent.kind: _composed,
     RepeatedEvent.kind: _repeated,
 }
@@ -348,6 +431,8 @@ def to_dp_accounting(event: Event) -> Any:
     ``PureDPEvent`` becomes binary ``RandomizedResponseDpEvent`` with epsilon
     ln((2 - p) / p), its worst case; dp-accounting composes that event only under
     replace-one adjacency, so fednb's accountants compose pure-DP releases themselves.
+    ``DistributedDiscreteGaussianEvent`` has no dp-accounting kind (InvalidInput): the
+    accountants compose its Rényi curve themselves.
     """
     from dp_accounting import dp_event as dpe  # type: ignore[import-untyped]  # slow import, done lazily
 
@@ -364,4 +449,6 @@ def to_dp_accounting(event: Event) -> Any:
         return dpe.ComposedDpEvent([to_dp_accounting(e) for e in event.events])
     if isinstance(event, RepeatedEvent):
         return dpe.SelfComposedDpEvent(to_dp_accounting(event.event), event.count)
+    if isinstance(event, DistributedDiscreteGaussianEvent):
+        raise InvalidInput(f"{event!r} has no dp-accounting kind: accountants compose its Rényi curve")
     raise InvalidInput(f"not a DP event: {event!r}")

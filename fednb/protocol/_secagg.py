@@ -28,6 +28,10 @@ class SecAggConfig(_Frozen):
     ``num_examples`` are the members' public example counts (from their dataset cards):
     each domain scales its update by its share of the total, so the sum is the weighted
     mean. ``bound`` clips every coordinate into [-bound, bound] before quantisation.
+    ``noise_sigma`` (integer units), when set, is the scale of the discrete Gaussian share
+    every member adds to its quantised update, so that the sum of any ``threshold`` of them
+    carries the round's distributed noise; it is signed with the rest, so members cannot be
+    shown different shares.
     """
 
     round_id: RoundId
@@ -37,6 +41,7 @@ class SecAggConfig(_Frozen):
     bound: float = Field(ge=1e-9, le=1e12)
     num_examples: dict[str, int]
     size: int = Field(ge=1, le=1 << 31)
+    noise_sigma: float | None = Field(default=None, gt=0, le=2.0**31)
 
     @model_validator(mode="after")
     def _consistent(self) -> SecAggConfig:

@@ -3,16 +3,20 @@
 from fednb.runtime._execute import call_function, compile_function, function_namespace
 from fednb.runtime._params import check_params, check_weights, weight_specs
 from fednb.runtime._policy import OutputPolicy, OutputRejected, apply_output_policy, update_event
+from fednb.runtime._secagg_noise import SecAggInput, distributed_event, secagg_input
 
 __all__ = [
     "OutputPolicy",
     "OutputRejected",
+    "SecAggInput",
     "apply_output_policy",
     "call_function",
     "check_params",
     "check_weights",
     "compile_function",
+    "distributed_event",
     "function_namespace",
+    "secagg_input",
     "update_event",
     "weight_specs",
 ]

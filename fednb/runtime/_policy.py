@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fednb.privacy import ComposedEvent, Event, GaussianEvent, SecureNoise, gaussian_mechanism
+from fednb.privacy import ComposedEvent, Event, GaussianEvent, SecureNoise, clip_l2, gaussian_mechanism
 from fednb.protocol import ClientDP, ReasonCode, TensorSpec, Update
 
 __all__ = ["OutputPolicy", "OutputRejected", "apply_output_policy", "update_event"]
@@ -55,12 +55,18 @@ class OutputPolicy:
         Cap on the total size of returned tensors, bytes (default 64 MiB).
     dp
         Client-level DP: clip the update to ``dp.clip`` and add Gaussian noise; None: no DP.
+    defer_noise
+        With ``dp``, for a result that leaves only through secure aggregation with
+        distributed noise allowed: clip the update but add no noise to it here;
+        :func:`fednb.runtime.secagg_input` adds the round's distributed share, or this
+        full noise if the round cannot carry it. Metrics are noised here all the same.
     """
 
     weights: dict[str, TensorSpec] | None = None
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
     max_bytes: int = 64 << 20
     dp: ClientDP | None = None
+    defer_noise: bool = False
 
 
 def _check_weights(update: Update, policy: OutputPolicy) -> dict[str, np.ndarray]:
@@ -111,7 +117,10 @@ def apply_output_policy(update: Update, policy: OutputPolicy,
     if noise is None:
         raise ValueError("a DP output policy needs a SecureNoise source")
     z = policy.dp.noise_multiplier
-    noised = gaussian_mechanism(weights, policy.dp.clip, z, noise) if weights else {}
+    if policy.defer_noise:
+        noised = clip_l2(weights, policy.dp.clip)[0] if weights else {}
+    else:
+        noised = gaussian_mechanism(weights, policy.dp.clip, z, noise) if weights else {}
     if metrics or policy.metrics:
         metrics = _noise_metrics(metrics, policy.metrics, z, noise)
     return Update(weights={k: np.asarray(v) for k, v in noised.items()}, metrics=metrics)

@@ -86,6 +86,9 @@ class Driver:
         With secure aggregation: every coordinate is clipped into [-bound, bound] before
         quantisation, and the driver learns only the survivors' weighted mean (SecAgg+).
         None: plain aggregation. Participants must offer ``secagg_peer(run_id)``.
+    secure_noise
+        With secure aggregation, the members' client-level noise z C: each round then asks
+        for distributed discrete noise sized to it (:func:`fednb.secagg.propose`). None: none.
     """
 
     def __init__(self, participants: dict[str, Participant], strategy: Strategy, initial: Weights,
@@ -93,7 +96,8 @@ class Driver:
                  timeout: float = 600.0, checkpoint: str | Path | None = None,
                  asynchronous: bool = False, progress: bool = True,
                  settings: dict[str, Any] | None = None, executor: Executor | None = None,
-                 secure_bound: float | None = None, history: History | None = None) -> None:
+                 secure_bound: float | None = None, history: History | None = None,
+                 secure_noise: float | None = None) -> None:
         if rounds < 1:
             raise InvalidInput(f"rounds must be >= 1, not {rounds}")
         if not 1 <= min_domains <= len(participants):
@@ -106,7 +110,7 @@ class Driver:
         self.rounds, self.prefix, self.min_domains = rounds, run_prefix, min_domains
         self.timeout, self.asynchronous, self.progress = timeout, asynchronous, progress
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
-        self.executor, self.secure_bound = executor, secure_bound
+        self.executor, self.secure_bound, self.secure_noise = executor, secure_bound, secure_noise
         if secure_bound is not None and asynchronous:
             raise InvalidInput("secure aggregation runs synchronous rounds only in this version")
         self.vec, self.layout = flatten(initial)
@@ -190,7 +194,7 @@ class Driver:
         # members are named by their secure-aggregation id: a domain's identity key over HTTP
         ids = {n: getattr(self.participants[n], "secagg_id", None) or n for n in counts}
         config = propose(round_id(f"{self.prefix}-r{rnd}"), {ids[n]: c for n, c in counts.items()},
-                         self.vec.size, self.secure_bound)
+                         self.vec.size, self.secure_bound, noise_std=self.secure_noise)
         peers: dict[str, SecAggPeer] = {ids[n]: self.participants[n].secagg_peer(  # type: ignore[attr-defined]
             self._run_id(f"r{rnd}", n)) for n in counts}
         try:
@@ -210,11 +214,13 @@ class Driver:
                 getattr(self.participants[name], "discard", lambda _: None)(self._run_id(f"r{rnd}", name))
         for name in counts:
             out = futures[name].result()
+            charged = getattr(self.participants[name], "charged", None)  # after distributed noise
+            eps = charged(self._run_id(f"r{rnd}", name), out.epsilon) if charged else out.epsilon
             if ids[name] in out_sum.dropped:
-                out = Outcome("failed", "secagg_dropped", None, out.seconds, 0, out.bytes_down, out.epsilon)
+                out = Outcome("failed", "secagg_dropped", None, out.seconds, 0, out.bytes_down, eps)
             else:
                 out = Outcome(out.status, out.reason, out.update, out.seconds, 4 * self.vec.size,
-                              out.bytes_down, out.epsilon)
+                              out.bytes_down, eps)
             self._record(rnd, name, out)
         if len(out_sum.survivors) < self.min_domains:
             raise RoundFailed(f"round {rnd}: {len(out_sum.survivors)} domains survived secure aggregation, "

@@ -80,6 +80,11 @@ class Federation:
     secure_bound
         With secure aggregation, coordinates are clipped into ``[-bound, bound]`` before
         quantisation (default: past the DP noise, or 1000).
+    distributed_noise
+        With secure aggregation and ``dp``: ask every round for distributed discrete noise
+        (docs/secagg.md). Domains whose policy allows it (``secagg_distributed_noise``) keep
+        their updates unnoised and are charged what the round's shares guarantee, less than
+        their full noise; the others add their full noise as before (and their share).
     min_domains
         Fewest domains a round needs (default: all but one, at least one).
     timeout
@@ -97,8 +102,10 @@ class Federation:
                  rounds: int = 10, dp: ClientDP | None = None, secure_aggregation: bool = False,
                  asynchronous: bool | None = None, min_domains: int | None = None, timeout: float = 600.0,
                  checkpoint: str | Path | bool | None = True, progress: bool = True,
-                 compression: Compression = "none", secure_bound: float | None = None) -> None:
+                 compression: Compression = "none", secure_bound: float | None = None,
+                 distributed_noise: bool = False) -> None:
         self.domains, self.fn, self.dataset = dict(domains), fn, dataset
+        self.secure_noise = _secure_noise(distributed_noise, secure_aggregation, dp)
         self.compression = compression
         self.strategy = strategy or FedAvg()
         self.asynchronous = isinstance(self.strategy, FedBuff) if asynchronous is None else asynchronous
@@ -115,7 +122,8 @@ class Federation:
         self.timeout, self.progress = timeout, progress
         key = json.dumps([sorted(self.domains), fn.code_hash, dataset, repr(self.strategy), rounds,
                           None if dp is None else dp.model_dump(), sorted(self.params.items()),
-                          self.secure_bound], default=str)
+                          self.secure_bound, *(["distributed-noise"] if distributed_noise else [])],
+                         default=str)
         self.id = "fed-" + hashlib.sha256(key.encode()).hexdigest()[:16]
         self.checkpoint = (Path(".fednb") / "federations" / self.id if checkpoint is True
                            else None if checkpoint in (False, None) else Path(str(checkpoint)))
@@ -170,7 +178,7 @@ class Federation:
         driver = Driver(participants, self.strategy, self.initial, self.params, self.rounds,
                         run_prefix=self.id, min_domains=self.min_domains, timeout=self.timeout,
                         checkpoint=self.checkpoint, asynchronous=self.asynchronous, progress=self.progress,
-                        secure_bound=self.secure_bound, history=self.history,
+                        secure_bound=self.secure_bound, history=self.history, secure_noise=self.secure_noise,
                         settings={"federation": self.id, "strategy": repr(self.strategy),
                                   "dataset": self.dataset,
                                   "secure_aggregation": self.secure_bound is not None,
@@ -184,7 +192,8 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
              example_dim: str | None = None, checkpoint: str | Path | None = None,
              progress: bool = True, compression: Compression = "none", backend: str = "local",
              dask_client: Any = None, secure_aggregation: bool = False,
-             secure_bound: float | None = None, history: History | None = None) -> History:
+             secure_bound: float | None = None, history: History | None = None,
+             distributed_noise: bool = False) -> History:
     """Federated training over virtual hospitals through the same driver, strategies, output
     policy (DP included) and execution path as a real federation.
 
@@ -196,7 +205,10 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
     each virtual hospital has its own identity, keys and masks, the driver sees only the
     weighted mean of the survivors' updates, clipped into ``[-secure_bound, secure_bound]``
     (default: ``dp.clip * (1 + 6 * dp.noise_multiplier)`` with DP, else 1000) and
-    quantised into 32-bit integers.
+    quantised into 32-bit integers. ``distributed_noise=True`` (with ``dp``) gives every
+    virtual hospital the policy ``secagg_distributed_noise``: updates are noised in the round
+    by distributed discrete Gaussian shares instead of each hospital's full noise (see
+    docs/secagg.md).
 
     ``history``: an (empty) :class:`History` to fill, e.g. one a live
     ``fednb.ui.ResultsViewer`` already shows; by default a new one.
@@ -205,6 +217,7 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
     is_async = isinstance(strategy, FedBuff) if asynchronous is None else asynchronous
     compose_check(strategy, secure_aggregation=secure_aggregation, asynchronous=is_async, dp=dp is not None)
     _check_params(fn, strategy, dict(params or {}))
+    secure_noise = _secure_noise(distributed_noise, secure_aggregation, dp)
     parts: dict[str, Participant] = {}
     for name, data in partitions.items():
         dim = example_dim or str(next(iter(data.data_vars.values())).dims[0])
@@ -220,7 +233,8 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
         ids = {n: Identity.generate() for n in parts}
         for n, p in parts.items():
             assert isinstance(p, LocalParticipant)
-            p.join_secure_aggregation(ids[n], Roster({o: i.public for o, i in ids.items() if o != n}))
+            p.join_secure_aggregation(ids[n], Roster({o: i.public for o, i in ids.items() if o != n}),
+                                      distributed_noise=distributed_noise)
     with contextlib.ExitStack() as stack:
         # virtual hospitals run one after another in-process (faster than threads: no GIL
         # contention); asynchronous rounds need real concurrency, so they keep the pool
@@ -230,10 +244,20 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
         driver = Driver(parts, strategy, initial, dict(params or {}), rounds, run_prefix="sim",
                         min_domains=min_domains, timeout=float("inf"), checkpoint=checkpoint,
                         asynchronous=is_async, progress=progress, executor=executor, secure_bound=bound,
-                        history=history,
+                        history=history, secure_noise=secure_noise,
                         settings={"simulated": True, "strategy": repr(strategy), "backend": backend,
                                   "secure_aggregation": secure_aggregation})
         return driver.run()
+
+
+def _secure_noise(distributed_noise: bool, secure_aggregation: bool, dp: ClientDP | None) -> float | None:
+    """The client-level noise z C that distributed noise is sized to, or None without it."""
+    if not distributed_noise:
+        return None
+    if not secure_aggregation or dp is None:
+        raise InvalidInput("distributed_noise needs secure_aggregation=True and dp=ClientDP(...): it "
+                           "is the secure sum that carries the noise")
+    return dp.noise_multiplier * dp.clip
 
 
 def default_secure_bound(dp: ClientDP | None) -> float:

@@ -7,21 +7,24 @@ Both return what the same output policy let out of the same execution path, so
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import xarray as xr
 
 from fednb.client import RemoteRequest, RemoteRun, RemoteSecAggPeer
 from fednb.errors import FednbError
-from fednb.privacy import RepeatedEvent, SecureNoise, accountant_for
-from fednb.protocol import ClientDP, Compression, Update, compress, decompress
+from fednb.privacy import Event, SecureNoise, accountant_for
+from fednb.protocol import ClientDP, Compression, SecAggConfig, Update, compress, decompress
 from fednb.runtime import (
     OutputPolicy,
     OutputRejected,
     apply_output_policy,
     call_function,
     compile_function,
+    secagg_input,
     update_event,
 )
 from fednb.runtime import weight_specs as _specs
@@ -77,6 +80,14 @@ class RemoteParticipant:
         """This domain's side of the secure round that sums the run ``run_id``."""
         return RemoteSecAggPeer(self.request.client, run_id)
 
+    def charged(self, run_id: str, epsilon: float | None) -> float | None:
+        """The domain's epsilon after the run ``run_id`` once its round is over (a charge for
+        distributed noise replaces the full one when the update leaves masked)."""
+        try:
+            return self.request.client.runs.get(run_id).info.epsilon
+        except FednbError:
+            return epsilon
+
     def _kept(self, run: RemoteRun, t0: float, timeout: float) -> Outcome:
         """Wait until a secure run's result is kept for the round (the owner may hold it)."""
         while True:
@@ -126,15 +137,19 @@ class LocalParticipant:
         self.member: SecAggMember | None = None  # set by join_secure_aggregation
         self._held: dict[str, FloatArray] = {}
         self._policies: dict[tuple[Any, ...], OutputPolicy] = {}
-        self._released = 0  # DP releases so far, for the epsilon a domain's ledger would show
+        self._charges: dict[str, Event] = {}  # run id -> its DP event, as a domain's ledger holds them
+        self.distributed = False  # set by join_secure_aggregation
         self.delta = min(1e-6, 1.0 / (10 * self.num_examples))  # a domain's default delta
 
     def epsilon(self) -> float | None:
         """Epsilon spent by this hospital's releases so far (PLD accountant, as a domain's)."""
         if self.dp is None:
             return None
-        event = RepeatedEvent(update_event(self.dp, bool(self.metrics)), self._released)
-        return float(accountant_for("pld").epsilon([event], self.delta))
+        return float(accountant_for("pld").epsilon(list(self._charges.values()), self.delta))
+
+    def charged(self, run_id: str, epsilon: float | None) -> float | None:
+        """Epsilon after the run ``run_id``'s round (its charge may be the distributed one)."""
+        return self.epsilon()
 
     def _policy(self, weights: Weights) -> OutputPolicy:
         """The output policy for updates of ``weights``' names, shapes and dtypes (built once
@@ -143,12 +158,18 @@ class LocalParticipant:
         policy = self._policies.get(key)
         if policy is None:
             policy = self._policies[key] = OutputPolicy(weights=_specs(weights) if weights else None,
-                                                        metrics=self.metrics, dp=self.dp)
+                                                        metrics=self.metrics, dp=self.dp,
+                                                        defer_noise=self.distributed and self.dp is not None)
         return policy
 
-    def join_secure_aggregation(self, identity: Identity, roster: Roster) -> None:
-        """Keep updates here and give them out only masked, through SecAgg+."""
+    def join_secure_aggregation(self, identity: Identity, roster: Roster, *,
+                                distributed_noise: bool = False) -> None:
+        """Keep updates here and give them out only masked, through SecAgg+; with
+        ``distributed_noise`` (a domain's ``secagg_distributed_noise``), noised in the round."""
         self.member = SecAggMember(self.name, identity, roster, min_members=2)
+        self.distributed = distributed_noise
+        self._policies.clear()
+        self.noise = self.noise or SecureNoise()  # the round's noise share
 
     def discard(self, run_id: str) -> None:
         """Forget a held update that no secure round took."""
@@ -157,7 +178,26 @@ class LocalParticipant:
     def secagg_peer(self, run_id: str) -> LocalPeer:
         """This hospital's side of the secure round that sums the run ``run_id``."""
         assert self.member is not None
-        return LocalPeer(self.member, self.num_examples, lambda: self._held.pop(run_id))
+        return LocalPeer(self.member, self.num_examples, lambda: self._held.pop(run_id),
+                         lambda config, vector: self._prepare(run_id, config, vector))
+
+    def _prepare(self, run_id: str, config: SecAggConfig,
+                 vector: FloatArray) -> tuple[FloatArray, Callable[[int, float], np.ndarray]]:
+        """What enters the round, as in a domain (``SecAggDesk.masked``)."""
+        assert self.noise is not None
+        acc = accountant_for("pld")
+        others = [e for r, e in self._charges.items() if r != run_id]
+
+        def lowers(event: Event) -> bool:
+            old = self._charges.get(run_id)
+            return old is not None and (acc.epsilon([*others, event], self.delta)
+                                        < acc.epsilon([*others, old], self.delta))
+
+        entry = secagg_input(config, self.name, vector, dp=self.dp, deferred=self.distributed,
+                             metrics=bool(self.metrics), noise=self.noise, accept=lowers)
+        if entry.event is not None:
+            self._charges[run_id] = entry.event
+        return entry.vector, entry.noise
 
     def __getstate__(self) -> dict[str, Any]:
         # For a Dask cluster: ship the source, not the compiled function or the cipher state
@@ -178,7 +218,8 @@ class LocalParticipant:
             return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
         except Exception:  # the code failed: a fixed category, as in a domain
             return Outcome("failed", "exception", seconds=time.monotonic() - t0)
-        self._released += 1
+        if self.dp is not None:
+            self._charges[run_id] = update_event(self.dp, bool(self.metrics))
         if self.member is not None:  # secure aggregation: the update leaves only masked
             self._held[run_id] = flatten(out.weights)[0]
             return Outcome("succeeded", "ok", Update({}, out.metrics, num_examples=self.num_examples),

@@ -13,11 +13,19 @@ from fednb.typing import FloatArray
 __all__ = ["LocalPeer"]
 
 
-class LocalPeer:
-    """``member`` with its example count and the update it contributes (called when masking)."""
+Prepare = Callable[[SecAggConfig, FloatArray], tuple[FloatArray, Callable[[int, float], np.ndarray] | None]]
 
-    def __init__(self, member: SecAggMember, num_examples: int, update: Callable[[], FloatArray]) -> None:
-        self.member, self.num_examples, self.update = member, num_examples, update
+
+class LocalPeer:
+    """``member`` with its example count and the update it contributes (called when masking).
+
+    ``prepare(config, update)``, when given, turns the update into what enters the round
+    and gives the source of the round's distributed noise share (see ``SecAggMember.masked``).
+    """
+
+    def __init__(self, member: SecAggMember, num_examples: int, update: Callable[[], FloatArray],
+                 prepare: Prepare | None = None) -> None:
+        self.member, self.num_examples, self.update, self.prepare = member, num_examples, update, prepare
 
     def advertise(self, config: SecAggConfig) -> SecAggAdvert:
         return self.member.advertise(config, self.num_examples)
@@ -26,7 +34,10 @@ class LocalPeer:
         return self.member.share(round_id, adverts)
 
     def masked(self, round_id: str, shares: list[SecAggShare]) -> np.ndarray:
-        return self.member.masked(round_id, shares, self.update())
+        vector, noise = self.update(), None
+        if self.prepare is not None:
+            vector, noise = self.prepare(self.member.config(round_id), vector)
+        return self.member.masked(round_id, shares, vector, noise)
 
     def consistency(self, round_id: str, survivors: list[str]) -> str:
         return self.member.consistency(round_id, survivors)

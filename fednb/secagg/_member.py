@@ -226,11 +226,28 @@ class SecAggMember:
             return out
 
     # -- 3 -----------------------------------------------------------------------------
-    def masked(self, round_id: str, shares: list[SecAggShare], update: FloatArray) -> np.ndarray:
-        """Our quantised, masked update (uint32) for the round."""
+    def config(self, round_id: str) -> SecAggConfig:
+        """The settings of a round this domain advertised keys for (signed with its advert)."""
+        with self._lock:
+            r = self._rounds.get(round_id)
+            if r is None:
+                raise SecAggRefused(f"round {round_id!r} is unknown here: it must start with advertise")
+            return r.config
+
+    def masked(self, round_id: str, shares: list[SecAggShare], update: FloatArray,
+               noise: Callable[[int, float], np.ndarray] | None = None) -> np.ndarray:
+        """Our quantised, masked update (uint32) for the round.
+
+        When the round carries distributed noise (``config.noise_sigma``), ``noise(n, sigma)``
+        must give n integer samples of N_Z(0, sigma^2) from a CSPRNG; the share is added to
+        the quantised update before the masks.
+        """
         with self._lock:
             r = self._round(round_id, "shared")
             cfg = r.config
+            if cfg.noise_sigma is not None and noise is None:
+                raise SecAggRefused(f"round {round_id!r} adds distributed noise and this member was "
+                                    "given no noise source")
             if update.ndim != 1 or update.size != cfg.size:
                 raise SecAggRefused(f"the update has {update.size} values; the round sums {cfg.size}")
             received: dict[str, tuple[int, int]] = {}
@@ -251,6 +268,11 @@ class SecAggMember:
                 raise SecAggRefused(f"shares arrived from {len(received)} neighbours, fewer than the "
                                     f"threshold {cfg.threshold}: this domain does not send its update")
             acc = encode(update, cfg, self.name, self.rounding)
+            if cfg.noise_sigma is not None and noise is not None:
+                share = np.asarray(noise(cfg.size, cfg.noise_sigma))
+                if share.shape != (cfg.size,) or share.dtype.kind != "i":
+                    raise SecAggRefused("the noise source gave no integer vector of the round's size")
+                np.add(acc, share.astype(np.uint32), out=acc)  # two's complement: mod 2^32
             stream = MaskStream(cfg.size)
             stream.add(acc, derive_key(r.seed, self_mask_info(round_id, self.name)))
             for v in sorted(received):

@@ -8,6 +8,7 @@ end to end.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -53,9 +54,16 @@ class SecureSum:
 
 
 def propose(round_id: str, num_examples: dict[str, int], size: int, bound: float,
-            degree: int | None = None, threshold: int | None = None) -> SecAggConfig:
+            degree: int | None = None, threshold: int | None = None,
+            noise_std: float | None = None) -> SecAggConfig:
     """A round's settings: neighbours of logarithmic degree (everyone for small rounds) and a
-    threshold of a majority of each neighbourhood plus one."""
+    threshold of a majority of each neighbourhood plus one.
+
+    ``noise_std`` (the members' client-level noise, z C, in the units of the update) asks for
+    distributed noise: each member's discrete Gaussian share is sized so that the sum of any
+    ``threshold`` shares carries the noise that every member adding z C would put into the
+    weighted sum, ``z C sqrt(sum_i w_i^2)`` (w_i: example weights), in quantised units.
+    """
     members = sorted(num_examples)
     if len(members) < 2:
         raise InvalidInput("secure aggregation needs at least 2 members")
@@ -63,8 +71,13 @@ def propose(round_id: str, num_examples: dict[str, int], size: int, bound: float
     nbrs = neighbours(round_id, members, k)
     smallest = min(len(v) for v in nbrs.values())
     t = threshold if threshold is not None else min(smallest, max(len(v) for v in nbrs.values()) // 2 + 1)
+    sigma = None
+    if noise_std is not None:
+        total = sum(num_examples.values())
+        spread = math.sqrt(math.fsum((c / total) ** 2 for c in num_examples.values()))
+        sigma = noise_std * scale_for(bound, len(members)) * spread / math.sqrt(t)
     return SecAggConfig(round_id=round_id, members=members, threshold=t, degree=k, bound=bound,
-                        num_examples=dict(num_examples), size=size)
+                        num_examples=dict(num_examples), size=size, noise_sigma=sigma)
 
 
 def _gather(call: Callable[[str], T], names: Iterable[str], executor: Executor | None,

@@ -276,6 +276,26 @@ def test_simulate_with_secure_aggregation_trains_the_same_model_up_to_quantisati
                        secure_aggregation=True, strategy=fednb.strategies.Median())
 
 
+def test_simulate_with_distributed_noise_charges_the_small_hospitals_less_and_trains() -> None:
+    parts, xte, yte = split()
+    common: dict = {"initial": W0, "params": PARAMS, "rounds": 5, "progress": False, "dp": DP,
+                    "secure_aggregation": True, "secure_bound": 50.0}
+    local = fednb.simulate(train, parts, **common)
+    dist = fednb.simulate(train, parts, distributed_noise=True, **common)
+    assert (dist.metrics["status"] == "succeeded").all()
+    assert accuracy(dist.weights, xte, yte) > 0.9
+    for k in ("w", "b"):  # the same model up to DP noise (std about 0.1) and quantisation
+        np.testing.assert_allclose(dist.weights[k], local.weights[k], atol=1.0)
+
+    def spent(h: fednb.History, name: str) -> float:
+        return float(next(r.epsilon for r in h.records if r.domain == name and r.round == 4))
+
+    for name in ("h1", "h2"):  # a small share of the examples: the shares cover them well
+        assert spent(dist, name) < 0.5 * spent(local, name)
+    with pytest.raises(InvalidInput, match="distributed_noise needs"):
+        fednb.simulate(train, parts, initial=W0, rounds=1, progress=False, dp=DP, distributed_noise=True)
+
+
 def trust_each_other(sites: dict[str, Site]) -> None:
     for name, s in sites.items():
         for other, o in sites.items():
@@ -314,6 +334,44 @@ def test_a_federation_with_secure_aggregation_over_real_domains(sites: dict[str,
         assert dom.verify_audit().ok
 
 
+def test_distributed_noise_over_real_domains_charges_less_and_trains(sites: dict[str, Site]) -> None:
+    from fednb.domain._store import ChargeRow
+    from fednb.runtime import update_event
+
+    trust_each_other(sites)
+    for s in sites.values():
+        s.server.domain.policy.update(secagg_distributed_noise=True)
+    clients = {n: fednb.connect(s.server.url, token=s.scientist) for n, s in sites.items()}
+    _, xte, yte = split()
+    fed = fednb.Federation(clients, train, dataset="bc", initial=W0, params=PARAMS, rounds=3, dp=DP,
+                           checkpoint=None, progress=False, secure_aggregation=True, secure_bound=50.0,
+                           distributed_noise=True)
+    fed.request()
+    approve_all(sites)
+    history = fed.run()
+    assert (history.metrics["status"] == "succeeded").all()
+    assert accuracy(history.weights, xte, yte) > 0.9  # the unmasked mean trains the model
+    kinds = {}
+    for name, s in sites.items():
+        dom = s.server.domain
+        with dom.store.session() as db:
+            charges = [c for c in db.query(ChargeRow).all() if c.request_id == fed.requests[name].id]
+        assert len(charges) == 3 and {c.state for c in charges} == {"committed"}
+        kinds[name] = {c.event["events"][0]["kind"] for c in charges}  # the update's, then the metrics'
+        local = dom.ledger.epsilon([update_event(DP, True)] * 3, dom.card("bc"))
+        spent = dom.ledger.info("alice", "bc").epsilon_spent
+        assert spent <= local * (1 + 1e-9)
+        last = next(r.epsilon for r in history.records if r.domain == name and r.round == 2)
+        assert last == pytest.approx(spent)  # the history shows the charge after the round
+        actions = [e.action for e in dom.audit.entries()]
+        if kinds[name] == {"distributed_discrete_gaussian"}:
+            assert spent < 0.5 * local and actions.count("charge.rebooked") == 3
+        assert dom.verify_audit().ok
+    # the smaller hospitals (a small share of the examples) rely on the shares; the largest,
+    # whose update the shares barely cover, adds its full noise where that charges less
+    assert kinds["h1"] == kinds["h2"] == {"distributed_discrete_gaussian"}
+
+
 def test_a_domain_refuses_a_secure_round_with_a_member_off_its_roster(sites: dict[str, Site]) -> None:
     trust_each_other(sites)
     sites["h0"].server.domain.peers.forget("h2")
@@ -326,6 +384,28 @@ def test_a_domain_refuses_a_secure_round_with_a_member_off_its_roster(sites: dic
         history = fed.run()
     assert {r.reason for r in history.records} == {"secagg_abandoned"}  # nothing unmasked
     np.testing.assert_array_equal(history.weights["w"], W0["w"])  # the model did not move
+
+
+def test_a_domain_allowing_distributed_noise_refuses_a_stranger_and_keeps_its_full_charge(
+        sites: dict[str, Site]) -> None:
+    from fednb.domain._store import ChargeRow
+
+    trust_each_other(sites)
+    for s in sites.values():
+        s.server.domain.policy.update(secagg_distributed_noise=True)
+    sites["h0"].server.domain.peers.forget("h2")
+    clients = {n: fednb.connect(s.server.url, token=s.scientist) for n, s in sites.items()}
+    fed = fednb.Federation(clients, train, dataset="bc", initial=W0, params=PARAMS, rounds=1, dp=DP,
+                           checkpoint=None, progress=False, secure_aggregation=True, min_domains=2,
+                           distributed_noise=True)
+    fed.request()
+    approve_all(sites)
+    with pytest.warns(RuntimeWarning, match="off this domain's roster"):
+        history = fed.run()
+    assert {r.reason for r in history.records} == {"secagg_abandoned"}
+    with sites["h0"].server.domain.store.session() as db:
+        (charge,) = [c for c in db.query(ChargeRow).all() if c.request_id == fed.requests["h0"].id]
+    assert charge.state == "committed" and charge.event["events"][0]["kind"] == "gaussian"  # full noise's
 
 
 def test_only_the_scientist_whose_run_it_is_drives_its_secure_round(sites: dict[str, Site]) -> None:

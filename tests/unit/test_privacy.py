@@ -26,7 +26,7 @@ from dp_accounting import dp_event as dpe  # type: ignore[import-untyped]
 from dp_accounting.pld import pld_privacy_accountant  # type: ignore[import-untyped]
 from dp_accounting.rdp import rdp_privacy_accountant  # type: ignore[import-untyped]
 from scipy.optimize import brentq
-from scipy.special import comb
+from scipy.special import comb, logsumexp
 from scipy.stats import norm
 
 import fednb.privacy as P
@@ -34,6 +34,7 @@ from fednb.errors import InvalidInput
 from fednb.privacy import (
     Accountant,
     ComposedEvent,
+    DistributedDiscreteGaussianEvent,
     GaussianEvent,
     LaplaceEvent,
     PLDAccountant,
@@ -310,6 +311,8 @@ ALL_EVENTS: list[P.Event] = [
     RepeatedEvent(GaussianEvent(8.0, 2.0), 7),
     ComposedEvent((LaplaceEvent(1.0), RepeatedEvent(SubsampledGaussianEvent(1.0, 2.0), 3))),
     ComposedEvent(()),
+    DistributedDiscreteGaussianEvent(6.0, 3, 2.5, 100),
+    RepeatedEvent(DistributedDiscreteGaussianEvent(4.0, 2, 1e6, 31, 1.0), 5),
 ]
 
 
@@ -409,6 +412,74 @@ def test_conversion_to_dp_accounting_events() -> None:
     rr = to_dp_accounting(PureDPEvent(0.7))
     assert rr.num_buckets == 2
     assert math.log((2 - rr.noise_parameter) / rr.noise_parameter) == pytest.approx(0.7, rel=1e-12)
+
+
+# ------------------------------------------------------- distributed discrete Gaussian (secagg)
+
+
+def reference_ddg_rdp(alpha: float, l2: float, shares: int, sigma: float, dim: int) -> float:
+    """Kairouz, Liu & Steinke (2021), Proposition 14, written out here: the sum of ``shares``
+    N_Z(0, sigma^2) against its shift by an integer vector of L2 norm l2 (L1 <= sqrt(d) l2)."""
+    tau = 10 * sum(math.exp(-2 * math.pi**2 * sigma**2 * k / (k + 1)) for k in range(1, shares))
+    r2 = l2 / (math.sqrt(shares) * sigma)
+    r1 = math.sqrt(dim) * r2
+    return min(alpha / 2 * r2**2 + tau * dim, alpha / 2 * (r2**2 + 2 * r1 * tau + tau**2 * dim),
+               alpha / 2 * (r2 + math.sqrt(dim) * tau) ** 2)
+
+
+@pytest.mark.parametrize(("shares", "sigma", "dim", "l2"), [(3, 1e6, 1000, 2e6), (2, 0.9, 4, 3.0),
+                                                            (10, 3.0, 10_000, 20.0)])
+def test_distributed_discrete_gaussian_epsilon_agrees_with_an_independent_rdp_conversion(
+        shares: int, sigma: float, dim: int, l2: float) -> None:
+    # the event is relative to C = l2 / 2: noise multiplier sqrt(t) s / C, sensitivity 2C
+    c = l2 / 2
+    event = DistributedDiscreteGaussianEvent(math.sqrt(shares) * sigma / c, shares, sigma, dim)
+    orders = rdp_privacy_accountant.RdpAccountant().orders
+    rdp = [reference_ddg_rdp(a, l2, shares, sigma, dim) for a in orders]
+    for delta in (1e-5, 1e-7):
+        want = rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0]
+        for name in ("rdp", "pld"):  # PLD composes a ledger with such an event by RDP
+            assert accountant_for(name).epsilon([RepeatedEvent(event, 3)], delta) == pytest.approx(
+                rdp_privacy_accountant.compute_epsilon(orders, [3 * r for r in rdp], delta)[0], rel=1e-9)
+            assert accountant_for(name).epsilon(event, delta) == pytest.approx(want, rel=1e-9)
+
+
+def discrete_gaussian_pmf(sigma: float, support: np.ndarray) -> np.ndarray:
+    p = np.exp(-(support.astype(np.float64) ** 2) / (2 * sigma**2))
+    return p / p.sum()
+
+
+@pytest.mark.parametrize(("shares", "sigma", "shift"), [(2, 0.6, 1), (3, 0.8, 2), (2, 1.5, 3)])
+def test_distributed_discrete_gaussian_bound_is_above_the_exact_renyi_divergence(
+        shares: int, sigma: float, shift: int) -> None:
+    # small shares, where the sum is visibly not one discrete Gaussian (tau matters): the
+    # exact distribution of the sum by convolution, its exact Rényi divergence from its shift
+    grid = np.arange(-100, 101)
+    one = discrete_gaussian_pmf(sigma, grid)
+    total = one
+    for _ in range(shares - 1):
+        total = np.convolve(total, one)
+    p, q = total[shift:], total[:-shift]  # P(x) and P(x - shift) on the same points
+    keep = (p > 0) & (q > 0)  # terms lost to underflow lie far past the divergence's mass
+    lp, lq = np.log(p[keep]), np.log(q[keep])
+    event = DistributedDiscreteGaussianEvent(math.sqrt(shares) * sigma, shares, sigma, 1,
+                                             sensitivity_factor=float(shift))
+    for alpha in (1.5, 2.0, 4.0, 8.0):
+        exact = float(logsumexp(alpha * lp + (1 - alpha) * lq)) / (alpha - 1)
+        assert exact > 0 and event.rdp([alpha])[0] >= exact - 1e-9
+
+
+def test_distributed_discrete_gaussian_of_large_shares_is_a_gaussian_up_to_rdp_conversion() -> None:
+    # shares of millions of quantisation steps: tau underflows to 0 and the Rényi curve is
+    # the Gaussian's; the epsilon is its RDP conversion, above the exact Gaussian one
+    event = DistributedDiscreteGaussianEvent(8.0 * math.sqrt(3), 3, 4e7, 100_000)
+    assert event.tau == 0.0
+    eps = accountant_for("pld").epsilon(event, 1e-6)
+    exact = reference_analytic_epsilon(4.0 * math.sqrt(3), 1e-6)
+    assert exact < eps < 1.15 * exact
+    assert eps < accountant_for("pld").epsilon(GaussianEvent(8.0, 2.0), 1e-6)  # t = 3 shares help
+    with pytest.raises(InvalidInput, match="dp-accounting kind"):
+        to_dp_accounting(event)
 
 
 # --------------------------------------------------------------------------- package shape

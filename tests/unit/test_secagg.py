@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from fednb.errors import InvalidInput
-from fednb.protocol import SecAggAdvert, SecAggConfig, SecAggShare, SecAggSurvivors
+from fednb.privacy import (
+    ComposedEvent,
+    DistributedDiscreteGaussianEvent,
+    GaussianEvent,
+    SecureNoise,
+    _noise,
+    accountant_for,
+)
+from fednb.protocol import ClientDP, SecAggAdvert, SecAggConfig, SecAggShare, SecAggSurvivors
+from fednb.runtime import distributed_event, secagg_input, update_event
 from fednb.secagg import (
     Identity,
     LocalPeer,
@@ -22,6 +33,7 @@ from fednb.secagg import (
     encode,
     neighbours,
     propose,
+    scale_for,
     secure_sum,
     split,
 )
@@ -373,3 +385,113 @@ def test_late_failures_stay_in_the_sum_and_are_reported_apart() -> None:
     out = secure_sum(cfg, peers)
     assert out.survivors == w.names and out.dropped == {} and list(out.late) == ["h03"]
     assert np.array_equal(out.total, w.expected_total(cfg, w.names))
+
+
+# -- distributed discrete noise ------------------------------------------------------
+def fixed_key_noise(monkeypatch: pytest.MonkeyPatch) -> SecureNoise:
+    """A SecureNoise keyed from a fixed counter instead of os.urandom: the test is deterministic."""
+    counter = itertools.count()
+
+    def urandom(n: int) -> bytes:
+        return hashlib.shake_256(f"fednb-test-{next(counter)}".encode()).digest(n)
+
+    monkeypatch.setattr(_noise.os, "urandom", urandom)
+    return SecureNoise()
+
+
+def noisy_peers(w: World, noise: SecureNoise) -> dict[str, LocalPeer]:
+    size = next(iter(w.updates.values())).size
+    return {n: LocalPeer(w.members[n], w.examples[n], lambda: np.zeros(size),
+                         lambda cfg, v: (v, noise.discrete_gaussian)) for n in w.names}
+
+
+@pytest.mark.parametrize("dropped", [0, 1, 2])
+def test_distributed_noise_of_t_to_n_survivors_has_the_target_variance(
+        dropped: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    noise = fixed_key_noise(monkeypatch)
+    w = world(5, size=20_000)
+    z_c = 0.5  # each member's client-level noise z C, in the units of the update
+    cfg = propose(f"ddg-{dropped}", w.examples, 20_000, bound=4.0, noise_std=z_c)
+    assert cfg.threshold == 3 and cfg.noise_sigma is not None
+    peers: dict = noisy_peers(w, noise)
+    for n in w.names[:dropped]:
+        peers[n] = Drop(peers[n], "masked")
+    if dropped == 2:  # t survivors hold only t - 1 shares of each other's self masks: here a sum
+        with pytest.raises(RoundAbandoned):  # is never unmasked with fewer than t + 1, nor below t
+            secure_sum(cfg, peers)
+        return
+    out = secure_sum(cfg, peers)
+    k = 5 - dropped
+    assert len(out.survivors) == k
+    total = out.total.view(np.int32).astype(np.float64)  # zero updates: the survivors' shares alone
+    assert abs(total.mean()) < 4 * math.sqrt(k) * cfg.noise_sigma / math.sqrt(total.size)
+    assert total.var() == pytest.approx(k * cfg.noise_sigma**2, rel=0.05)  # +-5 standard errors
+    # what every member adding z C would put into the weighted sum, in quantised units:
+    # the fewest survivors the round can unmask (t) carry at least that
+    weights = np.array(list(w.examples.values())) / sum(w.examples.values())
+    target = z_c * scale_for(4.0, 5) * math.sqrt(float(np.sum(weights**2)))
+    assert math.sqrt(cfg.threshold) * cfg.noise_sigma == pytest.approx(target, rel=1e-12)
+    assert total.std() > 0.97 * target * math.sqrt(k / cfg.threshold)
+
+
+def test_the_noise_share_is_signed_with_the_round_settings() -> None:
+    w = world(4)
+    cfg = propose("ddg-views", w.examples, 257, bound=4.0, noise_std=1.0)
+    assert cfg.noise_sigma is not None
+    less = cfg.model_copy(update={"noise_sigma": cfg.noise_sigma / 10})  # a lying orchestrator
+    adverts = [w.members[n].advertise(cfg if n != "h01" else less, w.examples[n]) for n in w.names]
+    with pytest.raises(SecAggRefused, match="another view of the round"):
+        w.members["h00"].share(cfg.round_id, adverts)
+
+
+def test_a_round_with_distributed_noise_refuses_a_member_without_a_noise_source() -> None:
+    w = world(3)
+    cfg = propose("ddg-none", w.examples, 257, bound=4.0, noise_std=1.0)
+    peers, inbox = w.shared(cfg)
+    with pytest.raises(SecAggRefused, match="no noise source"):
+        peers["h00"].masked(cfg.round_id, inbox["h00"])
+
+
+def test_a_member_off_the_roster_is_refused_even_with_distributed_noise() -> None:
+    # the shares are only as good as the members adding them: a domain relies on them only
+    # with every member on its owner's roster, and refuses a round with a stranger
+    w = world(4)
+    w.members["h00"].roster = Roster({o: w.ids[o].public for o in ("h01", "h02")})
+    cfg = propose("ddg-sybil", w.examples, 257, bound=4.0, noise_std=1.0)
+    with pytest.raises(SecAggRefused, match="off this domain's roster"):
+        w.members["h00"].advertise(cfg, w.examples["h00"])
+
+
+def test_the_distributed_charge_is_below_the_full_local_one_at_equal_sum_noise() -> None:
+    # five hospitals of equal size; the round's three (t) shares carry exactly the noise that
+    # five hospitals each adding z C would put in the mean: each is charged far less
+    dp = ClientDP(clip=1.0, noise_multiplier=8.0)
+    examples = {f"h{i}": 100 for i in range(5)}
+    cfg = propose("ddg-charge", examples, 10_000, bound=50.0, noise_std=dp.noise_multiplier * dp.clip)
+    local = accountant_for("pld").epsilon(update_event(dp, False), 1e-6)
+    event = distributed_event(cfg, "h0", dp.clip)
+    assert isinstance(event, DistributedDiscreteGaussianEvent) and event.shares == cfg.threshold == 3
+    eps = accountant_for("pld").epsilon(event, 1e-6)
+    assert local == pytest.approx(1.0607, abs=1e-3) and eps < 0.55 * local
+    # conservative: no less than an exact Gaussian of that noise would cost
+    assert eps > accountant_for("pld").epsilon(GaussianEvent(event.noise_multiplier, 2.0), 1e-6)
+
+
+def test_a_member_that_cannot_rely_on_the_shares_adds_its_full_noise_and_keeps_its_charge() -> None:
+    dp = ClientDP(clip=1.0, noise_multiplier=2.0)
+    examples = {f"h{i}": 100 for i in range(3)}
+    vec = np.zeros(50_000)
+    noise = SecureNoise()
+    for cfg, accept in ((propose("fb1", examples, vec.size, 50.0), True),  # no noise in the round
+                        (propose("fb2", examples, vec.size, 50.0, noise_std=2.0), False)):  # refused
+        entry = secagg_input(cfg, "h0", vec, dp=dp, deferred=True, metrics=False, noise=noise,
+                             accept=lambda e, a=accept: a)
+        assert entry.event is None  # the run's full local charge stands
+        assert entry.vector.std() == pytest.approx(2.0, rel=0.02)  # z C, as without distribution
+    cfg = propose("fb3", examples, vec.size, 50.0, noise_std=2.0)
+    entry = secagg_input(cfg, "h0", vec, dp=dp, deferred=True, metrics=True, noise=noise,
+                         accept=lambda e: True)
+    assert isinstance(entry.event, ComposedEvent) and np.array_equal(entry.vector, vec)  # noised in the round
+    entry = secagg_input(cfg, "h0", vec + 1, dp=dp, deferred=False, metrics=False, noise=noise,
+                         accept=lambda e: True)
+    assert entry.event is None and np.array_equal(entry.vector, vec + 1)  # noised already: only the share

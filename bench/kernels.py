@@ -1,16 +1,22 @@
 """Aggregation kernels on this machine: the robust statistics beside the weighted mean.
 
-    .venv/bin/python bench/kernels.py [--n 50] [--p 1e6] [--repeats 5]
+    .venv/bin/python bench/kernels.py [--n 50] [--p 1e6] [--repeats 5] [--backend cupy]
 
 For N stacked float64 updates of P parameters: the weighted mean (BLAS, what FedAvg's sum
 costs) against the copy bandwidth, and the coordinate-wise median and trimmed mean
 (beta=0.1) by ``fednb.kernels`` on the probed backend and by NumPy (``np.median``,
 ``np.partition``), each as a multiple of the weighted mean's time. Best of ``--repeats``.
+``--backend`` picks the backend (``FEDNB_BACKEND``): ``cupy`` or ``numba-cuda`` on a GPU,
+where the kernels' times include the copies to the device and back; with CuPy the
+median and trimmed mean are also timed on arrays already on the device. Without a GPU a
+GPU backend prints "no GPU" and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from fednb import kernels
-from fednb.kernels import _reference
+from fednb.errors import InvalidInput
+from fednb.kernels import _cupy, _reference
 
 
 def best(fn: Callable[[], Any], repeats: int) -> float:
@@ -36,7 +43,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--p", type=float, default=1e6)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backend", choices=kernels.BACKENDS, default=None)
     args = ap.parse_args()
+    if args.backend:
+        os.environ["FEDNB_BACKEND"] = args.backend
+    try:
+        kernels.backend()
+    except InvalidInput as exc:
+        print(f"no GPU: {exc}" if args.backend in ("cupy", "numba-cuda") else str(exc), file=sys.stderr)
+        sys.exit(2)
     n, p = args.n, int(args.p)
     x = np.random.default_rng(0).normal(size=(n, p))
     w = np.ones(n) / n
@@ -59,6 +74,8 @@ def main() -> None:
         print(f"{name:22}{f * 1e3:>11.1f} ms{f / mean_s:>7.1f}x{r * 1e3:>7.0f} ms{r / mean_s:>7.1f}x"
               f"{r / f:>9.1f}x")
     print("target (issue 6): median and trimmed mean within 3x of the weighted mean")
+    if kernels.backend() == "cupy":
+        on_device(x, k, mean_s, args.repeats)
     # a query's statistics over one variable of the same bytes (N*P values, one per patient)
     v = x.ravel()
     print(f"\nquery statistics over {v.size:,} values ({v.nbytes / 1e6:.0f} MB): effective GB/s read")
@@ -73,6 +90,17 @@ def main() -> None:
         print(f"{name:22}{f * 1e3:>11.1f} ms{v.nbytes / f / 1e9:>7.1f}{r * 1e3:>7.0f} ms"
               f"{v.nbytes / r / 1e9:>7.1f}{r / f:>9.1f}x")
     print(f"(beside the copy bandwidth above, {bw / 1e9:.1f} GB/s: a copy reads and writes, these only read)")
+
+
+def on_device(x: np.ndarray, k: int, mean_s: float, repeats: int) -> None:
+    """The CuPy kernels on arrays already on the GPU (no copies), synchronised."""
+    import cupy  # type: ignore[import-not-found]
+
+    d = cupy.asarray(x)
+    for name, fn in (("coordinate median", lambda: _cupy.coordinate_median(d)),
+                     (f"trimmed mean (k={k})", lambda: _cupy.trimmed_mean(d, k))):
+        f = best(lambda fn=fn: (fn(), cupy.cuda.Device().synchronize()), repeats)
+        print(f"{name + ' (on device)':34}{f * 1e3:>8.1f} ms{f / mean_s:>7.1f}x the host's weighted mean")
 
 
 if __name__ == "__main__":

@@ -116,3 +116,26 @@ def test_a_cpu_domain_records_the_backend_of_its_runs(hospital: Hospital) -> Non
     run = hospital.owner().runs.get(info.id).info
     assert run.backend == "cpu"
     assert "fednb: cupy" not in (run.owner_log or "")  # GPU settings only for GPU jobs
+
+
+def test_the_gpu_check_scripts_run_here_and_say_when_there_is_no_gpu() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True, timeout=300,
+                              check=False)
+
+    job = run("bench/gpu_job.py", "--allow-cpu")
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert "cupy.arange(10).sum() = 45" in job.stdout
+    assert "backend the owner sees: " in job.stdout
+    from fednb.kernels._backend import _has_cupy
+
+    if not _has_cupy():
+        assert "backend the owner sees: cpu" in job.stdout and "no GPU" in job.stdout
+        assert run("bench/gpu_job.py").returncode == 2
+        bench = run("bench/kernels.py", "--backend", "cupy")
+        assert bench.returncode == 2 and "no GPU" in bench.stderr

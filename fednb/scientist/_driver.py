@@ -46,6 +46,12 @@ class _Flight:
     start: np.ndarray
 
 
+def _dropped(out: Outcome, reason: str) -> Outcome:
+    """A run that succeeded at its domain but whose update the driver cannot use: recorded
+    as failed, with why, so the history does not show it as taken into the round."""
+    return Outcome("failed", reason, None, out.seconds, out.bytes_up, out.bytes_down, out.epsilon)
+
+
 class SerialExecutor(Executor):
     """Runs each task at once in the calling thread: for in-process simulations, where a
     thread pool costs more (GIL, page faults of parallel temporaries) than it gains."""
@@ -240,14 +246,17 @@ class Driver:
         updates = []
         for name, fut in futures.items():
             out = fut.result()
-            self._record(rnd, name, out)
             vec = self._vector(out)
             if vec is not None and out.update is not None:
                 try:  # ClientUpdate refuses NaN/Inf: such an update is dropped like a failure
                     updates.append(ClientUpdate(vec, int(out.update.num_examples or 0), name, 0,
                                                 dict(out.update.metrics), checked=out.checked))
                 except InvalidInput:
-                    continue
+                    out = _dropped(out, "nonfinite_update")
+            elif out.status == "succeeded":
+                out = _dropped(out, "update_mismatch" if out.update is not None and out.update.num_examples
+                               else "no_examples")
+            self._record(rnd, name, out)
         if len(updates) < self.min_domains:
             raise RoundFailed(f"round {rnd}: {len(updates)} of {len(chosen)} domains answered, fewer than "
                               f"min_domains={self.min_domains}; see history.metrics.status")

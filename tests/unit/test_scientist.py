@@ -104,6 +104,9 @@ def test_an_update_decoded_from_fp16_is_scanned_again() -> None:
     hist = fednb.simulate(_overflow_fp16, parts, initial={"w": np.zeros(3, np.float32)}, rounds=1,
                           compression="fp16", progress=False)
     np.testing.assert_array_equal(hist.weights["w"], 1.0)  # b's alone: a's infinite update dropped
+    status = hist.metrics["status"].sel(round=0)
+    assert status.sel(domain="a").item() == "failed" and status.sel(domain="b").item() == "succeeded"
+    assert [r.reason for r in hist.records if r.domain == "a"] == ["nonfinite_update"]
     plain = fednb.simulate(_overflow_fp16, parts, initial={"w": np.zeros(3, np.float32)}, rounds=1,
                            progress=False)
     np.testing.assert_allclose(plain.weights["w"], (1e5 + 1.0) / 2)

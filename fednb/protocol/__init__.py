@@ -32,6 +32,7 @@ from fednb.protocol._models import (
     code_hash,
 )
 from fednb.protocol._secagg import (
+    MIN_STALENESS_FACTOR,
     SecAggAdvert,
     SecAggConfig,
     SecAggJoin,
@@ -49,6 +50,7 @@ __all__ = [
     "API_PREFIX",
     "API_VERSION",
     "FEDNB_VERSION",
+    "MIN_STALENESS_FACTOR",
     "NAME_PATTERN",
     "REASON_CODES",
     "RUN_STATUSES",

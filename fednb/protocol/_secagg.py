@@ -6,16 +6,21 @@ safetensors (uint32), outside these models. See :mod:`fednb.secagg` for the prot
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["SecAggAdvert", "SecAggConfig", "SecAggJoin", "SecAggReveal", "SecAggShare", "SecAggSignature",
-           "SecAggSurvivors"]
+__all__ = ["MIN_STALENESS_FACTOR", "SecAggAdvert", "SecAggConfig", "SecAggJoin", "SecAggReveal",
+           "SecAggShare", "SecAggSignature", "SecAggSurvivors"]
 
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
 Hex = Annotated[str, Field(max_length=1 << 16, pattern=r"^[0-9a-f]*$")]
 RoundId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+MIN_STALENESS_FACTOR = 2.0**-10
+"""The smallest staleness factor a round may give a member. Without a floor an orchestrator
+could weight every member but one near zero and read that one's update from the sum."""
 
 
 class _Frozen(BaseModel):
@@ -31,7 +36,9 @@ class SecAggConfig(_Frozen):
     ``noise_sigma`` (integer units), when set, is the scale of the discrete Gaussian share
     every member adds to its quantised update, so that the sum of any ``threshold`` of them
     carries the round's distributed noise; it is signed with the rest, so members cannot be
-    shown different shares.
+    shown different shares. ``staleness`` (asynchronous FedBuff rounds) gives each member a
+    factor in [``MIN_STALENESS_FACTOR``, 1] that multiplies its example count in its weight
+    (:meth:`weight`); signed with the rest too. None: every factor is 1.
     """
 
     round_id: RoundId
@@ -42,6 +49,7 @@ class SecAggConfig(_Frozen):
     num_examples: dict[str, int]
     size: int = Field(ge=1, le=1 << 31)
     noise_sigma: float | None = Field(default=None, gt=0, le=2.0**31)
+    staleness: dict[str, float] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SecAggConfig:
@@ -53,7 +61,22 @@ class SecAggConfig(_Frozen):
             raise ValueError(f"threshold {self.threshold} exceeds the degree {self.degree}")
         if set(self.num_examples) != set(self.members) or min(self.num_examples.values()) < 1:
             raise ValueError("num_examples must give every member a positive count")
+        if self.staleness is not None:
+            if set(self.staleness) != set(self.members):
+                raise ValueError("staleness must give every member a factor")
+            bad = {m: f for m, f in self.staleness.items() if not MIN_STALENESS_FACTOR <= f <= 1.0}
+            if bad:
+                raise ValueError(f"staleness factors must lie in [{MIN_STALENESS_FACTOR}, 1], not {bad}")
         return self
+
+    def weight(self, name: str) -> float:
+        """``name``'s weight in the sum: its example count times its staleness factor."""
+        factor = 1.0 if self.staleness is None else self.staleness[name]
+        return self.num_examples[name] * factor
+
+    def weight_share(self, name: str) -> float:
+        """``name``'s weight over the weights of all members: what it multiplies its update by."""
+        return self.weight(name) / math.fsum(self.weight(m) for m in self.members)
 
 
 class SecAggAdvert(_Frozen):

@@ -31,14 +31,15 @@ def distributed_event(config: SecAggConfig, name: str, clip: float, metrics: boo
     """What the round's distributed noise guarantees ``name`` (None without it).
 
     ``name``'s clipped update (L2 norm at most ``clip``) enters the sum weighted by its
-    example share w and quantised at the round's scale: within C = clip w scale + sqrt(d)
-    quantised units (stochastic rounding moves each of the d coordinates by under one), so
-    its sensitivity is 2C; the sum's noise is at least sqrt(t) s. With ``metrics``, the
-    metric vector's own Gaussian release at ``noise_multiplier`` is composed in.
+    share w of the round's weights (examples, times staleness factors) and quantised at the
+    round's scale: within C = clip w scale + sqrt(d) quantised units (stochastic rounding
+    moves each of the d coordinates by under one), so its sensitivity is 2C; the sum's noise
+    is at least sqrt(t) s. With ``metrics``, the metric vector's own Gaussian release at
+    ``noise_multiplier`` is composed in.
     """
     if config.noise_sigma is None:
         return None
-    w = config.num_examples[name] / sum(config.num_examples.values())
+    w = config.weight_share(name)
     c = clip * w * scale_for(config.bound, len(config.members)) + math.sqrt(config.size)
     t = config.threshold
     event: Event = DistributedDiscreteGaussianEvent(config.noise_sigma * math.sqrt(t) / c, t,

@@ -6,7 +6,8 @@ with the strategy's hooks, checkpoints after every round and resumes from the la
 checkpoint. Run ids are derived from the federation's id, the round and the domain, so
 a restarted notebook re-sends the same ids and no domain runs (or charges) twice.
 Asynchronous mode (FedBuff-style) restarts each participant as soon as it answers and
-aggregates whenever the buffer is full, rebasing stale updates onto the current model.
+aggregates whenever the buffer is full, rebasing stale updates onto the current model;
+under secure aggregation each full buffer is summed by one SecAgg+ round over its members.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from fednb.errors import InvalidInput
-from fednb.protocol import decode_message, encode_message
+from fednb.protocol import MIN_STALENESS_FACTOR, decode_message, encode_message
 from fednb.scientist._history import ClientRecord, History
 from fednb.scientist._participants import Outcome, Participant
-from fednb.secagg import RoundAbandoned, SecAggPeer, propose, round_id, secure_sum
+from fednb.secagg import RoundAbandoned, SecAggPeer, SecureSum, propose, round_id, secure_sum
 from fednb.strategies import ClientUpdate, Strategy, flatten, unflatten
 from fednb.typing import Weights
 
@@ -44,12 +45,23 @@ class _Flight:
     name: str
     version: int
     start: np.ndarray
+    run_id: str = ""
+
+
+_Buffered = tuple[_Flight, np.ndarray | None, Outcome]  # the update's vector: None when kept for SecAgg+
 
 
 def _dropped(out: Outcome, reason: str) -> Outcome:
     """A run that succeeded at its domain but whose update the driver cannot use: recorded
     as failed, with why, so the history does not show it as taken into the round."""
     return Outcome("failed", reason, None, out.seconds, out.bytes_up, out.bytes_down, out.epsilon)
+
+
+def _examples(out: Outcome) -> int:
+    """The examples behind a successful answer (0 for a failure)."""
+    if out.status != "succeeded" or out.update is None:
+        return 0
+    return int(out.update.num_examples or 0)
 
 
 class SerialExecutor(Executor):
@@ -92,6 +104,8 @@ class Driver:
         With secure aggregation: every coordinate is clipped into [-bound, bound] before
         quantisation, and the driver learns only the survivors' weighted mean (SecAgg+).
         None: plain aggregation. Participants must offer ``secagg_peer(run_id)``.
+        Asynchronously, each full buffer (``buffer_size`` distinct domains, at least 2: a
+        domain restarts only once its kept update was summed) is one secure round.
     secure_noise
         With secure aggregation, the members' client-level noise z C: each round then asks
         for distributed discrete noise sized to it (:func:`fednb.secagg.propose`). None: none.
@@ -117,8 +131,11 @@ class Driver:
         self.timeout, self.asynchronous, self.progress = timeout, asynchronous, progress
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.executor, self.secure_bound, self.secure_noise = executor, secure_bound, secure_noise
-        if secure_bound is not None and asynchronous:
-            raise InvalidInput("secure aggregation runs synchronous rounds only in this version")
+        k = int(getattr(strategy, "buffer_size", min_domains))
+        if secure_bound is not None and asynchronous and not 2 <= k <= len(participants):
+            raise InvalidInput(f"asynchronous secure aggregation sums buffers of distinct domains: "
+                               f"buffer_size must be between 2 and {len(participants)} (the domains), "
+                               f"not {k}")
         self.vec, self.layout = flatten(initial)
         self.history = history if history is not None else History()
         self.history.records.clear()  # a new run starts afresh; _resume() restores a checkpoint's
@@ -183,51 +200,69 @@ class Driver:
         k = max(self.min_domains, int(np.ceil(fraction * len(names))))
         return sorted(self._rng.choice(names, size=min(k, len(names)), replace=False).tolist())
 
+    # -- secure aggregation ----------------------------------------------------------
+    def _secagg_id(self, name: str) -> str:
+        # members are named by their secure-aggregation id: a domain's identity key over HTTP
+        return getattr(self.participants[name], "secagg_id", None) or name
+
+    def _secure_sum(self, pool: Executor, tag: str, counts: dict[str, int], runs: dict[str, str],
+                    factors: dict[str, float] | None = None) -> SecureSum | None:
+        """One SecAgg+ round over the kept results ``runs`` (domain -> run id), weighted by
+        ``counts`` times ``factors``; None when it was abandoned (nothing was unmasked)."""
+        assert self.secure_bound is not None
+        ids = {n: self._secagg_id(n) for n in runs}
+        config = propose(round_id(f"{self.prefix}-{tag}"), {ids[n]: c for n, c in counts.items()},
+                         self.vec.size, self.secure_bound, noise_std=self.secure_noise,
+                         staleness=None if factors is None else {ids[n]: f for n, f in factors.items()})
+        peers: dict[str, SecAggPeer] = {ids[n]: self.participants[n].secagg_peer(  # type: ignore[attr-defined]
+            run) for n, run in runs.items()}
+        try:
+            return secure_sum(config, peers, executor=None if isinstance(pool, SerialExecutor) else pool)
+        except RoundAbandoned as exc:
+            # the model stays as it was and training goes on
+            warnings.warn(f"secure round {tag} abandoned: {exc}", RuntimeWarning, stacklevel=3)
+            return None
+        finally:
+            for peer in peers.values():
+                getattr(peer, "forget", lambda _: None)(config.round_id)
+            for name, run in runs.items():
+                getattr(self.participants[name], "discard", lambda _: None)(run)
+
+    def _secure_records(self, rnd: int, members: dict[str, tuple[str, Outcome, int]],
+                        out_sum: SecureSum | None) -> None:
+        """Record each member (name -> run id, answer, staleness) of a secure round."""
+        for name, (run, out, staleness) in members.items():
+            if out_sum is None:  # abandoned: charged all the same
+                out = Outcome("failed", "secagg_abandoned", None, out.seconds, 0, out.bytes_down, out.epsilon)
+                self._record(rnd, name, out, staleness)
+                continue
+            charged = getattr(self.participants[name], "charged", None)  # after distributed noise
+            eps = charged(run, out.epsilon) if charged else out.epsilon
+            if self._secagg_id(name) in out_sum.dropped:
+                out = Outcome("failed", "secagg_dropped", None, out.seconds, 0, out.bytes_down, eps)
+            else:
+                out = Outcome(out.status, out.reason, out.update, out.seconds, 4 * self.vec.size,
+                              out.bytes_down, eps)
+            self._record(rnd, name, out, staleness)
+
     # -- synchronous -----------------------------------------------------------------
     def _secure_round(self, pool: Executor, rnd: int, futures: dict[str, Future[Outcome]]) -> None:
         """The round's sum by SecAgg+: the driver never sees a single update."""
-        assert self.secure_bound is not None
         counts: dict[str, int] = {}
         for name, fut in futures.items():
             out = fut.result()
-            if out.status == "succeeded" and out.update is not None and out.update.num_examples:
-                counts[name] = int(out.update.num_examples)
+            if _examples(out):
+                counts[name] = _examples(out)
             else:
                 self._record(rnd, name, out)
         if len(counts) < max(2, self.min_domains):
             raise RoundFailed(f"round {rnd}: {len(counts)} of {len(futures)} domains answered, fewer than "
                               f"min_domains={self.min_domains} (secure aggregation needs 2)")
-        # members are named by their secure-aggregation id: a domain's identity key over HTTP
-        ids = {n: getattr(self.participants[n], "secagg_id", None) or n for n in counts}
-        config = propose(round_id(f"{self.prefix}-r{rnd}"), {ids[n]: c for n, c in counts.items()},
-                         self.vec.size, self.secure_bound, noise_std=self.secure_noise)
-        peers: dict[str, SecAggPeer] = {ids[n]: self.participants[n].secagg_peer(  # type: ignore[attr-defined]
-            self._run_id(f"r{rnd}", n)) for n in counts}
-        try:
-            out_sum = secure_sum(config, peers, executor=None if isinstance(pool, SerialExecutor) else pool)
-        except RoundAbandoned as exc:
-            # nothing was unmasked: the model stays as it was and the next round goes on
-            warnings.warn(f"secure round {rnd} abandoned: {exc}", RuntimeWarning, stacklevel=2)
-            for name in counts:
-                out = futures[name].result()
-                self._record(rnd, name, Outcome("failed", "secagg_abandoned", None, out.seconds, 0,
-                                                out.bytes_down, out.epsilon))  # charged all the same
+        runs = {n: self._run_id(f"r{rnd}", n) for n in counts}
+        out_sum = self._secure_sum(pool, f"r{rnd}", counts, runs)
+        self._secure_records(rnd, {n: (runs[n], futures[n].result(), 0) for n in counts}, out_sum)
+        if out_sum is None:
             return
-        finally:
-            for peer in peers.values():
-                getattr(peer, "forget", lambda _: None)(config.round_id)
-            for name in counts:
-                getattr(self.participants[name], "discard", lambda _: None)(self._run_id(f"r{rnd}", name))
-        for name in counts:
-            out = futures[name].result()
-            charged = getattr(self.participants[name], "charged", None)  # after distributed noise
-            eps = charged(self._run_id(f"r{rnd}", name), out.epsilon) if charged else out.epsilon
-            if ids[name] in out_sum.dropped:
-                out = Outcome("failed", "secagg_dropped", None, out.seconds, 0, out.bytes_down, eps)
-            else:
-                out = Outcome(out.status, out.reason, out.update, out.seconds, 4 * self.vec.size,
-                              out.bytes_down, eps)
-            self._record(rnd, name, out)
         if len(out_sum.survivors) < self.min_domains:
             raise RoundFailed(f"round {rnd}: {len(out_sum.survivors)} domains survived secure aggregation, "
                               f"fewer than min_domains={self.min_domains}")
@@ -293,15 +328,16 @@ class Driver:
                 flights: dict[Future[Outcome], _Flight]) -> None:
         cfg = self.strategy.configure_round(self.done, self.params)
         seq[name] = seq.get(name, 0) + 1
+        run = self._run_id(f"a{self.done}-{seq[name]}", name)
         fut = pool.submit(self.participants[name].run, unflatten(self.vec, self.layout), dict(cfg.params),
-                          self._run_id(f"a{self.done}-{seq[name]}", name), self.timeout)
-        flights[fut] = _Flight(name, self.done, self.vec.copy())
+                          run, self.timeout)
+        flights[fut] = _Flight(name, self.done, self.vec.copy(), run)
 
-    def _aggregate_buffer(self, buffer: list[tuple[_Flight, np.ndarray, Outcome]]) -> None:
+    def _aggregate_buffer(self, buffer: list[_Buffered]) -> None:
         # Rebase and weigh staleness now, against the model the buffer is applied to.
         updates = []
         for fl, new, out in buffer:
-            assert out.update is not None
+            assert out.update is not None and new is not None
             try:
                 updates.append(ClientUpdate(self.vec + (new - fl.start), int(out.update.num_examples or 0),
                                             fl.name, self.done - fl.version, dict(out.update.metrics)))
@@ -310,30 +346,73 @@ class Driver:
         if updates:
             self.vec = self.strategy.aggregate(self.vec, updates)
 
+    def _staleness_factor(self, name: str, examples: int, staleness: int) -> float:
+        """``strategy.weight`` over the examples: FedBuff's s(staleness), in
+        [MIN_STALENESS_FACTOR, 1] (staler updates count as the floor, which members require)."""
+        probe = ClientUpdate(np.zeros(1), examples, name, staleness, checked=True)
+        return min(1.0, max(MIN_STALENESS_FACTOR, self.strategy.weight(probe) / examples))
+
+    def _secure_buffer(self, pool: Executor, buffer: list[_Buffered]) -> None:
+        """One buffer's step by SecAgg+ over its members. The driver learns only
+        ``sum_i w_i new_i`` (w_i: examples times staleness factor, signed in the round) and
+        rebases it with the starts it sent: ``sum_i w_i (g + new_i - start_i)``, as FedBuff."""
+        rnd = self.done
+        counts = {fl.name: _examples(out) for fl, _, out in buffer}
+        factors = {fl.name: self._staleness_factor(fl.name, counts[fl.name], rnd - fl.version)
+                   for fl, _, _ in buffer}
+        out_sum = self._secure_sum(pool, f"a{rnd}", counts, {fl.name: fl.run_id for fl, _, _ in buffer},
+                                   factors)
+        self._secure_records(rnd, {fl.name: (fl.run_id, out, rnd - fl.version) for fl, _, out in buffer},
+                             out_sum)
+        if out_sum is None:
+            return
+        total = out_sum.total_weight
+        rebased = out_sum.mean * total
+        rebased += total * self.vec
+        for fl, _, _ in buffer:
+            if self._secagg_id(fl.name) in out_sum.survivors:
+                rebased -= (counts[fl.name] * factors[fl.name]) * fl.start
+        self.vec = self.strategy.aggregate_sum(self.vec, rebased, total,
+                                               total_examples=float(out_sum.num_examples))
+
+    def _arrived(self, pool: Executor, fl: _Flight, out: Outcome, buffer: list[_Buffered],
+                 seq: dict[str, int], flights: dict[Future[Outcome], _Flight]) -> None:
+        if self.secure_bound is not None and _examples(out):
+            buffer.append((fl, None, out))  # kept for its round: recorded and restarted after it
+            return
+        self._record(self.done, fl.name, out, self.done - fl.version)
+        vec = None if self.secure_bound is not None else self._vector(out)
+        if vec is not None:
+            buffer.append((fl, vec, out))
+        if self.done < self.rounds:
+            self._launch(pool, fl.name, seq, flights)
+
     def _run_async(self, pool: Executor, bar: Any) -> None:
         k = int(getattr(self.strategy, "buffer_size", self.min_domains))
         flights: dict[Future[Outcome], _Flight] = {}
         seq: dict[str, int] = {}
-        buffer: list[tuple[_Flight, np.ndarray, Outcome]] = []
+        buffer: list[_Buffered] = []
         for name in sorted(self.participants):
             self._launch(pool, name, seq, flights)
         while self.done < self.rounds and flights:
             finished, _ = wait(list(flights), return_when=FIRST_COMPLETED)
             for fut in finished:
                 fl = flights.pop(fut)
-                out = fut.result()
-                self._record(self.done, fl.name, out, self.done - fl.version)
-                vec = self._vector(out)
-                if vec is not None:
-                    buffer.append((fl, vec, out))
-                if self.done < self.rounds:
-                    self._launch(pool, fl.name, seq, flights)
+                self._arrived(pool, fl, fut.result(), buffer, seq, flights)
             while len(buffer) >= k and self.done < self.rounds:
-                self._aggregate_buffer(buffer[:k])
-                buffer = buffer[k:]
+                batch, buffer = buffer[:k], buffer[k:]
+                if self.secure_bound is None:
+                    self._aggregate_buffer(batch)
+                else:
+                    self._secure_buffer(pool, batch)
                 self.done += 1
                 self._save()
                 bar.update(1)
                 self.history.notify()
+                if self.secure_bound is not None and self.done < self.rounds:
+                    for fl, _, _ in batch:  # from the new model
+                        self._launch(pool, fl.name, seq, flights)
         for fut in flights:  # stragglers of the last round: let them finish, drop their answers
             fut.cancel()
+        for fl, _, _ in buffer:  # kept updates no round took
+            getattr(self.participants[fl.name], "discard", lambda _: None)(fl.run_id)

@@ -76,7 +76,9 @@ class Federation:
     secure_aggregation
         Sum the domains' updates by SecAgg+ (:mod:`fednb.secagg`): this notebook learns
         only the weighted mean of each round's survivors. Every domain's owner must have
-        put the others' identities on its roster (``dom.peers.trust``).
+        put the others' identities on its roster (``dom.peers.trust``). Asynchronously
+        (FedBuff), each full buffer is one secure round over its ``buffer_size`` domains
+        (each domain's policy ``secagg_min_members`` must allow that many).
     secure_bound
         With secure aggregation, coordinates are clipped into ``[-bound, bound]`` before
         quantisation (default: past the DP noise, or 1000).
@@ -111,9 +113,9 @@ class Federation:
         self.asynchronous = isinstance(self.strategy, FedBuff) if asynchronous is None else asynchronous
         compose_check(self.strategy, secure_aggregation=secure_aggregation, asynchronous=self.asynchronous,
                       dp=dp is not None)
-        if secure_aggregation and (self.asynchronous or compression != "none"):
-            raise InvalidInput("secure aggregation runs synchronous rounds without compression "
-                               "(it quantises the updates itself)")
+        if secure_aggregation and compression != "none":
+            raise InvalidInput("secure aggregation runs without compression (it quantises the updates "
+                               "itself)")
         self.secure_bound = (None if not secure_aggregation else
                              secure_bound if secure_bound is not None else default_secure_bound(dp))
         self.params, self.initial, self.rounds, self.dp = dict(params or {}), initial, rounds, dp
@@ -205,10 +207,11 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
     each virtual hospital has its own identity, keys and masks, the driver sees only the
     weighted mean of the survivors' updates, clipped into ``[-secure_bound, secure_bound]``
     (default: ``dp.clip * (1 + 6 * dp.noise_multiplier)`` with DP, else 1000) and
-    quantised into 32-bit integers. ``distributed_noise=True`` (with ``dp``) gives every
-    virtual hospital the policy ``secagg_distributed_noise``: updates are noised in the round
-    by distributed discrete Gaussian shares instead of each hospital's full noise (see
-    docs/secagg.md).
+    quantised into 32-bit integers; asynchronously (FedBuff), each full buffer is one such
+    round over its members, weighted by examples times staleness. ``distributed_noise=True``
+    (with ``dp``) gives every virtual hospital the policy ``secagg_distributed_noise``:
+    updates are noised in the round by distributed discrete Gaussian shares instead of each
+    hospital's full noise (see docs/secagg.md).
 
     ``history``: an (empty) :class:`History` to fill, e.g. one a live
     ``fednb.ui.ResultsViewer`` already shows; by default a new one.
@@ -227,8 +230,8 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
         raise InvalidInput(f"backend must be 'local' or 'dask', not {backend!r}")
     bound = None
     if secure_aggregation:
-        if backend != "local" or is_async:
-            raise InvalidInput("secure aggregation runs with backend='local' and synchronous rounds")
+        if backend != "local":
+            raise InvalidInput("secure aggregation runs with backend='local'")
         bound = secure_bound if secure_bound is not None else default_secure_bound(dp)
         ids = {n: Identity.generate() for n in parts}
         for n, p in parts.items():

@@ -33,7 +33,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from fednb.errors import SecAggRefused
-from fednb.protocol import SecAggAdvert, SecAggConfig, SecAggReveal, SecAggShare, SecAggSurvivors
+from fednb.protocol import (
+    MIN_STALENESS_FACTOR,
+    SecAggAdvert,
+    SecAggConfig,
+    SecAggReveal,
+    SecAggShare,
+    SecAggSurvivors,
+)
 from fednb.secagg._identity import Identity, Roster, canonical, verify
 from fednb.secagg._masks import MaskStream, derive_key, neighbours, quantise, random_bits, scale_for
 from fednb.secagg._shamir import split
@@ -82,8 +89,9 @@ def share_points(members: list[str]) -> dict[str, int]:
 def encode(update: FloatArray, config: SecAggConfig, name: str,
            bits: Callable[[int], np.ndarray] = random_bits) -> np.ndarray:
     """``name``'s update as it enters the sum, before masks: clipped into [-bound, bound],
-    weighted by its share of the round's examples, quantised into uint32."""
-    weight = config.num_examples[name] / sum(config.num_examples.values())
+    weighted by its share of the round's weights (example counts, times staleness factors in
+    asynchronous rounds), quantised into uint32."""
+    weight = config.weight_share(name)
     weighted = np.clip(update, -config.bound, config.bound) * weight
     return quantise(weighted, scale_for(config.bound, len(config.members)), config.bound, bits)
 
@@ -167,6 +175,11 @@ class SecAggMember:
             if config.num_examples[self.name] != num_examples:
                 raise SecAggRefused(f"the round gives {self.name!r} {config.num_examples[self.name]} "
                                     f"examples; it has {num_examples}")
+            factors = (config.staleness or {}).values()
+            if any(not MIN_STALENESS_FACTOR <= f <= 1.0 for f in factors):
+                raise SecAggRefused(f"the round's staleness factors {config.staleness} leave "
+                                    f"[{MIN_STALENESS_FACTOR}, 1]: members weighted near zero would "
+                                    "expose the others' updates")
             nbrs = neighbours(config.round_id, config.members, config.degree)[self.name]
             if config.threshold < len(nbrs) // 2 + 1:
                 raise SecAggRefused(f"threshold {config.threshold} is below a majority of this domain's "

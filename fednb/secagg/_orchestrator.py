@@ -42,7 +42,10 @@ class SecAggPeer(Protocol):
 
 @dataclass
 class SecureSum:
-    """What a secure round reveals: the survivors' weighted mean, and who took part."""
+    """What a secure round reveals: the survivors' weighted mean, and who took part.
+
+    ``mean`` is ``sum_i w_i x_i / sum_i w_i`` over the survivors, w_i their weights
+    (:meth:`SecAggConfig.weight`), x_i their clipped updates."""
 
     mean: FloatArray
     total: np.ndarray  # the survivors' quantised, weighted updates summed mod 2^32
@@ -51,13 +54,18 @@ class SecureSum:
     late: dict[str, str] = field(default_factory=dict)  # failed after it (still in the sum): name -> why
     num_examples: int = 0
     bytes_up: int = 0
+    total_weight: float = 0.0  # the survivors' weights summed (examples times staleness factors)
 
 
 def propose(round_id: str, num_examples: dict[str, int], size: int, bound: float,
             degree: int | None = None, threshold: int | None = None,
-            noise_std: float | None = None) -> SecAggConfig:
+            noise_std: float | None = None, staleness: dict[str, float] | None = None) -> SecAggConfig:
     """A round's settings: neighbours of logarithmic degree (everyone for small rounds) and a
     threshold of a majority of each neighbourhood plus one.
+
+    ``staleness`` (asynchronous rounds): each member's staleness factor in
+    [``MIN_STALENESS_FACTOR``, 1], multiplying its example count in its weight; every
+    member signs the factors with the rest of the settings. None: all 1.
 
     ``noise_std`` (the members' client-level noise, z C, in the units of the update) asks for
     distributed noise: each member's discrete Gaussian share is sized so that the sum of any
@@ -71,13 +79,14 @@ def propose(round_id: str, num_examples: dict[str, int], size: int, bound: float
     nbrs = neighbours(round_id, members, k)
     smallest = min(len(v) for v in nbrs.values())
     t = threshold if threshold is not None else min(smallest, max(len(v) for v in nbrs.values()) // 2 + 1)
-    sigma = None
-    if noise_std is not None:
-        total = sum(num_examples.values())
-        spread = math.sqrt(math.fsum((c / total) ** 2 for c in num_examples.values()))
-        sigma = noise_std * scale_for(bound, len(members)) * spread / math.sqrt(t)
-    return SecAggConfig(round_id=round_id, members=members, threshold=t, degree=k, bound=bound,
-                        num_examples=dict(num_examples), size=size, noise_sigma=sigma)
+    config = SecAggConfig(round_id=round_id, members=members, threshold=t, degree=k, bound=bound,
+                          num_examples=dict(num_examples), size=size,
+                          staleness=None if staleness is None else dict(staleness))
+    if noise_std is None:
+        return config
+    spread = math.sqrt(math.fsum(config.weight_share(m) ** 2 for m in members))
+    sigma = noise_std * scale_for(bound, len(members)) * spread / math.sqrt(t)
+    return SecAggConfig.model_validate({**config.model_dump(), "noise_sigma": sigma})
 
 
 def _gather(call: Callable[[str], T], names: Iterable[str], executor: Executor | None,
@@ -161,10 +170,12 @@ def secure_sum(config: SecAggConfig, peers: dict[str, SecAggPeer], *,
             if u in u3:
                 shared = key.exchange(X25519PublicKey.from_public_bytes(bytes.fromhex(adverts[u].mask_key)))
                 stream.add(total, derive_key(shared, mask_key_info(rid, u, v)), -1 if u < v else 1)
-    n_all = sum(config.num_examples.values())
+    w_all = math.fsum(config.weight(n) for n in members)
+    w_alive = math.fsum(config.weight(n) for n in u3)
+    mean = dequantise(total, scale_for(config.bound, len(members))) * (w_all / w_alive)
     n_alive = sum(config.num_examples[n] for n in u3)
-    mean = dequantise(total, scale_for(config.bound, len(members))) * (n_all / n_alive)
-    return SecureSum(mean, total, u3, dropped, late, n_alive, bytes_up=4 * size * len(u3))
+    return SecureSum(mean, total, u3, dropped, late, n_alive, bytes_up=4 * size * len(u3),
+                     total_weight=w_alive)
 
 
 def round_id(prefix: str) -> str:

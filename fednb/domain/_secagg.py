@@ -140,13 +140,20 @@ class SecAggDesk:
             header, tensors = decode_message(row.result)
             vector, _ = flatten(decompress(tensors, header))
             member = self.member()
-            entry = self._input(row, member.config(round_id), vector, bool(header.get("noise_deferred")))
+            config = member.config(round_id)
+            entry = self._input(row, config, vector, bool(header.get("noise_deferred")))
             masked = member.masked(round_id, shares, entry.vector, entry.noise)
+            me = self._d.identity.public
+            # the weight it entered the sum with; asynchronous rounds: the factor the
+            # orchestrator claimed for its staleness (signed, but not checkable here)
+            weight = {"weight": config.weight_share(me)} | (
+                {} if config.staleness is None else {"staleness_factor": config.staleness[me]})
             with self._d.transaction() as tx:
                 run = tx.s.get(RunRow, run_id)
                 assert run is not None
                 run.release_state, run.result = "masked", None
-                tx.log(user.name, "result.masked", run=run_id, request=run.request_id, round=round_id)
+                tx.log(user.name, "result.masked", run=run_id, request=run.request_id, round=round_id,
+                       **weight)
                 if entry.event is not None:
                     run.epsilon = self._d.ledger.rebook(tx.s, run_id, entry.event)
                     tx.log("domain", "charge.rebooked", run=run_id, request=run.request_id,

@@ -240,6 +240,9 @@ class DistributedDiscreteGaussianEvent(Event):
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise_multiplier", _positive("noise_multiplier", self.noise_multiplier))
         object.__setattr__(self, "share_sigma", _positive("share_sigma", self.share_sigma))
+        if self.share_sigma < 0.5:  # Proposition 14 holds for s >= 1/2 only
+            raise InvalidInput(f"share_sigma must be >= 0.5 (Kairouz et al., Prop. 14), "
+                               f"not {self.share_sigma!r}")
         object.__setattr__(self, "sensitivity_factor",
                            _positive("sensitivity_factor", self.sensitivity_factor))
         for name in ("shares", "dimension"):

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fednb.privacy import ComposedEvent, DistributedDiscreteGaussianEvent, Event, GaussianEvent, SecureNoise
+from fednb.privacy import (
+    ComposedEvent,
+    DistributedDiscreteGaussianEvent,
+    Event,
+    GaussianEvent,
+    SecureNoise,
+    clip_l2,
+)
 from fednb.protocol import ClientDP, SecAggConfig
 from fednb.secagg import scale_for
 from fednb.typing import FloatArray
@@ -37,7 +44,7 @@ def distributed_event(config: SecAggConfig, name: str, clip: float, metrics: boo
     is at least sqrt(t) s. With ``metrics``, the metric vector's own Gaussian release at
     ``noise_multiplier`` is composed in.
     """
-    if config.noise_sigma is None:
+    if config.noise_sigma is None or config.noise_sigma < 0.5:  # Proposition 14 needs s >= 1/2
         return None
     w = config.weight_share(name)
     c = clip * w * scale_for(config.bound, len(config.members)) + math.sqrt(config.size)
@@ -87,6 +94,9 @@ def secagg_input(config: SecAggConfig, name: str, vector: FloatArray, *, dp: Cli
 
     if not deferred or dp is None:
         return SecAggInput(vector, share)
+    # Both charges below assume an L2 norm of at most clip: clip again here, whatever path
+    # (a compression, a later change) the kept vector took since the output policy clipped it.
+    vector = clip_l2({"v": vector}, dp.clip)[0]["v"]
     event = distributed_event(config, name, dp.clip, metrics, dp.noise_multiplier)
     if event is not None and accept(event):
         return SecAggInput(vector, share, event)

@@ -495,3 +495,26 @@ def test_a_member_that_cannot_rely_on_the_shares_adds_its_full_noise_and_keeps_i
     entry = secagg_input(cfg, "h0", vec + 1, dp=dp, deferred=False, metrics=False, noise=noise,
                          accept=lambda e: True)
     assert entry.event is None and np.array_equal(entry.vector, vec + 1)  # noised already: only the share
+
+
+def test_a_deferred_vector_is_clipped_again_before_either_charge() -> None:
+    # both the distributed and the fallback charge assume norm <= clip; a kept vector that
+    # grew (e.g. through a lossy encoding) must not enter the round larger
+    dp = ClientDP(clip=1.0, noise_multiplier=2.0)
+    examples = {f"h{i}": 100 for i in range(3)}
+    big = np.full(10_000, 0.05)  # norm 5 = 5 C
+    cfg = propose("reclip", examples, big.size, 50.0, noise_std=2.0)
+    entry = secagg_input(cfg, "h0", big, dp=dp, deferred=True, metrics=False, noise=SecureNoise(),
+                         accept=lambda e: True)
+    assert entry.event is not None and float(np.linalg.norm(entry.vector)) <= 1.0 + 1e-9
+
+
+def test_shares_below_one_half_give_no_distributed_charge() -> None:
+    # Kairouz et al.'s Proposition 14 holds for s >= 1/2: below it the member relies on
+    # nothing and keeps its full local noise and charge
+    examples = {f"h{i}": 100 for i in range(3)}
+    cfg = propose("tiny", examples, 100, 50.0, noise_std=1e-8)  # in quantised units: about 0.18
+    assert cfg.noise_sigma is not None and cfg.noise_sigma < 0.5
+    assert distributed_event(cfg, "h0", 1.0) is None
+    with pytest.raises(InvalidInput, match=r"0\.5"):
+        DistributedDiscreteGaussianEvent(1.0, 3, 0.4, 10)

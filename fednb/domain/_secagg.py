@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from sqlalchemy.orm import Session
+
 from fednb.domain._store import RunRow, SettingRow, UserRow
 from fednb.errors import InvalidInput, NotFound
 from fednb.privacy import Event
@@ -141,14 +143,16 @@ class SecAggDesk:
             vector, _ = flatten(decompress(tensors, header))
             member = self.member()
             config = member.config(round_id)
-            entry = self._input(row, config, vector, bool(header.get("noise_deferred")))
-            masked = member.masked(round_id, shares, entry.vector, entry.noise)
             me = self._d.identity.public
             # the weight it entered the sum with; asynchronous rounds: the factor the
             # orchestrator claimed for its staleness (signed, but not checkable here)
             weight = {"weight": config.weight_share(me)} | (
                 {} if config.staleness is None else {"staleness_factor": config.staleness[me]})
+            # One write transaction from the ledger's check to the rebooking: no reservation
+            # can change the ledger between "the distributed charge lowers it" and the swap.
             with self._d.transaction() as tx:
+                entry = self._input(tx.s, row, config, vector, bool(header.get("noise_deferred")))
+                masked = member.masked(round_id, shares, entry.vector, entry.noise)
                 run = tx.s.get(RunRow, run_id)
                 assert run is not None
                 run.release_state, run.result = "masked", None
@@ -161,17 +165,18 @@ class SecAggDesk:
                            epsilon_after=run.epsilon)
         return encode_message({"round_id": round_id}, {"masked": masked})
 
-    def _input(self, row: RunRow, config: SecAggConfig, vector: FloatArray, deferred: bool) -> SecAggInput:
+    def _input(self, s: Session, row: RunRow, config: SecAggConfig, vector: FloatArray,
+               deferred: bool) -> SecAggInput:
         """The run's input to the round: distributed noise where the policy allows it and it
-        charges less, else the domain's full noise (see :mod:`fednb.runtime._secagg_noise`)."""
+        charges less on the ledger as ``s`` (the caller's write transaction) sees it, else the
+        domain's full noise (see :mod:`fednb.runtime._secagg_noise`)."""
         req = self._d.requests.row(row.request_id)
         dp = None if req.dp is None else ClientDP.model_validate(req.dp)
 
         def accept(event: Event) -> bool:
             if not self._d.policy.get().secagg_distributed_noise:
                 return False
-            with self._d.store.session() as s:
-                return self._d.ledger.lowers(s, row.id, event)
+            return self._d.ledger.lowers(s, row.id, event)
 
         return secagg_input(config, self._d.identity.public, vector, dp=dp, deferred=deferred,
                             metrics=bool(req.metrics), noise=self._d.noise, accept=accept)

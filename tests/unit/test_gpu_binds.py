@@ -28,13 +28,17 @@ def touch(root: Path, *paths: str) -> None:
         (root / p).touch()
 
 
-def test_only_the_nvidia_device_nodes_are_found(tmp_path: Path) -> None:
+def test_only_the_nvidia_device_nodes_cuda_needs_are_found(tmp_path: Path) -> None:
     touch(tmp_path, "dev/nvidia0", "dev/nvidia1", "dev/nvidia12", "dev/nvidiactl", "dev/nvidia-uvm",
           "dev/nvidia-uvm-tools", "dev/nvidia-modeset", "dev/nvidia-caps/nvidia-cap1",
+          "dev/nvidia-caps/nvidia-cap2", "dev/nvidia-caps/nvidia-cap3", "dev/nvidia-caps/nvidia-cap12",
+          "dev/nvidia-caps/nvidia-cap21", "dev/nvidia-caps/nvidia-capx", "dev/nvidia-caps/other",
           "dev/nvidia-foo", "dev/nvidiax", "dev/dri/renderD128", "dev/dri/card0", "dev/null", "dev/sda")
+    # no modeset (display), no uvm-tools (profiling), never MIG's config and monitor caps
+    # (nvidia-cap1, nvidia-cap2): only the GPU and compute instances' access caps
     assert nvidia_devices(tmp_path) == [
-        "/dev/nvidia-caps/nvidia-cap1", "/dev/nvidia-modeset", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
-        "/dev/nvidia0", "/dev/nvidia1", "/dev/nvidia12", "/dev/nvidiactl"]
+        "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap21", "/dev/nvidia-caps/nvidia-cap3",
+        "/dev/nvidia-uvm", "/dev/nvidia0", "/dev/nvidia1", "/dev/nvidia12", "/dev/nvidiactl"]
     assert nvidia_devices(tmp_path / "nowhere") == []
 
 

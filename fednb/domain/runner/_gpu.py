@@ -2,11 +2,16 @@
 
 Both finders are pure functions of a root directory (and of ``ldconfig -p``'s text), so
 tests run them over a fake tree of empty files. Only what CUDA needs is taken: the
-per-GPU nodes ``/dev/nvidia0..N``, ``/dev/nvidiactl``, the unified-memory nodes, the
-modeset node and the MIG capability nodes (``/dev/nvidia-caps/``); no render nodes
-(``/dev/dri``), no other device. The driver's user-space libraries (``libcuda.so*``,
-``libnvidia-*.so*``) are bound read-only at their own paths; those under a system
-directory the sandbox binds anyway (``/usr``, ``/lib`` ...) need no bind of their own.
+per-GPU nodes ``/dev/nvidia0..N``, ``/dev/nvidiactl``, the unified-memory node
+``/dev/nvidia-uvm`` and the MIG access capability nodes
+(``/dev/nvidia-caps/nvidia-capN`` of the GPU and compute instances). Never
+``nvidia-cap1`` and ``nvidia-cap2`` (MIG config and monitor: whoever opens them can
+repartition the GPU or watch every instance, and a job runs with the domain's uid, root
+where the domain is), ``nvidia-modeset`` (display), ``nvidia-uvm-tools`` (profiling),
+render nodes (``/dev/dri``) or any other device. The driver's user-space libraries
+(``libcuda.so*``, ``libnvidia-*.so*``) are bound read-only at their own paths; those
+under a system directory the sandbox binds anyway (``/usr``, ``/lib`` ...) need no bind
+of their own.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from pathlib import Path
 
 __all__ = ["GpuBinds", "driver_libraries", "gpu_binds", "nvidia_devices"]
 
-_DEVICE_NAMES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+_DEVICE_NAMES = ("nvidiactl", "nvidia-uvm")
+_MIG_CAP = re.compile(r"^nvidia-cap[0-9]+$")
+_MIG_ADMIN_CAPS = ("nvidia-cap1", "nvidia-cap2")  # MIG config and monitor: never bound
 _LIB = re.compile(r"^lib(cuda|nvidia-[A-Za-z0-9_-]+)\.so(\.[0-9.]+)?$")
 _LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/local/nvidia/lib64", "usr/local/nvidia/lib")
 _LDCONFIG_LINE = re.compile(r"^\s*(\S+)\s+\(.*\)\s+=>\s+(/\S+)\s*$")
@@ -30,13 +37,14 @@ def _inside(root: Path, path: Path) -> str:
 
 
 def nvidia_devices(root: Path = Path("/")) -> list[str]:
-    """The NVIDIA device nodes under ``root/dev``, as paths inside ``root`` (sorted)."""
+    """The NVIDIA device nodes a CUDA job needs under ``root/dev``, as paths inside ``root``
+    (sorted): see the module's docstring for what is left out and why."""
     dev = root / "dev"
     found = [p for p in dev.glob("nvidia[0-9]*") if p.name[6:].isdigit()]
     found += [dev / n for n in _DEVICE_NAMES if (dev / n).exists()]
     caps = dev / "nvidia-caps"
     if caps.is_dir():
-        found += [p for p in caps.iterdir() if p.name.startswith("nvidia-cap")]
+        found += [p for p in caps.iterdir() if _MIG_CAP.match(p.name) and p.name not in _MIG_ADMIN_CAPS]
     return sorted(_inside(root, p) for p in found if not p.is_dir())
 
 

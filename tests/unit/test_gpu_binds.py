@@ -109,6 +109,36 @@ def test_gpu_workers_are_refused_where_no_memory_cgroup_caps_them(tmp_path: Path
     assert rlimit_as(tmp_path, _sandbox.Limits(memory_bytes=1 << 30)) == str(1 << 30)  # CPU jobs: rlimits
 
 
+# -- the cgroups a worker was in: was it OOM-killed? ------------------------------------
+
+
+def oom_dir(root: Path, name: str, **files: str) -> Path:
+    d = root / name
+    d.mkdir()
+    for k, v in files.items():
+        (d / k.replace("_", ".", 1)).write_text(v)
+    return d
+
+
+def test_an_oom_kill_is_read_from_the_oom_kill_count_not_failcnt(tmp_path: Path) -> None:
+    from fednb.domain.runner._pool import JobSpec, _Worker
+
+    v1_hit = oom_dir(tmp_path, "v1-hit", memory_failcnt="5\n",
+                     memory_oom_control="oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+    v1_kill = oom_dir(tmp_path, "v1-kill", memory_failcnt="5\n",
+                      memory_oom_control="oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    v2_hit = oom_dir(tmp_path, "v2-hit",
+                     memory_events="low 0\nhigh 0\nmax 12\noom 1\noom_kill 0\noom_group_kill 0\n")
+    v2_kill = oom_dir(tmp_path, "v2-kill",
+                      memory_events="low 0\nhigh 0\nmax 40\noom 2\noom_kill 10\noom_group_kill 0\n")
+    empty = oom_dir(tmp_path, "pids")
+    worker = _Worker(JobSpec("r", "", "f", {}, tmp_path), "insecure-demo", _sandbox.Limits(), 1)
+    for dirs, killed in [([v1_hit], False), ([v1_kill], True), ([v2_hit], False), ([v2_kill], True),
+                         ([empty, v1_hit], False), ([empty, v1_kill], True), ([], False)]:
+        worker.proc = types.SimpleNamespace(cgroup=types.SimpleNamespace(dirs=dirs))  # type: ignore[assignment]
+        assert worker._oom_seen() is killed, dirs
+
+
 # -- the runtime: allocator caps before user code, the device a run used -------------------
 
 

@@ -17,7 +17,14 @@ from fednb.domain.runner._frames import (
     read_frame,
     write_frame,
 )
-from fednb.domain.runner._sandbox import Limits, SandboxedProcess, SandboxMode, SandboxSpec, launch
+from fednb.domain.runner._sandbox import (
+    Limits,
+    SandboxedProcess,
+    SandboxMode,
+    SandboxSpec,
+    launch,
+    oom_killed,
+)
 from fednb.errors import FednbError, SandboxUnavailable
 from fednb.protocol import (
     REASON_CODES,
@@ -172,17 +179,7 @@ class _Worker:
         return self.proc.cgroup.dirs if self.proc is not None else []
 
     def _oom_seen(self) -> bool:
-        for d in self._cgroup_dirs():
-            for name in ("memory.failcnt", "memory.events"):
-                try:
-                    text = (d / name).read_text()
-                except OSError:
-                    continue
-                if name == "memory.failcnt" and text.strip() not in ("", "0"):
-                    return True
-                if "oom_kill " in text and "oom_kill 0" not in text:
-                    return True
-        return False
+        return oom_killed(self._cgroup_dirs())
 
     def take_log(self) -> str:
         path = self.job.workdir / "log.txt"

@@ -223,6 +223,24 @@ class _Cgroup:
                 d.rmdir()
 
 
+def oom_killed(dirs: list[Path]) -> bool:
+    """True when the OOM killer killed a process in one of these cgroups: the ``oom_kill``
+    count of ``memory.events`` (v2) or ``memory.oom_control`` (v1, Linux 4.13 and later).
+    Not ``memory.failcnt``: that counts every time usage hit the limit, page cache
+    reclaimed included, which a job that writes much and then fails does without any kill."""
+    for d in dirs:
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                text = (d / name).read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit() and int(value) > 0:
+                    return True
+    return False
+
+
 def memory_cgroup_works() -> bool:
     """True when this process can make a worker cgroup with a memory cap here (what GPU
     jobs need unless the owner accepts no host memory cap)."""

@@ -1,11 +1,13 @@
 """GPU jobs, the pieces: which paths the sandbox binds (over a fake tree of empty files),
-the launcher's memory caps and refusal, the runtime's allocator caps with CuPy and
-PyTorch absent or stubbed, and the device a worker reports. A real sandboxed GPU-mode job
-runs in tests/integration/test_gpu_jobs.py."""
+the launcher's memory caps and refusal, worker cgroups over fake cgroup trees (swap
+capped, the domain's delegated v2 cgroup, OOM kills read from the oom_kill count), the
+runtime's allocator caps with CuPy and PyTorch absent or stubbed, and the device a worker
+reports. A real sandboxed GPU-mode job runs in tests/integration/test_gpu_jobs.py."""
 
 from __future__ import annotations
 
 import importlib.machinery
+import os
 import resource
 import sys
 import types
@@ -109,7 +111,186 @@ def test_gpu_workers_are_refused_where_no_memory_cgroup_caps_them(tmp_path: Path
     assert rlimit_as(tmp_path, _sandbox.Limits(memory_bytes=1 << 30)) == str(1 << 30)  # CPU jobs: rlimits
 
 
-# -- the cgroups a worker was in: was it OOM-killed? ------------------------------------
+# -- worker cgroups, over fake cgroup trees: swap capped, the delegated subtree, OOM kills ---
+
+
+V2_FILES = ("cgroup.procs", "cgroup.controllers", "cgroup.subtree_control", "pids.max", "memory.max",
+            "memory.events")
+V1_FILES = ("cgroup.procs", "pids.max", "memory.limit_in_bytes", "memory.failcnt", "memory.oom_control")
+
+
+@pytest.fixture
+def fake_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fake cgroup tree at ``tmp_path / "cg"``: a new cgroup directory gets the control
+    files of ``files`` (what the kernel would show), no others; ``/proc/swaps`` and
+    ``/proc/self/cgroup`` are files of the test's."""
+    state: dict[str, Any] = {"files": V2_FILES}
+    root = tmp_path / "cg"
+    root.mkdir()
+
+    def mkdir(path: Path) -> None:
+        path.mkdir()
+        for name in state["files"]:
+            (path / name).write_text("")
+
+    swaps, self_cgroup = tmp_path / "swaps", tmp_path / "self-cgroup"
+    swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n/swapfile file 4194300 0 -2\n")
+    self_cgroup.write_text("0::/\n")
+    monkeypatch.setattr(_sandbox, "_CGROUP_ROOT", root)
+    for name, value in [("_make_cgroup_dir", mkdir), ("_PROC_SWAPS", swaps),
+                        ("_PROC_SELF_CGROUP", self_cgroup), ("_V2_PARENTS", {})]:
+        monkeypatch.setattr(_sandbox, name, value, raising=False)  # raising: the test fails, not errs
+    return types.SimpleNamespace(root=root, state=state, swaps=swaps, self_cgroup=self_cgroup)
+
+
+def v2_tree(fk: Any, swap_accounting: bool = True) -> None:
+    (fk.root / "cgroup.controllers").write_text("cpu memory pids\n")
+    fk.state["files"] = V2_FILES + (("memory.swap.max",) if swap_accounting else ())
+
+
+def v1_tree(fk: Any, swap_accounting: bool = True) -> None:
+    (fk.root / "memory").mkdir()
+    (fk.root / "pids").mkdir()
+    fk.state["files"] = V1_FILES + (("memory.memsw.limit_in_bytes",) if swap_accounting else ())
+
+
+def test_v2_worker_cgroups_cap_swap_at_zero(fake_kernel: Any) -> None:
+    v2_tree(fake_kernel)
+    cg = _sandbox._Cgroup(_sandbox.Limits(memory_bytes=1 << 30, max_procs=7))
+    (d,) = cg.dirs
+    assert d.parent == fake_kernel.root and d.name.startswith("fednb-")
+    assert [(d / f).read_text() for f in ("memory.max", "memory.swap.max", "pids.max")] == \
+        [str(1 << 30), "0", "7"]
+    assert cg.caps_memory
+
+
+def test_v1_worker_cgroups_cap_memory_and_swap_together(fake_kernel: Any) -> None:
+    v1_tree(fake_kernel)
+    cg = _sandbox._Cgroup(_sandbox.Limits(memory_bytes=1 << 30))
+    pids, mem = cg.dirs
+    assert (pids.parent.name, mem.parent.name) == ("pids", "memory")
+    assert (mem / "memory.limit_in_bytes").read_text() == str(1 << 30)
+    assert (mem / "memory.memsw.limit_in_bytes").read_text() == str(1 << 30)  # RAM + swap
+    assert cg.caps_memory
+
+
+@pytest.mark.parametrize("tree", [v1_tree, v2_tree])
+def test_without_swap_accounting_memory_is_capped_only_where_there_is_no_swap(
+        fake_kernel: Any, tree: Any, tmp_path: Path) -> None:
+    tree(fake_kernel, swap_accounting=False)
+    cg = _sandbox._Cgroup(_sandbox.Limits())
+    assert cg.dirs and not cg.caps_memory  # the RAM cap took, but swap would add to it
+    assert not _sandbox.memory_cgroup_works()
+    spec = _sandbox.SandboxSpec(["/bin/true"], tmp_path / "w", limits=_sandbox.Limits(gpu=True))
+    with pytest.raises(SandboxUnavailable, match="caps swap"):
+        _sandbox.launch(spec, "insecure-demo")
+    fake_kernel.swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n")  # no swap on the host
+    assert _sandbox._Cgroup(_sandbox.Limits()).caps_memory
+    assert _sandbox.memory_cgroup_works()
+
+
+def test_a_swap_cap_the_kernel_refuses_is_no_memory_cap(fake_kernel: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    v1_tree(fake_kernel)
+    real = _sandbox._write
+
+    def refuse_memsw(path: Path, value: object) -> None:
+        if path.name == "memory.memsw.limit_in_bytes":
+            raise OSError(22, "Invalid argument")
+        real(path, value)
+
+    monkeypatch.setattr(_sandbox, "_write", refuse_memsw)
+    assert not _sandbox._Cgroup(_sandbox.Limits()).caps_memory
+
+
+def test_the_hosts_swap_is_read_from_proc_swaps() -> None:
+    assert not _sandbox.host_has_swap("Filename\tType\tSize\tUsed\tPriority\n")
+    assert not _sandbox.host_has_swap("")
+    assert _sandbox.host_has_swap("Filename Type Size Used Priority\n/dev/sda2 partition 8388604 0 -2\n")
+
+
+def test_the_domains_own_v2_cgroup_is_read_from_proc_self_cgroup() -> None:
+    assert _sandbox.own_cgroup("0::/user.slice/user-1000.slice/fednb.service\n") == \
+        "/user.slice/user-1000.slice/fednb.service"
+    hybrid = "12:memory:/x\n1:name=systemd:/y\n0::/user.slice/app.scope\n"
+    assert _sandbox.own_cgroup(hybrid) == "/user.slice/app.scope"
+    assert _sandbox.own_cgroup("0::/\n") == "/"
+    assert _sandbox.own_cgroup("4:memory:/docker/abc\n") is None  # v1 only
+    assert _sandbox.own_cgroup("0::/a/../../etc\n") is None
+    assert _sandbox.own_cgroup("") is None
+
+
+def delegated(root: Path, procs: str, controllers: str = "cpu memory pids", subtree: str = "") -> Path:
+    own = root / "user.slice/user-1000.slice/user@1000.service/app.slice/fednb.service"
+    own.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu memory pids io\n")
+    for name, text in [("cgroup.controllers", controllers), ("cgroup.subtree_control", subtree),
+                       ("cgroup.procs", procs)]:
+        (own / name).write_text(text)
+    return own
+
+
+SELF = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/fednb.service\n"
+
+
+def test_v2_worker_cgroups_go_under_the_domains_delegated_cgroup(fake_kernel: Any) -> None:
+    v2_tree(fake_kernel)
+    own = delegated(fake_kernel.root, "4242\n")
+    # the domain moves into a leaf first (no internal processes), then enables the controllers
+    assert _sandbox.delegated_parent(fake_kernel.root, SELF, 4242) == own
+    assert (own / "fednb-domain/cgroup.procs").read_text() == "4242"
+    assert (own / "cgroup.subtree_control").read_text() == "+memory +pids"
+    # as the kernel then shows it: this process in the leaf, the controllers on
+    (own / "cgroup.procs").write_text("")
+    (own / "cgroup.subtree_control").write_text("memory pids")
+    assert _sandbox.delegated_parent(fake_kernel.root, SELF, 4242) == own
+    leaf_self = SELF.rstrip("\n") + "/fednb-domain\n"  # a restart in the leaf, or a child process
+    assert _sandbox.delegated_parent(fake_kernel.root, leaf_self, 777) == own
+
+
+def test_the_launcher_makes_worker_cgroups_in_the_delegated_cgroup_once(fake_kernel: Any) -> None:
+    v2_tree(fake_kernel)
+    own = delegated(fake_kernel.root, f"{os.getpid()}\n")
+    fake_kernel.self_cgroup.write_text(SELF)
+    first = _sandbox._Cgroup(_sandbox.Limits(memory_bytes=1 << 29))
+    (d,) = first.dirs
+    assert d.parent == own and (d / "memory.max").read_text() == str(1 << 29) and first.caps_memory
+    fake_kernel.self_cgroup.write_text(SELF.rstrip("\n") + "/fednb-domain\n")  # where it is now
+    (own / "cgroup.subtree_control").write_text("garbage")  # prepared once: not looked at again
+    (second,) = _sandbox._Cgroup(_sandbox.Limits()).dirs
+    assert second.parent == own and second != d
+
+
+@pytest.mark.parametrize(("procs", "controllers"), [
+    ("4242\n31\n", "cpu memory pids"),  # another process shares the cgroup: moving this one cannot empty it
+    ("4242\n", "cpu pids"),  # the memory controller is not delegated
+])
+def test_an_undelegated_cgroup_is_left_alone_and_the_root_used(fake_kernel: Any, procs: str,
+                                                              controllers: str) -> None:
+    v2_tree(fake_kernel)
+    own = delegated(fake_kernel.root, procs, controllers)
+    assert _sandbox.delegated_parent(fake_kernel.root, SELF, 4242) is None
+    assert not (own / "fednb-domain").exists() and (own / "cgroup.subtree_control").read_text() == ""
+    fake_kernel.self_cgroup.write_text(SELF)
+    (d,) = _sandbox._Cgroup(_sandbox.Limits()).dirs
+    assert d.parent == fake_kernel.root  # the fallback, as before
+    assert _sandbox.delegated_parent(fake_kernel.root, "0::/\n", 4242) is None  # the root is the root
+    assert _sandbox.delegated_parent(fake_kernel.root, "0::/nowhere\n", 4242) is None
+
+
+def test_a_failed_enable_moves_the_domain_back(fake_kernel: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    v2_tree(fake_kernel)
+    own = delegated(fake_kernel.root, "4242\n")
+    real = _sandbox._write
+
+    def busy(path: Path, value: object) -> None:
+        if path.name == "cgroup.subtree_control":
+            raise OSError(16, "Device or resource busy")
+        real(path, value)
+
+    monkeypatch.setattr(_sandbox, "_write", busy)
+    assert _sandbox.delegated_parent(fake_kernel.root, SELF, 4242) is None
+    assert (own / "cgroup.procs").read_text() == "4242"  # moved back
 
 
 def oom_dir(root: Path, name: str, **files: str) -> Path:

@@ -10,18 +10,21 @@ process. Resource caps:
 - rlimits always: address space, file size, open files, CPU seconds, and processes
   (``RLIMIT_NPROC`` binds only where the domain runs as a non-root user: the kernel
   exempts processes whose real uid maps to root);
-- cgroups where the machine lets the domain write them: ``pids.max`` and
-  ``memory.max`` (cgroup v2, delegated) or ``pids.max`` and
-  ``memory.limit_in_bytes`` (cgroup v1), which also bind when the domain runs as root;
+- cgroups where the machine lets the domain write them: ``pids.max``, ``memory.max``
+  and ``memory.swap.max=0`` (cgroup v2: under the domain's own cgroup where that is
+  delegated to it, see :func:`delegated_parent`, else under the hierarchy's root) or
+  ``pids.max``, ``memory.limit_in_bytes`` and ``memory.memsw.limit_in_bytes`` (cgroup
+  v1), which also bind when the domain runs as root;
 - a nice level and a CPU affinity mask, so jobs never take every core from the
   hospital's other systems.
 
 GPU jobs (``Limits.gpu``, the domain policy's ``gpu_jobs``) also see the NVIDIA device
 nodes (``--dev-bind``) and driver libraries (read-only), found by :mod:`._gpu`. CUDA
-reserves far more address space than it touches, so a GPU worker gets no
-``RLIMIT_AS``: its host memory is capped by its memory cgroup alone, and where no memory
-cgroup can be written it is refused (:class:`~fednb.errors.SandboxUnavailable`) unless
-the owner accepted running it without a host memory cap (``host_memory_uncapped_ok``).
+reserves far more address space than it touches, so a GPU worker gets no ``RLIMIT_AS``:
+its host memory is capped by its memory cgroup alone, and where no memory cgroup can be
+written, or its swap cannot be capped on a host with swap, it is refused
+(:class:`~fednb.errors.SandboxUnavailable`) unless the owner accepted running it without
+a host memory cap (``host_memory_uncapped_ok``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +51,11 @@ __all__ = ["Limits", "SandboxMode", "SandboxSpec", "bwrap_available", "launch", 
 
 SandboxMode = Literal["bubblewrap", "insecure-demo"]
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_SWAPS = Path("/proc/swaps")
+_PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+_DOMAIN_LEAF = "fednb-domain"  # cgroup v2: the leaf the domain moves into (delegated_parent)
+_V2_PARENTS: dict[Path, Path] = {}
+_V2_LOCK = threading.Lock()
 _SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
 _ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf")
 
@@ -183,34 +192,166 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     return args
 
 
+def _make_cgroup_dir(path: Path) -> None:
+    """``mkdir`` of a cgroup (the kernel fills in its control files); tests swap in a fake."""
+    path.mkdir()
+
+
+def _write(path: Path, value: object) -> None:
+    """Write a control file that must exist already: never create one (a cgroup's files are
+    the kernel's, so a file that is not there is a controller that is not there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
+def host_has_swap(swaps: str) -> bool:
+    """True when ``/proc/swaps`` (its text) lists a swap area below its header."""
+    return any(line.strip() for line in swaps.splitlines()[1:])
+
+
+def _swap_on() -> bool:
+    try:
+        return host_has_swap(_PROC_SWAPS.read_text())
+    except OSError:
+        return True  # cannot tell: assume swap
+
+
+def own_cgroup(proc_self_cgroup: str) -> str | None:
+    """The cgroup v2 path (``0::/path``) in ``/proc/self/cgroup``'s text, or None."""
+    for line in proc_self_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "" and path.startswith("/"):
+            return None if ".." in path.split("/") else path.strip()
+    return None
+
+
+_NEEDED = {"memory", "pids"}
+
+
+def _enabled(cg: Path) -> bool:
+    """True when ``cg`` hands memory and pids to its children and this process may write it."""
+    try:
+        enabled = set((cg / "cgroup.subtree_control").read_text().split())
+    except OSError:
+        return False
+    return enabled >= _NEEDED and os.access(cg, os.W_OK) and os.access(cg / "cgroup.procs", os.W_OK)
+
+
+def delegated_parent(root: Path, proc_self_cgroup: str, pid: int) -> Path | None:
+    """Where this process's worker cgroups go on cgroup v2 (``root``: the v2 mount): its own
+    cgroup from ``proc_self_cgroup`` (``/proc/self/cgroup``'s text), where that is delegated to
+    it (writable, with the memory and pids controllers), or None (the caller uses ``root``).
+
+    cgroup v2 lets a non-root cgroup either hold processes or hand controllers to children,
+    not both. So, once, where this process is the only one in its cgroup ``own``: it moves
+    itself into the leaf ``own/fednb-domain`` and then enables memory and pids in
+    ``own/cgroup.subtree_control``; workers are made beside that leaf. Where anything fails
+    it moves back and returns None. A process already in such a leaf (a domain restarted
+    there, a child of one) uses the leaf's parent as it is.
+    """
+    rel = own_cgroup(proc_self_cgroup)
+    if rel is None or not rel.strip("/"):
+        return None  # the root itself: the caller's fallback
+    own = root / rel.strip("/")
+    if own.name == _DOMAIN_LEAF and _enabled(own.parent):
+        return own.parent
+    try:
+        controllers = set((own / "cgroup.controllers").read_text().split())
+        procs = (own / "cgroup.procs").read_text().split()
+    except OSError:
+        return None
+    writable = all(os.access(p, os.W_OK) for p in (own, own / "cgroup.procs", own / "cgroup.subtree_control"))
+    if not (writable and controllers >= _NEEDED):
+        return None
+    if _enabled(own):
+        return own
+    if procs and procs != [str(pid)]:
+        return None  # other processes share it: moving this one cannot empty it
+    leaf, moved = own / _DOMAIN_LEAF, False
+    try:
+        if procs:
+            if not leaf.is_dir():
+                _make_cgroup_dir(leaf)
+            _write(leaf / "cgroup.procs", pid)
+            moved = True
+        _write(own / "cgroup.subtree_control", "+memory +pids")
+        return own
+    except OSError:
+        if moved:
+            with contextlib.suppress(OSError):
+                _write(own / "cgroup.procs", pid)
+        with contextlib.suppress(OSError):
+            leaf.rmdir()
+        return None
+
+
+def _v2_parent(root: Path) -> Path:
+    """Where worker cgroups go under the v2 mount ``root``: the domain's delegated cgroup
+    (:func:`delegated_parent`, prepared once per process), else ``root`` itself."""
+    with _V2_LOCK:
+        parent = _V2_PARENTS.get(root)
+        if parent is None:
+            try:
+                text = _PROC_SELF_CGROUP.read_text()
+            except OSError:
+                text = ""
+            parent = delegated_parent(root, text, os.getpid())
+            if parent is not None:
+                _V2_PARENTS[root] = parent
+    return parent or root
+
+
 class _Cgroup:
-    """A per-worker cgroup (v2 delegated, or v1 pids+memory), where writable."""
+    """A per-worker cgroup (v2, under the domain's delegated cgroup or the root; or v1
+    pids+memory), where writable."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, root: Path | None = None) -> None:
+        root = _CGROUP_ROOT if root is None else root
         self.dirs: list[Path] = []
-        self.caps_memory = False  # a memory.max or memory.limit_in_bytes took
+        # the memory limit took, and swap cannot add to it (capped at 0 extra, or no swap)
+        self.caps_memory = False
         name = f"fednb-{uuid.uuid4().hex[:12]}"
-        v2 = _CGROUP_ROOT / "cgroup.controllers"
-        if v2.exists():
-            self._try(_CGROUP_ROOT / name, {"pids.max": limits.max_procs,
-                                            "memory.max": limits.memory_bytes})
+        if (root / "cgroup.controllers").exists():
+            settings = {"pids.max": limits.max_procs, "memory.max": limits.memory_bytes}
+            for parent in dict.fromkeys([_v2_parent(root), root]):
+                if self._try(parent / name, settings, ("memory.swap.max", 0)):
+                    break
         else:
-            self._try(_CGROUP_ROOT / "pids" / name, {"pids.max": limits.max_procs})
-            self._try(_CGROUP_ROOT / "memory" / name,
-                      {"memory.limit_in_bytes": limits.memory_bytes})
+            self._try(root / "pids" / name, {"pids.max": limits.max_procs})
+            # memsw (RAM + swap) must not be below the RAM limit: written after it
+            self._try(root / "memory" / name, {"memory.limit_in_bytes": limits.memory_bytes},
+                      ("memory.memsw.limit_in_bytes", limits.memory_bytes))
 
-    def _try(self, path: Path, settings: dict[str, int]) -> None:
+    def _try(self, path: Path, settings: dict[str, int], swap: tuple[str, int] | None = None) -> bool:
         try:
-            path.mkdir()
+            _make_cgroup_dir(path)
         except OSError:
-            return
+            return False
         try:
             for k, v in settings.items():
-                (path / k).write_text(str(v))
-            self.dirs.append(path)
-            self.caps_memory |= any(k.startswith("memory.") for k in settings)
+                _write(path / k, v)
         except OSError:
-            path.rmdir()
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            return False
+        self.dirs.append(path)
+        if swap is not None:
+            self.caps_memory = self._cap_swap(path / swap[0], swap[1])
+        return True
+
+    @staticmethod
+    def _cap_swap(path: Path, value: int) -> bool:
+        if not path.exists():  # no swap accounting: the memory cap holds only without swap
+            return not _swap_on()
+        try:
+            _write(path, value)
+        except OSError:
+            return False
+        return True
 
     def enter(self) -> None:
         """Move the calling process in (runs in the child before exec)."""
@@ -242,8 +383,8 @@ def oom_killed(dirs: list[Path]) -> bool:
 
 
 def memory_cgroup_works() -> bool:
-    """True when this process can make a worker cgroup with a memory cap here (what GPU
-    jobs need unless the owner accepts no host memory cap)."""
+    """True when this process can make a worker cgroup whose memory cap holds (swap capped
+    too, or no swap) here: what GPU jobs need unless the owner accepts no host memory cap."""
     cgroup = _Cgroup(Limits())
     cgroup.remove()
     return cgroup.caps_memory
@@ -304,10 +445,11 @@ def _launch(spec: SandboxSpec, mode: SandboxMode) -> SandboxedProcess:
         cgroup.remove()
         raise SandboxUnavailable(
             "GPU jobs run without RLIMIT_AS (CUDA reserves more address space than it uses), so "
-            "their host memory needs a memory cgroup, and this domain cannot write one under "
-            f"{_CGROUP_ROOT} (delegate cgroup v2 to the domain's user, or run it where cgroup "
-            "v1 memory is writable); or set policy gpu_without_host_memory_cap=true to run GPU "
-            "jobs with no host memory cap")
+            "their host memory needs a memory cgroup that caps swap too, and this domain cannot "
+            f"write one under {_CGROUP_ROOT} or its own cgroup (delegate cgroup v2 with the memory "
+            "and pids controllers to the domain's user, e.g. systemd Delegate=yes, with swap "
+            "accounting on or no swap; or run it where cgroup v1 memory and memsw are writable); "
+            "or set policy gpu_without_host_memory_cap=true to run GPU jobs with no host memory cap")
     log = os.open(spec.workdir / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     proc = SandboxedProcess(
         argv,

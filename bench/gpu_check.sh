@@ -11,7 +11,10 @@
 #    NumPy references, on the device) and their figures (bench/kernels.py with the cupy
 #    and the numba-cuda backend);
 # 4. runs a sandboxed job that uses CuPy through a real domain with GPU jobs on
-#    (bench/gpu_job.py) and prints its result and the backend its owner sees.
+#    (bench/gpu_job.py) and prints its result and the backend its owner sees;
+# 5. checks whether device memory one process filled and freed reaches the next one
+#    uncleared (bench/gpu_leftovers.py: A writes a pattern and exits, B scans cupy.empty)
+#    and prints "leftovers seen" or "no leftovers seen".
 # Without a GPU it stops at step 1 with "no GPU" and status 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,4 +53,7 @@ done
 
 echo "== a sandboxed CuPy job through a domain with GPU jobs on"
 "$PY" bench/gpu_job.py || status=$?
+
+echo "== device memory left from one process to the next"
+"$PY" bench/gpu_leftovers.py || status=$?
 exit "$status"

@@ -139,3 +139,8 @@ def test_the_gpu_check_scripts_run_here_and_say_when_there_is_no_gpu() -> None:
         assert run("bench/gpu_job.py").returncode == 2
         bench = run("bench/kernels.py", "--backend", "cupy")
         assert bench.returncode == 2 and "no GPU" in bench.stderr
+        leftovers = run("bench/gpu_leftovers.py")  # device memory from one process to the next
+        assert leftovers.returncode == 2 and "no GPU" in leftovers.stdout
+    check = root / "bench/gpu_check.sh"
+    assert "bench/gpu_leftovers.py" in check.read_text()
+    assert subprocess.run(["bash", "-n", str(check)], capture_output=True, check=False).returncode == 0

@@ -1,11 +1,14 @@
 """Aggregation kernels on this machine: the robust statistics beside the weighted mean.
 
-    .venv/bin/python bench/kernels.py [--n 50] [--p 1e6] [--repeats 5] [--backend cupy]
+    .venv/bin/python bench/kernels.py [--n 10 50 100] [--p 1e6 1e7] [--dtype float32] [--repeats 5]
+                                      [--backend cupy]
 
-For N stacked float64 updates of P parameters: the weighted mean (BLAS, what FedAvg's sum
-costs) against the copy bandwidth, and the coordinate-wise median and trimmed mean
-(beta=0.1) by ``fednb.kernels`` on the probed backend and by NumPy (``np.median``,
-``np.partition``), each as a multiple of the weighted mean's time. Best of ``--repeats``.
+For N stacked updates of P parameters (float32 by default: the robust strategies stack
+float32 updates as float32 and the kernels select in it), the weighted mean (BLAS gemv in
+that dtype, what FedAvg's sum costs) and the coordinate-wise median and trimmed mean
+(beta=0.1) by ``fednb.kernels`` on the probed backend and, up to ``--numpy-max-p``
+parameters, by NumPy (``np.median``, ``np.partition``), each as a multiple of the weighted
+mean's time. Best of ``--repeats`` after a first call (which compiles).
 ``--backend`` picks the backend (``FEDNB_BACKEND``): ``cupy`` or ``numba-cuda`` on a GPU,
 where the kernels' times include the copies to the device and back; with CuPy the
 median and trimmed mean are also timed on arrays already on the device. Without a GPU a
@@ -25,7 +28,7 @@ import numpy as np
 
 from fednb import kernels
 from fednb.errors import InvalidInput
-from fednb.kernels import _cupy, _reference
+from fednb.kernels import _cupy, _reference, _select
 
 
 def best(fn: Callable[[], Any], repeats: int) -> float:
@@ -38,10 +41,37 @@ def best(fn: Callable[[], Any], repeats: int) -> float:
     return min(times)
 
 
+def robust(n: int, p: int, dtype: str, repeats: int, numpy_max_p: int) -> None:
+    x = np.random.default_rng(0).normal(size=(n, p)).astype(dtype)
+    w = (np.ones(n) / n).astype(dtype)
+    k = int(np.floor(0.1 * n))
+    mean_s = best(lambda: w @ x, repeats)
+    path = "unrolled" if n <= _select.MAX_UNROLLED else "looped"
+    print(f"N={n}, P={p:,}: weighted mean {mean_s * 1e3:.1f} ms ({x.nbytes / mean_s / 1e9:.1f} GB/s of "
+          f"{x.nbytes / 1e6:,.0f} MB); {path} network, {len(_select.comparators(n, (n - 1) // 2, n // 2))} "
+          "comparators for the median")
+    rows = [("coordinate median", kernels.coordinate_median, _reference.coordinate_median),
+            (f"trimmed mean (k={k})", lambda a: kernels.trimmed_mean(a, k),
+             lambda a: _reference.trimmed_mean(a, k))]
+    for name, fast, ref in rows:
+        f = best(lambda fast=fast: fast(x), repeats)
+        line = f"  {name:22}{f * 1e3:>9.1f} ms{f / mean_s:>6.1f}x mean"
+        if p <= numpy_max_p:
+            tol = 1e-6 if x.dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(fast(x), ref(x.astype(np.float64)), rtol=tol, atol=tol)
+            r = best(lambda ref=ref: ref(x), max(1, repeats // 2))
+            line += f"  NumPy {r * 1e3:7.0f} ms{r / mean_s:>6.1f}x mean{r / f:>7.1f}x slower"
+        print(line)
+    if kernels.backend() == "cupy":
+        on_device(x, k, mean_s, repeats)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=50)
-    ap.add_argument("--p", type=float, default=1e6)
+    ap.add_argument("--n", type=int, nargs="+", default=[10, 50, 100])
+    ap.add_argument("--p", type=float, nargs="+", default=[1e6, 1e7])
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument("--numpy-max-p", type=float, default=1e6, help="time NumPy's sorts up to this P only")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backend", choices=kernels.BACKENDS, default=None)
     args = ap.parse_args()
@@ -52,32 +82,17 @@ def main() -> None:
     except InvalidInput as exc:
         print(f"no GPU: {exc}" if args.backend in ("cupy", "numba-cuda") else str(exc), file=sys.stderr)
         sys.exit(2)
-    n, p = args.n, int(args.p)
-    x = np.random.default_rng(0).normal(size=(n, p))
-    w = np.ones(n) / n
-    k = int(np.floor(0.1 * n))
     src = np.ones(64 << 20 >> 3)
     dst = np.empty_like(src)
     bw = src.nbytes / best(lambda: np.copyto(dst, src), args.repeats)
-    mean_s = best(lambda: w @ x, args.repeats)
-    print(f"N={n}, P={p:,} float64; backend {kernels.backend()}; best of {args.repeats}")
-    print(f"copy bandwidth (bytes of the array copied per second) {bw / 1e9:.1f} GB/s; weighted mean "
-          f"{mean_s * 1e3:.1f} ms, reading N*P*8 bytes at {x.nbytes / mean_s / 1e9:.1f} GB/s = "
-          f"{x.nbytes / mean_s / bw:.0%} of it (target >= 70%)")
-    print(f"{'':22}{'fednb.kernels':>14}{'x mean':>8}{'NumPy':>10}{'x mean':>8}{'speed-up':>10}")
-    rows = [("coordinate median", kernels.coordinate_median, _reference.coordinate_median),
-            (f"trimmed mean (k={k})", lambda a: kernels.trimmed_mean(a, k),
-             lambda a: _reference.trimmed_mean(a, k))]
-    for name, fast, ref in rows:
-        np.testing.assert_allclose(fast(x), ref(x), rtol=1e-9, atol=1e-12)
-        f, r = best(lambda fast=fast: fast(x), args.repeats), best(lambda ref=ref: ref(x), args.repeats)
-        print(f"{name:22}{f * 1e3:>11.1f} ms{f / mean_s:>7.1f}x{r * 1e3:>7.0f} ms{r / mean_s:>7.1f}x"
-              f"{r / f:>9.1f}x")
+    print(f"{args.dtype} updates; backend {kernels.backend()}; best of {args.repeats}; copy bandwidth (bytes "
+          f"of a 64 MB array copied per second) {bw / 1e9:.1f} GB/s")
+    for p in (int(v) for v in args.p):
+        for n in args.n:
+            robust(n, p, args.dtype, args.repeats, int(args.numpy_max_p))
     print("target (issue 6): median and trimmed mean within 3x of the weighted mean")
-    if kernels.backend() == "cupy":
-        on_device(x, k, mean_s, args.repeats)
-    # a query's statistics over one variable of the same bytes (N*P values, one per patient)
-    v = x.ravel()
+    # a query's statistics over one variable of 50M float64 values (one per patient)
+    v = np.random.default_rng(0).normal(size=50_000_000)
     print(f"\nquery statistics over {v.size:,} values ({v.nbytes / 1e6:.0f} MB): effective GB/s read")
     print(f"{'':22}{'fednb.kernels':>14}{'GB/s':>7}{'NumPy':>10}{'GB/s':>7}{'speed-up':>10}")
     stats = [("clipped sum", lambda: kernels.clipped_sum(v, -1.0, 1.0),

@@ -3,10 +3,13 @@
     .venv/bin/python bench/krum.py [--n 50] [--p 1e6] [--f 5] [--no-flower]
 
 Both get the same N float32 vectors (NumPy ``default_rng(0).normal``). fednb:
-``fednb.strategies.Krum(f).aggregate`` over ``ClientUpdate`` objects (distances through
-one Gram matrix after centring on the coordinate-wise median kernel); Flower 1.41:
+``fednb.strategies.Krum(f).aggregate`` over ``ClientUpdate`` objects (distances from one
+float32 Gram matrix with error bounds, ``fednb.kernels.sq_distances``; float64 only where
+the bounds leave the choice open); Flower 1.41:
 ``flwr.server.strategy.aggregate.aggregate_krum`` (a distance per pair), in its own venv
-(``bench/setup_flower.sh``). Best of ``--repeats``; both must choose the same update.
+(``bench/setup_flower.sh``). Best of ``--repeats``; both must choose the same update. Also
+printed: the Gram kernel alone against the arithmetic it does (N(N+1)/2 x P multiply-adds,
+GFLOP/s counting two per multiply-add), and the float64 fallback's time.
 """
 
 from __future__ import annotations
@@ -15,15 +18,28 @@ import argparse
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fednb import kernels
 from fednb.strategies import ClientUpdate, Krum
+from fednb.strategies._ops import krum_select
 
 HERE = Path(__file__).resolve().parent
 FLOWER_PY = HERE / ".venv-flower" / "bin" / "python"
+
+
+def best(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # compiles the kernels
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def main() -> None:
@@ -38,16 +54,22 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ups = [ClientUpdate(rng.normal(size=p).astype(np.float32), 1, f"h{i}") for i in range(n)]
     krum, g = Krum(f=args.f), np.zeros(p)
-    krum.aggregate(g, ups)  # compiles the kernels
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        out = krum.aggregate(g, ups)
-        times.append(time.perf_counter() - t0)
-    fed = min(times)
+    out = krum.aggregate(g, ups)
+    fed = best(lambda: krum.aggregate(g, ups), args.repeats)
     chosen = next(i for i, u in enumerate(ups) if np.array_equal(u.vector, out))
     print(f"Krum(f={args.f}) over N={n} updates of P={p:,} float32; fednb backend {kernels.backend()}")
     print(f"fednb            {fed:8.3f} s  (chose update {chosen})")
+    rows = [u.vector for u in ups]
+    gram = best(lambda: kernels.sq_distances(rows), args.repeats)
+    exact = best(lambda: kernels.sq_distances(rows, exact=True), 1)
+    flop = n * (n + 1) / 2 * p * 2
+    dist, err = kernels.sq_distances(rows)
+    mb = n * p * 4 / 1e6
+    print(f"  of which the float32 Gram kernel {gram * 1e3:.1f} ms: {flop / 1e9:.2f} GFLOP at "
+          f"{flop / gram / 1e9:.0f} GFLOP/s, reading {mb:.0f} MB at {mb / gram / 1e3:.1f} GB/s; "
+          f"distance bounds <= {(err / np.maximum(dist, 1e-300)).max():.1e} of the distances")
+    assert krum_select(rows, args.f, 1) == [chosen]
+    print(f"  (the float64 fallback, pair by pair, where bounds cannot decide: {exact:.3f} s)")
     if args.no_flower or not FLOWER_PY.exists():
         print("(Flower not run: bench/setup_flower.sh creates its venv)")
         return

@@ -8,8 +8,10 @@ Every kernel returns what its reference in :mod:`fednb.kernels._reference` retur
 float64 rounding.
 
 Kernels so far: the coordinate-wise median and the trimmed mean of N stacked updates
-(the robust strategies' hot spots: NumPy's sort-based versions take about 30x a weighted
-mean), the stochastic rounding of secure aggregation (one fused pass instead of
+(the robust strategies' hot spots: NumPy's sort-based versions take 20-90x a weighted
+mean, the selection networks of :mod:`._select` 1-4x, in float32 for float32 updates),
+Krum's squared distances (a float32 Gram matrix with a bound on each distance's error,
+:mod:`._gram`), the stochastic rounding of secure aggregation (one fused pass instead of
 NumPy's six), the Box-Muller transform of DP noise, and the statistics of ``query``
 requests: the clipped sum, the clipped histogram and the exponential mechanism's
 quantile draw (the domain runs queries in its own process, so they use the probed
@@ -21,6 +23,7 @@ run the CuPy kernels where CuPy finds the GPU (the job has CuPy's compiler anywa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import ModuleType
 
 import numpy as np
@@ -31,7 +34,7 @@ from fednb.kernels._backend import BACKENDS, backend
 from fednb.typing import FloatArray
 
 __all__ = ["BACKENDS", "backend", "box_muller", "clipped_histogram", "clipped_sum", "coordinate_median",
-           "quantile_pick", "stochastic_round", "trimmed_mean"]
+           "quantile_pick", "sq_distances", "stochastic_round", "trimmed_mean"]
 
 
 def _check(stacked: FloatArray) -> None:
@@ -72,11 +75,25 @@ def coordinate_median(stacked: FloatArray) -> FloatArray:
 
 def trimmed_mean(stacked: FloatArray, k: int) -> FloatArray:
     """The coordinate-wise mean of ``stacked`` (N, P) after dropping the ``k`` lowest and
-    ``k`` highest values of each coordinate, float64."""
+    ``k`` highest values of each coordinate, float64 (summed in float32 for float32 input)."""
     _check(stacked)
     if not 0 <= 2 * k < stacked.shape[0]:
         raise InvalidInput(f"trimming {k} from each end leaves nothing of {stacked.shape[0]} updates")
     return _module(stacked.shape[0]).trimmed_mean(stacked, k)  # type: ignore[no-any-return]
+
+
+def sq_distances(rows: Sequence[FloatArray], *, exact: bool = False) -> tuple[FloatArray, FloatArray]:
+    """Squared Euclidean distances (N, N) float64 between N flat vectors (Krum's), and a
+    bound on the absolute error of each. Float32 rows go to the CPU kernel (a Gram
+    matrix of float32 products summed 256 at a time, then in float64) unless the backend
+    is NumPy or ``exact``; anything else sums the differences pair by pair in float64
+    (errors near 1e-12 of each distance, ties kept), on the CPU kernels where Numba is."""
+    if not rows or any(r.ndim != 1 or r.shape != rows[0].shape for r in rows):
+        raise InvalidInput("sq_distances takes one or more flat vectors of one length")
+    module = _reference if backend() == "numpy" else _cpu_module()
+    if exact or not all(r.dtype == np.float32 for r in rows):
+        return getattr(module, "sq_distances_exact", module.sq_distances)(rows)  # type: ignore[no-any-return]
+    return module.sq_distances(rows)  # type: ignore[no-any-return]
 
 
 def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray) -> np.ndarray:

@@ -1,103 +1,20 @@
-"""Numba kernels on the CPU: sorting networks run on blocks of coordinates.
+"""Numba kernels on the CPU, in parallel (``prange``) over both cores or more.
 
-A block of coordinates (one row of ``_BLOCK`` values per update, 100 KB at N=50) stays
-in cache while Batcher's odd-even merge network sorts every column of it at once: each
-comparator is a branch-free min/max over the block's row pair, which the compiler turns
-into SIMD. Comparators that only ever meet the +inf padding up to a power of two are
-dropped, and so are those that cannot reach the output rows (a median needs the middle
-ones only). Blocks run in parallel (``prange``).
+The median and trimmed mean are selection networks in :mod:`._select`, Krum's distances
+a blocked Gram matrix in :mod:`._gram`; the rest are one fused pass each over their input.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator
-
 import numpy as np
 from numba import njit, prange
 
+from fednb.kernels._gram import sq_distances, sq_distances_exact
+from fednb.kernels._select import coordinate_median, trimmed_mean
 from fednb.typing import FloatArray
 
-__all__ = ["box_muller", "clipped_histogram", "clipped_sum", "coordinate_median", "network", "quantile_pick",
-           "stochastic_round", "trimmed_mean"]
-
-_BLOCK = 256
-
-
-def _merge(lo: int, n: int, r: int) -> Iterator[tuple[int, int]]:
-    step = r * 2
-    if step < n:
-        yield from _merge(lo, n, step)
-        yield from _merge(lo + r, n, step)
-        yield from ((i, i + r) for i in range(lo + r, lo + n - r, step))
-    else:
-        yield (lo, lo + r)
-
-
-def _sort(lo: int, hi: int) -> Iterator[tuple[int, int]]:
-    if hi - lo >= 1:
-        mid = lo + (hi - lo) // 2
-        yield from _sort(lo, mid)
-        yield from _sort(mid + 1, hi)
-        yield from _merge(lo, hi - lo + 1, 1)
-
-
-@functools.lru_cache(maxsize=64)
-def network(n: int, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-    """Comparators (low index, high index) that sort ``n`` values as far as rows
-    ``first..last`` of the output need: Batcher's network on the next power of two,
-    without the comparators that touch padding or cannot reach those rows."""
-    m = 1
-    while m < n:
-        m *= 2
-    pairs = [(a, d) for a, d in _sort(0, m - 1) if d < n]
-    needed, kept = set(range(first, last + 1)), []
-    for a, d in reversed(pairs):
-        if a in needed or d in needed:
-            kept.append((a, d))
-            needed |= {a, d}
-    kept.reverse()
-    return (np.array([p[0] for p in kept], dtype=np.int64), np.array([p[1] for p in kept], dtype=np.int64))
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def _middle_mean(x, lows, highs, first, last):  # type: ignore[no-untyped-def]  # pragma: no cover
-    n, p = x.shape
-    out = np.empty(p, dtype=np.float64)
-    for b in prange((p + _BLOCK - 1) // _BLOCK):
-        lo = b * _BLOCK
-        w = min(_BLOCK, p - lo)
-        buf = np.empty((n, _BLOCK), dtype=np.float64)
-        for i in range(n):
-            for j in range(w):
-                buf[i, j] = x[i, lo + j]
-        for c in range(lows.shape[0]):
-            ra, rd = buf[lows[c]], buf[highs[c]]
-            for j in range(w):
-                u, v = ra[j], rd[j]
-                ra[j] = u if u < v else v
-                rd[j] = v if u < v else u
-        for j in range(w):
-            s = 0.0
-            for i in range(first, last + 1):
-                s += buf[i, j]
-            out[lo + j] = s / (last - first + 1)
-    return out
-
-
-def _run(stacked: FloatArray, first: int, last: int) -> FloatArray:
-    x = np.ascontiguousarray(stacked, dtype=np.float64)
-    lows, highs = network(x.shape[0], first, last)
-    return np.asarray(_middle_mean(x, lows, highs, first, last))
-
-
-def coordinate_median(stacked: FloatArray) -> FloatArray:
-    n = stacked.shape[0]
-    return _run(stacked, (n - 1) // 2, n // 2)
-
-
-def trimmed_mean(stacked: FloatArray, k: int) -> FloatArray:
-    return _run(stacked, k, stacked.shape[0] - k - 1)
+__all__ = ["box_muller", "clipped_histogram", "clipped_sum", "coordinate_median", "quantile_pick",
+           "sq_distances", "sq_distances_exact", "stochastic_round", "trimmed_mean"]
 
 
 @njit(parallel=True, cache=True)

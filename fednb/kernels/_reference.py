@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from fednb.typing import FloatArray
 
-__all__ = ["box_muller", "clipped_histogram", "clipped_sum", "coordinate_median", "quantile_pick",
-           "stochastic_round", "trimmed_mean"]
+__all__ = ["box_muller", "clipped_histogram", "clipped_sum", "coordinate_median", "distances_from_gram",
+           "quantile_pick", "sq_distances", "stochastic_round", "trimmed_mean"]
 
 
 def coordinate_median(stacked: FloatArray) -> FloatArray:
@@ -22,6 +24,46 @@ def trimmed_mean(stacked: FloatArray, k: int) -> FloatArray:
         return np.asarray(stacked.mean(axis=0), dtype=np.float64)
     part = np.partition(stacked, (k, n - k - 1), axis=0)
     return np.asarray(part[k : n - k].mean(axis=0), dtype=np.float64)
+
+
+def distances_from_gram(gram: FloatArray, rate: float, tiny: float) -> tuple[FloatArray, FloatArray]:
+    """``(d, err)``: squared distances from a Gram matrix whose entries are within
+    ``rate |x_i| |x_j| + tiny / 4`` of the exact ones, and ``err``, a bound on each
+    distance's error."""
+    sq = np.diag(gram).copy()
+    with np.errstate(invalid="ignore"):  # inf - inf where float32 products overflowed
+        dist = sq[:, None] + sq[None, :] - 2.0 * gram
+    np.maximum(dist, 0.0, out=dist)
+    np.fill_diagonal(dist, 0.0)
+    norm = np.sqrt(np.maximum(sq, 0.0) * (1.0 + 2.0 * rate))
+    err = rate * (norm[:, None] + norm[None, :]) ** 2 + tiny
+    if not np.isfinite(gram).all():  # float32 overflow: nothing can be decided from these
+        err[:] = np.inf
+    np.fill_diagonal(err, 0.0)
+    return dist, err
+
+
+_BLOCK = 4096
+
+
+def sq_distances(rows: Sequence[FloatArray]) -> tuple[FloatArray, FloatArray]:
+    """Squared Euclidean distances (N, N) between N flat vectors and a bound on each one's
+    absolute error: ``sum_k (x_ik - x_jk)^2`` in float64, pair by pair over blocks of
+    coordinates, so no cancellation (nearby updates far from the others keep their
+    precision) and identical rows have bitwise-equal distances (ties stay ties)."""
+    flat = [np.asarray(r).reshape(-1) for r in rows]
+    n, p = len(flat), flat[0].size
+    dist = np.zeros((n, n))
+    buf = np.empty((n, min(_BLOCK, p)))
+    for lo in range(0, p, _BLOCK):
+        block = buf[:, : min(lo + _BLOCK, p) - lo]
+        for i, r in enumerate(flat):
+            block[i] = r[lo : lo + block.shape[1]]
+        for i in range(n - 1):
+            diff = block[i + 1 :] - block[i]
+            dist[i, i + 1 :] += np.einsum("ij,ij->i", diff, diff)
+    dist += dist.T
+    return dist, dist * ((_BLOCK + p // _BLOCK + 4) * 2.0**-53)  # sums of non-negative terms
 
 
 def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from fednb.errors import InvalidInput
 from fednb.strategies._base import ClientUpdate, Strategy, check_global, check_int, check_updates
-from fednb.strategies._ops import krum_scores
+from fednb.strategies._ops import krum_select
 from fednb.typing import FloatArray
 
 __all__ = ["Krum"]
@@ -24,7 +24,9 @@ __all__ = ["Krum"]
 class Krum(Strategy):
     """Krum (``m=1``) and multi-Krum (``m > 1``) of Blanchard et al. (2017).
 
-    Distances come from one Gram matrix, O(N^2 P). The kept updates are averaged with
+    Distances come from one Gram matrix, O(N^2 P): for float32 updates in float32 with
+    a bound on each distance's error, falling back to float64 where the bounds leave the
+    choice open (``_ops.krum_select``). The kept updates are averaged with
     equal weights: ``num_examples`` is ignored, since a Byzantine domain could claim any
     size. Needs the single updates (no secure aggregation); under asynchronous rounds it
     aggregates the driver's buffer, which must then hold more than ``2 f + 2`` updates.
@@ -67,8 +69,7 @@ class Krum(Strategy):
             )
         if self.m > n - self.f:
             raise InvalidInput(f"Krum(m={self.m}) keeps more than N - f = {n - self.f} updates; lower m")
-        scores = krum_scores([u.vector for u in updates], self.f)
-        return [int(i) for i in np.argsort(scores, kind="stable")[: self.m]]
+        return krum_select([u.vector for u in updates], self.f, self.m)
 
     def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
         chosen = self.select(global_vec, updates)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fednb.strategies._base import ClientUpdate, Strategy, check_global, stack_updates
+import numpy as np
+
+from fednb.strategies._base import ClientUpdate, Strategy, check_global, check_updates
 from fednb.strategies._ops import coordinate_median
 from fednb.typing import FloatArray
 
@@ -34,4 +36,5 @@ class Median(Strategy):
     robust = True
 
     def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
-        return coordinate_median(stack_updates(check_global(global_vec), updates))
+        check_updates(check_global(global_vec), updates)
+        return coordinate_median(np.stack([u.vector for u in updates]))  # float32 if all are

@@ -13,10 +13,10 @@ import numpy as np
 
 from fednb import kernels
 from fednb.errors import InvalidInput
-from fednb.strategies._base import weighted_sum
 from fednb.typing import FloatArray
 
-__all__ = ["coordinate_median", "krum_scores", "pairwise_sq_distances", "trimmed_mean", "weighted_mean"]
+__all__ = ["coordinate_median", "krum_scores", "krum_select", "pairwise_sq_distances", "trimmed_mean",
+           "weighted_mean"]
 
 
 def weighted_mean(stacked: FloatArray, weights: FloatArray) -> FloatArray:
@@ -55,35 +55,22 @@ def trimmed_mean(stacked: FloatArray, beta: float) -> FloatArray:
     return kernels.trimmed_mean(stacked, k)
 
 
-_GRAM_BLOCK = 8192
-
-
 def pairwise_sq_distances(stacked: FloatArray | Sequence[FloatArray]) -> FloatArray:
-    """Squared Euclidean distances between all rows, shape (N, N), via one Gram matrix.
+    """Squared Euclidean distances between all rows, shape (N, N), in float64.
 
-    ``||a - b||^2 = |a|^2 + |b|^2 - 2 a.b``: one (N, P) x (P, N) product, O(N^2 P). The
-    rows are first centred on their mean (distances do not change) so that the cancellation
-    in the formula does not eat the precision of nearby updates. ``stacked`` may be an
-    (N, P) array or N flat vectors (float32 ones are widened block by block, in cache):
-    the Gram matrix is summed over blocks of coordinates, in float64.
+    ``sum_k (a_k - b_k)^2`` pair by pair over blocks of coordinates, O(N^2 P)
+    (:func:`fednb.kernels.sq_distances` with ``exact=True``): no cancellation, so nearby
+    updates keep their precision beside far ones, and identical rows tie exactly.
+    ``stacked`` may be an (N, P) array or N flat vectors.
     """
-    rows = [np.asarray(r).reshape(-1) for r in stacked]
-    n, p = len(rows), rows[0].size
-    centre = np.asarray(weighted_sum(rows, [1.0 / n] * n))
-    gram = np.zeros((n, n), dtype=np.float64)
-    buf = np.empty((n, min(_GRAM_BLOCK, p)), dtype=np.float64)
-    for lo in range(0, p, _GRAM_BLOCK):
-        hi = min(lo + _GRAM_BLOCK, p)
-        block = buf[:, : hi - lo]
-        for i, row in enumerate(rows):
-            block[i] = row[lo:hi]
-        block -= centre[lo:hi]
-        gram += block @ block.T
-    sq = np.diag(gram)
-    dist = sq[:, None] + sq[None, :] - 2.0 * gram
-    np.maximum(dist, 0.0, out=dist)
-    np.fill_diagonal(dist, 0.0)
-    return np.asarray(dist, dtype=np.float64)
+    return kernels.sq_distances([np.asarray(r).reshape(-1) for r in stacked], exact=True)[0]
+
+
+def _scores(dist: FloatArray, f: int) -> FloatArray:
+    dist = dist.copy()
+    np.fill_diagonal(dist, np.inf)
+    k = dist.shape[0] - f - 2
+    return np.asarray(np.partition(dist, k - 1, axis=1)[:, :k].sum(axis=1), dtype=np.float64)
 
 
 def krum_scores(stacked: FloatArray | Sequence[FloatArray], f: int) -> FloatArray:
@@ -99,8 +86,24 @@ def krum_scores(stacked: FloatArray | Sequence[FloatArray], f: int) -> FloatArra
     n = len(stacked)
     if n <= 2 * f + 2:
         raise InvalidInput(f"Krum with f={f} needs more than 2f + 2 = {2 * f + 2} updates, got {n}")
-    dist = pairwise_sq_distances(stacked)
-    np.fill_diagonal(dist, np.inf)
-    k = n - f - 2
-    nearest = np.partition(dist, k - 1, axis=1)[:, :k]
-    return np.asarray(nearest.sum(axis=1), dtype=np.float64)
+    return _scores(pairwise_sq_distances(stacked), f)
+
+
+def krum_select(vectors: Sequence[FloatArray], f: int, m: int) -> list[int]:
+    """The ``m`` rows of lowest Krum score, best first (ties by input order), as
+    :func:`krum_scores` ranks them.
+
+    Float32 rows are ranked from the fast distances of :func:`fednb.kernels.sq_distances`
+    when their error bounds settle the ranking: every kept row's score interval lies below
+    the next one's and below every dropped row's. Otherwise (near ties, huge values) the
+    float64 distances rank them.
+    """
+    rows = [np.asarray(v).reshape(-1) for v in vectors]
+    dist, err = kernels.sq_distances(rows)
+    order = np.argsort(_scores(dist, f), kind="stable")
+    lo, hi = _scores(dist - err, f), _scores(dist + err, f)
+    top, rest = order[:m], order[m:]
+    settled = bool((hi[top[:-1]] < lo[top[1:]]).all()) and (rest.size == 0 or hi[top[-1]] < lo[rest].min())
+    if not settled:
+        order = np.argsort(krum_scores(rows, f), kind="stable")
+    return [int(i) for i in order[:m]]

@@ -12,8 +12,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from fednb.errors import InvalidInput
-from fednb.strategies._base import ClientUpdate, Strategy, check_global, check_real, stack_updates
+from fednb.strategies._base import ClientUpdate, Strategy, check_global, check_real, check_updates
 from fednb.strategies._ops import trimmed_mean
 from fednb.typing import FloatArray
 
@@ -57,7 +59,8 @@ class TrimmedMean(Strategy):
         return n
 
     def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
-        stacked = stack_updates(check_global(global_vec), updates)
+        check_updates(check_global(global_vec), updates)
+        stacked = np.stack([u.vector for u in updates])  # float32 if every update is
         n = stacked.shape[0]
         if n < self.min_updates:
             raise InvalidInput(

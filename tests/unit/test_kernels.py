@@ -10,37 +10,89 @@ import pytest
 
 from fednb import kernels
 from fednb.errors import InvalidInput
-from fednb.kernels import _cpu, _cupy, _reference
+from fednb.kernels import _cpu, _cupy, _reference, _select
 
 SIZES = [1, 2, 3, 4, 5, 7, 16, 33, 50, 64, 65, 130]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n", SIZES)
-def test_cpu_kernels_match_the_reference(n: int) -> None:
+def test_cpu_kernels_match_the_reference(n: int, dtype: type) -> None:
     rng = np.random.default_rng(n)
-    x = rng.normal(size=(n, 1000)) * rng.choice([1e-3, 1.0, 1e6], size=(n, 1))
+    x = (rng.normal(size=(n, 1000)) * rng.choice([1e-3, 1.0, 1e6], size=(n, 1))).astype(dtype)
     x[:, :10] = 7.0  # ties
-    np.testing.assert_allclose(_cpu.coordinate_median(x), _reference.coordinate_median(x), rtol=1e-12)
-    for k in {0, n // 4, (n - 1) // 2}:
+    x[: n // 2, 10:20] = -3.0
+    wide = x.astype(np.float64)  # the reference sees the same values, widened
+    tol = 1e-12 if dtype == np.float64 else 1e-6  # float32 sums the middle rows in float32
+    np.testing.assert_allclose(_cpu.coordinate_median(x), _reference.coordinate_median(wide), rtol=tol)
+    # every k compiles a network of its own (seconds each): the big ones test one, in float32
+    big = 33 < n <= _select.MAX_UNROLLED
+    for k in ({n // 10} if dtype == np.float32 else set()) if big else {0, n // 4, (n - 1) // 2}:
         if 2 * k < n:
             np.testing.assert_allclose(
                 _cpu.trimmed_mean(x, k),
-                _reference.trimmed_mean(x, k),
-                rtol=1e-9,
-                atol=1e-9 * float(np.abs(x).max()),
+                _reference.trimmed_mean(wide, k),
+                rtol=tol,
+                atol=tol * float(np.abs(wide).max()),
             )
 
 
-def test_the_network_sorts_every_zero_one_input() -> None:
-    # the 0-1 principle: a comparator network sorts everything iff it sorts all 0-1 inputs
-    for n in (3, 6, 9, 12):
-        lows, highs = _cpu.network(n, 0, n - 1)
-        for bits in range(2**n):
-            v = [(bits >> i) & 1 for i in range(n)]
-            for a, d in zip(lows, highs, strict=True):
-                if v[a] > v[d]:
-                    v[a], v[d] = v[d], v[a]
-            assert v == sorted(v), (n, bits)
+@pytest.mark.parametrize("n", [1, 2, 7, 16, 50])
+def test_the_looped_network_matches_the_reference(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_select, "MAX_UNROLLED", 0)  # what N above it run
+    rng = np.random.default_rng(40 + n)
+    x = rng.normal(size=(n, 700)) * rng.choice([1e-3, 1.0, 1e6], size=(n, 1))
+    x[:, :10] = 7.0
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        wide = x.astype(dtype).astype(np.float64)
+        np.testing.assert_allclose(_cpu.coordinate_median(x.astype(dtype)), np.median(wide, axis=0), rtol=tol)
+        k = n // 4
+        np.testing.assert_allclose(
+            _cpu.trimmed_mean(x.astype(dtype), k), _reference.trimmed_mean(wide, k), rtol=tol,
+            atol=tol * float(np.abs(wide).max()),
+        )
+
+
+def test_the_selection_networks_select_from_every_zero_one_input() -> None:
+    # the 0-1 principle: a comparator network puts the right values into rows first..last for
+    # every input iff it does for every 0-1 input (comparators commute with thresholds)
+    for n in (3, 6, 9, 12, 13):
+        for first, last in {(0, n - 1), ((n - 1) // 2, n // 2), (1, n - 2), (n // 4, n - 1 - n // 4)}:
+            net = _select.comparators(n, first, last)
+            for bits in range(2**n):
+                v = [(bits >> i) & 1 for i in range(n)]
+                for a, d in net:
+                    if v[a] > v[d]:
+                        v[a], v[d] = v[d], v[a]
+                assert sorted(v[first : last + 1]) == sorted(v)[first : last + 1], (n, first, last, bits)
+    assert len(_select.comparators(50, 24, 25)) < 543  # pruned from Batcher's 64-input sort
+
+
+def test_a_generated_kernel_file_that_changed_is_written_again(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    path = _select._write("x = 1\n", "fednb_select_test")
+    path.write_text("import os\n")
+    assert _select._write("x = 1\n", "fednb_select_test") == path and path.read_text() == "x = 1\n"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 50])
+def test_krum_distances_are_within_their_bound_of_the_reference(n: int) -> None:
+    rng = np.random.default_rng(20 + n)
+    p = 3 * 256 + 17  # a ragged last block
+    offset = rng.normal(size=p) * 1e3  # centring removes what the rows share
+    rows = [(offset + rng.normal(size=p) * s).astype(np.float32) for s in rng.choice([1e-3, 1.0, 1e2], n)]
+    got, err = _cpu.sq_distances(rows)
+    want, want_err = _reference.sq_distances(rows)
+    assert got.shape == (n, n) and (np.abs(got - want) <= err + want_err).all()
+    assert want_err.max() <= 1e-9 * want.max()
+    loop = np.array([[np.sum((a.astype(np.float64) - b) ** 2) for b in rows] for a in rows])
+    np.testing.assert_allclose(want, loop, rtol=1e-9, atol=1e-9)
+    huge = [r * np.float32(1e20) for r in rows]  # float32 products overflow: no bound holds
+    assert n == 1 or np.isinf(_cpu.sq_distances(huge)[1][~np.eye(n, dtype=bool)]).all()
+    exact, exact_err = kernels.sq_distances(rows, exact=True)  # Numba's pair by pair sums
+    assert (np.abs(exact - want) <= exact_err + want_err).all()
+    twins, _ = _cpu.sq_distances_exact([*rows, rows[0].copy()])
+    assert twins[0, -1] == 0.0 and (twins[0, 1:-1] == twins[-1, 1:-1]).all()  # ties stay ties
 
 
 def test_the_dispatch_checks_its_input_and_uses_the_probed_backend() -> None:

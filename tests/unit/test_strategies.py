@@ -270,6 +270,45 @@ def test_krum_selects_the_honest_cluster() -> None:
     assert np.linalg.norm(fedavg - centre) > 10 * math.sqrt(100)  # what Krum protects against
 
 
+def loop_krum(vectors: list[np.ndarray], f: int, m: int) -> list[int]:
+    """Krum's choice from float64 distances summed coordinate by coordinate (no Gram)."""
+    wide = [v.astype(np.float64) for v in vectors]
+    n = len(wide)
+    scores = []
+    for i in range(n):
+        d = sorted(float(np.sum((wide[i] - wide[j]) ** 2)) for j in range(n) if j != i)
+        scores.append(sum(d[: n - f - 2]))
+    return [int(i) for i in np.argsort(scores, kind="stable")[:m]]
+
+
+def test_krum_on_float32_chooses_what_float64_distances_choose(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fednb import kernels
+
+    exact_calls = []
+    fast = kernels.sq_distances
+
+    def spy(rows: list[np.ndarray], *, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        exact_calls.append(exact)
+        return fast(rows, exact=exact)
+
+    monkeypatch.setattr(kernels, "sq_distances", spy)
+    rng = np.random.default_rng(15)
+    p = 5000
+    base = (rng.normal(size=p) * 100).astype(np.float32)  # shared by all: |x|^2 ~ 5e7
+    spread = [base + (rng.normal(size=p) * s).astype(np.float32) for s in rng.uniform(0.5, 2.0, 12)]
+    ups = [ClientUpdate(v, 1, f"h{i}") for i, v in enumerate(spread)]
+    assert Krum(f=2).select(np.zeros(p), ups) == loop_krum(spread, 2, 1)
+    assert exact_calls == [False]  # well separated scores: the float32 bounds decide
+    # near-duplicates (distances ~1e-6 of the norms) behind a far attacker that drags the mean
+    near = [base + (rng.normal(size=p) * 1e-3).astype(np.float32) for _ in range(9)]
+    near += [near[3].copy(), near[3].copy()]  # exact ties: the first index wins
+    near.insert(0, base * np.float32(1e4))
+    ups = [ClientUpdate(v, 1, f"h{i}") for i, v in enumerate(near)]
+    for f, m in ((1, 1), (2, 1), (2, 3), (4, 5)):
+        assert Krum(f=f, m=m).select(np.zeros(p), ups) == loop_krum(near, f, m), (f, m)
+    assert True in exact_calls  # the ties cannot be decided from bounds: float64 decided
+
+
 # --- server optimisers (Reddi et al. 2021, Algorithm 2) -----------------------------------
 
 

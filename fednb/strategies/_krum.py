@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from fednb.errors import InvalidInput
-from fednb.strategies._base import ClientUpdate, Strategy, check_global, check_int, check_updates
+from fednb.strategies._base import (
+    ClientUpdate,
+    Strategy,
+    check_global,
+    check_int,
+    check_updates,
+    weighted_sum,
+)
 from fednb.strategies._ops import krum_select
 from fednb.typing import FloatArray
 
@@ -73,4 +80,5 @@ class Krum(Strategy):
 
     def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
         chosen = self.select(global_vec, updates)
-        return np.asarray(np.mean([updates[i].vector for i in chosen], axis=0), dtype=np.float64)
+        kept = [updates[i].vector for i in chosen]
+        return np.asarray(weighted_sum(kept, [1.0 / len(kept)] * len(kept)), dtype=np.float64)

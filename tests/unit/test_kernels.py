@@ -18,6 +18,11 @@ SIZES = [1, 2, 3, 4, 5, 7, 16, 33, 50, 64, 65, 130]
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n", SIZES)
 def test_cpu_kernels_match_the_reference(n: int, dtype: type) -> None:
+    # every network compiles for seconds per dtype (once per machine, then cached): the big
+    # ones run in float32 only, the float64 code being the same generated source
+    big = 33 < n <= _select.MAX_UNROLLED
+    if big and dtype == np.float64:
+        pytest.skip("float64 networks of this size: the same source as float32, seconds to compile")
     rng = np.random.default_rng(n)
     x = (rng.normal(size=(n, 1000)) * rng.choice([1e-3, 1.0, 1e6], size=(n, 1))).astype(dtype)
     x[:, :10] = 7.0  # ties
@@ -25,9 +30,7 @@ def test_cpu_kernels_match_the_reference(n: int, dtype: type) -> None:
     wide = x.astype(np.float64)  # the reference sees the same values, widened
     tol = 1e-12 if dtype == np.float64 else 1e-6  # float32 sums the middle rows in float32
     np.testing.assert_allclose(_cpu.coordinate_median(x), _reference.coordinate_median(wide), rtol=tol)
-    # every k compiles a network of its own (seconds each): the big ones test one, in float32
-    big = 33 < n <= _select.MAX_UNROLLED
-    for k in ({n // 10} if dtype == np.float32 else set()) if big else {0, n // 4, (n - 1) // 2}:
+    for k in {n // 10} if big else {0, n // 4, (n - 1) // 2}:
         if 2 * k < n:
             np.testing.assert_allclose(
                 _cpu.trimmed_mean(x, k),
@@ -357,3 +360,46 @@ def test_the_cupy_elementwise_and_query_kernels_on_the_gpu_match_the_reference()
     for bins in (1, 7, 50):
         np.testing.assert_array_equal(_cupy.clipped_histogram(y, -2.5, 3.0, bins),
                                       _reference.clipped_histogram(y, -2.5, 3.0, bins))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 8, 9, 13])
+def test_the_weighted_sum_matches_the_blas_reference(n: int, dtype: type) -> None:
+    # four vectors per pass, and the one-by-one tail: every n mod 4
+    from fednb.kernels import _sum
+
+    rng = np.random.default_rng(n)
+    vecs = [rng.normal(size=1001).astype(dtype) for _ in range(n)]
+    weights = [float(w) for w in rng.integers(1, 300, size=n)]
+    want = _reference.weighted_sum(vecs, weights)
+    got = _sum.weighted_sum(vecs, weights)
+    assert got.dtype == want.dtype == dtype
+    exact = sum(w * v.astype(np.float64) for w, v in zip(weights, vecs, strict=True))
+    scale = float(np.abs(exact).max()) * n
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(got, exact, rtol=0, atol=tol * scale)
+    np.testing.assert_allclose(want, exact, rtol=0, atol=tol * scale)
+    assert kernels.weighted_sum(vecs, weights).dtype == dtype
+
+
+def test_the_weighted_sum_checks_its_input_and_widens_mixed_dtypes() -> None:
+    with pytest.raises(InvalidInput, match="as many weights"):
+        kernels.weighted_sum([np.ones(3)], [1.0, 2.0])
+    with pytest.raises(InvalidInput, match="one length"):
+        kernels.weighted_sum([np.ones(3), np.ones(4)], [1.0, 2.0])
+    mixed = kernels.weighted_sum([np.ones(3, np.float32), np.ones(3)], [1.0, 2.0])
+    assert mixed.dtype == np.float64 and mixed.tolist() == [3.0, 3.0, 3.0]
+    strided = kernels.weighted_sum([np.arange(6.0)[::2]], [2.0])  # not contiguous: the reference
+    assert strided.tolist() == [0.0, 4.0, 8.0]
+
+
+def test_all_finite_is_exact_also_when_the_sum_of_squares_overflows() -> None:
+    assert kernels.all_finite(np.ones((3, 4), np.float32))
+    assert kernels.all_finite(np.full(10, 3e38, np.float32))  # squares overflow; values finite
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.ones(1000, np.float32)
+        x[617] = bad
+        assert not kernels.all_finite(x)
+        assert not kernels.all_finite(x.astype(np.float64))
+    assert not kernels.all_finite(np.array([[1.0, np.nan]]).T)  # not contiguous: the exact scan
+    assert kernels.all_finite(np.zeros(0))

@@ -9,7 +9,24 @@ import numpy as np
 from fednb.typing import FloatArray
 
 __all__ = ["box_muller", "clipped_histogram", "clipped_sum", "coordinate_median", "distances_from_gram",
-           "quantile_pick", "sq_distances", "stochastic_round", "trimmed_mean"]
+           "quantile_pick", "sq_distances", "stochastic_round", "trimmed_mean", "weighted_sum"]
+
+
+def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> FloatArray:
+    """``sum_i weights[i] * vectors[i]``: one BLAS axpy per vector on one thread, in float32
+    when every vector is float32, else in float64."""
+    from scipy.linalg.blas import daxpy, saxpy
+
+    from fednb.kernels._blas import one_blas_thread
+
+    f32 = all(v.dtype == np.float32 for v in vectors)
+    dtype = np.float32 if f32 else np.float64
+    axpy = saxpy if f32 else daxpy
+    total: FloatArray = np.zeros(vectors[0].shape[0], dtype=dtype)
+    with one_blas_thread():
+        for vec, w in zip(vectors, weights, strict=True):
+            total = axpy(np.ascontiguousarray(vec, dtype=dtype), total, a=w)
+    return total
 
 
 def coordinate_median(stacked: FloatArray) -> FloatArray:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fednb.kernels import all_finite
 from fednb.privacy import ComposedEvent, Event, GaussianEvent, SecureNoise, clip_l2, gaussian_mechanism
 from fednb.protocol import ClientDP, ReasonCode, TensorSpec, Update
 
@@ -81,7 +82,7 @@ def _check_weights(update: Update, policy: OutputPolicy) -> dict[str, np.ndarray
             if list(arr.shape) != spec.shape:
                 raise OutputRejected("shape_mismatch", f"tensor {name!r} has another shape")
             arr = arr.astype(spec.dtype, copy=False)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind == "f" and not all_finite(arr):
             raise OutputRejected("nonfinite_output", f"tensor {name!r} holds NaN or Inf")
         out[name] = np.asarray(arr, order="C")
     if sum(a.nbytes for a in out.values()) > policy.max_bytes:

@@ -18,7 +18,6 @@ The arithmetic lives in :mod:`fednb.strategies._ops`; the hooks only validate an
 from __future__ import annotations
 
 import abc
-import functools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,9 @@ from typing import Any, ClassVar, cast
 
 import numpy as np
 
+from fednb import kernels
 from fednb.errors import InvalidInput
+from fednb.kernels import one_blas_thread
 from fednb.typing import FloatArray
 
 __all__ = [
@@ -103,7 +104,7 @@ def check_flat(vec: object, what: str, *, keep_float32: bool = False) -> FloatAr
             f"{arr.dtype}; flatten named weights with fednb.strategies.flatten"
         )
     out = arr if keep_float32 and arr.dtype == np.float32 else arr.astype(np.float64, copy=False)
-    if not np.isfinite(out).all():
+    if not kernels.all_finite(out):
         raise InvalidInput(f"{what} holds NaN or infinity; the driver must drop such updates")
     return out
 
@@ -185,20 +186,6 @@ def _check_fraction(fraction: object) -> float:
     return check_real("fraction", fraction, 0.0, 1.0, open_low=True)
 
 
-@functools.lru_cache(maxsize=1)
-def _blas_controller() -> Any:
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()  # finds the BLAS libraries once (milliseconds); limits then cost µs
-
-
-def one_blas_thread() -> Any:
-    """A context in which BLAS runs on one thread. Axpy is memory-bound, so a second
-    thread gains little on a quiet machine; when other processes keep the cores busy,
-    OpenBLAS's worker threads wake late and one 400 kB saxpy took 8 ms instead of 9 µs here."""
-    return _blas_controller().limit(limits=1, user_api="blas")
-
-
 def _axpy(total: FloatArray, vec: FloatArray, weight: float) -> FloatArray:
     from scipy.linalg.blas import daxpy, saxpy
 
@@ -218,19 +205,16 @@ def weighted_add(total: FloatArray, vec: FloatArray, weight: float) -> FloatArra
 
 
 def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> FloatArray:
-    """``sum_i weights[i] * vectors[i]``, in place with BLAS axpy, one pass per vector.
+    """``sum_i weights[i] * vectors[i]`` (:func:`fednb.kernels.weighted_sum`).
 
     When every vector is float32 (models trained in float32) the sum is float32 too, as
     in Flower and PyTorch: widening each to float64 costs four times the time and the
     sum's relative error stays near ``N * 6e-8``, below the float32 model's own
     rounding once N is small. Any other mix is summed in float64.
     """
-    f32 = all(v.dtype == np.float32 and v.flags.c_contiguous for v in vectors)
-    total: FloatArray = np.zeros(vectors[0].shape[0], dtype=np.float32 if f32 else np.float64)
-    with one_blas_thread():
-        for vec, w in zip(vectors, weights, strict=True):
-            total = _axpy(total, vec if f32 else np.asarray(vec, np.float64), w)
-    return total
+    f32 = all(v.dtype == np.float32 for v in vectors)
+    vecs = [np.ascontiguousarray(v, dtype=np.float32 if f32 else np.float64) for v in vectors]
+    return kernels.weighted_sum(vecs, weights)
 
 
 def check_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> None:
@@ -420,7 +404,7 @@ class MeanStrategy(Strategy):
             raise InvalidInput(f"the weighted sum has {s.size} parameters, the global model {g.size}")
         # A finite sum keeps everything below finite (float32 or float64 sums, weights <= 1, n >= 1), so
         # one scan of the sum, before a server optimiser's state moves, covers an overflow.
-        if not check_sum and not np.isfinite(s).all():
+        if not check_sum and not kernels.all_finite(s):
             raise InvalidInput("the aggregate overflowed to infinity; the updates are too large to sum")
         mean = np.multiply(s, 1.0 / n, dtype=np.float64)  # a new array: the caller's sum stays as it was
         if self.plain_mean and t == n:

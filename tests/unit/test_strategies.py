@@ -16,6 +16,7 @@ from scipy.spatial.distance import cdist
 from scipy.stats import trim_mean
 
 import fednb.strategies as S
+from fednb import kernels
 from fednb.errors import InvalidInput
 from fednb.strategies import (
     ClientUpdate,
@@ -424,7 +425,7 @@ def test_sums_run_blas_on_one_thread_and_restore_it() -> None:
         return [int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
 
     before = blas_threads()
-    with S._base.one_blas_thread():
+    with kernels.one_blas_thread():
         assert set(blas_threads()) == {1}
     assert blas_threads() == before
     vecs = [np.arange(5, dtype=np.float32), np.ones(5, np.float32), np.arange(5.0)]

@@ -1,0 +1,40 @@
+"""BLAS on one thread, and a finiteness scan by one dot product (no Numba: the domain's
+trusted parent and the round driver use these).
+
+``all_finite`` is one BLAS dot product of the vector with itself: finite values give a
+finite sum of squares unless it overflows, and then the exact elementwise scan decides.
+About 40% faster than ``np.isfinite(x).all()``, and without its temporary.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+__all__ = ["all_finite", "one_blas_thread"]
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()  # finds the BLAS libraries once (milliseconds); limits then cost µs
+
+
+def one_blas_thread() -> Any:
+    """A context in which BLAS runs on one thread. Level-1 BLAS is memory-bound, so a second
+    thread gains little on a quiet machine; when other processes keep the cores busy,
+    OpenBLAS's worker threads wake late: one 400 kB saxpy took 8 ms instead of 9 µs here."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """True when no value of the float array ``x`` is NaN or infinite."""
+    flat = x.reshape(-1) if x.flags.c_contiguous else None
+    if flat is not None and flat.dtype in (np.float32, np.float64) and flat.size:
+        with one_blas_thread(), np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.dot(flat, flat)):
+                return True
+    return bool(np.isfinite(x).all())  # exact: NaN, infinity, or a sum of squares that overflowed

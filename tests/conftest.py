@@ -46,6 +46,15 @@ def diabetes_dataset() -> xr.Dataset:
 
 
 BC_BOUNDS = {"x": (0.0, 5000.0), "y": (0, 1)}
+
+
+def worker_cgroups(pid: int) -> set[Path]:
+    """The worker cgroups (``fednb-<pid>-*``) that the domain process ``pid`` made and that are
+    still there, wherever this machine makes them (v1 pids and memory, v2 root or delegated)."""
+    from fednb.domain.runner import _sandbox
+
+    parents = _sandbox._worker_parents(_sandbox._CGROUP_ROOT)
+    return {d for parent in parents if parent.is_dir() for d in parent.glob(f"fednb-{pid}-*")}
 NewStore = Callable[[], "str | None"]  # makes a fresh store for one domain: its URL (None: SQLite)
 
 

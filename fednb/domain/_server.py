@@ -3,6 +3,7 @@ or in the foreground (``fednb domain serve``)."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -60,11 +61,24 @@ class Server:
         return srv
 
     def run_forever(self) -> None:
-        """Serve in the calling thread until interrupted (Ctrl-C)."""
+        """Serve in the calling thread until interrupted: Ctrl-C, or SIGTERM (``systemctl stop``).
+
+        uvicorn shuts down on either and then raises the signal again with the handler it
+        found. SIGTERM's default would end the process there, before the domain is closed (its
+        workers stopped and their cgroups removed), so in the main thread SIGTERM is handled
+        as SIGINT is, by a ``KeyboardInterrupt``, while this serves."""
+        term = threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        if term:
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             self._server.run(sockets=[self._sock])
         finally:
-            self.domain.close()
+            try:
+                self.domain.close()
+            finally:
+                if term:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def stop(self) -> None:
         """Stop serving and close the domain (workers, store)."""

@@ -22,7 +22,7 @@ from fednb.domain import Domain
 from fednb.domain._store import ChargeRow, RequestRow, RunRow
 from fednb.errors import ConnectionFailed
 from fednb.scientist import RoundFailed
-from tests.conftest import BC_BOUNDS, breast_cancer_dataset
+from tests.conftest import BC_BOUNDS, breast_cancer_dataset, worker_cgroups
 from tests.integration.test_faults import served
 
 DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
@@ -133,10 +133,12 @@ def test_a_federation_resumes_against_a_domain_killed_mid_run(tmp_path: Path) ->
             fed.run()
         t.join()
     wait_until(lambda: not sandbox_orphans(home), 10, "the sandboxed worker to die with the domain")
+    left = worker_cgroups(proc.pid)  # the killed domain removed none of its workers' cgroups
     with served(home) as (url, _):
         history = federation(url).run()  # resumes at round 2 with the same run ids
         assert history.num_rounds == rounds
         np.testing.assert_allclose(history.weights["w"].shape, (10,))
+        assert not [d for d in left if d.exists()]  # the restarted domain's pool swept them
     dom = check_books(home)
     with dom.store.session() as s:
         charges = {c.run_id: c.state for c in s.query(ChargeRow).all()}
@@ -144,6 +146,23 @@ def test_a_federation_resumes_against_a_domain_killed_mid_run(tmp_path: Path) ->
     dom.close()
     assert killed and charges[killed[0]] == "committed"  # the interrupted run ran again, charged once
     assert sorted(charges.values()) == ["committed"] * rounds and req.runs_used == rounds
+
+
+def test_a_domain_stopped_with_sigterm_stops_its_workers_and_removes_their_cgroups(tmp_path: Path) -> None:
+    """``systemctl stop`` sends SIGTERM. uvicorn shut down on it and raised it again with the
+    default handler, which ended the process before the domain closed: every warm worker's
+    cgroup stayed behind (its worker died with the domain)."""
+    home, owner_tok, (sci_tok,) = make_home(tmp_path, 1)
+    with served(home) as (url, proc):
+        req = quick.request(fednb.connect(url, token=sci_tok), "bc", runs=5, dp=DP)
+        fednb.connect(url, token=owner_tok).requests.get(req.id).approve(release="auto")
+        assert req.run().wait(60).status == "succeeded"
+        made = worker_cgroups(proc.pid)  # the request's warm worker (none where cgroups are not writable)
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "stopped" in out
+    assert not [d for d in made if d.exists()]
+    wait_until(lambda: not sandbox_orphans(home), 10, "the sandboxed worker to stop")
 
 
 class Load:

@@ -7,15 +7,16 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 import fednb
-from fednb.domain.runner import bwrap_available
+from fednb.domain.runner import JobSpec, WorkerPool, bwrap_available
 from fednb.protocol import RunInfo
-from tests.conftest import Hospital, make_hospital
+from tests.conftest import Hospital, make_hospital, worker_cgroups
 
 pytestmark = pytest.mark.skipif(not bwrap_available(), reason="needs bubblewrap (apt bubblewrap)")
 
@@ -165,9 +166,32 @@ def test_an_endless_loop_times_out(hospital: Hospital) -> None:
         while True:
             pass
 
+    before = worker_cgroups(os.getpid())
     info = attempt(hospital, forever)
     assert_stopped(hospital, info, "wall_clock")
     assert info.status == "timeout"
+    assert worker_cgroups(os.getpid()) <= before  # the killed worker's cgroup went with it
+
+
+def test_stopped_workers_leave_no_cgroup_behind(tmp_path: Path) -> None:
+    """Warm workers killed by discard() and shutdown(): bubblewrap is reaped before the
+    sandboxed worker (pid 1 of its namespace) has left the cgroup, so an rmdir right away
+    failed with EBUSY in about half the stops and the cgroup stayed."""
+    before = worker_cgroups(os.getpid())
+    pool, made = WorkerPool("bubblewrap", max_warm=8), set()
+    for i in range(8):
+        job = JobSpec(f"r{i}", "def f(data):\n    return data\n", "f", {}, tmp_path / f"w{i}")
+        worker, failure = pool._worker(job)
+        assert failure is None, failure
+        made |= set(worker._cgroup_dirs())
+        if i % 2:
+            pool.discard(job.request_id)
+    pool.shutdown()
+    if not made:
+        pytest.skip("this machine lets the domain write no cgroup")
+    assert all(d.name.startswith(f"fednb-{os.getpid()}-") for d in made)
+    assert not [d for d in made if d.exists()]
+    assert worker_cgroups(os.getpid()) <= before
 
 
 def test_a_1gb_result_is_refused(hospital: Hospital) -> None:

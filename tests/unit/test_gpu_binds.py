@@ -1,15 +1,21 @@
 """GPU jobs, the pieces: which paths the sandbox binds (over a fake tree of empty files),
 the launcher's memory caps and refusal, worker cgroups over fake cgroup trees (swap
-capped, the domain's delegated v2 cgroup, OOM kills read from the oom_kill count), the
+capped, the domain's delegated v2 cgroup, OOM kills read from the oom_kill count, removed
+once empty, the sweep of those a dead domain left), the
 runtime's allocator caps with CuPy and PyTorch absent or stubbed, and the device a worker
 reports. A real sandboxed GPU-mode job runs in tests/integration/test_gpu_jobs.py."""
 
 from __future__ import annotations
 
+import errno
 import importlib.machinery
 import os
 import resource
+import shutil
+import subprocess
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -122,7 +128,8 @@ V1_FILES = ("cgroup.procs", "pids.max", "memory.limit_in_bytes", "memory.failcnt
 @pytest.fixture
 def fake_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A fake cgroup tree at ``tmp_path / "cg"``: a new cgroup directory gets the control
-    files of ``files`` (what the kernel would show), no others; ``/proc/swaps`` and
+    files of ``files`` (what the kernel would show), no others, and its ``rmdir`` fails with
+    EBUSY while its ``cgroup.procs`` lists a process; ``/proc/swaps`` and
     ``/proc/self/cgroup`` are files of the test's."""
     state: dict[str, Any] = {"files": V2_FILES}
     root = tmp_path / "cg"
@@ -133,12 +140,19 @@ def fake_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         for name in state["files"]:
             (path / name).write_text("")
 
+    def rmdir(path: Path) -> None:
+        procs = path / "cgroup.procs"
+        if procs.exists() and procs.read_text().strip():
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        shutil.rmtree(path)
+
     swaps, self_cgroup = tmp_path / "swaps", tmp_path / "self-cgroup"
     swaps.write_text("Filename\tType\tSize\tUsed\tPriority\n/swapfile file 4194300 0 -2\n")
     self_cgroup.write_text("0::/\n")
     monkeypatch.setattr(_sandbox, "_CGROUP_ROOT", root)
-    for name, value in [("_make_cgroup_dir", mkdir), ("_PROC_SWAPS", swaps),
-                        ("_PROC_SELF_CGROUP", self_cgroup), ("_V2_PARENTS", {})]:
+    for name, value in [("_make_cgroup_dir", mkdir), ("_remove_cgroup_dir", rmdir), ("_PROC_SWAPS", swaps),
+                        ("_PROC_SELF_CGROUP", self_cgroup), ("_V2_PARENTS", {}), ("_KEPT", set()),
+                        ("_SWEPT", False)]:
         monkeypatch.setattr(_sandbox, name, value, raising=False)  # raising: the test fails, not errs
     return types.SimpleNamespace(root=root, state=state, swaps=swaps, self_cgroup=self_cgroup)
 
@@ -158,7 +172,7 @@ def test_v2_worker_cgroups_cap_swap_at_zero(fake_kernel: Any) -> None:
     v2_tree(fake_kernel)
     cg = _sandbox._Cgroup(_sandbox.Limits(memory_bytes=1 << 30, max_procs=7))
     (d,) = cg.dirs
-    assert d.parent == fake_kernel.root and d.name.startswith("fednb-")
+    assert d.parent == fake_kernel.root and d.name.startswith(f"fednb-{os.getpid()}-")
     assert [(d / f).read_text() for f in ("memory.max", "memory.swap.max", "pids.max")] == \
         [str(1 << 30), "0", "7"]
     assert cg.caps_memory
@@ -291,6 +305,112 @@ def test_a_failed_enable_moves_the_domain_back(fake_kernel: Any, monkeypatch: py
     monkeypatch.setattr(_sandbox, "_write", busy)
     assert _sandbox.delegated_parent(fake_kernel.root, SELF, 4242) is None
     assert (own / "cgroup.procs").read_text() == "4242"  # moved back
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def worker_dir(parent: Path, name: str, procs: str = "", age: float = 0.0) -> Path:
+    """A cgroup as the kernel shows it: control files, ``procs`` in cgroup.procs, its mtime
+    ``age`` seconds ago."""
+    d = parent / name
+    d.mkdir(parents=True)
+    for f in V1_FILES:
+        (d / f).write_text("")
+    (d / "cgroup.procs").write_text(procs)
+    os.utime(d, (time.time() - age, time.time() - age))
+    return d
+
+
+@pytest.mark.parametrize("tree", ["v1", "v2", "v2-delegated"])
+def test_the_sweep_takes_empty_cgroups_of_dead_domains_only(fake_kernel: Any, tree: str) -> None:
+    if tree == "v1":
+        v1_tree(fake_kernel)
+        parents = [fake_kernel.root / "pids", fake_kernel.root / "memory"]
+    else:
+        v2_tree(fake_kernel)
+        parents = [fake_kernel.root]
+        if tree == "v2-delegated":  # the domain's own delegated cgroup, and the root as the fallback
+            own = delegated(fake_kernel.root, f"{os.getpid()}\n")
+            fake_kernel.self_cgroup.write_text(SELF)
+            parents.insert(0, own)
+    dead, live, hour = dead_pid(), os.getpid(), 3600.0
+    gone, kept = [], []
+    for parent in parents:
+        gone += [worker_dir(parent, f"fednb-{dead}-0123456789ab"),  # a domain killed with kill -9
+                 worker_dir(parent, "fednb-00112233aabb", age=2 * hour)]  # old-style name, long empty
+        kept += [worker_dir(parent, f"fednb-{live}-0123456789ab"),  # a live domain's (this one)
+                 worker_dir(parent, f"fednb-{dead}-ffffffffffff", procs="4242\n"),  # still has a process
+                 worker_dir(parent, "fednb-ccddeeff0011"),  # old-style, owner unknown, recent
+                 worker_dir(parent, "fednb-445566778899", procs="4242\n", age=2 * hour),
+                 worker_dir(parent, "fednb-domain"), worker_dir(parent, "other-service")]
+    assert sorted(_sandbox.sweep_stale_cgroups()) == sorted(gone)
+    assert not [d for d in gone if d.exists()] and all(d.is_dir() for d in kept)
+    assert _sandbox.sweep_stale_cgroups() == []
+
+
+def test_a_worker_pool_sweeps_once_per_process(fake_kernel: Any, tmp_path: Path) -> None:
+    from fednb.domain.runner._pool import WorkerPool
+
+    v1_tree(fake_kernel)
+    first = worker_dir(fake_kernel.root / "memory", f"fednb-{dead_pid()}-0123456789ab")
+    WorkerPool("insecure-demo").shutdown()
+    assert not first.exists()
+    second = worker_dir(fake_kernel.root / "memory", f"fednb-{dead_pid()}-0123456789ab")
+    WorkerPool("insecure-demo").shutdown()
+    assert second.exists()  # once per process: the next domain start takes it
+
+
+def test_removal_waits_for_the_killed_workers_processes_to_leave(fake_kernel: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    v1_tree(fake_kernel)
+    cg = _sandbox._Cgroup(_sandbox.Limits())
+    for d in cg.dirs:
+        (d / "cgroup.procs").write_text("4242\n")  # pid 1 of the sandbox, still exiting
+
+    def exits() -> None:
+        time.sleep(0.2)
+        for d in cg.dirs:
+            (d / "cgroup.procs").write_text("")
+
+    t = threading.Thread(target=exits)
+    t.start()
+    cg.remove()
+    t.join()
+    assert cg.dirs and not [d for d in cg.dirs if d.exists()]
+    # one still busy after the wait is kept, and the next removal takes it once it is empty
+    monkeypatch.setattr(_sandbox, "_REMOVE_WAIT", 0.05)
+    stuck = _sandbox._Cgroup(_sandbox.Limits())
+    for d in stuck.dirs:
+        (d / "cgroup.procs").write_text("4242\n")
+    stuck.remove()
+    assert all(d.is_dir() for d in stuck.dirs) and set(stuck.dirs) == _sandbox._KEPT
+    for d in stuck.dirs:
+        (d / "cgroup.procs").write_text("")
+    _sandbox._Cgroup(_sandbox.Limits()).remove()
+    assert not [d for d in stuck.dirs if d.exists()] and not _sandbox._KEPT
+
+
+def test_a_launch_that_fails_removes_its_cgroup(fake_kernel: Any, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    v1_tree(fake_kernel)
+
+    def fork_fails(*args: object, **kwargs: object) -> None:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(_sandbox, "SandboxedProcess", fork_fails)
+    spec = _sandbox.SandboxSpec(["/bin/true"], tmp_path / "w")
+    with pytest.raises(BlockingIOError):
+        _sandbox.launch(spec, "insecure-demo")
+    assert not list(fake_kernel.root.glob("*/fednb-*"))
+    fake_kernel.state["files"] = V1_FILES  # no memsw and the host has swap: a GPU job is refused
+    gpu = _sandbox.SandboxSpec(["/bin/true"], tmp_path / "w", limits=_sandbox.Limits(gpu=True))
+    with pytest.raises(SandboxUnavailable):
+        _sandbox.launch(gpu, "insecure-demo")
+    assert not list(fake_kernel.root.glob("*/fednb-*"))
 
 
 def oom_dir(root: Path, name: str, **files: str) -> Path:

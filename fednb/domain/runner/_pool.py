@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from fednb.domain.runner._sandbox import (
     SandboxSpec,
     launch,
     oom_killed,
+    sweep_once,
 )
 from fednb.errors import FednbError, SandboxUnavailable
 from fednb.protocol import (
@@ -250,6 +252,11 @@ class WorkerPool:
         self._workers: OrderedDict[str, _Worker] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        # cgroups of workers a domain killed with kill -9 left behind, once per process
+        sweep_once()
+        # a pool dropped without shutdown() (or still open at exit) stops its workers and
+        # removes their cgroups all the same
+        weakref.finalize(self, _stop_all, self._workers, self._guard)
 
     def _lock(self, request_id: str) -> threading.Lock:
         with self._guard:
@@ -316,8 +323,12 @@ class WorkerPool:
 
     def shutdown(self) -> None:
         """Stop every worker."""
-        with self._guard:
-            workers = list(self._workers.values())
-            self._workers.clear()
-        for w in workers:
-            w.stop()
+        _stop_all(self._workers, self._guard)
+
+
+def _stop_all(workers: OrderedDict[str, _Worker], guard: threading.Lock) -> None:
+    with guard:
+        stopping = list(workers.values())
+        workers.clear()
+    for w in stopping:
+        w.stop()

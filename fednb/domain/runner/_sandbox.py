@@ -25,19 +25,28 @@ its host memory is capped by its memory cgroup alone, and where no memory cgroup
 written, or its swap cannot be capped on a host with swap, it is refused
 (:class:`~fednb.errors.SandboxUnavailable`) unless the owner accepted running it without
 a host memory cap (``host_memory_uncapped_ok``).
+
+Worker cgroups are named ``fednb-<pid>-<12 hex>``, ``pid`` the domain process that made
+them. They go when their worker is stopped (:meth:`_Cgroup.remove` waits up to
+``_REMOVE_WAIT`` for the killed worker's processes to leave first), or, where the domain
+died first (``kill -9``) or a busy one outlived that wait, in :func:`sweep_stale_cgroups`,
+which each process runs once when it starts a worker pool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
 import sysconfig
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +67,17 @@ _V2_PARENTS: dict[Path, Path] = {}
 _V2_LOCK = threading.Lock()
 _SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
 _ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf")
+# worker cgroups: fednb-<pid of the domain process that made it>-<12 hex>; the name before
+# that, fednb-<12 hex>, has no owner in it (see sweep_stale_cgroups)
+_WORKER_NAME = re.compile(r"fednb-([1-9][0-9]{0,9})-[0-9a-f]{12}")
+_OLD_WORKER_NAME = re.compile(r"fednb-[0-9a-f]{12}")
+_OLD_SWEEP_AGE = 3600.0  # seconds an empty old-style cgroup must be untouched before a sweep takes it
+_REMOVE_WAIT = 2.0  # seconds remove() waits for a killed worker's processes to leave its cgroup
+_REMOVE_POLL = 0.01
+_KEPT: set[Path] = set()  # this process's cgroups still busy after the wait: retried later
+_KEPT_LOCK = threading.Lock()
+_SWEPT = False
+_SWEEP_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -197,6 +217,12 @@ def _make_cgroup_dir(path: Path) -> None:
     path.mkdir()
 
 
+def _remove_cgroup_dir(path: Path) -> None:
+    """``rmdir`` of a cgroup (the kernel drops its control files; ``EBUSY`` while it has
+    processes); tests swap in a fake."""
+    path.rmdir()
+
+
 def _write(path: Path, value: object) -> None:
     """Write a control file that must exist already: never create one (a cgroup's files are
     the kernel's, so a file that is not there is a controller that is not there)."""
@@ -305,19 +331,124 @@ def _v2_parent(root: Path) -> Path:
     return parent or root
 
 
+def _is_v2(root: Path) -> bool:
+    return (root / "cgroup.controllers").exists()
+
+
+def _worker_parents(root: Path) -> list[Path]:
+    """Where worker cgroups are made under the mount ``root``: v2, the domain's delegated
+    cgroup (:func:`_v2_parent`) and then the root; v1, the ``pids`` and ``memory`` roots."""
+    if _is_v2(root):
+        return list(dict.fromkeys([_v2_parent(root), root]))
+    return [root / "pids", root / "memory"]
+
+
+def _rmdir_when_empty(path: Path, deadline: float) -> bool:
+    """Remove the cgroup ``path`` once ``cgroup.procs`` is empty, polling until ``deadline``
+    (``time.monotonic``); True when it is gone (or was already)."""
+    while True:
+        try:
+            busy = bool((path / "cgroup.procs").read_text().strip())
+        except OSError:
+            busy = False  # gone already, or no such file: the rmdir below says which
+        if not busy:
+            try:
+                _remove_cgroup_dir(path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError as exc:  # EBUSY: its last process is still on its way out
+                if exc.errno != errno.EBUSY:
+                    return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_REMOVE_POLL)
+
+
+def _retry_kept() -> None:
+    """One more try at this process's cgroups that were still busy when their worker stopped."""
+    with _KEPT_LOCK:
+        kept = list(_KEPT)
+    for d in kept:
+        if _rmdir_when_empty(d, 0.0):
+            with _KEPT_LOCK:
+                _KEPT.discard(d)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _stale(d: Path, now: float) -> bool:
+    """True for a worker cgroup with no process in it whose maker is gone: its pid (from the
+    name) is not alive here, or, for an old-style name without a pid, it is older than
+    ``_OLD_SWEEP_AGE``."""
+    m = _WORKER_NAME.fullmatch(d.name)
+    if m is None and _OLD_WORKER_NAME.fullmatch(d.name) is None:
+        return False  # not a worker cgroup (fednb-domain, say)
+    try:
+        if (d / "cgroup.procs").read_text().strip():
+            return False
+        if m is not None:
+            return not _pid_alive(int(m.group(1)))
+        return now - d.stat().st_mtime > _OLD_SWEEP_AGE
+    except OSError:
+        return False
+
+
+def sweep_stale_cgroups(root: Path | None = None, now: float | None = None) -> list[Path]:
+    """Remove the worker cgroups that no running domain process will remove: under the
+    parents where this process makes them (:func:`_worker_parents`), every ``fednb-<pid>-*``
+    with no process in it whose ``pid`` is not alive (a domain killed with ``kill -9``, or
+    one whose busy cgroup outlived :meth:`_Cgroup.remove`'s wait), and every old-style
+    ``fednb-<12 hex>`` (no owner in the name) with no process in it, untouched for an hour.
+    Never a cgroup of a live pid: another domain on the same host may own it. Pids are
+    looked up in this process's pid namespace: domains that share a cgroup hierarchy are
+    expected to share that too. Returns the cgroups removed."""
+    root = _CGROUP_ROOT if root is None else root
+    now = time.time() if now is None else now
+    _retry_kept()
+    removed = []
+    for parent in _worker_parents(root):
+        try:
+            entries = sorted(parent.iterdir())
+        except OSError:
+            continue
+        for d in entries:
+            if _stale(d, now) and _rmdir_when_empty(d, 0.0):
+                removed.append(d)
+    return removed
+
+
+def sweep_once() -> None:
+    """:func:`sweep_stale_cgroups`, the first time this process calls it (a worker pool starting)."""
+    global _SWEPT
+    with _SWEEP_LOCK:
+        if _SWEPT:
+            return
+        _SWEPT = True
+    sweep_stale_cgroups()
+
+
 class _Cgroup:
     """A per-worker cgroup (v2, under the domain's delegated cgroup or the root; or v1
-    pids+memory), where writable."""
+    pids+memory), where writable, named ``fednb-<this process's pid>-<12 hex>``."""
 
     def __init__(self, limits: Limits, root: Path | None = None) -> None:
         root = _CGROUP_ROOT if root is None else root
         self.dirs: list[Path] = []
         # the memory limit took, and swap cannot add to it (capped at 0 extra, or no swap)
         self.caps_memory = False
-        name = f"fednb-{uuid.uuid4().hex[:12]}"
-        if (root / "cgroup.controllers").exists():
+        name = f"fednb-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        if _is_v2(root):
             settings = {"pids.max": limits.max_procs, "memory.max": limits.memory_bytes}
-            for parent in dict.fromkeys([_v2_parent(root), root]):
+            for parent in _worker_parents(root):
                 if self._try(parent / name, settings, ("memory.swap.max", 0)):
                     break
         else:
@@ -359,9 +490,17 @@ class _Cgroup:
             (d / "cgroup.procs").write_text(str(os.getpid()))
 
     def remove(self) -> None:
+        """Remove the cgroups once their processes are gone: a killed worker (pid 1 of its
+        namespace, killed with bubblewrap by ``PR_SET_PDEATHSIG``) may still be exiting when
+        bubblewrap has been reaped, and ``rmdir`` of a cgroup with processes fails (EBUSY).
+        Waits up to ``_REMOVE_WAIT`` for that; one still busy is kept and tried again by this
+        process's next :meth:`remove`, and by the sweep of the next domain on this machine."""
+        _retry_kept()
+        deadline = time.monotonic() + _REMOVE_WAIT
         for d in self.dirs:
-            with contextlib.suppress(OSError):  # still has members: retried by the next cleanup
-                d.rmdir()
+            if not _rmdir_when_empty(d, deadline):
+                with _KEPT_LOCK:
+                    _KEPT.add(d)
 
 
 def oom_killed(dirs: list[Path]) -> bool:
@@ -441,8 +580,15 @@ def _launch(spec: SandboxSpec, mode: SandboxMode) -> SandboxedProcess:
         argv = spec.argv
         env = {**spec.env, "PATH": "/usr/bin:/bin"}
     cgroup = _Cgroup(spec.limits)
-    if spec.limits.gpu and not cgroup.caps_memory and not spec.limits.host_memory_uncapped_ok:
+    try:
+        return _start(spec, argv, env, cgroup)
+    except BaseException:  # refused, or the fork or exec failed: no worker in the cgroup
         cgroup.remove()
+        raise
+
+
+def _start(spec: SandboxSpec, argv: list[str], env: dict[str, str], cgroup: _Cgroup) -> SandboxedProcess:
+    if spec.limits.gpu and not cgroup.caps_memory and not spec.limits.host_memory_uncapped_ok:
         raise SandboxUnavailable(
             "GPU jobs run without RLIMIT_AS (CUDA reserves more address space than it uses), so "
             "their host memory needs a memory cgroup that caps swap too, and this domain cannot "
@@ -451,16 +597,18 @@ def _launch(spec: SandboxSpec, mode: SandboxMode) -> SandboxedProcess:
             "accounting on or no swap; or run it where cgroup v1 memory and memsw are writable); "
             "or set policy gpu_without_host_memory_cap=true to run GPU jobs with no host memory cap")
     log = os.open(spec.workdir / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    proc = SandboxedProcess(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=log,  # bubblewrap's own errors reach the owner's log
-        cwd=spec.workdir,
-        env=env,
-        preexec_fn=functools.partial(_preexec, spec.limits, cgroup),
-        close_fds=True,
-    )
-    os.close(log)
+    try:
+        proc = SandboxedProcess(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,  # bubblewrap's own errors reach the owner's log
+            cwd=spec.workdir,
+            env=env,
+            preexec_fn=functools.partial(_preexec, spec.limits, cgroup),
+            close_fds=True,
+        )
+    finally:
+        os.close(log)
     proc.cgroup = cgroup
     return proc

@@ -3,7 +3,8 @@ trusted parent and the round driver use these).
 
 ``all_finite`` is one BLAS dot product of the vector with itself: finite values give a
 finite sum of squares unless it overflows, and then the exact elementwise scan decides.
-About 40% faster than ``np.isfinite(x).all()``, and without its temporary.
+From a million values on, 15-25% faster than ``np.isfinite(x).all()``, and without
+its temporary.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["all_finite", "one_blas_thread"]
+
+_DOT_FROM = 1 << 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,7 +36,8 @@ def one_blas_thread() -> Any:
 def all_finite(x: np.ndarray) -> bool:
     """True when no value of the float array ``x`` is NaN or infinite."""
     flat = x.reshape(-1) if x.flags.c_contiguous else None
-    if flat is not None and flat.dtype in (np.float32, np.float64) and flat.size:
+    # below about a million values the BLAS thread limit's own cost (about 10 µs) outweighs it
+    if flat is not None and flat.dtype in (np.float32, np.float64) and flat.size >= _DOT_FROM:
         with one_blas_thread(), np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.dot(flat, flat)):
                 return True

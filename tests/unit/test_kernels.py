@@ -393,7 +393,10 @@ def test_the_weighted_sum_checks_its_input_and_widens_mixed_dtypes() -> None:
     assert strided.tolist() == [0.0, 4.0, 8.0]
 
 
-def test_all_finite_is_exact_also_when_the_sum_of_squares_overflows() -> None:
+def test_all_finite_is_exact_also_when_the_sum_of_squares_overflows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fednb.kernels import _blas
+
+    monkeypatch.setattr(_blas, "_DOT_FROM", 1)  # the dot product's path at every size
     assert kernels.all_finite(np.ones((3, 4), np.float32))
     assert kernels.all_finite(np.full(10, 3e38, np.float32))  # squares overflow; values finite
     for bad in (np.nan, np.inf, -np.inf):
@@ -403,3 +406,8 @@ def test_all_finite_is_exact_also_when_the_sum_of_squares_overflows() -> None:
         assert not kernels.all_finite(x.astype(np.float64))
     assert not kernels.all_finite(np.array([[1.0, np.nan]]).T)  # not contiguous: the exact scan
     assert kernels.all_finite(np.zeros(0))
+    big = np.ones(1 << 20, np.float32)
+    monkeypatch.setattr(_blas, "_DOT_FROM", 1 << 20)
+    assert kernels.all_finite(big)
+    big[-1] = np.nan
+    assert not kernels.all_finite(big)

@@ -9,7 +9,7 @@ float64 rounding.
 
 Kernels so far: the coordinate-wise median and the trimmed mean of N stacked updates
 (the robust strategies' hot spots: NumPy's sort-based versions take 20-90x a weighted
-mean, the selection networks of :mod:`._select` 1-4x, in float32 for float32 updates),
+mean, the selection networks of :mod:`._select` 1.3-5x, in float32 for float32 updates),
 Krum's squared distances (a float32 Gram matrix with a bound on each distance's error,
 :mod:`._gram`), the stochastic rounding of secure aggregation (one fused pass instead of
 NumPy's six), the Box-Muller transform of DP noise, and the statistics of ``query``

@@ -52,17 +52,23 @@ def _gram(rows, p, parts):  # type: ignore[no-untyped-def]  # pragma: no cover
             lo = b * wide
             w = min(wide, p - lo)
             centre[:] = 0
+            # unsigned offsets: a signed index r[lo + k] gets a wraparound check, and LLVM
+            # then gathers where it could load
+            ulo = np.uint64(lo)
             for i in range(n):
                 r = rows[i]  # a typed list's item costs ~50 ns
                 for k in range(w):
-                    centre[k] += r[lo + k]
+                    centre[k] += r[ulo + np.uint64(k)]
             for i in range(n):
                 r = rows[i]
                 for s in range(_GATHER):
                     buf = bufs[s]
-                    for k in range(BLOCK):
-                        c = s * BLOCK + k
-                        buf[i, k] = r[lo + c] - centre[c] * inv if c < w else 0
+                    base = s * BLOCK
+                    cnt = max(0, min(BLOCK, w - base))
+                    for k in range(cnt):
+                        buf[i, k] = r[ulo + np.uint64(base + k)] - centre[base + k] * inv
+                    for k in range(cnt, BLOCK):
+                        buf[i, k] = 0
             for s in range(_GATHER):
                 if s * BLOCK < w:
                     for ti in range(0, n4, 4):
@@ -75,9 +81,11 @@ def _gram(rows, p, parts):  # type: ignore[no-untyped-def]  # pragma: no cover
 def _tile(buf, ti, tj, g):  # type: ignore[no-untyped-def]  # pragma: no cover
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0)
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0)
+    r0, r1, r2, r3 = buf[ti], buf[ti + 1], buf[ti + 2], buf[ti + 3]
+    s0, s1, s2, s3 = buf[tj], buf[tj + 1], buf[tj + 2], buf[tj + 3]
     for k in range(BLOCK):
-        x0, x1, x2, x3 = buf[ti, k], buf[ti + 1, k], buf[ti + 2, k], buf[ti + 3, k]
-        y0, y1, y2, y3 = buf[tj, k], buf[tj + 1, k], buf[tj + 2, k], buf[tj + 3, k]
+        x0, x1, x2, x3 = r0[k], r1[k], r2[k], r3[k]
+        y0, y1, y2, y3 = s0[k], s1[k], s2[k], s3[k]
         a00 += x0 * y0
         a01 += x0 * y1
         a02 += x0 * y2
@@ -124,10 +132,11 @@ def _direct(rows, p, parts):  # type: ignore[no-untyped-def]  # pragma: no cover
         for b in range(t * per, min(nb, (t + 1) * per)):
             lo = b * BLOCK
             w = min(BLOCK, p - lo)
+            ulo = np.uint64(lo)
             for i in range(n):
                 r = rows[i]
                 for k in range(w):
-                    buf[i, k] = r[lo + k]
+                    buf[i, k] = r[ulo + np.uint64(k)]
             for i in range(n - 1):
                 for j in range(i + 1, n):
                     s = 0.0

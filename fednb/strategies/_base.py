@@ -359,6 +359,12 @@ class Strategy(abc.ABC):
             raise InvalidInput(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
 
 
+class _Checked(np.ndarray):
+    """A view marking a vector :meth:`MeanStrategy.aggregate` has just checked (flat, finite)
+    on its way into :meth:`MeanStrategy.aggregate_sum`, which then does not scan it again;
+    it never leaves the strategy (``np.asarray`` turns it back into a plain view)."""
+
+
 class MeanStrategy(Strategy):
     """Base of the FedAvg family: a server step on the weighted mean of the updates.
 
@@ -379,10 +385,14 @@ class MeanStrategy(Strategy):
         weights = [self.weight(u) for u in updates]
         total = weighted_sum([u.vector for u in updates], weights)
         examples = float(sum(u.num_examples for u in updates))
-        t = check_real("total_weight", float(sum(weights)), 0.0, open_low=True)
         # The updates are finite (ClientUpdate checks them), so only an overflow could make
-        # their sum infinite: one scan of the result instead of one per input.
-        return self._step(g, total, t, examples, check_sum=False)
+        # their sum infinite: one scan of the sum instead of one per input, before a server
+        # optimiser's state moves. aggregate_sum (which a subclass may extend) then takes the
+        # checked vectors without scanning them again.
+        if not kernels.all_finite(total):
+            raise InvalidInput("the aggregate overflowed to infinity; the updates are too large to sum")
+        return self.aggregate_sum(g.view(_Checked), total.view(_Checked), float(sum(weights)),
+                                  total_examples=examples)
 
     def aggregate_sum(
         self,
@@ -392,21 +402,17 @@ class MeanStrategy(Strategy):
         *,
         total_examples: float | None = None,
     ) -> FloatArray:
-        g = check_global(global_vec)
+        if isinstance(global_vec, _Checked) and isinstance(weighted_sum, _Checked):
+            g: FloatArray = np.asarray(global_vec)  # plain views of what aggregate checked
+            s: FloatArray = np.asarray(weighted_sum)
+        else:
+            g = check_global(global_vec)
+            s = check_flat(weighted_sum, "the weighted sum", keep_float32=True)
+        if s.shape != g.shape:
+            raise InvalidInput(f"the weighted sum has {s.size} parameters, the global model {g.size}")
         t = check_real("total_weight", total_weight, 0.0, open_low=True)
         n = t if total_examples is None else check_real("total_examples", total_examples, 0.0, open_low=True)
-        return self._step(g, weighted_sum, t, n, check_sum=True)
-
-    def _step(self, g: FloatArray, weighted_sum: FloatArray, t: float, n: float, *,
-              check_sum: bool) -> FloatArray:
-        s = check_flat(weighted_sum, "the weighted sum", keep_float32=True) if check_sum else weighted_sum
-        if s.ndim != 1 or s.shape != g.shape:
-            raise InvalidInput(f"the weighted sum has {s.size} parameters, the global model {g.size}")
-        # A finite sum keeps everything below finite (float32 or float64 sums, weights <= 1, n >= 1), so
-        # one scan of the sum, before a server optimiser's state moves, covers an overflow.
-        if not check_sum and not kernels.all_finite(s):
-            raise InvalidInput("the aggregate overflowed to infinity; the updates are too large to sum")
-        mean = np.multiply(s, 1.0 / n, dtype=np.float64)  # a new array: the caller's sum stays as it was
+        mean: FloatArray = np.multiply(s, 1.0 / n, dtype=np.float64)  # new: the caller's sum stays
         if self.plain_mean and t == n:
             return mean  # g + (mean - g): the same up to rounding, two passes over the model fewer
         # sum_i w_i (v_i - g) / n: the pseudo-gradient of Reddi et al. (2021), negated.

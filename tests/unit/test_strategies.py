@@ -433,3 +433,23 @@ def test_sums_run_blas_on_one_thread_and_restore_it() -> None:
     np.testing.assert_allclose(S._base.weighted_sum(vecs, [1.0, 1.0, 1.0]), 2 * np.arange(5) + 1)
     assert S._base.weighted_sum(vecs[:2], [1.0, 1.0]).dtype == np.float32
     assert blas_threads() == before
+
+
+def test_aggregate_goes_through_aggregate_sum_and_returns_a_plain_array() -> None:
+    # a subclass that extends aggregate_sum (server-side logging, clipping ...) sees every
+    # plain round too, and nothing of the checked-vector marker leaks out of the strategy
+    seen: list[float] = []
+
+    class Logged(FedAdam):
+        def aggregate_sum(self, global_vec: np.ndarray, weighted_sum: np.ndarray, total_weight: float, *,
+                          total_examples: float | None = None) -> np.ndarray:
+            seen.append(total_weight)
+            return super().aggregate_sum(global_vec, weighted_sum, total_weight,
+                                         total_examples=total_examples)
+
+    ups = [ClientUpdate(np.ones(3, np.float32), 2, "a"), ClientUpdate(np.zeros(3, np.float32), 3, "b")]
+    for strategy in (Logged(), FedAvg()):
+        out = strategy.aggregate(np.zeros(3), ups)
+        assert type(out) is np.ndarray and out.dtype == np.float64
+    assert seen == [5.0]
+    np.testing.assert_allclose(FedAvg().aggregate(np.zeros(3), ups), 0.4)

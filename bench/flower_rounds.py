@@ -68,21 +68,22 @@ def train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def measure(n: int, p: int, rounds: int) -> dict[str, object]:
+def measure(n: int, p: int, rounds: int, cpus: float = 1.0, evaluate: float = 0.0) -> dict[str, object]:
     stamps: list[float] = []
     final: list[np.ndarray] = []
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
+        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=evaluate, min_train_nodes=n,
+                          min_available_nodes=n)
         result = strategy.start(grid, ArrayRecord([np.zeros(p, np.float32)]), num_rounds=rounds,
                                 evaluate_fn=lambda rnd, arrays: stamps.append(time.perf_counter()) or None)
         final.extend(result.arrays.to_numpy_ndarrays())
 
     t0 = time.perf_counter()
     run_simulation(server, client, num_supernodes=n,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+                   backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0}})
     total = time.perf_counter() - t0
     per = [b - a for a, b in itertools.pairwise(stamps)]
     # Flower averages in float32 with factors 1/N: at N=1000 the result is off by ~1e-4 relative.
@@ -105,6 +106,10 @@ def main() -> None:
     ap.add_argument("--configs", help="comma-separated NxP, e.g. 10x1e6,100x1e5 (default: the full grid)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds per configuration (default 5)")
     ap.add_argument("--rounds-large", type=int, default=3, help="rounds when N >= 1000 (default 3)")
+    ap.add_argument("--cpus-per-client", type=float, default=1.0,
+                    help="Ray CPUs per ClientApp (default 1: two actors on two cores; Flower's default: 2)")
+    ap.add_argument("--fraction-evaluate", type=float, default=0.0,
+                    help="federated evaluation each round (default 0: off; Flower's own default is 1)")
     args = ap.parse_args()
     for n, p in parse_configs(args.configs):
         why = skip_reason(n, p)
@@ -112,7 +117,9 @@ def main() -> None:
             print(json.dumps({"bench": "flower", "flwr": FLWR_VERSION, "n": n, "p": p, "skipped": why}),
                   flush=True)
             continue
-        rec = measure(n, p, args.rounds_large if n >= 1000 else args.rounds)
+        rec = measure(n, p, args.rounds_large if n >= 1000 else args.rounds, args.cpus_per_client,
+                      args.fraction_evaluate)
+        rec |= {"cpus_per_client": args.cpus_per_client, "fraction_evaluate": args.fraction_evaluate}
         print(json.dumps(rec), flush=True)
 
 

@@ -111,15 +111,31 @@ def measure_fednb(n: int, p: int, rounds: int, fraction: float = 1.0) -> dict[st
             "s_per_round": statistics.median(per[1:]), "rounds_s": per, "total_s": total}
 
 
-def measure_flower(configs: list[tuple[int, int]], rounds: int,
-                   rounds_large: int) -> dict[tuple[int, int], dict[str, Any]]:
+def naive_round(n: int, p: int, rounds: int = 15) -> float:
+    """Median seconds of the same round as a plain NumPy loop in this process: each hospital
+    copies the float32 weights and adds 1, the sum is float64; no checks, no policy, no
+    driver. A yardstick of what this machine's memory allows, printed beside fednb's."""
+    g = np.zeros(p, np.float32)
+    per = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        total = np.zeros(p, np.float64)
+        for _ in range(n):
+            total += g.copy() + 1
+        g = (total / n).astype(np.float32)
+        per.append(time.perf_counter() - t0)
+    return statistics.median(per[1:])
+
+
+def measure_flower(configs: list[tuple[int, int]], rounds: int, rounds_large: int,
+                   extra: tuple[str, ...] = ()) -> dict[tuple[int, int], dict[str, Any]]:
     if not FLOWER_PY.exists():
         print("(Flower venv missing: run `bash bench/setup_flower.sh`, or pass --flower)")
         return {}
     spec = ",".join(f"{n}x{p}" for n, p in configs)
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.run([str(FLOWER_PY), str(HERE / "flower_rounds.py"), "--configs", spec,
-                               "--rounds", str(rounds), "--rounds-large", str(rounds_large)],
+                               "--rounds", str(rounds), "--rounds-large", str(rounds_large), *extra],
                               stdout=subprocess.PIPE, stderr=err, text=True, timeout=600, check=False)
         if proc.returncode:
             err.seek(0)
@@ -255,6 +271,24 @@ def main() -> None:
               f"(2..{args.flower_rounds_large} at N=1000); replies polled every 0.1 s (Flower's default)")
     print(f"fednb {fednb.__version__}: simulate(), FedAvg(), progress=False, no checkpoint, one fresh "
           f"process per configuration; median of rounds 2..{args.rounds}")
+    targets = sorted(TARGET_CONFIGS)
+    print("\nthe target configurations beside a plain NumPy loop (each hospital: copy the weights, add 1; "
+          "float64 sum; no checks, no policy, no driver) and beside Flower run with its own defaults "
+          "(2 CPUs per ClientApp: one Ray actor on two cores; federated evaluation every round), same run:")
+    shipped = {} if args.no_flower else measure_flower(
+        targets, args.flower_rounds, args.flower_rounds_large,
+        ("--cpus-per-client", "2", "--fraction-evaluate", "1"))
+    for n, p in targets:
+        f = fed.get((n, p))
+        if not f:
+            continue
+        naive, fs = naive_round(n, p), f["s_per_round"]
+        line = (f"  N={n:<4d} P={fmt_p(p):<4s} fednb {fs:.4f}s  NumPy loop {naive:.4f}s "
+                f"(fednb {fs / naive:.2f}x it)")
+        fl = shipped.get((n, p), {})
+        if fl.get("s_per_round"):
+            line += f"  Flower defaults {fl['s_per_round']:.3f}s ({fl['s_per_round'] / fs:.1f}x fednb)"
+        print(line)
 
     sc = measure_fednb_fresh(SCALE["n"], SCALE["p"], 10, fraction=SCALE["fraction"])
     print(f"\nscale: simulate() over {SCALE['n']} virtual hospitals, P=1e5, "

@@ -21,6 +21,7 @@ import textwrap
 
 import numpy as np
 import xarray as xr
+from gpu_leftovers import has_gpu  # bench/ is on sys.path: these run as scripts
 
 SOURCE = textwrap.dedent("""
     def gpu_sum(data):
@@ -31,18 +32,6 @@ SOURCE = textwrap.dedent("""
         total = xp.arange(10).sum()
         return {"sum": np.asarray([float(total)]), "on_gpu": np.asarray([float(xp is not np)])}
 """)
-
-
-def has_gpu() -> str | None:
-    """Why there is no GPU for CuPy here, or None when there is one."""
-    try:
-        import cupy  # type: ignore[import-not-found]
-    except ImportError:
-        return "CuPy is not installed (pip install cupy-cuda12x)"
-    try:
-        return None if cupy.cuda.is_available() else "cupy.cuda.is_available() is false"
-    except Exception as exc:
-        return f"CuPy cannot reach a GPU ({exc})"
 
 
 def main() -> int:

@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from kernels import best  # bench/kernels.py: bench/ is on sys.path, these run as scripts
 
 from fednb import kernels
 from fednb.strategies import ClientUpdate, Krum
@@ -30,16 +28,6 @@ from fednb.strategies._ops import krum_select
 
 HERE = Path(__file__).resolve().parent
 FLOWER_PY = HERE / ".venv-flower" / "bin" / "python"
-
-
-def best(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # compiles the kernels
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

@@ -412,7 +412,9 @@ class Driver:
                 if self.secure_bound is not None and self.done < self.rounds:
                     for fl, _, _ in batch:  # from the new model
                         self._launch(pool, fl.name, seq, flights)
-        for fut in flights:  # stragglers of the last round: let them finish, drop their answers
-            fut.cancel()
+        for fut, fl in flights.items():  # stragglers of the last round: let them finish, drop their answers
+            if not fut.cancel():  # already running: forget what it keeps once it is done
+                fut.add_done_callback(lambda _, fl=fl: getattr(  # type: ignore[misc]
+                    self.participants[fl.name], "discard", lambda _: None)(fl.run_id))
         for fl, _, _ in buffer:  # kept updates no round took
             getattr(self.participants[fl.name], "discard", lambda _: None)(fl.run_id)

@@ -162,6 +162,20 @@ def test_an_abandoned_buffer_leaves_the_model_and_async_training_goes_on() -> No
     assert all(not p._held for p in local.values())  # no kept update left behind
 
 
+def test_a_straggler_still_running_at_the_end_keeps_nothing_behind() -> None:
+    # h0 is still training when the last buffer is summed: its run finishes after the loop
+    # and what it keeps for a round that never comes must be forgotten all the same
+    local = secure_hospitals({})
+    run0 = local["h0"].run
+    local["h0"].run = lambda *a, **k: (time.sleep(1.0), run0(*a, **k))[1]  # type: ignore[method-assign]
+    driver = Driver(dict(local), FedBuff(buffer_size=2), W0, PARAMS, 2, run_prefix="straggler-async",
+                    asynchronous=True, progress=False, secure_bound=50.0)
+    history = driver.run()
+    assert history.num_rounds == 2
+    assert not [r for r in history.records if r.domain == "h0"]  # it never answered in time
+    assert all(not p._held for p in local.values())
+
+
 def test_a_member_dropping_from_a_buffer_round_is_recorded_and_the_rest_summed() -> None:
     # buffers of all 4: h2 vanishes while masking in round a1, three of four survive (t = 2;
     # with 3 members t = 2 too, but one dropout leaves each survivor's secret with one share)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import defaultdict
 
@@ -166,10 +167,17 @@ def test_a_straggler_still_running_at_the_end_keeps_nothing_behind() -> None:
     # h0 is still training when the last buffer is summed: its run finishes after the loop
     # and what it keeps for a round that never comes must be forgotten all the same
     local = secure_hospitals({})
+    last_summed = threading.Event()
     run0 = local["h0"].run
-    local["h0"].run = lambda *a, **k: (time.sleep(1.0), run0(*a, **k))[1]  # type: ignore[method-assign]
+
+    def late(*a, **k):  # type: ignore[no-untyped-def]
+        last_summed.wait(60)  # h0 answers only once the last buffer was summed
+        return run0(*a, **k)
+
+    local["h0"].run = late  # type: ignore[method-assign]
     driver = Driver(dict(local), FedBuff(buffer_size=2), W0, PARAMS, 2, run_prefix="straggler-async",
                     asynchronous=True, progress=False, secure_bound=50.0)
+    driver.history.watch(lambda h: h.num_rounds == 2 and last_summed.set())
     history = driver.run()
     assert history.num_rounds == 2
     assert not [r for r in history.records if r.domain == "h0"]  # it never answered in time

@@ -33,6 +33,10 @@ from fednb.typing import Weights
 __all__ = ["Driver", "RoundFailed", "SerialExecutor"]
 
 
+MAX_FAILURES_IN_A_ROW = 3
+"""An asynchronous run stops restarting a domain whose last this many runs failed."""
+
+
 class RoundFailed(InvalidInput):
     """Fewer domains than ``min_domains`` answered a round."""
 
@@ -376,7 +380,9 @@ class Driver:
                                                total_examples=float(out_sum.num_examples))
 
     def _arrived(self, pool: Executor, fl: _Flight, out: Outcome, buffer: list[_Buffered],
-                 seq: dict[str, int], flights: dict[Future[Outcome], _Flight]) -> None:
+                 seq: dict[str, int], flights: dict[Future[Outcome], _Flight],
+                 fails: dict[str, int]) -> None:
+        fails[fl.name] = 0 if _examples(out) else fails.get(fl.name, 0) + 1
         if self.secure_bound is not None and _examples(out):
             buffer.append((fl, None, out))  # kept for its round: recorded and restarted after it
             return
@@ -384,7 +390,10 @@ class Driver:
         vec = None if self.secure_bound is not None else self._vector(out)
         if vec is not None:
             buffer.append((fl, vec, out))
-        if self.done < self.rounds:
+        if fails[fl.name] >= MAX_FAILURES_IN_A_ROW:  # a dead or broken domain: not restarted
+            warnings.warn(f"{fl.name} failed {fails[fl.name]} runs in a row ({out.reason}); it is no "
+                          "longer restarted in this asynchronous run", RuntimeWarning, stacklevel=3)
+        elif self.done < self.rounds:
             self._launch(pool, fl.name, seq, flights)
 
     def _run_async(self, pool: Executor, bar: Any) -> None:
@@ -392,13 +401,14 @@ class Driver:
         flights: dict[Future[Outcome], _Flight] = {}
         seq: dict[str, int] = {}
         buffer: list[_Buffered] = []
+        fails: dict[str, int] = {}
         for name in sorted(self.participants):
             self._launch(pool, name, seq, flights)
         while self.done < self.rounds and flights:
             finished, _ = wait(list(flights), return_when=FIRST_COMPLETED)
             for fut in finished:
                 fl = flights.pop(fut)
-                self._arrived(pool, fl, fut.result(), buffer, seq, flights)
+                self._arrived(pool, fl, fut.result(), buffer, seq, flights, fails)
             while len(buffer) >= k and self.done < self.rounds:
                 batch, buffer = buffer[:k], buffer[k:]
                 if self.secure_bound is None:
@@ -412,9 +422,15 @@ class Driver:
                 if self.secure_bound is not None and self.done < self.rounds:
                     for fl, _, _ in batch:  # from the new model
                         self._launch(pool, fl.name, seq, flights)
+        stopped = self.done < self.rounds  # every domain stopped before the buffers could fill
         for fut, fl in flights.items():  # stragglers of the last round: let them finish, drop their answers
             if not fut.cancel():  # already running: forget what it keeps once it is done
                 fut.add_done_callback(lambda _, fl=fl: getattr(  # type: ignore[misc]
                     self.participants[fl.name], "discard", lambda _: None)(fl.run_id))
         for fl, _, _ in buffer:  # kept updates no round took
             getattr(self.participants[fl.name], "discard", lambda _: None)(fl.run_id)
+        if stopped:
+            raise RoundFailed(f"the asynchronous run stopped after {self.done} of {self.rounds} "
+                              f"aggregations: domains that failed {MAX_FAILURES_IN_A_ROW} runs in a row are "
+                              f"not restarted, and those left cannot fill a buffer of {k}; see "
+                              "history.metrics.status")

@@ -110,3 +110,32 @@ def test_an_update_decoded_from_fp16_is_scanned_again() -> None:
     plain = fednb.simulate(_overflow_fp16, parts, initial={"w": np.zeros(3, np.float32)}, rounds=1,
                            progress=False)
     np.testing.assert_allclose(plain.weights["w"], (1e5 + 1.0) / 2)
+
+
+@fednb.remote
+def _broken_in_b(data, weights):
+    if float(data["x"].values[0]) < 0:
+        raise RuntimeError("this hospital's data breaks the code")
+    return fednb.Update(weights={k: v + 1 for k, v in weights.items()})
+
+
+def test_an_async_run_stops_restarting_a_domain_that_keeps_failing() -> None:
+    # a dead or broken domain used to be restarted forever: with a buffer it alone could
+    # help fill, the run never ended
+    import xarray as xr
+
+    from fednb.scientist._driver import MAX_FAILURES_IN_A_ROW, RoundFailed
+
+    parts = {name: xr.Dataset({"x": ("row", np.array([v]))}) for name, v in
+             (("a", 1.0), ("b", -1.0), ("c", 1.0))}
+    w0 = {"w": np.zeros(3, np.float32)}
+    with pytest.warns(RuntimeWarning, match="no longer restarted"):
+        hist = fednb.simulate(_broken_in_b, parts, initial=w0, rounds=4, progress=False,
+                              strategy=fednb.strategies.FedBuff(buffer_size=2))
+    assert hist.num_rounds == 4  # a and c fill the buffers
+    assert [r.reason for r in hist.records if r.domain == "b"] == ["exception"] * MAX_FAILURES_IN_A_ROW
+    with pytest.warns(RuntimeWarning, match="no longer restarted"), \
+            pytest.raises(RoundFailed, match="stopped"):
+        fednb.simulate(_broken_in_b, parts, initial=w0, rounds=4, progress=False,
+                       strategy=fednb.strategies.FedBuff(buffer_size=3), secure_aggregation=True,
+                       secure_bound=10.0)

@@ -186,22 +186,17 @@ def _check_fraction(fraction: object) -> float:
     return check_real("fraction", fraction, 0.0, 1.0, open_low=True)
 
 
-def _axpy(total: FloatArray, vec: FloatArray, weight: float) -> FloatArray:
+def weighted_add(total: FloatArray, vec: FloatArray, weight: float) -> FloatArray:
+    """``total += weight * vec`` in place, without a temporary (BLAS axpy, one thread)."""
     from scipy.linalg.blas import daxpy, saxpy
 
     if total.flags.c_contiguous and vec.flags.c_contiguous and vec.dtype == total.dtype:
-        if total.dtype == np.float64:
-            return np.asarray(daxpy(vec, total, a=weight))
-        if total.dtype == np.float32:
-            return np.asarray(saxpy(vec, total, a=weight))
+        axpy = {np.dtype(np.float64): daxpy, np.dtype(np.float32): saxpy}.get(total.dtype)
+        if axpy is not None:
+            with one_blas_thread():
+                return np.asarray(axpy(vec, total, a=weight))
     total += weight * vec
     return total
-
-
-def weighted_add(total: FloatArray, vec: FloatArray, weight: float) -> FloatArray:
-    """``total += weight * vec`` in place, without a temporary (BLAS axpy, one thread)."""
-    with one_blas_thread():
-        return _axpy(total, vec, weight)
 
 
 def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> FloatArray:
@@ -212,9 +207,7 @@ def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> Flo
     sum's relative error stays near ``N * 6e-8``, below the float32 model's own
     rounding once N is small. Any other mix is summed in float64.
     """
-    f32 = all(v.dtype == np.float32 for v in vectors)
-    vecs = [np.ascontiguousarray(v, dtype=np.float32 if f32 else np.float64) for v in vectors]
-    return kernels.weighted_sum(vecs, weights)
+    return kernels.weighted_sum(list(vectors), weights)
 
 
 def check_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> None:

@@ -8,7 +8,8 @@ float32 updates as float32 and the kernels select in it), the weighted mean (BLA
 that dtype, what FedAvg's sum costs) and the coordinate-wise median and trimmed mean
 (beta=0.1) by ``fednb.kernels`` on the probed backend and, up to ``--numpy-max-p``
 parameters, by NumPy (``np.median``, ``np.partition``), each as a multiple of the weighted
-mean's time; also ``fednb.kernels.weighted_sum`` over the N rows (what FedAvg runs). Up
+mean's time; also the weighted mean of the N rows in float64 by ``fednb.kernels.weighted_sum_checked``
+(what FedAvg runs: one pass over the N separate vectors). Up
 to the same P, Flower's ``aggregate``, ``aggregate_median`` and ``aggregate_trimmed_avg``
 on the same updates (``bench/flower_kernels.py`` in its venv, ``bench/setup_flower.sh``;
 ``--no-flower`` skips them), their results checked against fednb's. Best of ``--repeats``
@@ -77,8 +78,9 @@ def robust(n: int, p: int, dtype: str, repeats: int, numpy_max_p: int, flower: b
     rows_list = list(x)
     examples = [float(1 + i % 7) for i in range(n)]  # what flower_kernels.py weighs the rows by
     fl = flower_side(n, p, dtype) if flower and p <= numpy_max_p else None
-    stats = [("weighted mean (FedAvg)", lambda a: kernels.weighted_sum(rows_list, examples) / sum(examples),
-              None, "mean"),
+    scaled = [e / sum(examples) for e in examples]  # what MeanStrategy.aggregate runs: the mean in one pass
+    stats = [("weighted mean (FedAvg)",
+              lambda a: kernels.weighted_sum_checked(rows_list, scaled, dtype=np.float64)[0], None, "mean"),
              ("coordinate median", kernels.coordinate_median, _reference.coordinate_median, "median"),
              (f"trimmed mean (k={k})", lambda a: kernels.trimmed_mean(a, k),
               lambda a: _reference.trimmed_mean(a, k), "trimmed")]

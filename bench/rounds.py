@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ import numpy as np
 import xarray as xr
 
 import fednb
-from fednb.strategies import ClientUpdate, FedAvg, RoundConfig
+from fednb.strategies import FedAvg, RoundConfig
 from fednb.typing import FloatArray
 
 HERE = Path(__file__).resolve().parent
@@ -72,8 +72,9 @@ class TimedFedAvg(FedAvg):
             self.stamps.append(time.perf_counter())
         return super().configure_round(server_round, params)
 
-    def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
-        out = super().aggregate(global_vec, updates)
+    def aggregate_mean(self, global_vec: FloatArray, mean: FloatArray, total_weight: float, *,
+                       total_examples: float) -> FloatArray:
+        out = super().aggregate_mean(global_vec, mean, total_weight, total_examples=total_examples)
         self.stamps.append(time.perf_counter())
         return out
 

@@ -59,9 +59,9 @@ class TimedFedAvg(FedAvg):
             self.stamps.append(time.perf_counter())
         return super().configure_round(server_round, params)
 
-    def aggregate_sum(self, global_vec: FloatArray, weighted_sum: FloatArray, total_weight: float, *,
-                      total_examples: float | None = None) -> FloatArray:
-        out = super().aggregate_sum(global_vec, weighted_sum, total_weight, total_examples=total_examples)
+    def aggregate_mean(self, global_vec: FloatArray, mean: FloatArray, total_weight: float, *,
+                       total_examples: float) -> FloatArray:
+        out = super().aggregate_mean(global_vec, mean, total_weight, total_examples=total_examples)
         self.stamps.append(time.perf_counter())
         return out
 

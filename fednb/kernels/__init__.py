@@ -15,8 +15,9 @@ Krum's squared distances (a float32 Gram matrix with a bound on each distance's 
 NumPy's six), the Box-Muller transform of DP noise, and the statistics of ``query``
 requests: the clipped sum, the clipped histogram and the exponential mechanism's
 quantile draw (the domain runs queries in its own process, so they use the probed
-backend), and the weighted sum of the FedAvg family (four updates per pass over the total;
-the reference is a BLAS axpy per update, on one thread: :func:`one_blas_thread`).
+backend), and the weighted sum of the FedAvg family (one pass over the updates whatever their number,
+accumulated in float64, its finiteness checked on the way; the reference is a BLAS axpy
+per update, on one thread: :func:`one_blas_thread`).
 Sandboxed workers run the NumPy references (``FEDNB_BACKEND=numpy``): no JIT compiler
 beside untrusted code; the workers of GPU jobs run the CuPy kernels where CuPy finds the
 GPU (the job has CuPy's compiler anyway).
@@ -28,16 +29,18 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from fednb.errors import InvalidInput
 from fednb.kernels import _reference
 from fednb.kernels._backend import BACKENDS, backend
 from fednb.kernels._blas import all_finite, one_blas_thread
+from fednb.kernels._memory import keep_freed_memory
 from fednb.typing import FloatArray
 
 __all__ = ["BACKENDS", "all_finite", "backend", "box_muller", "clipped_histogram", "clipped_sum",
-           "coordinate_median", "one_blas_thread", "quantile_pick", "sq_distances", "stochastic_round",
-           "trimmed_mean", "weighted_sum"]
+           "coordinate_median", "keep_freed_memory", "one_blas_thread", "quantile_pick", "sq_distances",
+           "stochastic_round", "trimmed_mean", "weighted_sum", "weighted_sum_checked"]
 
 
 def _check(stacked: FloatArray) -> None:
@@ -70,26 +73,43 @@ def _cpu_module() -> ModuleType:
     return _cpu
 
 
-def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> FloatArray:
-    """``sum_i weights[i] * vectors[i]`` over flat vectors of one length: float32 when every
-    vector is float32 (as in Flower and PyTorch: relative error about ``N * 6e-8``), else
-    float64. On the CPU backends a Numba kernel adds four vectors per pass over the total;
-    the reference is one BLAS axpy per vector."""
+def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float], *,
+                 dtype: DTypeLike | None = None) -> FloatArray:
+    """``sum_i weights[i] * vectors[i]`` over flat vectors of one length, in ``dtype``: by
+    default float32 when every vector is float32 (as in Flower and PyTorch), else float64.
+    On the CPU backends a Numba kernel reads each vector once and accumulates in float64
+    whatever the output dtype; the reference is one BLAS axpy per vector in that dtype."""
+    return weighted_sum_checked(vectors, weights, dtype=dtype)[0]
+
+
+def weighted_sum_checked(vectors: Sequence[FloatArray], weights: Sequence[float], *,
+                         dtype: DTypeLike | None = None) -> tuple[FloatArray, bool]:
+    """:func:`weighted_sum`, and whether every value of the sum is finite (the Numba kernel
+    checks each block of the output while it is in the cache; the reference scans it).
+
+    A sum of finite vectors with finite weights is finite unless it overflows, and a NaN or
+    infinite input makes it NaN or infinite: one check of the sum covers its inputs."""
     if not vectors or len(vectors) != len(weights):
         raise InvalidInput("weighted_sum takes as many weights as vectors, and at least one")
     size = vectors[0].shape
     if len(size) != 1 or any(v.shape != size for v in vectors):
         raise InvalidInput("weighted_sum takes flat vectors of one length")
     dtypes = {v.dtype for v in vectors}
-    fast = (len(dtypes) == 1 and dtypes <= {np.dtype(np.float32), np.dtype(np.float64)}
+    out = np.dtype(np.float32 if dtypes == {np.dtype(np.float32)} else np.float64) if dtype is None \
+        else np.dtype(dtype)
+    if out not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise InvalidInput(f"weighted_sum returns float32 or float64, not {out}")
+    fast = (dtypes <= {np.dtype(np.float32), np.dtype(np.float64)}
             and all(v.flags.c_contiguous for v in vectors))
     if fast and backend() != "numpy":
         try:
             from fednb.kernels import _sum
         except ImportError:
-            return _reference.weighted_sum(vectors, weights)
-        return _sum.weighted_sum(vectors, weights)
-    return _reference.weighted_sum(vectors, weights)
+            pass
+        else:
+            return _sum.weighted_sum(vectors, weights, out)
+    total = _reference.weighted_sum(vectors, weights, out)
+    return total, all_finite(total)
 
 
 def coordinate_median(stacked: FloatArray) -> FloatArray:

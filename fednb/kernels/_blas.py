@@ -3,8 +3,8 @@ trusted parent and the round driver use these).
 
 ``all_finite`` is one BLAS dot product of the vector with itself: finite values give a
 finite sum of squares unless it overflows, and then the exact elementwise scan decides.
-From a million values on, 15-25% faster than ``np.isfinite(x).all()``, and without
-its temporary.
+From 2^18 values on, 25-35% faster than ``np.isfinite(x).all()`` (measured here: 39 µs
+against 59 µs at 2^18, 0.20 ms against 0.27 ms at a million), and without its temporary.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = ["all_finite", "one_blas_thread"]
 
-_DOT_FROM = 1 << 20
+_DOT_FROM = 1 << 18
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,7 +36,7 @@ def one_blas_thread() -> Any:
 def all_finite(x: np.ndarray) -> bool:
     """True when no value of the float array ``x`` is NaN or infinite."""
     flat = x.reshape(-1) if x.flags.c_contiguous else None
-    # below about a million values the BLAS thread limit's own cost (about 10 µs) outweighs it
+    # below about 2^18 values the BLAS thread limit's own cost (10-30 µs) outweighs it
     if flat is not None and flat.dtype in (np.float32, np.float64) and flat.size >= _DOT_FROM:
         with one_blas_thread(), np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.dot(flat, flat)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from fednb.typing import FloatArray
 
@@ -12,20 +13,22 @@ __all__ = ["box_muller", "clipped_histogram", "clipped_sum", "coordinate_median"
            "quantile_pick", "sq_distances", "stochastic_round", "trimmed_mean", "weighted_sum"]
 
 
-def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> FloatArray:
-    """``sum_i weights[i] * vectors[i]``: one BLAS axpy per vector on one thread, in float32
-    when every vector is float32, else in float64."""
+def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float],
+                 dtype: DTypeLike | None = None) -> FloatArray:
+    """``sum_i weights[i] * vectors[i]``: one BLAS axpy per vector on one thread, in
+    ``dtype`` (by default float32 when every vector is float32, else float64)."""
     from scipy.linalg.blas import daxpy, saxpy
 
     from fednb.kernels._blas import one_blas_thread
 
-    f32 = all(v.dtype == np.float32 for v in vectors)
-    dtype = np.float32 if f32 else np.float64
+    if dtype is None:
+        dtype = np.float32 if all(v.dtype == np.float32 for v in vectors) else np.float64
+    f32 = np.dtype(dtype) == np.float32
     axpy = saxpy if f32 else daxpy
-    total: FloatArray = np.zeros(vectors[0].shape[0], dtype=dtype)
+    total: FloatArray = np.zeros(vectors[0].shape[0], dtype=np.float32 if f32 else np.float64)
     with one_blas_thread():
         for vec, w in zip(vectors, weights, strict=True):
-            total = axpy(np.ascontiguousarray(vec, dtype=dtype), total, a=w)
+            total = axpy(np.ascontiguousarray(vec, dtype=total.dtype), total, a=w)
     return total
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fednb import kernels
 from fednb.errors import InvalidInput
 from fednb.protocol import MIN_STALENESS_FACTOR, decode_message, encode_message
 from fednb.scientist._history import ClientRecord, History
@@ -282,24 +283,47 @@ class Driver:
         if self.secure_bound is not None:
             self._secure_round(pool, rnd, futures)
             return
-        updates = []
-        for name, fut in futures.items():
-            out = fut.result()
-            vec = self._vector(out)
-            if vec is not None and out.update is not None:
-                try:  # ClientUpdate refuses NaN/Inf: such an update is dropped like a failure
-                    updates.append(ClientUpdate(vec, int(out.update.num_examples or 0), name, 0,
-                                                dict(out.update.metrics), checked=out.checked))
-                except InvalidInput:
-                    out = _dropped(out, "nonfinite_update")
-            elif out.status == "succeeded":
-                out = _dropped(out, "update_mismatch" if out.update is not None and out.update.num_examples
-                               else "no_examples")
-            self._record(rnd, name, out)
+        updates: list[ClientUpdate] = []
+        answers: dict[str, Outcome] = {}  # recorded once the round's aggregate is known
+        try:
+            for name, fut in futures.items():
+                out = answers[name] = fut.result()
+                vec = self._vector(out)
+                if vec is not None and out.update is not None:
+                    try:  # ClientUpdate refuses NaN/Inf: such an update is dropped like a failure
+                        updates.append(ClientUpdate(vec, int(out.update.num_examples or 0), name, 0,
+                                                    dict(out.update.metrics),
+                                                    checked=out.checked or out.deferred))
+                    except InvalidInput:
+                        answers[name] = _dropped(out, "nonfinite_update")
+                elif out.status == "succeeded":
+                    answers[name] = _dropped(out, "update_mismatch" if out.update is not None
+                                             and out.update.num_examples else "no_examples")
+            self.vec = self._aggregate(rnd, updates, answers, len(chosen))
+        finally:
+            for name, out in answers.items():
+                self._record(rnd, name, out)
+
+    def _aggregate(self, rnd: int, updates: list[ClientUpdate], answers: dict[str, Outcome],
+                   asked: int) -> np.ndarray:
+        """The strategy's new global vector from the round's updates. Updates whose values no
+        one scanned (``Outcome.deferred``: a virtual hospital's, for the FedAvg family, whose
+        aggregate checks the finiteness of the mean) are scanned only when the aggregate is
+        refused: those holding NaN or infinity are then dropped, as their hospital's output
+        policy would have refused them, and the rest aggregated again."""
         if len(updates) < self.min_domains:
-            raise RoundFailed(f"round {rnd}: {len(updates)} of {len(chosen)} domains answered, fewer than "
+            raise RoundFailed(f"round {rnd}: {len(updates)} of {asked} domains answered, fewer than "
                               f"min_domains={self.min_domains}; see history.metrics.status")
-        self.vec = self.strategy.aggregate(self.vec, updates)
+        try:
+            return self.strategy.aggregate(self.vec, updates)
+        except InvalidInput:
+            bad = {u.domain for u in updates
+                   if answers[u.domain].deferred and not kernels.all_finite(u.vector)}
+            if not bad:
+                raise
+        for name in bad:
+            answers[name] = _dropped(answers[name], "nonfinite_output")
+        return self._aggregate(rnd, [u for u in updates if u.domain not in bad], answers, asked)
 
     def run(self) -> History:
         """Run the remaining rounds; returns the history (also kept on ``self.history``)."""

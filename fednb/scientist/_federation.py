@@ -15,13 +15,14 @@ import xarray as xr
 
 from fednb.client import DomainClient, RemoteRequest
 from fednb.errors import InvalidInput
+from fednb.kernels import keep_freed_memory
 from fednb.protocol import ClientDP, Compression, DatasetCard
 from fednb.scientist._driver import Driver, SerialExecutor
 from fednb.scientist._history import History
 from fednb.scientist._participants import LocalParticipant, Participant, RemoteParticipant
 from fednb.scientist._remote import RemoteFunction
 from fednb.secagg import Identity, Roster
-from fednb.strategies import FedAvg, FedBuff, FedProx, Strategy, compose_check
+from fednb.strategies import FedAvg, FedBuff, FedProx, MeanStrategy, Strategy, compose_check
 from fednb.typing import Weights
 
 __all__ = ["Federation", "card_differences", "simulate"]
@@ -226,6 +227,10 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
         dim = example_dim or str(next(iter(data.data_vars.values())).dims[0])
         parts[name] = LocalParticipant(name, fn.source, fn.name, data, dim, dp=dp, metrics=fn.metrics,
                                        compression=compression)
+    if not is_async and type(strategy).aggregate is MeanStrategy.aggregate:
+        for part in parts.values():  # the FedAvg family's aggregate checks the mean for NaN/Inf
+            assert isinstance(part, LocalParticipant)
+            part.defer_finite_check = True
     if backend not in ("local", "dask"):
         raise InvalidInput(f"backend must be 'local' or 'dask', not {backend!r}")
     bound = None
@@ -239,6 +244,7 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
             p.join_secure_aggregation(ids[n], Roster({o: i.public for o, i in ids.items() if o != n}),
                                       distributed_noise=distributed_noise)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(keep_freed_memory())  # no page faults for the same arrays every round
         # virtual hospitals run one after another in-process (faster than threads: no GIL
         # contention); asynchronous rounds need real concurrency, so they keep the pool
         executor: Executor | None = None if is_async else SerialExecutor()

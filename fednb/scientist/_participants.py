@@ -49,6 +49,9 @@ class Outcome:
     # the update's values were found finite by an output policy in this process (a virtual
     # hospital, uncompressed), so the driver need not scan them again; never for the wire
     checked: bool = False
+    # nobody scanned the values: a virtual hospital whose policy leaves that to the round's
+    # mean (LocalParticipant.defer_finite_check); the driver scans them if the mean is refused
+    deferred: bool = False
 
 
 class Participant(Protocol):
@@ -140,6 +143,12 @@ class LocalParticipant:
         self._charges: dict[str, Event] = {}  # run id -> its DP event, as a domain's ledger holds them
         self.distributed = False  # set by join_secure_aggregation
         self.delta = min(1e-6, 1.0 / (10 * self.num_examples))  # a domain's default delta
+        self.defer_finite_check = False
+        """Set by ``simulate`` when the strategy's aggregate checks the mean of the updates
+        for NaN and infinity (the FedAvg family, synchronous) and nothing happens to an update
+        between the policy and the mean (no DP, no compression, no secure aggregation): the
+        policy then does not scan the values, and the driver drops an update holding NaN or
+        infinity as ``nonfinite_output`` if the mean is refused, as the policy would have."""
 
     def epsilon(self) -> float | None:
         """Epsilon spent by this hospital's releases so far (PLD accountant, as a domain's)."""
@@ -159,8 +168,13 @@ class LocalParticipant:
         if policy is None:
             policy = self._policies[key] = OutputPolicy(weights=_specs(weights) if weights else None,
                                                         metrics=self.metrics, dp=self.dp,
-                                                        defer_noise=self.distributed and self.dp is not None)
+                                                        defer_noise=self.distributed and self.dp is not None,
+                                                        check_finite=not self._defers())
         return policy
+
+    def _defers(self) -> bool:
+        return (self.defer_finite_check and self.dp is None and self.compression == "none"
+                and self.member is None)
 
     def join_secure_aggregation(self, identity: Identity, roster: Roster, *,
                                 distributed_noise: bool = False) -> None:
@@ -213,7 +227,8 @@ class LocalParticipant:
         t0 = time.monotonic()
         try:
             raw = call_function(self.fn, self.data, weights, params)
-            out = apply_output_policy(raw, self._policy(weights), self.noise)
+            policy = self._policy(weights)
+            out = apply_output_policy(raw, policy, self.noise)
         except OutputRejected as rej:
             return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
         except Exception:  # the code failed: a fixed category, as in a domain
@@ -227,8 +242,9 @@ class LocalParticipant:
         sent, meta = compress(out.weights, self.compression,
                               self.noise.uniform if self.noise is not None else _no_uniform)
         update = Update(decompress(sent, meta), out.metrics, num_examples=self.num_examples)
+        deferred = not policy.check_finite
         return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(sent), _nbytes(weights),
-                       self.epsilon(), checked=self.compression == "none")
+                       self.epsilon(), checked=self.compression == "none" and not deferred, deferred=deferred)
 
 
 def _no_uniform(n: int) -> Any:

@@ -200,13 +200,9 @@ def weighted_add(total: FloatArray, vec: FloatArray, weight: float) -> FloatArra
 
 
 def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> FloatArray:
-    """``sum_i weights[i] * vectors[i]`` (:func:`fednb.kernels.weighted_sum`).
-
-    When every vector is float32 (models trained in float32) the sum is float32 too, as
-    in Flower and PyTorch: widening each to float64 costs four times the time and the
-    sum's relative error stays near ``N * 6e-8``, below the float32 model's own
-    rounding once N is small. Any other mix is summed in float64.
-    """
+    """``sum_i weights[i] * vectors[i]`` (:func:`fednb.kernels.weighted_sum`): float32 when
+    every vector is float32 (models trained in float32, as in Flower and PyTorch), else
+    float64; accumulated in float64 either way on the CPU kernels."""
     return kernels.weighted_sum(list(vectors), weights)
 
 
@@ -352,12 +348,6 @@ class Strategy(abc.ABC):
             raise InvalidInput(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
 
 
-class _Checked(np.ndarray):
-    """A view marking a vector :meth:`MeanStrategy.aggregate` has just checked (flat, finite)
-    on its way into :meth:`MeanStrategy.aggregate_sum`, which then does not scan it again;
-    it never leaves the strategy (``np.asarray`` turns it back into a plain view)."""
-
-
 class MeanStrategy(Strategy):
     """Base of the FedAvg family: a server step on the weighted mean of the updates.
 
@@ -376,16 +366,16 @@ class MeanStrategy(Strategy):
         g = check_global(global_vec)
         check_updates(g, updates)  # the same clear errors as the robust strategies
         weights = [self.weight(u) for u in updates]
-        total = weighted_sum([u.vector for u in updates], weights)
-        examples = float(sum(u.num_examples for u in updates))
-        # The updates are finite (ClientUpdate checks them), so only an overflow could make
-        # their sum infinite: one scan of the sum instead of one per input, before a server
-        # optimiser's state moves. aggregate_sum (which a subclass may extend) then takes the
-        # checked vectors without scanning them again.
-        if not kernels.all_finite(total):
-            raise InvalidInput("the aggregate overflowed to infinity; the updates are too large to sum")
-        return self.aggregate_sum(g.view(_Checked), total.view(_Checked), float(sum(weights)),
-                                  total_examples=examples)
+        t, n = float(sum(weights)), float(sum(u.num_examples for u in updates))
+        # The mean itself in one pass over the updates, accumulated in float64: a mean of
+        # finite values is finite (no sum is stored to overflow), so the kernel's check of
+        # it on the way catches any NaN or infinity of an update that no one scanned
+        # (``checked=True`` in simulate), before a server optimiser's state moves.
+        mean, finite = kernels.weighted_sum_checked([u.vector for u in updates], [w / n for w in weights],
+                                                    dtype=np.float64)
+        if not finite:
+            raise InvalidInput("the weighted mean of the updates holds NaN or infinity: so does an update")
+        return self.aggregate_mean(g, mean, t, total_examples=n)
 
     def aggregate_sum(
         self,
@@ -395,17 +385,34 @@ class MeanStrategy(Strategy):
         *,
         total_examples: float | None = None,
     ) -> FloatArray:
-        if isinstance(global_vec, _Checked) and isinstance(weighted_sum, _Checked):
-            g: FloatArray = np.asarray(global_vec)  # plain views of what aggregate checked
-            s: FloatArray = np.asarray(weighted_sum)
-        else:
-            g = check_global(global_vec)
-            s = check_flat(weighted_sum, "the weighted sum", keep_float32=True)
+        g = check_global(global_vec)
+        s = check_flat(weighted_sum, "the weighted sum", keep_float32=True)
         if s.shape != g.shape:
             raise InvalidInput(f"the weighted sum has {s.size} parameters, the global model {g.size}")
         t = check_real("total_weight", total_weight, 0.0, open_low=True)
         n = t if total_examples is None else check_real("total_examples", total_examples, 0.0, open_low=True)
-        mean: FloatArray = np.multiply(s, 1.0 / n, dtype=np.float64)  # new: the caller's sum stays
+        mean = np.multiply(s, 1.0 / n, dtype=np.float64)  # new: the caller's sum stays
+        return self.aggregate_mean(g, mean, t, total_examples=n)
+
+    def aggregate_mean(self, global_vec: FloatArray, mean: FloatArray, total_weight: float, *,
+                       total_examples: float) -> FloatArray:
+        """The new global vector from a round's weighted mean: the one step every round goes
+        through, from single updates (:meth:`aggregate`) or a secure sum
+        (:meth:`aggregate_sum`); a subclass that logs or alters rounds extends this.
+
+        Parameters
+        ----------
+        global_vec
+            The current global vector (checked, float64).
+        mean
+            ``sum_i weight(u_i) * u_i.vector / total_examples``, float64: a new array the
+            strategy may change in place.
+        total_weight
+            ``sum_i weight(u_i)``.
+        total_examples
+            ``sum_i u_i.num_examples``.
+        """
+        g, t, n = global_vec, total_weight, total_examples
         if self.plain_mean and t == n:
             return mean  # g + (mean - g): the same up to rounding, two passes over the model fewer
         # sum_i w_i (v_i - g) / n: the pseudo-gradient of Reddi et al. (2021), negated.

@@ -363,24 +363,50 @@ def test_the_cupy_elementwise_and_query_kernels_on_the_gpu_match_the_reference()
                                       _reference.clipped_histogram(y, -2.5, 3.0, bins))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1, 3, 4, 5, 8, 9, 13])
-def test_the_weighted_sum_matches_the_blas_reference(n: int, dtype: type) -> None:
-    # four vectors per pass, and the one-by-one tail: every n mod 4
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "mixed"])
+@pytest.mark.parametrize("n", [1, 3, 13])
+@pytest.mark.parametrize("size", [1, 2047, 2048, 5001])
+def test_the_weighted_sum_matches_the_blas_reference(n: int, dtype: object, size: int) -> None:
+    # one pass over every vector, in blocks of 2048 coordinates (sizes around a block and a
+    # partial last block), float32 and float64 inputs in one call, either output dtype
     from fednb.kernels import _sum
 
-    rng = np.random.default_rng(n)
-    vecs = [rng.normal(size=1001).astype(dtype) for _ in range(n)]
+    rng = np.random.default_rng(n * size)
+    types = [dtype] * n if dtype != "mixed" else [(np.float32, np.float64)[i % 2] for i in range(n)]
+    vecs = [rng.normal(size=size).astype(t) for t in types]
     weights = [float(w) for w in rng.integers(1, 300, size=n)]
-    want = _reference.weighted_sum(vecs, weights)
-    got = _sum.weighted_sum(vecs, weights)
-    assert got.dtype == want.dtype == dtype
     exact = sum(w * v.astype(np.float64) for w, v in zip(weights, vecs, strict=True))
     scale = float(np.abs(exact).max()) * n
-    tol = 1e-6 if dtype == np.float32 else 1e-13
-    np.testing.assert_allclose(got, exact, rtol=0, atol=tol * scale)
-    np.testing.assert_allclose(want, exact, rtol=0, atol=tol * scale)
-    assert kernels.weighted_sum(vecs, weights).dtype == dtype
+    default = np.float32 if all(t == np.float32 for t in types) else np.float64
+    assert kernels.weighted_sum(vecs, weights).dtype == default
+    for out in (np.float32, np.float64):
+        want = _reference.weighted_sum(vecs, weights, out)
+        got, finite = _sum.weighted_sum(vecs, weights, np.dtype(out))
+        assert finite and got.dtype == want.dtype == out
+        # the kernel accumulates in float64: only the output's rounding is left
+        np.testing.assert_allclose(got, exact.astype(out), rtol=0, atol=1e-13 * scale)
+        tol = 1e-6 if out == np.float32 else 1e-13
+        np.testing.assert_allclose(want, exact, rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize("where", [0, 2047, 2048, 5000])
+def test_the_weighted_sum_says_whether_its_values_are_finite(where: int) -> None:
+    from fednb.kernels import _sum
+
+    ok = [np.ones(5001, np.float32), np.ones(5001)]
+    for bad in (np.nan, np.inf, -np.inf):
+        vec = np.ones(5001, np.float32)
+        vec[where] = bad
+        total, finite = _sum.weighted_sum([*ok, vec], [1.0, 2.0, 0.5], np.dtype(np.float64))
+        assert not finite and not np.isfinite(total[where])
+        assert np.isfinite(np.delete(total, where)).all()
+        strided = np.repeat(vec, 2)[::2]  # not contiguous: the reference and its scan
+        assert not strided.flags.c_contiguous
+        assert not kernels.weighted_sum_checked([*ok, strided], [1.0, 2.0, 0.5])[1]
+    # a finite sum too large for a float32 output is not finite there, but is in float64
+    big = np.full(5001, 3e38, np.float32)
+    assert not _sum.weighted_sum([big, big], [1.0, 1.0], np.dtype(np.float32))[1]
+    assert _sum.weighted_sum([big, big], [1.0, 1.0], np.dtype(np.float64))[1]
 
 
 def test_the_weighted_sum_checks_its_input_and_widens_mixed_dtypes() -> None:
@@ -388,10 +414,14 @@ def test_the_weighted_sum_checks_its_input_and_widens_mixed_dtypes() -> None:
         kernels.weighted_sum([np.ones(3)], [1.0, 2.0])
     with pytest.raises(InvalidInput, match="one length"):
         kernels.weighted_sum([np.ones(3), np.ones(4)], [1.0, 2.0])
+    with pytest.raises(InvalidInput, match="float32 or float64"):
+        kernels.weighted_sum([np.ones(3)], [1.0], dtype=np.int32)
     mixed = kernels.weighted_sum([np.ones(3, np.float32), np.ones(3)], [1.0, 2.0])
     assert mixed.dtype == np.float64 and mixed.tolist() == [3.0, 3.0, 3.0]
-    strided = kernels.weighted_sum([np.arange(6.0)[::2]], [2.0])  # not contiguous: the reference
-    assert strided.tolist() == [0.0, 4.0, 8.0]
+    strided, finite = kernels.weighted_sum_checked([np.arange(6.0)[::2]], [2.0])  # the reference
+    assert finite and strided.tolist() == [0.0, 4.0, 8.0]
+    ints = kernels.weighted_sum([np.arange(3)], [2.0], dtype=np.float32)  # integers: the reference
+    assert ints.dtype == np.float32 and ints.tolist() == [0.0, 2.0, 4.0]
 
 
 def test_all_finite_is_exact_also_when_the_sum_of_squares_overflows(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -392,18 +392,28 @@ def test_fedbuff_discounts_stale_updates() -> None:
 
 
 @pytest.mark.parametrize("cls", [FedAvg, FedAdam])
-def test_a_sum_that_overflows_is_refused_before_the_server_state_moves(cls: type[Strategy]) -> None:
-    # The FedAvg family scans the aggregate once instead of every input: finite float32
-    # updates near float32's largest value sum to infinity, and that must still be refused.
-    big = np.full(4, 3e38, np.float32)
+def test_a_non_finite_mean_is_refused_before_the_server_state_moves(cls: type[Strategy]) -> None:
+    # The FedAvg family checks the mean instead of every input: an update whose NaN no one
+    # scanned (checked=True, as simulate defers it) must still be refused, and the server
+    # optimiser's state must not move.
     strategy = cls()
     strategy.aggregate(np.zeros(4), [ClientUpdate(np.ones(4, np.float32), 1, "a")])  # state to keep
     before = {k: np.array(v, copy=True) for k, v in strategy.state_dict().items()}
-    with pytest.raises(InvalidInput, match="overflowed"):
-        strategy.aggregate(np.zeros(4), [ClientUpdate(big, 1, "a"), ClientUpdate(big, 1, "b")])
+    bad = np.array([1.0, np.nan, 2.0, 3.0], np.float32)
+    for vec in (bad, np.array([np.inf, 0, 0, 0])):
+        with pytest.raises(InvalidInput, match="NaN or infinity"):
+            strategy.aggregate(np.zeros(4), [ClientUpdate(np.ones(4, np.float32), 3, "a"),
+                                             ClientUpdate(vec, 1, "b", checked=True)])
     after = strategy.state_dict()
     assert sorted(after) == sorted(before)
     assert all(np.array_equal(v, after[k]) for k, v in before.items())
+
+
+def test_finite_float32_updates_near_the_largest_float32_average_exactly() -> None:
+    # the mean is accumulated in float64 and never stored as a sum: no overflow to refuse
+    big = np.full(4, 3e38, np.float32)
+    out = FedAvg().aggregate(np.zeros(4), [ClientUpdate(big, 1, "a"), ClientUpdate(big, 3, "b")])
+    np.testing.assert_allclose(out, np.float64(np.float32(3e38)), rtol=1e-15)
 
 
 def test_checked_skips_only_the_scan_of_values() -> None:
@@ -435,21 +445,25 @@ def test_sums_run_blas_on_one_thread_and_restore_it() -> None:
     assert blas_threads() == before
 
 
-def test_aggregate_goes_through_aggregate_sum_and_returns_a_plain_array() -> None:
-    # a subclass that extends aggregate_sum (server-side logging, clipping ...) sees every
-    # plain round too, and nothing of the checked-vector marker leaks out of the strategy
-    seen: list[float] = []
+def test_every_round_goes_through_aggregate_mean_and_returns_a_plain_array() -> None:
+    # a subclass that extends aggregate_mean (server-side logging, clipping ...) sees every
+    # round, from single updates or from a secure sum, with the same mean and totals
+    seen: list[tuple[float, float, np.ndarray]] = []
 
     class Logged(FedAdam):
-        def aggregate_sum(self, global_vec: np.ndarray, weighted_sum: np.ndarray, total_weight: float, *,
-                          total_examples: float | None = None) -> np.ndarray:
-            seen.append(total_weight)
-            return super().aggregate_sum(global_vec, weighted_sum, total_weight,
-                                         total_examples=total_examples)
+        def aggregate_mean(self, global_vec: np.ndarray, mean: np.ndarray, total_weight: float, *,
+                           total_examples: float) -> np.ndarray:
+            seen.append((total_weight, total_examples, mean.copy()))
+            return super().aggregate_mean(global_vec, mean, total_weight, total_examples=total_examples)
 
     ups = [ClientUpdate(np.ones(3, np.float32), 2, "a"), ClientUpdate(np.zeros(3, np.float32), 3, "b")]
     for strategy in (Logged(), FedAvg()):
         out = strategy.aggregate(np.zeros(3), ups)
         assert type(out) is np.ndarray and out.dtype == np.float64
-    assert seen == [5.0]
+    from_sum = Logged().aggregate_sum(np.zeros(3), np.full(3, 2.0, np.float32), 5.0)
+    assert type(from_sum) is np.ndarray
+    assert [(t, n) for t, n, _ in seen] == [(5.0, 5.0), (5.0, 5.0)]
+    for _, _, mean in seen:
+        assert mean.dtype == np.float64
+        np.testing.assert_allclose(mean, 0.4)
     np.testing.assert_allclose(FedAvg().aggregate(np.zeros(3), ups), 0.4)

@@ -1,0 +1,62 @@
+"""Keep freed memory in the process while a simulation runs (glibc only).
+
+A simulated round allocates the same large arrays every round: each hospital's copy of the
+weights, what its code returns, the sum. glibc gives freed memory above its trim threshold
+back to the kernel at once (and serves allocations above its mmap threshold by a fresh
+mapping each time), so every round pays a page fault for each 4 KiB page again: about 2 ms
+per 4 MB array on the virtual machines we measured, as much as the arithmetic of a whole
+no-op round at N=10, P=1e6 (``bench/rounds.py``). :func:`keep_freed_memory` raises both
+thresholds for the run, so that freed arrays are reused, and gives the memory back at the
+end (``malloc_trim``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import platform
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["keep_freed_memory"]
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic threshold on 64-bit systems
+AFTER_TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # what glibc's dynamic rule sets beside that threshold
+DURING_TRIM_THRESHOLD = 2**31 - 1  # the most a C int holds: in effect, no trim during the run
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+@contextlib.contextmanager
+def keep_freed_memory() -> Iterator[bool]:
+    """A context in which glibc keeps freed memory for reuse instead of returning it to the
+    kernel; yields whether it could (False off glibc, where it does nothing).
+
+    On exit, memory not in use is returned (``malloc_trim(0)``), and the thresholds are left
+    where glibc's own dynamic rule puts them once a 32 MiB array has been freed (mmap above
+    32 MiB, trim above 64 MiB): setting them turns that rule off for the process.
+    """
+    libc = _libc()
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(_M_TRIM_THRESHOLD, DURING_TRIM_THRESHOLD)
+    libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    try:
+        yield True
+    finally:
+        libc.mallopt(_M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
+        libc.malloc_trim(0)

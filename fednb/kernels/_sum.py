@@ -1,15 +1,18 @@
 """The weighted sum of N flat updates in one pass over them (Numba, one core).
 
 The output is built a block of 2048 coordinates at a time: a float64 accumulator the size
-of the block stays in the L1 cache while every update's slice of the block is added into
-it, and the block is written out once. Memory traffic is one read of each update and one
-write of the total, whatever N: a BLAS axpy per update reads and writes the whole total
-N times. Accumulating in float64 costs nothing here (the loop is memory-bound), so a sum
-of float32 updates is as exact as a float64 one before it is stored in the output dtype.
+of the block stays in the L1 cache while the updates' slices of the block are added into
+it, eight updates at a time (then four, then one), and the block is written out once.
+Memory traffic is one read of each update and one write of the total, whatever N: a BLAS
+axpy per update reads and writes the whole total N times. Reading eight updates together
+keeps eight memory streams in flight: one stream at a time reads at about half the
+bandwidth on one core. Accumulating in float64 costs nothing here (the loop is
+memory-bound), so a sum of float32 updates is as exact as a float64 one before it is
+stored in the output dtype.
 
-The kernel reaches the N updates through their addresses (an int64 array), so one
-compiled function serves every N: the caller keeps the arrays alive and checks that they
-are C-contiguous, of one length, float32 or float64. It also says whether every output
+The kernel reaches the updates through their addresses (an int64 array per input dtype),
+so one compiled function serves every N: the caller keeps the arrays alive and checks that
+they are C-contiguous, of one length, float32 or float64. It also says whether every output
 value is finite, from the block while it is in the cache.
 
 It runs on the calling thread (``nogil``): a second thread gains little on a memory-bound
@@ -45,24 +48,55 @@ def _pointer_typed(typingctx: Any, address: Any) -> Any:  # pragma: no cover - c
 _pointer: Any = intrinsic(_pointer_typed)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _add(acc: Any, addresses: Any, weights: Any, start: int, m: int, like: Any) -> None:  # pragma: no cover
+    """``acc[:m] += sum_j weights[j] * x_j[start:start + m]`` over the vectors of ``like``'s
+    dtype at ``addresses``, eight at a time, then four, then one."""
+    offset = like.itemsize * start
+    n, j = addresses.size, 0
+    while j + 8 <= n:
+        x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
+        x1 = carray(_pointer(addresses[j + 1] + offset), (m,), like.dtype)
+        x2 = carray(_pointer(addresses[j + 2] + offset), (m,), like.dtype)
+        x3 = carray(_pointer(addresses[j + 3] + offset), (m,), like.dtype)
+        x4 = carray(_pointer(addresses[j + 4] + offset), (m,), like.dtype)
+        x5 = carray(_pointer(addresses[j + 5] + offset), (m,), like.dtype)
+        x6 = carray(_pointer(addresses[j + 6] + offset), (m,), like.dtype)
+        x7 = carray(_pointer(addresses[j + 7] + offset), (m,), like.dtype)
+        w0, w1, w2, w3 = weights[j], weights[j + 1], weights[j + 2], weights[j + 3]
+        w4, w5, w6, w7 = weights[j + 4], weights[j + 5], weights[j + 6], weights[j + 7]
+        for i in range(m):
+            acc[i] += ((w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])) + \
+                ((w4 * x4[i] + w5 * x5[i]) + (w6 * x6[i] + w7 * x7[i]))
+        j += 8
+    if j + 4 <= n:
+        x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
+        x1 = carray(_pointer(addresses[j + 1] + offset), (m,), like.dtype)
+        x2 = carray(_pointer(addresses[j + 2] + offset), (m,), like.dtype)
+        x3 = carray(_pointer(addresses[j + 3] + offset), (m,), like.dtype)
+        w0, w1, w2, w3 = weights[j], weights[j + 1], weights[j + 2], weights[j + 3]
+        for i in range(m):
+            acc[i] += (w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])
+        j += 4
+    while j < n:
+        x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
+        w0 = weights[j]
+        for i in range(m):
+            acc[i] += w0 * x0[i]
+        j += 1
+
+
 @njit(nogil=True, cache=True)
-def _sum_blocks(out: Any, addresses: Any, is64: Any, weights: Any) -> bool:  # pragma: no cover - compiled
+def _sum_blocks(out: Any, a32: Any, w32: Any, a64: Any, w64: Any) -> bool:  # pragma: no cover - compiled
     size = out.size
     acc = np.empty(_BLOCK, np.float64)
+    like32, like64 = np.empty(0, np.float32), np.empty(0, np.float64)
     nonfinite = 0
     for start in range(0, size, _BLOCK):
         m = min(_BLOCK, size - start)
         acc[:m] = 0.0
-        for j in range(addresses.size):
-            w = weights[j]
-            if is64[j]:
-                x64 = carray(_pointer(addresses[j] + 8 * start), (m,), np.float64)
-                for i in range(m):
-                    acc[i] += w * x64[i]
-            else:
-                x32 = carray(_pointer(addresses[j] + 4 * start), (m,), np.float32)
-                for i in range(m):
-                    acc[i] += w * x32[i]
+        _add(acc, a32, w32, start, m, like32)
+        _add(acc, a64, w64, start, m, like64)
         for i in range(m):
             out[start + i] = acc[i]
             v = out[start + i]  # as stored: a float32 output may overflow where acc did not
@@ -76,7 +110,9 @@ def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float],
     float64, and whether every value of it is finite. The vectors are C-contiguous, of one
     length, each float32 or float64 (the caller checks)."""
     out: FloatArray = np.empty(vectors[0].shape[0], dtype=dtype)
-    addresses = np.fromiter((v.ctypes.data for v in vectors), np.int64, len(vectors))
-    is64 = np.fromiter((v.dtype == np.float64 for v in vectors), np.bool_, len(vectors))
-    finite = _sum_blocks(out, addresses, is64, np.asarray(weights, dtype=np.float64))
-    return out, bool(finite)
+    groups = []
+    for kind in (np.float32, np.float64):
+        pick = [i for i, v in enumerate(vectors) if v.dtype == kind]
+        groups += [np.fromiter((vectors[i].ctypes.data for i in pick), np.int64, len(pick)),
+                   np.fromiter((weights[i] for i in pick), np.float64, len(pick))]
+    return out, bool(_sum_blocks(out, *groups))

@@ -2,7 +2,8 @@
 
 The output is built a block of 2048 coordinates at a time: a float64 accumulator the size
 of the block stays in the L1 cache while the updates' slices of the block are added into
-it, eight updates at a time (then four, then one), and the block is written out once.
+it, eight updates at a time (then four, two, one); the last group stores the block into
+the output as it adds (a separate pass to write the block was 5-10% slower).
 Memory traffic is one read of each update and one write of the total, whatever N: a BLAS
 axpy per update reads and writes the whole total N times. Reading eight updates together
 keeps eight memory streams in flight: one stream at a time reads at about half the
@@ -13,7 +14,11 @@ stored in the output dtype.
 The kernel reaches the updates through their addresses (an int64 array per input dtype),
 so one compiled function serves every N: the caller keeps the arrays alive and checks that
 they are C-contiguous, of one length, float32 or float64. It also says whether every output
-value is finite, from the block while it is in the cache.
+value is finite, as it stores them.
+
+Against the float32 sum it replaces (four updates per pass over a float32 total, then a
+multiply into the float64 mean and a finiteness scan), the whole mean takes 0.75-0.95x the
+time here: 59 against 77 ms at N=10, P=1e7; 37 against 39 ms at N=100, P=1e6.
 
 It runs on the calling thread (``nogil``): a second thread gains little on a memory-bound
 loop and loses much when other processes keep the cores busy.
@@ -49,12 +54,28 @@ _pointer: Any = intrinsic(_pointer_typed)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _add(acc: Any, addresses: Any, weights: Any, start: int, m: int, like: Any) -> None:  # pragma: no cover
+def _put(acc: Any, out: Any, start: int, i: int, v: float, last: bool) -> int:  # pragma: no cover
+    """Keep ``v`` in the accumulator, or store it (the block's last group): then 1 if the
+    stored value is not finite (``v - v`` is 0 for a finite value, NaN otherwise)."""
+    if not last:
+        acc[i] = v
+        return 0
+    out[start + i] = v
+    stored = out[start + i]  # as stored: a float32 output may overflow where v did not
+    return 1 if (stored - stored) != 0.0 else 0
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add(acc: Any, out: Any, addresses: Any, weights: Any, start: int, m: int, like: Any,
+         final: bool) -> int:  # pragma: no cover - compiled
     """``acc[:m] += sum_j weights[j] * x_j[start:start + m]`` over the vectors of ``like``'s
-    dtype at ``addresses``, eight at a time, then four, then one."""
+    dtype at ``addresses``, eight at a time, then four, two, one; with ``final``, the last
+    group stores ``acc + its sum`` into ``out`` instead (no separate pass over the block)
+    and the number of values stored that are not finite comes back."""
     offset = like.itemsize * start
-    n, j = addresses.size, 0
+    n, j, bad = addresses.size, 0, 0
     while j + 8 <= n:
+        last = final and j + 8 == n
         x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
         x1 = carray(_pointer(addresses[j + 1] + offset), (m,), like.dtype)
         x2 = carray(_pointer(addresses[j + 2] + offset), (m,), like.dtype)
@@ -66,28 +87,41 @@ def _add(acc: Any, addresses: Any, weights: Any, start: int, m: int, like: Any) 
         w0, w1, w2, w3 = weights[j], weights[j + 1], weights[j + 2], weights[j + 3]
         w4, w5, w6, w7 = weights[j + 4], weights[j + 5], weights[j + 6], weights[j + 7]
         for i in range(m):
-            acc[i] += ((w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])) + \
+            v = ((w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])) + \
                 ((w4 * x4[i] + w5 * x5[i]) + (w6 * x6[i] + w7 * x7[i]))
+            bad += _put(acc, out, start, i, acc[i] + v, last)
         j += 8
     if j + 4 <= n:
+        last = final and j + 4 == n
         x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
         x1 = carray(_pointer(addresses[j + 1] + offset), (m,), like.dtype)
         x2 = carray(_pointer(addresses[j + 2] + offset), (m,), like.dtype)
         x3 = carray(_pointer(addresses[j + 3] + offset), (m,), like.dtype)
         w0, w1, w2, w3 = weights[j], weights[j + 1], weights[j + 2], weights[j + 3]
         for i in range(m):
-            acc[i] += (w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])
+            v = (w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])
+            bad += _put(acc, out, start, i, acc[i] + v, last)
         j += 4
-    while j < n:
+    if j + 2 <= n:
+        last = final and j + 2 == n
+        x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
+        x1 = carray(_pointer(addresses[j + 1] + offset), (m,), like.dtype)
+        w0, w1 = weights[j], weights[j + 1]
+        for i in range(m):
+            bad += _put(acc, out, start, i, acc[i] + (w0 * x0[i] + w1 * x1[i]), last)
+        j += 2
+    if j < n:
         x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
         w0 = weights[j]
         for i in range(m):
-            acc[i] += w0 * x0[i]
-        j += 1
+            bad += _put(acc, out, start, i, acc[i] + w0 * x0[i], final)
+    return bad
 
 
 @njit(nogil=True, cache=True)
 def _sum_blocks(out: Any, a32: Any, w32: Any, a64: Any, w64: Any) -> bool:  # pragma: no cover - compiled
+    """The mean of the vectors at ``a32`` (float32) and ``a64`` (float64) into ``out``; True
+    when every stored value is finite."""
     size = out.size
     acc = np.empty(_BLOCK, np.float64)
     like32, like64 = np.empty(0, np.float32), np.empty(0, np.float64)
@@ -95,12 +129,11 @@ def _sum_blocks(out: Any, a32: Any, w32: Any, a64: Any, w64: Any) -> bool:  # pr
     for start in range(0, size, _BLOCK):
         m = min(_BLOCK, size - start)
         acc[:m] = 0.0
-        _add(acc, a32, w32, start, m, like32)
-        _add(acc, a64, w64, start, m, like64)
-        for i in range(m):
-            out[start + i] = acc[i]
-            v = out[start + i]  # as stored: a float32 output may overflow where acc did not
-            nonfinite += (v - v) != 0.0  # v - v is 0 for a finite v, NaN for NaN and infinity
+        if a64.size:
+            _add(acc, out, a32, w32, start, m, like32, False)
+            nonfinite += _add(acc, out, a64, w64, start, m, like64, True)
+        else:
+            nonfinite += _add(acc, out, a32, w32, start, m, like32, True)
     return nonfinite == 0
 
 

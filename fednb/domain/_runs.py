@@ -211,7 +211,10 @@ class RunBook:
                     policy = dataclasses.replace(policy, defer_noise=True)
                 upd = (outcome.update if req.kind == "query"  # noised by the query mechanism
                        else apply_output_policy(outcome.update, policy, self._d.noise))
-                sent, meta = compress(upd.weights, compression, self._d.noise.uniform)
+                try:
+                    sent, meta = compress(upd.weights, compression, self._d.noise.uniform)
+                except InvalidInput as exc:  # float16 overflow: refused here, not infinity on the wire
+                    raise OutputRejected("compression_overflow", str(exc)) from None
                 result = encode_message({"metrics": upd.metrics, "num_examples": n, "secure": secure,
                                          **({"noise_deferred": True} if defer else {}), **meta}, sent)
                 # no-DP results are always held; DP results follow the approval's release mode;

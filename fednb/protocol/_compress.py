@@ -23,7 +23,15 @@ Compression = Literal["none", "fp16", "int8"]
 
 def compress(tensors: Weights, kind: Compression,
              uniform: Callable[[int], Array]) -> tuple[Weights, dict[str, Any]]:
-    """Compress float tensors; returns the tensors to send and the header to send beside them."""
+    """Compress float tensors; returns the tensors to send and the header to send beside them.
+
+    Raises
+    ------
+    InvalidInput
+        With ``fp16``, for a tensor holding a value beyond float16's range (about 65504 in
+        magnitude), which float16 would turn into infinity; the message names the tensor,
+        not its values.
+    """
     if kind == "none":
         return tensors, {}
     out: Weights = {}
@@ -34,7 +42,12 @@ def compress(tensors: Weights, kind: Compression,
             continue
         meta["dtypes"][name] = str(arr.dtype)
         if kind == "fp16":
-            out[name] = arr.astype(np.float16)
+            with np.errstate(over="ignore"):
+                half = arr.astype(np.float16)
+            if not np.isfinite(half).all() and np.isfinite(arr).all():
+                raise InvalidInput(f"tensor {name!r} holds values beyond float16's range (about 65504): "
+                                   "send it with compression='none' or 'int8'")
+            out[name] = half
             continue
         x = arr.astype(np.float64)
         scale = float(np.abs(x).max()) / 127.0 if x.size else 0.0

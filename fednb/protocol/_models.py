@@ -62,6 +62,7 @@ ReasonCode = Literal[
     "output_too_large",
     "invalid_output",
     "nonfinite_output",
+    "compression_overflow",
     "shape_mismatch",
     "worker_crashed",
     "sandbox_unavailable",

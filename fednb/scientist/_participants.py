@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from fednb.client import RemoteRequest, RemoteRun, RemoteSecAggPeer
-from fednb.errors import FednbError
+from fednb.errors import FednbError, InvalidInput
 from fednb.privacy import Event, SecureNoise, accountant_for
 from fednb.protocol import ClientDP, Compression, SecAggConfig, Update, compress, decompress
 from fednb.runtime import (
@@ -239,8 +239,13 @@ class LocalParticipant:
             self._held[run_id] = flatten(out.weights)[0]
             return Outcome("succeeded", "ok", Update({}, out.metrics, num_examples=self.num_examples),
                            time.monotonic() - t0, 0, _nbytes(weights), self.epsilon())
-        sent, meta = compress(out.weights, self.compression,
-                              self.noise.uniform if self.noise is not None else _no_uniform)
+        try:
+            sent, meta = compress(out.weights, self.compression,
+                                  self.noise.uniform if self.noise is not None else _no_uniform)
+        except InvalidInput:  # float16 overflow: refused as a domain refuses it, charge freed
+            self._charges.pop(run_id, None)
+            return Outcome("failed", "compression_overflow", seconds=time.monotonic() - t0,
+                           epsilon=self.epsilon())
         update = Update(decompress(sent, meta), out.metrics, num_examples=self.num_examples)
         deferred = not policy.check_finite
         return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(sent), _nbytes(weights),

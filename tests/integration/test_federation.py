@@ -247,6 +247,31 @@ def test_compressed_updates_on_the_wire(sites: dict[str, Site]) -> None:
     np.testing.assert_allclose(sim.weights["w"], 2.0)
 
 
+@fednb.remote
+def far_out(data, weights):
+    return {k: v + 1e5 for k, v in weights.items()}  # beyond float16's range
+
+
+def test_a_domain_refuses_an_update_float16_cannot_carry_and_frees_its_charge(sites: dict[str, Site]) -> None:
+    from fednb.domain._store import ChargeRow
+
+    s = sites["h0"]
+    alice = fednb.connect(s.server.url, token=s.scientist)
+    dp = fednb.ClientDP(clip=1e6, noise_multiplier=1e-3)  # 31 values of 1e5: a norm of 5.6e5, unclipped
+    req = far_out.request(alice, "bc", runs=2, weights=W0, dp=dp)
+    fednb.connect(s.server.url, token=s.owner).requests.get(req.id).approve()
+    run = req.run(W0, compression="fp16")
+    info = run.wait(60)
+    assert (info.status, info.reason) == ("failed", "compression_overflow")
+    owner = s.server.domain.runs.owner_view(run.id)
+    assert "float16" in (owner.owner_log or "")
+    with s.server.domain.store.session() as db:
+        (charge,) = [c for c in db.query(ChargeRow).all() if c.request_id == req.id]
+    assert charge.state == "freed"  # nothing left the domain
+    ok = req.run(W0)  # the same update uncompressed goes
+    assert ok.wait(60).status == "succeeded"
+
+
 def test_simulate_on_a_dask_cluster() -> None:
     pytest.importorskip("distributed")
     parts, xte, yte = split()

@@ -95,21 +95,28 @@ def _overflow_fp16(data, weights):
     return fednb.Update(weights={k: v + big for k, v in weights.items()})
 
 
-def test_an_update_decoded_from_fp16_is_scanned_again() -> None:
-    # A virtual hospital's output policy found its update finite; float16 on the wire can
-    # still make it infinite, so only uncompressed in-process updates skip the driver's scan.
+def test_an_update_beyond_float16s_range_is_refused_before_it_is_sent() -> None:
+    # float16 turns 1e5 into infinity: the hospital refuses to send it (as a domain does),
+    # with a reason that says so, instead of infinity reaching the driver
     import xarray as xr
+
+    from fednb.protocol import compress
 
     parts = {name: xr.Dataset({"x": ("row", np.array([v]))}) for name, v in (("a", 1e5), ("b", 1.0))}
     hist = fednb.simulate(_overflow_fp16, parts, initial={"w": np.zeros(3, np.float32)}, rounds=1,
                           compression="fp16", progress=False)
-    np.testing.assert_array_equal(hist.weights["w"], 1.0)  # b's alone: a's infinite update dropped
+    np.testing.assert_array_equal(hist.weights["w"], 1.0)  # b's alone
     status = hist.metrics["status"].sel(round=0)
     assert status.sel(domain="a").item() == "failed" and status.sel(domain="b").item() == "succeeded"
-    assert [r.reason for r in hist.records if r.domain == "a"] == ["nonfinite_update"]
+    assert [r.reason for r in hist.records if r.domain == "a"] == ["compression_overflow"]
     plain = fednb.simulate(_overflow_fp16, parts, initial={"w": np.zeros(3, np.float32)}, rounds=1,
                            progress=False)
     np.testing.assert_allclose(plain.weights["w"], (1e5 + 1.0) / 2)
+    with pytest.raises(fednb.errors.InvalidInput, match="'w' holds values beyond float16") as err:
+        compress({"w": np.array([1.0, 65520.0])}, "fp16", lambda n: np.zeros(n))
+    assert "65520" not in str(err.value)  # the tensor is named, its values are not echoed
+    sent, _ = compress({"w": np.array([1.0, 65519.0, -65504.0])}, "fp16", lambda n: np.zeros(n))
+    assert np.isfinite(sent["w"]).all()  # what rounds to float16's largest value still goes
 
 
 @fednb.remote

@@ -201,6 +201,7 @@ class RunBook:
     def _finish(self, run_id: str, req: RequestRow, dataset: str, outcome: WorkerOutcome,
                 policy: OutputPolicy, compression: Compression, dp: bool, secure: bool = False) -> None:
         result, state = None, None
+        spent = False  # a refusal that depends on the noised update: its charge is not freed
         n = self._d.card(dataset).num_examples
         if outcome.status == "succeeded" and outcome.update is not None:
             try:
@@ -214,6 +215,9 @@ class RunBook:
                 try:
                     sent, meta = compress(upd.weights, compression, self._d.noise.uniform)
                 except InvalidInput as exc:  # float16 overflow: refused here, not infinity on the wire
+                    # whether it overflows is a function of the noised update, so the refusal
+                    # the scientist sees is a release of it: with DP its charge stays committed
+                    spent = policy.dp is not None
                     raise OutputRejected("compression_overflow", str(exc)) from None
                 result = encode_message({"metrics": upd.metrics, "num_examples": n, "secure": secure,
                                          **({"noise_deferred": True} if defer else {}), **meta}, sent)
@@ -229,7 +233,8 @@ class RunBook:
                 outcome.status, outcome.reason, result, state)
             row.owner_log, row.finished, row.backend = outcome.log[-20_000:], utcnow(), outcome.backend
             row.num_examples = n if result is not None else None
-            charge = "committed" if state in ("released", "secagg") else "freed" if result is None else None
+            charge = ("committed" if state in ("released", "secagg") or spent
+                      else "freed" if result is None else None)
             if charge is not None and self._d.ledger.settle(tx.s, run_id, charge):
                 tx.log("domain", f"charge.{charge}", run=run_id, request=req.id, scientist=req.scientist,
                        dataset=dataset, epsilon_after=row.epsilon)

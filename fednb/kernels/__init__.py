@@ -88,7 +88,9 @@ def weighted_sum_checked(vectors: Sequence[FloatArray], weights: Sequence[float]
     checks each block of the output while it is in the cache; the reference scans it).
 
     A sum of finite vectors with finite weights is finite unless it overflows, and a NaN or
-    infinite input makes it NaN or infinite: one check of the sum covers its inputs."""
+    infinite input with a nonzero weight makes it NaN or infinite: one check of the sum
+    covers its inputs (the reference's BLAS skips a vector weighted 0, NaN and all)."""
+    vectors = tuple(vectors)  # what is checked is what is summed
     if not vectors or len(vectors) != len(weights):
         raise InvalidInput("weighted_sum takes as many weights as vectors, and at least one")
     size = vectors[0].shape
@@ -100,7 +102,7 @@ def weighted_sum_checked(vectors: Sequence[FloatArray], weights: Sequence[float]
     if out not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise InvalidInput(f"weighted_sum returns float32 or float64, not {out}")
     fast = (dtypes <= {np.dtype(np.float32), np.dtype(np.float64)}
-            and all(v.flags.c_contiguous for v in vectors))
+            and all(v.flags.c_contiguous and v.flags.aligned for v in vectors))
     if fast and backend() != "numpy":
         try:
             from fednb.kernels import _sum

@@ -8,6 +8,11 @@ per 4 MB array on the virtual machines we measured, as much as the arithmetic of
 no-op round at N=10, P=1e6 (``bench/rounds.py``). :func:`keep_freed_memory` raises both
 thresholds for the run, so that freed arrays are reused, and gives the memory back at the
 end (``malloc_trim``).
+
+What it does not do: arrays above 32 MiB (glibc's ceiling for the mmap threshold) are
+still mapped afresh each time; memory freed during the run stays in the process until it
+ends (a function's one-off large temporaries too); and after the first run glibc's own
+dynamic thresholds stay off for the process (they are left where that rule would put them).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import ctypes
 import functools
 import platform
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +31,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic threshold on 64-bit systems
 AFTER_TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # what glibc's dynamic rule sets beside that threshold
 DURING_TRIM_THRESHOLD = 2**31 - 1  # the most a C int holds: in effect, no trim during the run
+_lock = threading.Lock()
+_active = 0  # runs inside the context now: the first sets the thresholds, the last restores them
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,14 +57,21 @@ def keep_freed_memory() -> Iterator[bool]:
     where glibc's own dynamic rule puts them once a 32 MiB array has been freed (mmap above
     32 MiB, trim above 64 MiB): setting them turns that rule off for the process.
     """
+    global _active
     libc = _libc()
     if libc is None:
         yield False
         return
-    libc.mallopt(_M_TRIM_THRESHOLD, DURING_TRIM_THRESHOLD)
-    libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    with _lock:
+        _active += 1
+        if _active == 1:
+            libc.mallopt(_M_TRIM_THRESHOLD, DURING_TRIM_THRESHOLD)
+            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     try:
         yield True
     finally:
-        libc.mallopt(_M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
-        libc.malloc_trim(0)
+        with _lock:
+            _active -= 1
+            if _active == 0:  # nested or concurrent runs: only the last one out gives memory back
+                libc.mallopt(_M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
+                libc.malloc_trim(0)

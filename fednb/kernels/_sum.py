@@ -120,8 +120,8 @@ def _add(acc: Any, out: Any, addresses: Any, weights: Any, start: int, m: int, l
 
 @njit(nogil=True, cache=True)
 def _sum_blocks(out: Any, a32: Any, w32: Any, a64: Any, w64: Any) -> bool:  # pragma: no cover - compiled
-    """The mean of the vectors at ``a32`` (float32) and ``a64`` (float64) into ``out``; True
-    when every stored value is finite."""
+    """The weighted sum of the vectors at ``a32`` (float32) and ``a64`` (float64) into
+    ``out``; True when every stored value is finite."""
     size = out.size
     acc = np.empty(_BLOCK, np.float64)
     like32, like64 = np.empty(0, np.float32), np.empty(0, np.float64)
@@ -137,12 +137,29 @@ def _sum_blocks(out: Any, a32: Any, w32: Any, a64: Any, w64: Any) -> bool:  # pr
     return nonfinite == 0
 
 
+_KINDS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float],
                  dtype: np.dtype[Any]) -> tuple[FloatArray, bool]:
     """``sum_i weights[i] * vectors[i]`` in ``dtype`` (float32 or float64), accumulated in
-    float64, and whether every value of it is finite. The vectors are C-contiguous, of one
-    length, each float32 or float64 (the caller checks)."""
-    out: FloatArray = np.empty(vectors[0].shape[0], dtype=dtype)
+    float64, and whether every value of it is finite.
+
+    The kernel reads raw addresses, so what it is given is checked here (O(N)): one or
+    more flat, C-contiguous, aligned vectors of one length, each native float32 or
+    float64; they are held in a tuple of this call's own while it runs (the caller's list
+    may change in another thread).
+    """
+    vectors = tuple(vectors)
+    if not vectors or len(weights) != len(vectors) or np.dtype(dtype) not in _KINDS:
+        raise ValueError("weighted_sum takes one or more vectors, a weight each, and a float output dtype")
+    size = vectors[0].shape
+    for v in vectors:
+        if (not isinstance(v, np.ndarray) or v.shape != size or len(size) != 1 or v.dtype not in _KINDS
+                or not (v.flags.c_contiguous and v.flags.aligned)):
+            raise ValueError("the weighted_sum kernel takes flat, contiguous, aligned float32 or float64 "
+                             "vectors of one length")
+    out: FloatArray = np.empty(size[0], dtype=dtype)
     groups = []
     for kind in (np.float32, np.float64):
         pick = [i for i, v in enumerate(vectors) if v.dtype == kind]

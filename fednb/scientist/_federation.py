@@ -227,7 +227,7 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
         dim = example_dim or str(next(iter(data.data_vars.values())).dims[0])
         parts[name] = LocalParticipant(name, fn.source, fn.name, data, dim, dp=dp, metrics=fn.metrics,
                                        compression=compression)
-    if not is_async and type(strategy).aggregate is MeanStrategy.aggregate:
+    if not is_async and getattr(strategy.aggregate, "__func__", None) is MeanStrategy.aggregate:
         for part in parts.values():  # the FedAvg family's aggregate checks the mean for NaN/Inf
             assert isinstance(part, LocalParticipant)
             part.defer_finite_check = True

@@ -242,8 +242,8 @@ class LocalParticipant:
         try:
             sent, meta = compress(out.weights, self.compression,
                                   self.noise.uniform if self.noise is not None else _no_uniform)
-        except InvalidInput:  # float16 overflow: refused as a domain refuses it, charge freed
-            self._charges.pop(run_id, None)
+        except InvalidInput:  # float16 overflow: refused as a domain refuses it (its DP charge kept:
+            # the refusal depends on the noised update)
             return Outcome("failed", "compression_overflow", seconds=time.monotonic() - t0,
                            epsilon=self.epsilon())
         update = Update(decompress(sent, meta), out.metrics, num_examples=self.num_examples)

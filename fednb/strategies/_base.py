@@ -135,8 +135,12 @@ class ClientUpdate:
         Released metrics of the run (loss, accuracy ...), by name.
     checked
         True only when the caller has itself just found every value of ``vector`` finite,
-        in this process (a virtual hospital's output policy in ``simulate``): the O(P) scan
-        is then skipped, the other checks are not. Never for updates decoded from the wire.
+        in this process (a virtual hospital's output policy in ``simulate``), or when the
+        scan is left to the strategy's own check of the mean (``simulate`` with the
+        FedAvg family: :meth:`MeanStrategy.aggregate` refuses a mean that is not finite,
+        and the driver then scans the updates and drops those holding NaN or infinity);
+        the O(P) scan is then skipped, the other checks are not. Never for updates decoded
+        from the wire.
     """
 
     vector: FloatArray
@@ -365,8 +369,18 @@ class MeanStrategy(Strategy):
     def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
         g = check_global(global_vec)
         check_updates(g, updates)  # the same clear errors as the robust strategies
-        weights = [self.weight(u) for u in updates]
+        # positive weights: a weight of 0 would let BLAS (the reference path) skip a NaN
+        weights = [check_real(f"the weight of {u.domain!r}", self.weight(u), 0.0, open_low=True)
+                   for u in updates]
         t, n = float(sum(weights)), float(sum(u.num_examples for u in updates))
+        if type(self).aggregate_sum is not MeanStrategy.aggregate_sum:
+            # a subclass that extends aggregate_sum (the hook before aggregate_mean) still
+            # sees every round, through the sum
+            total, finite = kernels.weighted_sum_checked([u.vector for u in updates], weights,
+                                                         dtype=np.float64)
+            if not finite:
+                raise InvalidInput("the weighted sum of the updates holds NaN or infinity: so does an update")
+            return self.aggregate_sum(g, total, t, total_examples=n)
         # The mean itself in one pass over the updates, accumulated in float64: a mean of
         # finite values is finite (no sum is stored to overflow), so the kernel's check of
         # it on the way catches any NaN or infinity of an update that no one scanned
@@ -398,7 +412,9 @@ class MeanStrategy(Strategy):
                        total_examples: float) -> FloatArray:
         """The new global vector from a round's weighted mean: the one step every round goes
         through, from single updates (:meth:`aggregate`) or a secure sum
-        (:meth:`aggregate_sum`); a subclass that logs or alters rounds extends this.
+        (:meth:`aggregate_sum`); a subclass that logs or alters rounds extends this. (A
+        subclass that extends :meth:`aggregate_sum` instead, the hook before this one, also
+        sees every round: :meth:`aggregate` then goes through it, one pass slower.)
 
         Parameters
         ----------

@@ -364,7 +364,7 @@ def test_the_cupy_elementwise_and_query_kernels_on_the_gpu_match_the_reference()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, "mixed"])
-@pytest.mark.parametrize("n", [1, 3, 13])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 12, 13, 16])  # every last group: 8, 4, 2, 1
 @pytest.mark.parametrize("size", [1, 2047, 2048, 5001])
 def test_the_weighted_sum_matches_the_blas_reference(n: int, dtype: object, size: int) -> None:
     # one pass over every vector, in blocks of 2048 coordinates (sizes around a block and a
@@ -422,6 +422,18 @@ def test_the_weighted_sum_checks_its_input_and_widens_mixed_dtypes() -> None:
     assert finite and strided.tolist() == [0.0, 4.0, 8.0]
     ints = kernels.weighted_sum([np.arange(3)], [2.0], dtype=np.float32)  # integers: the reference
     assert ints.dtype == np.float32 and ints.tolist() == [0.0, 2.0, 4.0]
+    swapped = kernels.weighted_sum([np.arange(3.0).astype(">f8")], [2.0])  # big-endian: the reference
+    assert swapped.tolist() == [0.0, 2.0, 4.0]
+    # the kernel reads raw addresses: it refuses whatever it could misread
+    from fednb.kernels import _sum
+
+    f64 = np.dtype(np.float64)
+    for bad in ([np.arange(6.0)[::2]], [np.arange(3.0).astype(">f8")], [np.arange(3)], [np.ones((2, 2))],
+                [np.ones(3), np.ones(4)], [np.frombuffer(b"\0" * 25, np.float64, 3, offset=1)]):
+        with pytest.raises(ValueError, match="kernel takes"):
+            _sum.weighted_sum(bad, [1.0] * len(bad), f64)
+    with pytest.raises(ValueError, match="a weight each"):
+        _sum.weighted_sum([np.ones(3)], [1.0, 2.0], f64)
 
 
 def test_all_finite_is_exact_also_when_the_sum_of_squares_overflows(monkeypatch: pytest.MonkeyPatch) -> None:

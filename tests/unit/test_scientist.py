@@ -148,6 +148,20 @@ def test_a_virtual_hospitals_nan_is_caught_by_the_mean_and_dropped_as_its_policy
     hist = fednb.simulate(_nan_where_negative, parts, initial=w0, rounds=2, progress=False)
     np.testing.assert_allclose(hist.weights["w"], 4.0)  # (1 + 3) / 2 a round: b's and d's left out
     assert [r.round for r in hist.records] == [0, 0, 0, 0, 1, 1, 1, 1]  # each round's records together
+    # the policy really leaves the scan to the mean (FedAvg), and only there (Median)
+    import fednb.runtime._policy as policy_module
+
+    scans: list[int] = []
+    real_all_finite = policy_module.all_finite
+    policy_module.all_finite = lambda a: scans.append(a.size) or real_all_finite(a)  # type: ignore[assignment]
+    try:
+        for strategy, scanned in ((fednb.strategies.FedAvg(), False), (fednb.strategies.Median(), True)):
+            scans.clear()
+            fednb.simulate(_nan_where_negative, parts, initial=w0, rounds=1, progress=False,
+                           strategy=strategy)
+            assert bool(scans) == scanned, strategy
+    finally:
+        policy_module.all_finite = real_all_finite
     # the scan is deferred only where the mean checks it: FedAvg family, synchronous, plain
     part = LocalParticipant("a", _nan_where_negative.source, _nan_where_negative.name, parts["a"], "row")
     part.defer_finite_check = True
@@ -192,8 +206,8 @@ print(kept, plain, inside)
         assert kept == "False"
         return
     assert kept == "True"
-    assert int(plain) > 15_000  # 20 arrays of 977 pages each, faulted in again
-    assert int(inside) < 500
+    # 20 arrays of 977 pages each faulted in again (fewer faults where the heap gets huge pages)
+    assert int(inside) < max(int(plain) // 10, 50)
 
 
 @fednb.remote

@@ -467,3 +467,27 @@ def test_every_round_goes_through_aggregate_mean_and_returns_a_plain_array() -> 
         assert mean.dtype == np.float64
         np.testing.assert_allclose(mean, 0.4)
     np.testing.assert_allclose(FedAvg().aggregate(np.zeros(3), ups), 0.4)
+    # a subclass that extends aggregate_sum, the hook before aggregate_mean, sees plain rounds too
+    sums: list[tuple[float, np.ndarray]] = []
+
+    class Summed(FedAdam):
+        def aggregate_sum(self, global_vec: np.ndarray, weighted_sum: np.ndarray, total_weight: float, *,
+                          total_examples: float | None = None) -> np.ndarray:
+            sums.append((total_weight, np.array(weighted_sum)))
+            return super().aggregate_sum(global_vec, weighted_sum, total_weight,
+                                         total_examples=total_examples)
+
+    np.testing.assert_allclose(Summed().aggregate(np.zeros(3), ups), Logged().aggregate(np.zeros(3), ups))
+    assert len(sums) == 1 and sums[0][0] == 5.0
+    np.testing.assert_allclose(sums[0][1], 2.0)  # 2 * 1 + 3 * 0
+
+
+def test_a_mean_strategy_refuses_weights_that_are_not_positive() -> None:
+    # BLAS skips a vector weighted 0, NaN and all: a weight must be positive and finite
+    class Zero(FedAvg):
+        def weight(self, update: ClientUpdate) -> float:
+            return 0.0 if update.domain == "b" else float(update.num_examples)
+
+    ups = [ClientUpdate(np.ones(3, np.float32), 2, "a"), ClientUpdate(np.zeros(3, np.float32), 3, "b")]
+    with pytest.raises(InvalidInput, match="weight of 'b'"):
+        Zero().aggregate(np.zeros(3), ups)

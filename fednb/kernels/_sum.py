@@ -66,6 +66,12 @@ def _put(acc: Any, out: Any, start: int, i: int, v: float, last: bool) -> int:  
 
 
 @njit(nogil=True, cache=True, inline="always")
+def _view(address: int, offset: int, m: int, like: Any) -> Any:  # pragma: no cover - compiled
+    """The ``m`` values of ``like``'s dtype from byte ``offset`` of the vector at ``address``."""
+    return carray(_pointer(address + offset), (m,), like.dtype)
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _add(acc: Any, out: Any, addresses: Any, weights: Any, start: int, m: int, like: Any,
          final: bool) -> int:  # pragma: no cover - compiled
     """``acc[:m] += sum_j weights[j] * x_j[start:start + m]`` over the vectors of ``like``'s
@@ -76,14 +82,14 @@ def _add(acc: Any, out: Any, addresses: Any, weights: Any, start: int, m: int, l
     n, j, bad = addresses.size, 0, 0
     while j + 8 <= n:
         last = final and j + 8 == n
-        x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
-        x1 = carray(_pointer(addresses[j + 1] + offset), (m,), like.dtype)
-        x2 = carray(_pointer(addresses[j + 2] + offset), (m,), like.dtype)
-        x3 = carray(_pointer(addresses[j + 3] + offset), (m,), like.dtype)
-        x4 = carray(_pointer(addresses[j + 4] + offset), (m,), like.dtype)
-        x5 = carray(_pointer(addresses[j + 5] + offset), (m,), like.dtype)
-        x6 = carray(_pointer(addresses[j + 6] + offset), (m,), like.dtype)
-        x7 = carray(_pointer(addresses[j + 7] + offset), (m,), like.dtype)
+        x0 = _view(addresses[j], offset, m, like)
+        x1 = _view(addresses[j + 1], offset, m, like)
+        x2 = _view(addresses[j + 2], offset, m, like)
+        x3 = _view(addresses[j + 3], offset, m, like)
+        x4 = _view(addresses[j + 4], offset, m, like)
+        x5 = _view(addresses[j + 5], offset, m, like)
+        x6 = _view(addresses[j + 6], offset, m, like)
+        x7 = _view(addresses[j + 7], offset, m, like)
         w0, w1, w2, w3 = weights[j], weights[j + 1], weights[j + 2], weights[j + 3]
         w4, w5, w6, w7 = weights[j + 4], weights[j + 5], weights[j + 6], weights[j + 7]
         for i in range(m):
@@ -93,10 +99,10 @@ def _add(acc: Any, out: Any, addresses: Any, weights: Any, start: int, m: int, l
         j += 8
     if j + 4 <= n:
         last = final and j + 4 == n
-        x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
-        x1 = carray(_pointer(addresses[j + 1] + offset), (m,), like.dtype)
-        x2 = carray(_pointer(addresses[j + 2] + offset), (m,), like.dtype)
-        x3 = carray(_pointer(addresses[j + 3] + offset), (m,), like.dtype)
+        x0 = _view(addresses[j], offset, m, like)
+        x1 = _view(addresses[j + 1], offset, m, like)
+        x2 = _view(addresses[j + 2], offset, m, like)
+        x3 = _view(addresses[j + 3], offset, m, like)
         w0, w1, w2, w3 = weights[j], weights[j + 1], weights[j + 2], weights[j + 3]
         for i in range(m):
             v = (w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])
@@ -104,14 +110,14 @@ def _add(acc: Any, out: Any, addresses: Any, weights: Any, start: int, m: int, l
         j += 4
     if j + 2 <= n:
         last = final and j + 2 == n
-        x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
-        x1 = carray(_pointer(addresses[j + 1] + offset), (m,), like.dtype)
+        x0 = _view(addresses[j], offset, m, like)
+        x1 = _view(addresses[j + 1], offset, m, like)
         w0, w1 = weights[j], weights[j + 1]
         for i in range(m):
             bad += _put(acc, out, start, i, acc[i] + (w0 * x0[i] + w1 * x1[i]), last)
         j += 2
     if j < n:
-        x0 = carray(_pointer(addresses[j] + offset), (m,), like.dtype)
+        x0 = _view(addresses[j], offset, m, like)
         w0 = weights[j]
         for i in range(m):
             bad += _put(acc, out, start, i, acc[i] + w0 * x0[i], final)

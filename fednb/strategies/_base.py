@@ -373,23 +373,21 @@ class MeanStrategy(Strategy):
         weights = [check_real(f"the weight of {u.domain!r}", self.weight(u), 0.0, open_low=True)
                    for u in updates]
         t, n = float(sum(weights)), float(sum(u.num_examples for u in updates))
-        if type(self).aggregate_sum is not MeanStrategy.aggregate_sum:
-            # a subclass that extends aggregate_sum (the hook before aggregate_mean) still
-            # sees every round, through the sum
-            total, finite = kernels.weighted_sum_checked([u.vector for u in updates], weights,
-                                                         dtype=np.float64)
-            if not finite:
-                raise InvalidInput("the weighted sum of the updates holds NaN or infinity: so does an update")
-            return self.aggregate_sum(g, total, t, total_examples=n)
-        # The mean itself in one pass over the updates, accumulated in float64: a mean of
-        # finite values is finite (no sum is stored to overflow), so the kernel's check of
-        # it on the way catches any NaN or infinity of an update that no one scanned
-        # (``checked=True`` in simulate), before a server optimiser's state moves.
-        mean, finite = kernels.weighted_sum_checked([u.vector for u in updates], [w / n for w in weights],
-                                                    dtype=np.float64)
+        # A subclass that extends aggregate_sum (the hook before aggregate_mean) still sees
+        # every round, through the sum; otherwise the mean itself, weights / n. Either is one
+        # pass over the updates accumulated in float64: a mean of finite values is finite (no
+        # sum is stored to overflow), so the kernel's check on the way catches any NaN or
+        # infinity of an update that no one scanned (``checked=True`` in simulate), before a
+        # server optimiser's state moves.
+        via_sum = type(self).aggregate_sum is not MeanStrategy.aggregate_sum
+        divisor = 1.0 if via_sum else n
+        vec, finite = kernels.weighted_sum_checked([u.vector for u in updates],
+                                                   [w / divisor for w in weights], dtype=np.float64)
         if not finite:
             raise InvalidInput("the weighted mean of the updates holds NaN or infinity: so does an update")
-        return self.aggregate_mean(g, mean, t, total_examples=n)
+        if via_sum:
+            return self.aggregate_sum(g, vec, t, total_examples=n)
+        return self.aggregate_mean(g, vec, t, total_examples=n)
 
     def aggregate_sum(
         self,

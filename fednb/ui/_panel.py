@@ -10,6 +10,7 @@ binds to loopback unless told otherwise. The federation view opens a saved ``His
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,23 @@ from fednb.ui._models import ConsoleModel, ResultsModel
 __all__ = ["console_app", "federation_app", "serve"]
 
 REFRESH_MS = 5000
+TYPED_WAIT_S = 2.0
+
+
+def _typed(field: pn.widgets.TextInput | pn.widgets.PasswordInput) -> str:
+    """The text in ``field`` as seen by a button's handler.
+
+    With ``nthreads`` set, Panel applies a field's update and runs the click that follows
+    it in two threads of its pool: the click's handler can start first and find the field
+    still empty (a token pasted and "Log in" clicked at once). The update was queued before
+    the click, so it is already being applied: an empty field gets up to ``TYPED_WAIT_S``
+    seconds for it to land before the handler takes it as empty."""
+    deadline = time.monotonic() + TYPED_WAIT_S
+    while True:
+        text = field.value_input or field.value or ""
+        if text or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.02)
 
 
 def _options(pairs: list[tuple[str, str]], none: str) -> dict[str, str]:
@@ -83,8 +101,8 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
             inbox.select_run(event.new or None)
 
     def on_deny(_e: Any) -> None:
-        if inbox.deny(reason.value or ""):
-            reason.value = ""
+        if inbox.deny(_typed(reason)):
+            reason.value = reason.value_input = ""
         draw_slow()
 
     def act(fn: Callable[[], bool]) -> Callable[[Any], None]:
@@ -166,7 +184,7 @@ def console_app(domain_url: str, *, insecure: bool = False) -> Callable[[], pn.v
             page[:] = [form]
 
         def on_login(_e: Any) -> None:
-            secret = token.value_input or token.value
+            secret = _typed(token)
             token.value = token.value_input = ""  # the field keeps nothing
             if not secret:
                 error.object = "<span style='color:#d62728'>enter a token</span>"

@@ -68,14 +68,16 @@ def wait_until(check: Callable[[], Any], timeout: float = 20.0, poll: float = 0.
 
 
 def wait_for_server(
-    proc: subprocess.Popen[bytes], name: str, ready: Callable[[], bool], timeout: float
+    proc: subprocess.Popen[bytes], name: str, ready: Callable[[], bool], timeout: float, log: Path
 ) -> None:
-    """Wait until ``ready()`` (an HTTP probe) holds; fail with the output if ``proc`` exits first."""
+    """Wait until ``ready()`` (an HTTP probe) holds; fail with the log's tail if ``proc`` exits first.
+
+    A server's output goes to the file ``log``, never to a pipe nobody reads: once a pipe's
+    64 KiB fill, the server blocks in its next write (a log line) and stops answering."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{out[-4000:]}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
         try:
             if ready():
                 return
@@ -83,7 +85,11 @@ def wait_for_server(
             pass
         time.sleep(0.3)
     proc.kill()
-    raise TimeoutError(f"{name} did not start in {timeout:.0f} s")
+    raise TimeoutError(f"{name} did not start in {timeout:.0f} s:\n{tail(log)}")
+
+
+def tail(log: Path, chars: int = 4000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
 def shot(page: Any, name: str) -> Path:
@@ -95,26 +101,33 @@ def shot(page: Any, name: str) -> Path:
 
 
 @pytest.fixture
-def dashboard() -> Iterator[Any]:
-    """Start ``fednb dashboard`` with the given arguments; yields a starter returning its URL."""
-    procs: list[subprocess.Popen[bytes]] = []
+def dashboard(tmp_path: Path) -> Iterator[Any]:
+    """Start ``fednb dashboard`` with the given arguments; yields a starter returning its URL.
+
+    Each dashboard's output goes to a log file; its tail is printed at teardown, which pytest
+    shows when the test failed."""
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def start(*args: str) -> str:
         port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fednb.cli", "dashboard", "--port", str(port), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(proc)
+        log = tmp_path / f"dashboard-{len(procs)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fednb.cli", "dashboard", "--port", str(port), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        procs.append((proc, log))
         url = f"http://127.0.0.1:{port}"
-        wait_for_server(proc, "fednb dashboard", lambda: bool(httpx.get(url + "/", timeout=2)), 60)
+        wait_for_server(proc, "fednb dashboard", lambda: bool(httpx.get(url + "/", timeout=2)), 60, log)
         return url
 
     yield start
-    for proc in procs:
+    for proc, _ in procs:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+    for _, log in procs:
+        print(f"--- {log.name} ---\n{tail(log)}")

@@ -56,7 +56,7 @@ def test_the_console_shows_nothing_before_a_login_then_approves(
     assert page.get_by_text("tumour_radius_mean").count() == 0
 
     log_in(page, hospital.owner_token)
-    page.get_by_text("owner console").first.wait_for()
+    page.get_by_text("signed in as").wait_for()  # the console itself: the form says "owner console" too
     select = page.locator("select").first
     label = wait_until(
         lambda: next((o for o in select.locator("option").all_inner_texts() if req.id in o), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,16 @@ import pytest
 import fednb
 from fednb.errors import InvalidInput
 from fednb.scientist import History, iid_split
-from fednb.ui import BudgetMeter, BudgetModel, ConsoleModel, Inbox, InboxModel, ResultsModel, ResultsViewer
+from fednb.ui import (
+    BudgetMeter,
+    BudgetModel,
+    ConsoleModel,
+    Inbox,
+    InboxModel,
+    ResultsModel,
+    ResultsViewer,
+    _panel,
+)
 from tests.conftest import Hospital, breast_cancer_dataset, make_hospital
 
 DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
@@ -278,3 +288,25 @@ def test_the_results_viewer_draws_epsilon_with_dp() -> None:
     both = zip(eps["hospital-0"], eps["hospital-1"], strict=True)
     assert eps["all domains"] == [max(a, b) for a, b in both]
     assert History.load(history.save(Path(tempfile.mkdtemp()) / "h")).metrics["epsilon"].shape == (3, 2)
+
+
+def test_the_console_login_reads_a_token_that_lands_just_after_the_click(
+    hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Panel (nthreads) can run "Log in" before the pasted token's update: the handler waits for it
+    page = _panel.console_app(hospital.url)()
+    form = page[0]
+    token, login, error = form[1], form[2], form[3]
+    late = threading.Timer(0.3, lambda: setattr(token, "value_input", hospital.owner_token))
+    late.start()
+    login.clicks += 1
+    late.join()
+    assert page[0] is not form, error.object  # the console replaced the form
+    assert "signed in as" in page[0][0][0].object and token.value_input == token.value == ""
+
+    # a field that stays empty is taken as empty once the wait is over
+    monkeypatch.setattr(_panel, "TYPED_WAIT_S", 0.2)
+    page = _panel.console_app(hospital.url)()
+    form = page[0]
+    form[2].clicks += 1
+    assert page[0] is form and "enter a token" in form[3].object

@@ -55,33 +55,34 @@ def write_tokens(path: Path, h: Hospital) -> None:
 def start_lab(root: Path, tokens_file: Path, token: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "FEDNB_LAB_TOKENS": str(tokens_file), "JUPYTER_PLATFORM_DIRS": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            f"--port={port}",
-            "--ip=127.0.0.1",
-            f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={root}",
-            "--LabApp.news_url=",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            # a fresh workspace and settings: nothing restored from an earlier session
-            f"--LabApp.workspaces_dir={root / 'workspaces'}",
-            f"--LabApp.user_settings_dir={root / 'settings'}",
-            *(["--allow-root"] if os.geteuid() == 0 else []),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=root,
-    )
+    log = root / "jupyter-lab.log"  # a file: a pipe nobody reads would block the server once full
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                f"--port={port}",
+                "--ip=127.0.0.1",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+                "--LabApp.news_url=",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                # a fresh workspace and settings: nothing restored from an earlier session
+                f"--LabApp.workspaces_dir={root / 'workspaces'}",
+                f"--LabApp.user_settings_dir={root / 'settings'}",
+                *(["--allow-root"] if os.geteuid() == 0 else []),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+        )
     url = f"http://127.0.0.1:{port}"
     status = {"Authorization": f"token {token}"}
-    wait_for_server(
-        proc, "jupyter lab", lambda: httpx.get(f"{url}/api/status", headers=status, timeout=2).is_success, 90
-    )
+    ready = lambda: httpx.get(f"{url}/api/status", headers=status, timeout=2).is_success  # noqa: E731
+    wait_for_server(proc, "jupyter lab", ready, 90, log)
     return proc, url
 
 

@@ -20,13 +20,21 @@ Against the float32 sum it replaces (four updates per pass over a float32 total,
 multiply into the float64 mean and a finiteness scan), the whole mean takes 0.75-0.95x the
 time here: 59 against 77 ms at N=10, P=1e7; 37 against 39 ms at N=100, P=1e6.
 
-It runs on the calling thread (``nogil``): a second thread gains little on a memory-bound
-loop and loses much when other processes keep the cores busy.
+From :data:`PARALLEL_MIN` values read (N x P), the coordinates are split into one range per
+core (up to :data:`MAX_THREADS`), summed at once by the calling thread and a small pool
+(the kernel is ``nogil``): one core alone does not reach the memory's bandwidth. Here, on
+2 cores, that is 1.5-2x faster (N=10, P=1e6: 1.6 against 0.9 ms; N=100, P=1e6: 30
+against 14 ms). Below it, one thread is faster than handing work to another. A core busy
+with another process delays its range, which costs at most about the time one thread
+would have taken. A forked child starts a pool of its own.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -36,9 +44,11 @@ from numba.extending import intrinsic
 
 from fednb.typing import FloatArray
 
-__all__ = ["weighted_sum"]
+__all__ = ["MAX_THREADS", "PARALLEL_MIN", "weighted_sum"]
 
 _BLOCK = 2048
+PARALLEL_MIN = 1 << 21  # values read (N x P) from which the sum is split over the cores
+MAX_THREADS = 8  # past a few cores, a memory-bound sum gains nothing more
 
 
 def _pointer_typed(typingctx: Any, address: Any) -> Any:  # pragma: no cover - compiled
@@ -171,4 +181,43 @@ def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float],
         pick = [i for i, v in enumerate(vectors) if v.dtype == kind]
         groups += [np.fromiter((vectors[i].ctypes.data for i in pick), np.int64, len(pick)),
                    np.fromiter((weights[i] for i in pick), np.float64, len(pick))]
-    return out, bool(_sum_blocks(out, *groups))
+    a32, w32, a64, w64 = groups
+    parts = _threads() if len(vectors) * out.size >= PARALLEL_MIN else 1
+    cuts = [out.size * k // parts // _BLOCK * _BLOCK for k in range(parts)] + [out.size]
+
+    def part(k: int) -> bool:  # coordinates cuts[k]..cuts[k+1]: the addresses move by as many values
+        lo, hi = cuts[k], cuts[k + 1]
+        return bool(_sum_blocks(out[lo:hi], a32 + 4 * lo, w32, a64 + 8 * lo, w64))
+
+    others = [_pool().submit(part, k) for k in range(1, parts) if cuts[k] < cuts[k + 1]]
+    finite = part(0)
+    return out, all([finite] + [f.result() for f in others])
+
+
+_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+
+
+def _threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_THREADS))
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=MAX_THREADS - 1, thread_name_prefix="fednb-sum")
+        return _executor
+
+
+def _forget_pool() -> None:  # a forked child has none of the parent's threads
+    global _executor, _lock
+    _executor, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)

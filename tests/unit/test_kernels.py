@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -55,6 +56,41 @@ def test_the_looped_network_matches_the_reference(n: int, monkeypatch: pytest.Mo
             _cpu.trimmed_mean(x.astype(dtype), k), _reference.trimmed_mean(wide, k), rtol=tol,
             atol=tol * float(np.abs(wide).max()),
         )
+
+
+@pytest.mark.parametrize("n", [5, 16])
+def test_the_unrolled_networks_cross_chunk_and_block_boundaries(n: int) -> None:
+    # columns in several parallel blocks, each in chunks whose successors are prefetched,
+    # with ragged ends: every column is selected once, the prefetches change nothing
+    p = 2 * _select._BLOCK + _select._CHUNK + 37
+    x = np.random.default_rng(n).normal(size=(n, p))
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        wide = x.astype(dtype).astype(np.float64)
+        np.testing.assert_allclose(_cpu.coordinate_median(x.astype(dtype)), np.median(wide, axis=0), rtol=tol)
+        np.testing.assert_allclose(_cpu.trimmed_mean(x.astype(dtype), 1), _reference.trimmed_mean(wide, 1),
+                                   rtol=tol, atol=tol)
+
+
+def test_the_llvm_hints_reach_the_machine_code_and_change_no_result() -> None:
+    from numba import njit
+
+    from fednb.kernels._intrinsics import prefer_wide_vectors, prefetch
+
+    @njit(fastmath=True)
+    def hinted(x, out):  # type: ignore[no-untyped-def]
+        prefer_wide_vectors()
+        for j in range(x.size):
+            if j + 64 < x.size:
+                prefetch(x, j + 64)
+            out[j] = min(x[j], 0.5) * 2
+
+    x = np.random.default_rng(0).random(1000).astype(np.float32)
+    out = np.empty_like(x)
+    hinted(x, out)
+    np.testing.assert_array_equal(out, np.minimum(x, 0.5) * 2)
+    sig = hinted.signatures[0]
+    assert '"prefer-vector-width"="512"' in hinted.inspect_llvm(sig)
+    assert "prefetcht0" in hinted.inspect_asm(sig)
 
 
 def test_the_selection_networks_select_from_every_zero_one_input() -> None:
@@ -387,6 +423,52 @@ def test_the_weighted_sum_matches_the_blas_reference(n: int, dtype: object, size
         np.testing.assert_allclose(got, exact.astype(out), rtol=0, atol=1e-13 * scale)
         tol = 1e-6 if out == np.float32 else 1e-13
         np.testing.assert_allclose(want, exact, rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize("size", [1, 2047, 5001, 3 * 2048 + 5])
+def test_the_weighted_sum_split_over_cores_is_the_one_thread_sum(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each coordinate is summed in the same order either way: the same bits; a non-finite
+    # value in any range is reported
+    from fednb.kernels import _sum
+
+    rng = np.random.default_rng(size)
+    vecs = [rng.normal(size=size).astype((np.float32, np.float64)[i % 2]) for i in range(11)]
+    weights = [float(w) for w in rng.integers(1, 300, size=11)]
+    alone, finite = _sum.weighted_sum(vecs, weights, np.dtype(np.float64))
+    assert finite
+    monkeypatch.setattr(_sum, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(_sum, "_threads", lambda: 3)
+    for out in (np.float64, np.float32):
+        split, finite = _sum.weighted_sum(vecs, weights, np.dtype(out))
+        assert finite
+        np.testing.assert_array_equal(split, alone.astype(out))
+    vecs[4][-1] = np.nan  # in the last range
+    split, finite = _sum.weighted_sum(vecs, weights, np.dtype(np.float64))
+    assert not finite and np.isnan(split[-1]) and np.array_equal(split[:-1], alone[:-1])
+
+
+def test_a_forked_child_sums_with_a_pool_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    from fednb.kernels import _sum
+
+    monkeypatch.setattr(_sum, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(_sum, "_threads", lambda: 2)
+    vecs = [np.ones(3 * 2048), np.full(3 * 2048, 2.0)]
+    assert _sum.weighted_sum(vecs, [1.0, 1.0], np.dtype(np.float64))[0].tolist() == [3.0] * 6144  # a pool now
+
+    def child() -> None:  # the parent's pool threads do not exist here: a new pool, no hang
+        total, finite = _sum.weighted_sum(vecs, [1.0, 1.0], np.dtype(np.float64))
+        os._exit(0 if finite and total.tolist() == [3.0] * 6144 else 3)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(60)
+    if proc.is_alive():
+        proc.kill()
+    assert proc.exitcode == 0
 
 
 @pytest.mark.parametrize("where", [0, 2047, 2048, 5000])

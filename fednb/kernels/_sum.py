@@ -1,4 +1,4 @@
-"""The weighted sum of N flat updates in one pass over them (Numba, one core).
+"""The weighted sum of N flat updates in one pass over them (Numba, split over the cores).
 
 The output is built a block of 2048 coordinates at a time: a float64 accumulator the size
 of the block stays in the L1 cache while the updates' slices of the block are added into
@@ -23,10 +23,12 @@ time here: 59 against 77 ms at N=10, P=1e7; 37 against 39 ms at N=100, P=1e6.
 From :data:`PARALLEL_MIN` values read (N x P), the coordinates are split into one range per
 core (up to :data:`MAX_THREADS`), summed at once by the calling thread and a small pool
 (the kernel is ``nogil``): one core alone does not reach the memory's bandwidth. Here, on
-2 cores, that is 1.5-2x faster (N=10, P=1e6: 1.6 against 0.9 ms; N=100, P=1e6: 30
-against 14 ms). Below it, one thread is faster than handing work to another. A core busy
-with another process delays its range, which costs at most about the time one thread
-would have taken. A forked child starts a pool of its own.
+2 cores, that is 1.5-2.1x faster (timed apart from the bench, one thread against two:
+N=10, P=1e6: 1.6 against 0.9 ms; N=100, P=1e6: 30 against 14 ms). Below it, one thread
+is faster than handing work to another. The calling thread, once its own range is done,
+takes back every range no pool thread has started (the pool is busy with another call's,
+or its core with another process), and the call returns only when every range is done:
+the vectors it reads stay alive until then. A forked child starts a pool of its own.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -185,13 +187,29 @@ def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float],
     parts = _threads() if len(vectors) * out.size >= PARALLEL_MIN else 1
     cuts = [out.size * k // parts // _BLOCK * _BLOCK for k in range(parts)] + [out.size]
 
-    def part(k: int) -> bool:  # coordinates cuts[k]..cuts[k+1]: the addresses move by as many values
+    def part(k: int, keep: tuple[FloatArray, ...]) -> bool:
+        """Coordinates cuts[k]..cuts[k+1] (the addresses move by as many values); ``keep``
+        holds the vectors while a pool thread reads them."""
         lo, hi = cuts[k], cuts[k + 1]
         return bool(_sum_blocks(out[lo:hi], a32 + 4 * lo, w32, a64 + 8 * lo, w64))
 
-    others = [_pool().submit(part, k) for k in range(1, parts) if cuts[k] < cuts[k + 1]]
-    finite = part(0)
-    return out, all([finite] + [f.result() for f in others])
+    ranges = [k for k in range(parts) if cuts[k] < cuts[k + 1]] or [0]
+    others: list[tuple[int, Future[bool]]] = []
+    finite = True
+    try:
+        for k in ranges[1:]:
+            try:
+                others.append((k, _pool().submit(part, k, vectors)))
+            except RuntimeError:  # the interpreter is shutting down: no new threads
+                finite &= part(k, vectors)
+        finite &= part(ranges[0], vectors)
+        for k, fut in others:
+            finite &= part(k, vectors) if fut.cancel() else fut.result()
+    finally:  # no thread reads the vectors after this call returns (after an error too)
+        for _, fut in others:
+            fut.cancel()
+        wait([f for _, f in others if not f.cancelled()])
+    return out, finite
 
 
 _lock = threading.Lock()

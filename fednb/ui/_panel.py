@@ -36,10 +36,15 @@ def _typed(field: pn.widgets.TextInput | pn.widgets.PasswordInput) -> str:
     it in two threads of its pool: the click's handler can start first and find the field
     still empty (a token pasted and "Log in" clicked at once). The update was queued before
     the click, so it is already being applied: an empty field gets up to ``TYPED_WAIT_S``
-    seconds for it to land before the handler takes it as empty."""
-    deadline = time.monotonic() + TYPED_WAIT_S
+    seconds for it to land before the handler takes it as empty. Without a pool, events
+    run in order on the server's loop and nothing is waited for.
+
+    Only ``value_input`` (sent on every keystroke) is read: ``value`` is sent when the
+    field loses focus, so after a handler clears the field its update may still land and
+    put the old text back there, which a later click would then reuse."""
+    deadline = time.monotonic() + (TYPED_WAIT_S if pn.state._thread_pool is not None else 0.0)
     while True:
-        text = field.value_input or field.value or ""
+        text = field.value_input or ""
         if text or time.monotonic() >= deadline:
             return text
         time.sleep(0.02)
@@ -181,6 +186,10 @@ def console_app(domain_url: str, *, insecure: bool = False) -> Callable[[], pn.v
         page = pn.Column(form, sizing_mode="stretch_width")
 
         def logout() -> None:
+            # a field's late update may have put the token back (see _typed): the form
+            # comes back empty, without the last error
+            token.value = token.value_input = ""
+            error.object = ""
             page[:] = [form]
 
         def on_login(_e: Any) -> None:

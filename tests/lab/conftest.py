@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser.conftest import free_port, wait_for_server
+from tests.browser.conftest import free_port, tail, wait_for_server
 from tests.conftest import Hospital, make_hospital
 
 
@@ -101,3 +101,4 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     except subprocess.TimeoutExpired:
         proc.kill()
     h.server.stop()
+    print(f"--- jupyter-lab.log ---\n{tail(root / 'jupyter-lab.log')}")  # shown if the last test failed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -71,6 +72,16 @@ def test_the_unrolled_networks_cross_chunk_and_block_boundaries(n: int) -> None:
                                    rtol=tol, atol=tol)
 
 
+def test_the_generated_kernels_carry_the_hints_and_name_their_code() -> None:
+    src = _select._source(5, 2, 2)
+    assert "        prefer_wide_vectors()" in src  # in the parallel loop's body: its function
+    assert all(f"prefetch(x, o{i} + q)" in src for i in range(5))
+    # the generated module's name hashes its text, which names the hints' code: a change
+    # there is a new module, not Numba's stale cache of the old one
+    assert _select._intrinsics_hash() in src
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 machine code")
 def test_the_llvm_hints_reach_the_machine_code_and_change_no_result() -> None:
     from numba import njit
 
@@ -447,6 +458,28 @@ def test_the_weighted_sum_split_over_cores_is_the_one_thread_sum(
     vecs[4][-1] = np.nan  # in the last range
     split, finite = _sum.weighted_sum(vecs, weights, np.dtype(np.float64))
     assert not finite and np.isnan(split[-1]) and np.array_equal(split[:-1], alone[:-1])
+
+
+@pytest.mark.parametrize("pool", ["busy", "shut down"])
+def test_the_caller_sums_the_ranges_no_pool_thread_took(pool: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a pool busy with other calls never starts these ranges (the caller takes them back), and
+    # one shut down at interpreter exit refuses them (the caller sums them at once)
+    from concurrent.futures import Future
+
+    from fednb.kernels import _sum
+
+    class Stuck:
+        def submit(self, *_a: object) -> Future[bool]:
+            if pool == "shut down":
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            return Future()  # never started
+
+    monkeypatch.setattr(_sum, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(_sum, "_threads", lambda: 4)
+    monkeypatch.setattr(_sum, "_pool", lambda: Stuck())
+    vecs = [np.arange(5 * 2048, dtype=np.float64), np.ones(5 * 2048, np.float32)]
+    total, finite = _sum.weighted_sum(vecs, [2.0, 1.0], np.dtype(np.float64))
+    assert finite and np.array_equal(total, 2 * vecs[0] + 1)
 
 
 def test_a_forked_child_sums_with_a_pool_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,7 +42,8 @@ def _typed(field: pn.widgets.TextInput | pn.widgets.PasswordInput) -> str:
     Only ``value_input`` (sent on every keystroke) is read: ``value`` is sent when the
     field loses focus, so after a handler clears the field its update may still land and
     put the old text back there, which a later click would then reuse."""
-    deadline = time.monotonic() + (TYPED_WAIT_S if pn.state._thread_pool is not None else 0.0)
+    pooled = getattr(pn.state, "_thread_pool", True) is not None  # a Panel without it: wait anyway
+    deadline = time.monotonic() + (TYPED_WAIT_S if pooled else 0.0)
     while True:
         text = field.value_input or ""
         if text or time.monotonic() >= deadline:

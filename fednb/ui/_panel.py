@@ -27,6 +27,25 @@ __all__ = ["console_app", "federation_app", "serve"]
 
 REFRESH_MS = 5000
 TYPED_WAIT_S = 2.0
+SETTLE_S = 0.2
+
+
+def _pooled() -> bool:
+    """Whether Panel runs this server's events in a thread pool (``nthreads``); a Panel
+    without that private attribute is taken as pooled."""
+    return getattr(pn.state, "_thread_pool", True) is not None
+
+
+def _settle() -> None:
+    """Let a change made just before a click land before the click's handler reads it.
+
+    With a pool, Panel starts applying a change (a request picked, the release mode
+    switched) before the click that follows it, but in another thread: an action read at
+    once could act on the request or the release mode shown before. The change's own work
+    is a parameter update; ``SETTLE_S`` is far more than it takes, and less than a person
+    notices."""
+    if _pooled():
+        time.sleep(SETTLE_S)
 
 
 def _typed(field: pn.widgets.TextInput | pn.widgets.PasswordInput) -> str:
@@ -42,8 +61,7 @@ def _typed(field: pn.widgets.TextInput | pn.widgets.PasswordInput) -> str:
     Only ``value_input`` (sent on every keystroke) is read: ``value`` is sent when the
     field loses focus, so after a handler clears the field its update may still land and
     put the old text back there, which a later click would then reuse."""
-    pooled = getattr(pn.state, "_thread_pool", True) is not None  # a Panel without it: wait anyway
-    deadline = time.monotonic() + (TYPED_WAIT_S if pooled else 0.0)
+    deadline = time.monotonic() + (TYPED_WAIT_S if _pooled() else 0.0)
     while True:
         text = field.value_input or ""
         if text or time.monotonic() >= deadline:
@@ -107,12 +125,14 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
             inbox.select_run(event.new or None)
 
     def on_deny(_e: Any) -> None:
+        _settle()
         if inbox.deny(_typed(reason)):
             reason.value = reason.value_input = ""
         draw_slow()
 
     def act(fn: Callable[[], bool]) -> Callable[[Any], None]:
         def handler(_e: Any) -> None:
+            _settle()  # the selection and release mode as the owner last set them
             fn()
             draw_slow()
 

@@ -328,3 +328,28 @@ def test_the_console_login_reads_a_token_that_lands_just_after_the_click(
     t0 = time.monotonic()
     page[0][2].clicks += 1
     assert time.monotonic() - t0 < 5 and "enter a token" in page[0][3].object
+
+
+def test_the_console_acts_on_the_release_mode_set_just_before_the_click(
+    hospital: Hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with a pool, "auto" switched to "manual" (or back) and Approve clicked at once: the
+    # change lands in another thread while the click's handler runs; it acts on the new mode
+    import panel as pn
+
+    req = fixed_update.request(scientist(hospital), "breast-cancer", runs=2, dp=DP)
+    with ThreadPoolExecutor(2) as pool:
+        monkeypatch.setattr(pn.state, "_thread_pool", pool)
+        page = _panel.console_app(hospital.url)()
+        page[0][1].value_input = hospital.owner_token
+        page[0][2].clicks += 1
+        requests_tab = page[0][2][0]
+        select, (release, approve) = requests_tab[0], requests_tab[1]
+        select.value = req.id
+        assert release.value == "manual"
+        late = threading.Timer(0.05, lambda: setattr(release, "value", "auto"))
+        late.start()
+        approve.clicks += 1
+        late.join()
+    info = req.refresh().info
+    assert info.status == "approved" and info.release == "auto"

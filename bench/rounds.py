@@ -5,7 +5,10 @@
 fednb's figures come from ``fednb.simulate`` (virtual hospitals in this process, through
 the same driver, output policy and execution path as a real federation): a
 ``@fednb.remote`` function returning ``weights + 1``, N one-row xarray partitions,
-``{"w": zeros(P, float32)}``, ``fednb.strategies.FedAvg()``. A round's time is the wall
+``{"w": zeros(P, float32)}``, ``fednb.strategies.FedAvg()``, ``workers="auto"`` (the
+hospitals on one thread per core from 2**18 model values, one after another below; where
+that took threads, the same configuration also runs with ``workers=1`` and is printed
+under the table). A round's time is the wall
 time between the ends of consecutive aggregations (round 1: from the strategy's
 ``configure_round``), taken by a FedAvg subclass that only records timestamps; round 1
 (first use of the thread pool and of NumPy's paths) is reported apart and the figure is
@@ -97,18 +100,20 @@ def partitions(n: int) -> dict[str, xr.Dataset]:
     return {f"h{i:04d}": xr.Dataset({"x": ("row", np.zeros(1))}) for i in range(n)}
 
 
-def measure_fednb(n: int, p: int, rounds: int, fraction: float = 1.0) -> dict[str, Any]:
+def measure_fednb(n: int, p: int, rounds: int, fraction: float = 1.0,
+                  workers: int | str = "auto") -> dict[str, Any]:
     parts = partitions(n)
     strategy = TimedFedAvg(fraction=fraction)
     t0 = time.perf_counter()
     hist = fednb.simulate(plus_one, parts, initial={"w": np.zeros(p, np.float32)}, strategy=strategy,
-                          rounds=rounds, progress=False)
+                          rounds=rounds, progress=False, workers=workers)  # type: ignore[arg-type]
     total = time.perf_counter() - t0
     st = strategy.stamps
     per = [b - a for a, b in itertools.pairwise(st)]
     w = hist.weights["w"]
     ok = len(per) == rounds and w.dtype == np.float32 and bool(np.all(w == rounds))
-    return {"n": n, "p": p, "rounds": rounds, "ok": ok, "setup_s": st[0] - t0, "first_round_s": per[0],
+    return {"n": n, "p": p, "rounds": rounds, "ok": ok, "workers": hist.settings["workers"],
+            "setup_s": st[0] - t0, "first_round_s": per[0],
             "s_per_round": statistics.median(per[1:]), "rounds_s": per, "total_s": total}
 
 
@@ -165,18 +170,19 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-def child(n: int, p: int, rounds: int, fraction: float) -> None:
+def child(n: int, p: int, rounds: int, fraction: float, workers: int | str) -> None:
     """One configuration, in a fresh process: its peak RSS is its own, its allocator state too."""
     base = peak_rss()
-    rec = measure_fednb(n, p, rounds, fraction=fraction)
+    rec = measure_fednb(n, p, rounds, fraction=fraction, workers=workers)
     rec["peak_rss"], rec["rss_before"] = peak_rss(), base
     print(json.dumps(rec))
 
 
-def measure_fednb_fresh(n: int, p: int, rounds: int, fraction: float = 1.0) -> dict[str, Any]:
+def measure_fednb_fresh(n: int, p: int, rounds: int, fraction: float = 1.0,
+                        workers: int | str = "auto") -> dict[str, Any]:
     proc = subprocess.run([sys.executable, __file__, "--child", f"{n}x{p}", "--rounds", str(rounds),
-                           "--fraction", str(fraction)], stdout=subprocess.PIPE, text=True, check=True,
-                          timeout=300)
+                           "--fraction", str(fraction), "--workers", str(workers)],
+                          stdout=subprocess.PIPE, text=True, check=True, timeout=300)
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -187,12 +193,12 @@ def fmt_p(p: int) -> str:
 def print_table(fed: dict[tuple[int, int], dict[str, Any]], flower: dict[tuple[int, int], dict[str, Any]],
                 bw: float, version: str | None) -> None:
     peer = f"Flower {version}" if version else "Flower"
-    print(f"{'N':>5s} {'P':>4s} {'fednb s/round':>14s} {peer + ' s/round':>21s} {'Flower/fednb':>13s} "
-          f"{'floor s':>8s} {'fednb/floor':>12s} {'fednb RSS':>10s}  targets")
+    print(f"{'N':>5s} {'P':>4s} {'fednb s/round':>14s} {'thr':>3s} {peer + ' s/round':>21s} "
+          f"{'Flower/fednb':>13s} {'floor s':>8s} {'fednb/floor':>12s} {'fednb RSS':>10s}  targets")
     for n, p in GRID:
         f, fl = fed.get((n, p)), flower.get((n, p), {})
         floor = 2 * n * p * 4 / bw
-        fs = f"{f['s_per_round']:13.4f}s" if f else f"{'skipped':>14s}"
+        fs = f"{f['s_per_round']:13.4f}s {f['workers']:3d}" if f else f"{'skipped':>14s} {'':3s}"
         fls = f"{fl['s_per_round']:20.3f}s" if fl.get("s_per_round") else \
             f"{'skipped' if 'skipped' in fl else '-':>21s}"
         ratio = fl["s_per_round"] / f["s_per_round"] if f and fl.get("s_per_round") else None
@@ -208,6 +214,19 @@ def print_table(fed: dict[tuple[int, int], dict[str, Any]], flower: dict[tuple[i
         print(f"{n:5d} {fmt_p(p):>4s} {fs} {fls} {rs} {floor:8.4f} {frs} {rss}  {target}")
 
 
+def print_serial(fed: dict[tuple[int, int], dict[str, Any]], serial: dict[tuple[int, int], dict[str, Any]],
+                 flower: dict[tuple[int, int], dict[str, Any]]) -> None:
+    """The configurations where "auto" took threads, run again one hospital after another."""
+    if not serial:
+        return
+    print("the same with workers=1 (hospitals one after another), where \"auto\" took threads:")
+    for (n, p), rec in serial.items():
+        fs, fl = rec["s_per_round"], flower.get((n, p), {}).get("s_per_round")
+        vs = f"  Flower/fednb {fl / fs:6.1f}x" if fl else ""
+        print(f"  N={n:<5d} P={fmt_p(p):<4s} {fs:.4f}s/round{vs}  ({fed[(n, p)]['workers']} threads: "
+              f"{fs / fed[(n, p)]['s_per_round']:.2f}x faster)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15, help="fednb rounds per configuration (default 15)")
@@ -219,10 +238,11 @@ def main() -> None:
     ap.add_argument("--no-flower", action="store_true", help="measure fednb only")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--fraction", type=float, default=1.0, help=argparse.SUPPRESS)
+    ap.add_argument("--workers", default="auto", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         n, p = (int(float(x)) for x in args.child.split("x"))
-        child(n, p, args.rounds, args.fraction)
+        child(n, p, args.rounds, args.fraction, args.workers if args.workers == "auto" else int(args.workers))
         return
     if args.flower and not args.no_flower:
         subprocess.run(["bash", str(HERE / "setup_flower.sh")], check=True)
@@ -237,6 +257,7 @@ def main() -> None:
           "floor = 2*N*P*4 bytes at that bandwidth\n")
 
     fed: dict[tuple[int, int], dict[str, Any]] = {}
+    serial: dict[tuple[int, int], dict[str, Any]] = {}  # workers=1 where "auto" took threads
     skipped: dict[tuple[int, int], list[str]] = {}
     for n, p in GRID:
         need = FEDNB_BYTES_PER_NP * n * p
@@ -246,6 +267,8 @@ def main() -> None:
                 "> 10 GB")
             continue
         fed[(n, p)] = measure_fednb_fresh(n, p, args.rounds)
+        if fed[(n, p)]["workers"] > 1:
+            serial[(n, p)] = measure_fednb_fresh(n, p, args.rounds, workers=1)
     flower = {} if args.no_flower else measure_flower(GRID, args.flower_rounds, args.flower_rounds_large)
     version = next((r["flwr"] for r in flower.values()), None)
     for key, rec in flower.items():
@@ -253,7 +276,8 @@ def main() -> None:
             skipped.setdefault(key, []).append("Flower: " + rec["skipped"])
 
     print_table(fed, flower, bw, version)
-    wrong = [f"fednb N={k[0]} P={fmt_p(k[1])}" for k, r in fed.items() if not r["ok"]]
+    print_serial(fed, serial, flower)
+    wrong = [f"fednb N={k[0]} P={fmt_p(k[1])}" for k, r in [*fed.items(), *serial.items()] if not r["ok"]]
     wrong += [f"Flower N={k[0]} P={fmt_p(k[1])}" for k, r in flower.items() if r.get("ok") is False]
     if wrong:
         print(f"WARNING: wrong final weights (expected every weight == rounds): {', '.join(wrong)}")
@@ -271,7 +295,8 @@ def main() -> None:
               f"federated evaluation off; median of rounds 2..{args.flower_rounds} "
               f"(2..{args.flower_rounds_large} at N=1000); replies polled every 0.1 s (Flower's default)")
     print(f"fednb {fednb.__version__}: simulate(), FedAvg(), progress=False, no checkpoint, one fresh "
-          f"process per configuration; median of rounds 2..{args.rounds}")
+          f"process per configuration; median of rounds 2..{args.rounds}; thr: the threads that ran a "
+          "round's hospitals (workers=\"auto\")")
     targets = sorted(TARGET_CONFIGS)
     print("\nthe target configurations beside a plain NumPy loop (each hospital: copy the weights, add 1; "
           "float64 sum; no checks, no policy, no driver) and beside Flower run with its own defaults "

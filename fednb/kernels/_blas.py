@@ -1,5 +1,5 @@
-"""BLAS on one thread, and a finiteness scan by one dot product (no Numba: the domain's
-trusted parent and the round driver use these).
+"""BLAS on one thread, a finiteness scan by one dot product, and the cores this process
+may use (no Numba: the domain's trusted parent and the round driver use these).
 
 ``all_finite`` is one BLAS dot product of the vector with itself: finite values give a
 finite sum of squares unless it overflows, and then the exact elementwise scan decides.
@@ -10,11 +10,12 @@ against 59 µs at 2^18, 0.20 ms against 0.27 ms at a million), and without its t
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["all_finite", "one_blas_thread"]
+__all__ = ["all_finite", "one_blas_thread", "usable_cores"]
 
 _DOT_FROM = 1 << 18
 
@@ -42,3 +43,11 @@ def all_finite(x: np.ndarray) -> bool:
             if np.isfinite(np.dot(flat, flat)):
                 return True
     return bool(np.isfinite(x).all())  # exact: NaN, infinity, or a sum of squares that overflowed
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -44,6 +44,7 @@ from numba import carray, njit, types  # type: ignore[attr-defined]
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from fednb.kernels._blas import usable_cores
 from fednb.typing import FloatArray
 
 __all__ = ["MAX_THREADS", "PARALLEL_MIN", "weighted_sum"]
@@ -217,11 +218,7 @@ _executor: ThreadPoolExecutor | None = None
 
 
 def _threads() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_THREADS))
+    return min(usable_cores(), MAX_THREADS)
 
 
 def _pool() -> ThreadPoolExecutor:

@@ -345,8 +345,8 @@ class Driver:
                     bar.update(1)
                     self.history.notify()
         finally:
-            if own:
-                pool.shutdown(wait=True)
+            if own:  # on an error or Ctrl-C, runs not yet started are not started
+                pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         self.history.weights = unflatten(self.vec, self.layout)
         return self.history

@@ -237,3 +237,121 @@ def test_an_async_run_stops_restarting_a_domain_that_keeps_failing() -> None:
         fednb.simulate(_broken_in_b, parts, initial=w0, rounds=4, progress=False,
                        strategy=fednb.strategies.FedBuff(buffer_size=3), secure_aggregation=True,
                        secure_bound=10.0)
+
+
+@fednb.remote
+def _meets_another_hospital(data, weights):
+    import _fednb_test_meeting as meeting  # installed by the test: a barrier the hospitals share
+
+    meeting.barrier.wait()
+    return fednb.Update(weights={k: v + float(data["x"].values[0]) for k, v in weights.items()})
+
+
+def test_simulate_runs_hospitals_on_threads_when_asked_and_one_after_another_by_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # each hospital waits at a barrier for a second one: only hospitals running at the same
+    # time get through, so the round succeeds with workers=2 and fails one after another
+    import sys
+    import threading
+    import types
+
+    import xarray as xr
+
+    from fednb.kernels import usable_cores
+    from fednb.scientist._driver import RoundFailed
+
+    parts = {f"h{i}": xr.Dataset({"x": ("row", np.array([float(i)]))}) for i in range(1, 5)}
+    w0 = {"w": np.zeros(5, np.float32), "b": np.zeros((2, 2), np.float32)}
+    meeting = types.ModuleType("_fednb_test_meeting")
+    monkeypatch.setitem(sys.modules, "_fednb_test_meeting", meeting)
+    meeting.barrier = threading.Barrier(2, timeout=10)  # type: ignore[attr-defined]
+    hist = fednb.simulate(_meets_another_hospital, parts, initial=w0, rounds=2, progress=False, workers=2)
+    assert hist.settings["workers"] == 2
+    assert [r.status for r in hist.records] == ["succeeded"] * 8
+    assert [r.domain for r in hist.records] == ["h1", "h2", "h3", "h4"] * 2  # records in order
+    np.testing.assert_array_equal(hist.weights["w"], np.full(5, 5.0, np.float32))  # 2 x mean(1..4)
+    meeting.barrier = threading.Barrier(2, timeout=0.3)  # type: ignore[attr-defined]
+    with pytest.raises(RoundFailed, match="0 of 4"):
+        fednb.simulate(_meets_another_hospital, parts, initial=w0, rounds=1, progress=False, min_domains=1)
+    # threads give the same model as one after another (the sum is taken in the same order)
+    plus = {f"h{i}": xr.Dataset({"x": ("row", np.array([1.0 / i]))}) for i in range(1, 8)}
+    serial = fednb.simulate(_plus_data, plus, initial=w0, rounds=3, progress=False)
+    threaded = fednb.simulate(_plus_data, plus, initial=w0, rounds=3, progress=False, workers=3)
+    assert serial.settings["workers"] == 1 and threaded.settings["workers"] == 3
+    for k in w0:
+        np.testing.assert_array_equal(serial.weights[k], threaded.weights[k])
+    # "auto": threads for large models only, one per core (at most 8, at most the hospitals)
+    small = fednb.simulate(_plus_data, plus, initial=w0, rounds=1, progress=False, workers="auto")
+    assert small.settings["workers"] == 1
+    big = {"w": np.zeros(fednb.scientist._federation.AUTO_MIN_VALUES, np.float32)}
+    large = fednb.simulate(_plus_data, plus, initial=big, rounds=1, progress=False, workers="auto")
+    assert large.settings["workers"] == min(usable_cores(), 7, 8)
+    np.testing.assert_array_equal(large.weights["w"], np.full(big["w"].size, np.mean(1.0 / np.arange(1, 8)),
+                                                              np.float32))
+
+
+@fednb.remote
+def _plus_data(data, weights):
+    return fednb.Update(weights={k: v + float(data["x"].values[0]) for k, v in weights.items()})
+
+
+@fednb.remote
+def _interrupted_in_h1(data, weights):
+    import time
+
+    import _fednb_test_meeting as meeting
+
+    if float(data["x"].values[0]) == 1.0:
+        raise KeyboardInterrupt  # as a Ctrl-C lands in the hospital's code
+    meeting.ran.append(float(data["x"].values[0]))
+    time.sleep(0.2)
+    return weights
+
+
+def test_threaded_hospitals_compose_with_secure_aggregation_and_stop_on_ctrl_c(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    import xarray as xr
+
+    plus = {f"h{i}": xr.Dataset({"x": ("row", np.array([1.0 / i]))}) for i in range(1, 6)}
+    w0 = {"w": np.zeros(1000, np.float32)}
+    hist = fednb.simulate(_plus_data, plus, initial=w0, rounds=2, progress=False, workers=2,
+                          secure_aggregation=True, secure_bound=10.0)
+    assert hist.settings["workers"] == 2 and {r.status for r in hist.records} == {"succeeded"}
+    np.testing.assert_allclose(hist.weights["w"], 2 * np.mean(1.0 / np.arange(1, 6)), atol=1e-6)
+    # a Ctrl-C stops the run at once: the hospitals not yet started are not run
+    meeting = types.ModuleType("_fednb_test_meeting")
+    meeting.ran = []  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "_fednb_test_meeting", meeting)
+    parts = {f"h{i}": xr.Dataset({"x": ("row", np.array([float(i)]))}) for i in range(1, 9)}
+    with pytest.raises(KeyboardInterrupt):
+        fednb.simulate(_interrupted_in_h1, parts, initial=w0, rounds=1, progress=False, workers=2)
+    assert len(meeting.ran) <= 3  # h2 (running beside h1), perhaps h3: not the seven others
+
+
+@pytest.mark.parametrize("workers", [0, -1, True, 1.5, "many", None])
+def test_simulate_refuses_a_bad_number_of_workers(workers: object) -> None:
+    import xarray as xr
+
+    parts = {n: xr.Dataset({"x": ("row", np.array([1.0]))}) for n in ("a", "b")}
+    with pytest.raises(InvalidInput, match="workers must be a whole number >= 1 or 'auto'"):
+        fednb.simulate(_plus_data, parts, initial={"w": np.zeros(2)}, rounds=1, progress=False,
+                       workers=workers)  # type: ignore[arg-type]
+
+
+def test_simulate_refuses_threads_where_they_do_not_apply() -> None:
+    import xarray as xr
+
+    parts = {n: xr.Dataset({"x": ("row", np.array([1.0]))}) for n in ("a", "b")}
+    w0 = {"w": np.zeros(2)}
+    with pytest.raises(InvalidInput, match="asynchronous rounds already run"):
+        fednb.simulate(_plus_data, parts, initial=w0, rounds=1, progress=False, workers=2,
+                       strategy=fednb.strategies.FedBuff(buffer_size=2))
+    with pytest.raises(InvalidInput, match="backend='dask'"):  # refused before a cluster starts
+        fednb.simulate(_plus_data, parts, initial=w0, rounds=1, progress=False, workers=2, backend="dask")
+    # "auto" is not an error there: it leaves the hospitals to the cluster or the async pool
+    hist = fednb.simulate(_plus_data, parts, initial=w0, rounds=2, progress=False, workers="auto",
+                          strategy=fednb.strategies.FedBuff(buffer_size=2))
+    assert hist.settings["workers"] is None and hist.num_rounds == 2

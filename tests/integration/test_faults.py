@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,18 +30,28 @@ def fixed_update(data):
     return fednb.Update(weights={"w": np.full(10, 1.0)})
 
 
+def log_tail(log: Path, chars: int = 4000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
+
+
 @contextmanager
-def served(home: Path, fault: str | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def served(home: Path, fault: str | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """Serve the domain at ``home`` in a child process; yields its URL, the process and its log.
+
+    The server writes to a log file, not to a pipe nobody reads after the first line (a
+    full pipe would block the server in its next write)."""
     env = {**os.environ, "FEDNB_FAULT": fault or ""}
-    proc = subprocess.Popen([sys.executable, "-m", "fednb.cli", "domain", "serve", "--home", str(home),
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    log = home.parent / f"serve-{fault or 'plain'}-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fednb.cli", "domain", "serve", "--home", str(home),
+                                 "--port", "0"], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        m = re.search(r"(http://\S+)", line)
-        assert m, line + (proc.stderr.read() if proc.stderr else "")
-        yield m.group(1), proc
+        deadline = time.monotonic() + 60
+        while not (m := re.search(r"(http://\S+)", log_tail(log))):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                f"the domain did not start (exit status {proc.poll()}):\n{log_tail(log)}"
+            time.sleep(0.05)
+        yield m.group(1), proc, log
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -77,14 +88,14 @@ def check_books(home: Path, run_id: str, interrupted: bool) -> None:
 def test_a_crash_at_each_fault_point_loses_nothing_and_charges_nothing_twice(tmp_path: Path,
                                                                              point: str) -> None:
     home, owner_tok, alice_tok = setup_home(tmp_path)
-    with served(home, fault=point) as (url, proc):
+    with served(home, fault=point) as (url, proc, log):
         alice, owner = fednb.connect(url, token=alice_tok), fednb.connect(url, token=owner_tok)
         req = fixed_update.request(alice, "bc", runs=3, dp=DP)
         owner.requests.get(req.id).approve(release="auto")
         with contextlib.suppress(ConnectionFailed):  # the domain dies under us, as intended
             req.run(run_id="crash-run-0001").wait(60)
-        assert proc.wait(60) == 137, proc.stderr.read() if proc.stderr else ""
-    with served(home) as (url, _):
+        assert proc.wait(60) == 137, log_tail(log)
+    with served(home) as (url, _, _log):
         alice = fednb.connect(url, token=alice_tok)
         again = alice.requests.get(req.id).run(run_id="crash-run-0001")  # the orchestrator resumes
         info = again.wait(60)
@@ -99,14 +110,14 @@ def test_a_run_queued_again_on_another_dataset_is_charged_to_that_one(tmp_path: 
     dom = Domain.open(home)
     dom.add_dataset("bc2", breast_cancer_dataset(), bounds=BC_BOUNDS)
     dom.close()
-    with served(home, fault="after_reserve") as (url, proc):
+    with served(home, fault="after_reserve") as (url, proc, log):
         alice, owner = fednb.connect(url, token=alice_tok), fednb.connect(url, token=owner_tok)
         req = fixed_update.request(alice, ["bc", "bc2"], runs=2, dp=DP)
         owner.requests.get(req.id).approve(release="auto")
         with contextlib.suppress(ConnectionFailed):
             req.run(run_id="moved-run-0001", dataset="bc").wait(60)
-        assert proc.wait(60) == 137
-    with served(home) as (url, _):
+        assert proc.wait(60) == 137, log_tail(log)
+    with served(home) as (url, _, _log):
         alice = fednb.connect(url, token=alice_tok)
         again = alice.requests.get(req.id).run(run_id="moved-run-0001", dataset="bc2")
         assert again.wait(60).status == "succeeded" and again.info.dataset == "bc2"

@@ -223,8 +223,8 @@ def print_serial(fed: dict[tuple[int, int], dict[str, Any]], serial: dict[tuple[
     for (n, p), rec in serial.items():
         fs, fl = rec["s_per_round"], flower.get((n, p), {}).get("s_per_round")
         vs = f"  Flower/fednb {fl / fs:6.1f}x" if fl else ""
-        print(f"  N={n:<5d} P={fmt_p(p):<4s} {fs:.4f}s/round{vs}  ({fed[(n, p)]['workers']} threads: "
-              f"{fs / fed[(n, p)]['s_per_round']:.2f}x faster)")
+        print(f"  N={n:<5d} P={fmt_p(p):<4s} {fs:.4f}s/round{vs}  ({fed[(n, p)]['workers']} threads take "
+              f"{fed[(n, p)]['s_per_round'] / fs:.2f}x this time)")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -30,15 +31,24 @@ def _blas_controller() -> Any:
 def one_blas_thread() -> Any:
     """A context in which BLAS runs on one thread. Level-1 BLAS is memory-bound, so a second
     thread gains little on a quiet machine; when other processes keep the cores busy,
-    OpenBLAS's worker threads wake late: one 400 kB saxpy took 8 ms instead of 9 µs here."""
+    OpenBLAS's worker threads wake late: one 400 kB saxpy took 8 ms instead of 9 µs here.
+
+    OpenBLAS's thread count is the process's: threadpoolctl lets one thread at a time (the
+    first to set it, until its contexts are all closed or it ends) change it, and the
+    others' contexts do nothing."""
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def all_finite(x: np.ndarray) -> bool:
     """True when no value of the float array ``x`` is NaN or infinite."""
     flat = x.reshape(-1) if x.flags.c_contiguous else None
-    # below about 2^18 values the BLAS thread limit's own cost (10-30 µs) outweighs it
-    if flat is not None and flat.dtype in (np.float32, np.float64) and flat.size >= _DOT_FROM:
+    # below about 2^18 values the BLAS thread limit's own cost (10-30 µs) outweighs it; off
+    # the main thread (a virtual hospital's output policy, with simulate's workers), the
+    # elementwise scan: a hospital thread must not take control of BLAS's process-wide
+    # thread count (the driver's own limits would then do nothing while it lives) nor
+    # change it while another hospital's code is inside BLAS
+    if flat is not None and flat.dtype in (np.float32, np.float64) and flat.size >= _DOT_FROM \
+            and threading.current_thread() is threading.main_thread():
         with one_blas_thread(), np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.dot(flat, flat)):
                 return True

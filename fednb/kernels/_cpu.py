@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from fednb.kernels._gram import sq_distances, sq_distances_exact
+from fednb.kernels._launch import serialised_on_workqueue
 from fednb.kernels._select import coordinate_median, trimmed_mean
 from fednb.typing import FloatArray
 
@@ -24,6 +25,7 @@ def _round(x, scale, bound, bits, out):  # type: ignore[no-untyped-def]  # pragm
         out[i] = np.uint32(np.int64(np.floor(v)) & 0xFFFFFFFF)
 
 
+@serialised_on_workqueue
 def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray) -> np.ndarray:
     out = np.empty(x.shape[0], dtype=np.uint32)
     _round(np.ascontiguousarray(x, dtype=np.float64), float(scale), float(bound), bits, out)
@@ -40,6 +42,7 @@ def _box_muller(u, sigma, cos_out, sin_out):  # type: ignore[no-untyped-def]  # 
         sin_out[i] = r * np.sin(theta)
 
 
+@serialised_on_workqueue
 def box_muller(u: FloatArray, sigma: float, cos_out: FloatArray, sin_out: FloatArray) -> None:
     _box_muller(u, float(sigma), cos_out, sin_out)
 
@@ -87,6 +90,7 @@ def _clipped_sum1(x, lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cove
     return acc.sum()
 
 
+@serialised_on_workqueue
 def clipped_sum(x: FloatArray, lo: float, hi: float) -> FloatArray:
     if x.ndim == 1:
         return np.asarray(_clipped_sum1(np.ascontiguousarray(x, dtype=np.float64), float(lo), float(hi)))
@@ -115,6 +119,7 @@ def _histogram(x, lo, hi, edges):  # type: ignore[no-untyped-def]  # pragma: no 
     return acc.sum(axis=0)
 
 
+@serialised_on_workqueue
 def clipped_histogram(x: FloatArray, lo: float, hi: float, bins: int) -> np.ndarray:
     flat = np.ascontiguousarray(x, dtype=np.float64).ravel()
     return np.asarray(_histogram(flat, float(lo), float(hi), np.linspace(lo, hi, bins + 1)))

@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 from numba.typed import List
 
+from fednb.kernels._launch import serialised_on_workqueue
 from fednb.kernels._reference import distances_from_gram
 from fednb.typing import FloatArray
 
@@ -152,6 +153,7 @@ def _typed(rows: Sequence[FloatArray], dtype: type) -> List:
     return List([np.ascontiguousarray(r, dtype=dtype).reshape(-1) for r in rows])
 
 
+@serialised_on_workqueue
 def sq_distances_exact(rows: Sequence[FloatArray]) -> tuple[FloatArray, FloatArray]:
     """What :func:`fednb.kernels._reference.sq_distances` returns (differences summed in
     float64, pair by pair), in parallel: the float64 fallback of Krum."""
@@ -161,6 +163,7 @@ def sq_distances_exact(rows: Sequence[FloatArray]) -> tuple[FloatArray, FloatArr
     return dist, dist * ((BLOCK + typed[0].shape[0] // BLOCK + 4) * 2.0**-53)
 
 
+@serialised_on_workqueue
 def sq_distances(rows: Sequence[FloatArray]) -> tuple[FloatArray, FloatArray]:
     """Squared distances (N, N) float64 between N float32 vectors, and a bound on the
     absolute error of each (the rows must be float32 and contiguous)."""

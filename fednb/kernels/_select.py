@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from fednb.kernels._launch import serialised_on_workqueue
 from fednb.typing import FloatArray
 
 __all__ = ["MAX_UNROLLED", "comparators", "coordinate_median", "trimmed_mean"]
@@ -207,6 +208,7 @@ def _looped(x, lows, highs, first, last, out, scale):  # type: ignore[no-untyped
             out[lo + j] = s * scale
 
 
+@serialised_on_workqueue
 def _middle_mean(stacked: FloatArray, first: int, last: int) -> FloatArray:
     x = stacked if stacked.dtype in (np.float32, np.float64) else stacked.astype(np.float64)
     x = np.ascontiguousarray(x)

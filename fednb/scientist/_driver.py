@@ -77,6 +77,8 @@ class SerialExecutor(Executor):
         fut: Future[Any] = Future()
         try:
             fut.set_result(fn(*args, **kwargs))
+        except (KeyboardInterrupt, SystemExit):
+            raise  # a Ctrl-C stops the round here: the hospitals after this one are not run
         except BaseException as exc:
             fut.set_exception(exc)
         return fut

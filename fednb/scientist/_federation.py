@@ -31,8 +31,10 @@ __all__ = ["Federation", "card_differences", "simulate"]
 AUTO_MIN_VALUES = 1 << 18
 """``workers="auto"`` runs hospitals on threads from this many model values: below it a
 hospital's time goes to Python (which holds the GIL), above it to array work that releases
-it (``bench/rounds.py``: at N=10 two threads take 0.8x the serial time at 2.5e5 values,
-0.7x at 1e6, and 1.05-1.4x at 1e5)."""
+it. Two threads against one after another, no-op rounds (``bench/rounds.py``'s work) on two
+cores, 2026-12-06: at N=10, 1.26-1.42x the serial time at 1e5 values, 1.05-1.09x at 2e5,
+0.79-0.96x at 2^18, 0.71-0.73x at 3.5e5, 0.65-0.72x at 1e6; at N=100, 1.30-1.37x at 1e5,
+0.69-0.75x at 2^18, and about 1x at 1e6 (the updates no longer fit in the cache)."""
 AUTO_MAX_WORKERS = 8
 
 
@@ -210,12 +212,15 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
 
     ``backend="local"`` runs the hospitals in this process: one after another by default
     (``workers=1``), or on ``workers`` threads. Threads pay off for large models, where a
-    hospital's time goes to array work that releases the GIL (about 1.4x faster rounds at
-    P=1e6 on two cores), and cost time for small ones; ``workers="auto"`` takes one thread
+    hospital's time goes to array work that releases the GIL and the round's updates fit in
+    the cache (1.4-1.5x faster rounds at N=10, P=1e6 on two cores; no change at N=100), and
+    cost time for small ones; ``workers="auto"`` takes one thread
     per core (at most 8) from 2**18 model values and runs serially below. With threads,
     hospitals share the process's global state: NumPy's and PyTorch's global random
     generators (draw from a generator the function makes, e.g. ``np.random.default_rng``,
-    for runs that repeat) and PyTorch's own thread count. Synchronous rounds only:
+    for runs that repeat), PyTorch's own thread count, and the round's parameters (each
+    hospital gets a shallow copy of ``params``: do not change a list or array in it in
+    place). Synchronous rounds only:
     asynchronous rounds always run each hospital on its own thread. ``backend="dask"``
     runs each hospital's work as tasks on a Dask cluster (``dask_client``, or a local
     cluster of two worker processes made for the call).
@@ -238,6 +243,9 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
     compose_check(strategy, secure_aggregation=secure_aggregation, asynchronous=is_async, dp=dp is not None)
     _check_params(fn, strategy, dict(params or {}))
     secure_noise = _secure_noise(distributed_noise, secure_aggregation, dp)
+    if backend not in ("local", "dask"):
+        raise InvalidInput(f"backend must be 'local' or 'dask', not {backend!r}")
+    threads = _workers(workers, initial, len(partitions), backend=backend, asynchronous=is_async)
     parts: dict[str, Participant] = {}
     for name, data in partitions.items():
         dim = example_dim or str(next(iter(data.data_vars.values())).dims[0])
@@ -247,9 +255,6 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
         for part in parts.values():  # the FedAvg family's aggregate checks the mean for NaN/Inf
             assert isinstance(part, LocalParticipant)
             part.defer_finite_check = True
-    if backend not in ("local", "dask"):
-        raise InvalidInput(f"backend must be 'local' or 'dask', not {backend!r}")
-    threads = _workers(workers, initial, len(parts), backend=backend, asynchronous=is_async)
     bound = None
     if secure_aggregation:
         if backend != "local":

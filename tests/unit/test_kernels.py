@@ -569,3 +569,30 @@ def test_all_finite_is_exact_also_when_the_sum_of_squares_overflows(monkeypatch:
     assert kernels.all_finite(big)
     big[-1] = np.nan
     assert not kernels.all_finite(big)
+
+
+
+def test_all_finite_off_the_main_thread_leaves_the_blas_thread_count_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a virtual hospital's output policy on a thread (simulate's workers) limited BLAS's
+    # process-wide thread count: threadpoolctl then gives that thread control of it, and the
+    # driver's own limits do nothing while it lives
+    import threading
+
+    from fednb.kernels import _blas
+
+    calls: list[str] = []
+    real = _blas.one_blas_thread
+    monkeypatch.setattr(_blas, "one_blas_thread",
+                        lambda: calls.append(threading.current_thread().name) or real())
+    x = np.ones(1 << 18)
+    bad = x.copy()
+    bad[-1] = np.nan
+    out: dict[str, bool] = {}
+    hospital = threading.Thread(name="hospital", target=lambda: out.update(
+        ok=kernels.all_finite(x), bad=kernels.all_finite(bad)))
+    hospital.start()
+    hospital.join(10)
+    assert out == {"ok": True, "bad": False} and calls == []
+    assert kernels.all_finite(x) and not kernels.all_finite(bad)
+    assert calls == [threading.main_thread().name] * 2  # the BLAS dot product, on one thread

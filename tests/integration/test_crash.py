@@ -114,7 +114,7 @@ def test_a_federation_resumes_against_a_domain_killed_mid_run(tmp_path: Path) ->
                                 initial={"w": np.zeros(10)}, params={"lr": 0.1}, rounds=rounds, dp=DP,
                                 timeout=60, checkpoint=ckpt, progress=False)
 
-    with served(home) as (url, proc):
+    with served(home) as (url, proc, _log):
         fed = federation(url)
         fed.request()
         fednb.connect(url, token=owner_tok).requests.pending()[0].approve(release="auto")
@@ -134,7 +134,7 @@ def test_a_federation_resumes_against_a_domain_killed_mid_run(tmp_path: Path) ->
         t.join()
     wait_until(lambda: not sandbox_orphans(home), 10, "the sandboxed worker to die with the domain")
     left = worker_cgroups(proc.pid)  # the killed domain removed none of its workers' cgroups
-    with served(home) as (url, _):
+    with served(home) as (url, _, _log):
         history = federation(url).run()  # resumes at round 2 with the same run ids
         assert history.num_rounds == rounds
         np.testing.assert_allclose(history.weights["w"].shape, (10,))
@@ -153,14 +153,15 @@ def test_a_domain_stopped_with_sigterm_stops_its_workers_and_removes_their_cgrou
     default handler, which ended the process before the domain closed: every warm worker's
     cgroup stayed behind (its worker died with the domain)."""
     home, owner_tok, (sci_tok,) = make_home(tmp_path, 1)
-    with served(home) as (url, proc):
+    with served(home) as (url, proc, log):
         req = quick.request(fednb.connect(url, token=sci_tok), "bc", runs=5, dp=DP)
         fednb.connect(url, token=owner_tok).requests.get(req.id).approve(release="auto")
         assert req.run().wait(60).status == "succeeded"
         made = worker_cgroups(proc.pid)  # the request's warm worker (none where cgroups are not writable)
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "stopped" in out
+        proc.wait(30)
+    out = log.read_text(errors="replace")  # the server's output and errors
+    assert proc.returncode == 0 and "stopped" in out, out[-4000:]
     assert not [d for d in made if d.exists()]
     wait_until(lambda: not sandbox_orphans(home), 10, "the sandboxed worker to stop")
 
@@ -262,7 +263,7 @@ def test_kill_9_at_random_moments_under_load_loses_nothing(tmp_path: Path) -> No
     reqs: dict[str, str] = {}
     unfinished: list[str] = []
     for cycle in range(3):
-        with served(home) as (url, proc):
+        with served(home) as (url, proc, _log):
             if cycle:  # restarted: the runs the kill caught were failed and their charges freed
                 check_books(home, held_ok=True).close()
             else:  # s2's results are held for the owner's manual release
@@ -277,7 +278,7 @@ def test_kill_9_at_random_moments_under_load_loses_nothing(tmp_path: Path) -> No
         wait_until(lambda: not sandbox_orphans(home), 10, "the sandboxed workers to die with the domain")
         check_acknowledged(home, load)
         unfinished = sorted(r for r, seen in load.acked.items() if seen == "queued")
-    with served(home) as (url, _):
+    with served(home) as (url, _, _log):
         check_books(home, held_ok=True).close()
         with Load(url, owner_tok, tokens, reqs, 3, unfinished) as load:  # the last runs resume
             wait_until(lambda: all(load.acked.get(r, "queued") != "queued" for r in unfinished), 60,

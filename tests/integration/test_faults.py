@@ -47,7 +47,7 @@ def served(home: Path, fault: str | None = None) -> Iterator[tuple[str, subproce
                                  "--port", "0"], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 60
-        while not (m := re.search(r"(http://\S+)", log_tail(log))):
+        while not (m := re.search(r"(http://\S+)\s", log_tail(log))):  # the whole URL, not half
             assert proc.poll() is None and time.monotonic() < deadline, \
                 f"the domain did not start (exit status {proc.poll()}):\n{log_tail(log)}"
             time.sleep(0.05)

@@ -34,12 +34,13 @@ from numpy.typing import DTypeLike
 from fednb.errors import InvalidInput
 from fednb.kernels import _reference
 from fednb.kernels._backend import BACKENDS, backend
-from fednb.kernels._blas import all_finite, one_blas_thread, usable_cores
+from fednb.kernels._blas import all_finite, one_blas_thread, other_threads_in_blas, usable_cores
 from fednb.kernels._memory import keep_freed_memory
 from fednb.typing import FloatArray
 
 __all__ = ["BACKENDS", "all_finite", "backend", "box_muller", "clipped_histogram", "clipped_sum",
-           "coordinate_median", "keep_freed_memory", "one_blas_thread", "quantile_pick", "sq_distances",
+           "coordinate_median", "keep_freed_memory", "one_blas_thread", "other_threads_in_blas",
+           "quantile_pick", "sq_distances",
            "stochastic_round", "trimmed_mean", "usable_cores", "weighted_sum", "weighted_sum_checked"]
 
 

@@ -9,14 +9,16 @@ against 59 µs at 2^18, 0.20 ms against 0.27 ms at a million), and without its t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["all_finite", "one_blas_thread", "usable_cores"]
+__all__ = ["all_finite", "one_blas_thread", "other_threads_in_blas", "usable_cores"]
 
 _DOT_FROM = 1 << 18
 
@@ -39,16 +41,35 @@ def one_blas_thread() -> Any:
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
+_elsewhere_lock = threading.Lock()
+_elsewhere = 0  # open contexts of other_threads_in_blas
+
+
+@contextlib.contextmanager
+def other_threads_in_blas() -> Iterator[None]:
+    """A context in which other threads may be inside BLAS (a simulated round's hospitals on
+    threads): :func:`all_finite` then leaves BLAS's thread count alone and scans
+    elementwise, on any thread."""
+    global _elsewhere
+    with _elsewhere_lock:
+        _elsewhere += 1
+    try:
+        yield
+    finally:
+        with _elsewhere_lock:
+            _elsewhere -= 1
+
+
 def all_finite(x: np.ndarray) -> bool:
     """True when no value of the float array ``x`` is NaN or infinite."""
     flat = x.reshape(-1) if x.flags.c_contiguous else None
-    # below about 2^18 values the BLAS thread limit's own cost (10-30 µs) outweighs it; off
-    # the main thread (a virtual hospital's output policy, with simulate's workers), the
-    # elementwise scan: a hospital thread must not take control of BLAS's process-wide
-    # thread count (the driver's own limits would then do nothing while it lives) nor
-    # change it while another hospital's code is inside BLAS
+    # below about 2^18 values the BLAS thread limit's own cost (10-30 µs) outweighs it. Off
+    # the main thread (a virtual hospital's output policy, with simulate's workers) and
+    # while other threads may be inside BLAS, the elementwise scan: a hospital thread must
+    # not take control of BLAS's process-wide thread count (the driver's own limits could
+    # then do nothing), and no thread should change it under another one's BLAS call
     if flat is not None and flat.dtype in (np.float32, np.float64) and flat.size >= _DOT_FROM \
-            and threading.current_thread() is threading.main_thread():
+            and not _elsewhere and threading.current_thread() is threading.main_thread():
         with one_blas_thread(), np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.dot(flat, flat)):
                 return True

@@ -12,6 +12,7 @@ import math
 import numpy as np
 from numba import cuda, float64
 
+from fednb.kernels._launch import serialised_on_simulator
 from fednb.typing import FloatArray
 
 __all__ = ["MAX_N", "box_muller", "clipped_histogram", "clipped_sum", "coordinate_median", "stochastic_round",
@@ -44,6 +45,7 @@ def _kernel(x, k, median, out):  # type: ignore[no-untyped-def]  # pragma: no co
         out[j] = s / (n - 2 * k)
 
 
+@serialised_on_simulator
 def _run(stacked: FloatArray, k: int, median: bool) -> FloatArray:
     x = np.ascontiguousarray(stacked, dtype=np.float64)
     p = x.shape[1]
@@ -68,6 +70,7 @@ def _round_kernel(x, scale, bound, bits, out):  # type: ignore[no-untyped-def]  
         out[i] = math.floor(v) & 0xFFFFFFFF
 
 
+@serialised_on_simulator
 def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray) -> np.ndarray:
     d_out = cuda.device_array(x.shape[0], dtype=np.uint32)
     _round_kernel[math.ceil(x.shape[0] / _THREADS), _THREADS](
@@ -87,6 +90,7 @@ def _box_muller_kernel(u, sigma, cos_out, sin_out):  # type: ignore[no-untyped-d
         sin_out[i] = r * math.sin(theta)
 
 
+@serialised_on_simulator
 def box_muller(u: FloatArray, sigma: float, cos_out: FloatArray, sin_out: FloatArray) -> None:
     m = u.shape[0] // 2
     d_cos, d_sin = cuda.device_array(m, dtype=np.float64), cuda.device_array(m, dtype=np.float64)
@@ -107,6 +111,7 @@ def _clipped_sum_kernel(x, lo, hi, out):  # type: ignore[no-untyped-def]  # prag
         out[j] = acc
 
 
+@serialised_on_simulator
 def clipped_sum(x: FloatArray, lo: float, hi: float) -> FloatArray:
     flat = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1))
     d_out = cuda.device_array(flat.shape[1], dtype=np.float64)
@@ -129,6 +134,7 @@ def _histogram_kernel(x, lo, hi, edges, counts):  # type: ignore[no-untyped-def]
         cuda.atomic.add(counts, k, 1)  # type: ignore[attr-defined]
 
 
+@serialised_on_simulator
 def clipped_histogram(x: FloatArray, lo: float, hi: float, bins: int) -> np.ndarray:
     flat = np.ascontiguousarray(x, dtype=np.float64).ravel()
     d_counts = cuda.to_device(np.zeros(bins, dtype=np.int64))

@@ -16,7 +16,7 @@ import xarray as xr
 
 from fednb.client import DomainClient, RemoteRequest
 from fednb.errors import InvalidInput
-from fednb.kernels import keep_freed_memory, usable_cores
+from fednb.kernels import keep_freed_memory, other_threads_in_blas, usable_cores
 from fednb.protocol import ClientDP, Compression, DatasetCard
 from fednb.scientist._driver import Driver, SerialExecutor
 from fednb.scientist._history import History
@@ -33,8 +33,8 @@ AUTO_MIN_VALUES = 1 << 18
 hospital's time goes to Python (which holds the GIL), above it to array work that releases
 it. Two threads against one after another, no-op rounds (``bench/rounds.py``'s work) on two
 cores, 2026-12-06: at N=10, 1.26-1.42x the serial time at 1e5 values, 1.05-1.09x at 2e5,
-0.79-0.96x at 2^18, 0.71-0.73x at 3.5e5, 0.65-0.72x at 1e6; at N=100, 1.30-1.37x at 1e5,
-0.69-0.75x at 2^18, and about 1x at 1e6 (the updates no longer fit in the cache)."""
+0.79-0.96x at 2^18, 0.71-0.73x at 3.5e5, 0.58-0.72x at 1e6; at N=100, 1.30-1.37x at 1e5,
+0.69-0.75x at 2^18, and 0.95-1.03x at 1e6 (the updates no longer fit in the cache)."""
 AUTO_MAX_WORKERS = 8
 
 
@@ -213,9 +213,9 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
     ``backend="local"`` runs the hospitals in this process: one after another by default
     (``workers=1``), or on ``workers`` threads. Threads pay off for large models, where a
     hospital's time goes to array work that releases the GIL and the round's updates fit in
-    the cache (1.4-1.5x faster rounds at N=10, P=1e6 on two cores; no change at N=100), and
-    cost time for small ones; ``workers="auto"`` takes one thread
-    per core (at most 8) from 2**18 model values and runs serially below. With threads,
+    the cache (1.4-1.7x faster rounds at N=10, P=1e6 on two cores; about the same at N=100),
+    and cost time for small ones; ``workers="auto"`` takes one thread per core (at most 8,
+    and at most one per hospital) from 2**18 model values and runs serially below. With threads,
     hospitals share the process's global state: NumPy's and PyTorch's global random
     generators (draw from a generator the function makes, e.g. ``np.random.default_rng``,
     for runs that repeat), PyTorch's own thread count, and the round's parameters (each
@@ -272,6 +272,7 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
         # concurrency, so they keep the driver's pool
         executor: Executor | None = None if is_async else SerialExecutor()
         if threads > 1:
+            stack.enter_context(other_threads_in_blas())  # the driver checks updates as they come
             executor = ThreadPoolExecutor(threads, thread_name_prefix="fednb-hospital")
             # on an error or Ctrl-C, hospitals not yet started are not run
             stack.callback(executor.shutdown, wait=True, cancel_futures=True)

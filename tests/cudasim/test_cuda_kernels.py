@@ -63,3 +63,34 @@ def test_cuda_query_statistics_match_the_reference() -> None:
     assert kernels.quantile_pick(v, -2.0, 2.0, 25.0, 1.0, 0.3) == _reference.quantile_pick(
         v, -2.0, 2.0, 25.0, 1.0, 0.3
     )
+
+
+def test_cuda_launches_from_two_threads_at_once_give_each_its_own_result() -> None:
+    # the simulator swaps fake cuda modules into a kernel's globals for each launch: two
+    # launches at once (a round's hospitals on threads) read each other's thread indices
+    import threading
+
+    rng = np.random.default_rng(3)
+    inputs = [rng.normal(size=300) * 3 for _ in range(2)]
+    bits = [rng.integers(0, 2**32, size=300, dtype=np.uint32) for _ in range(2)]
+    want = [_reference.stochastic_round(x, 2**20, 4.0, b) for x, b in zip(inputs, bits, strict=True)]
+    wrong: list[str] = []
+    start = threading.Barrier(2, timeout=10)
+
+    def launch(i: int) -> None:
+        start.wait()
+        for _ in range(5):
+            try:
+                got = _cuda.stochastic_round(inputs[i], 2**20, 4.0, bits[i])
+            except Exception as exc:  # the simulator's own state, broken by the other launch
+                wrong.append(f"{i}: {type(exc).__name__}")
+                return
+            if not np.array_equal(got, want[i]):
+                wrong.append(f"{i}: wrong values")
+
+    threads = [threading.Thread(target=launch, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert wrong == []

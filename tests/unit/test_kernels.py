@@ -596,3 +596,55 @@ def test_all_finite_off_the_main_thread_leaves_the_blas_thread_count_alone(
     assert out == {"ok": True, "bad": False} and calls == []
     assert kernels.all_finite(x) and not kernels.all_finite(bad)
     assert calls == [threading.main_thread().name] * 2  # the BLAS dot product, on one thread
+    # while hospitals run on threads, the main thread's checks leave the limit alone too
+    with kernels.other_threads_in_blas():
+        assert kernels.all_finite(x) and not kernels.all_finite(bad)
+    assert calls == [threading.main_thread().name] * 2
+    assert kernels.all_finite(x) and calls == [threading.main_thread().name] * 3  # and after it
+
+
+def test_parallel_launches_take_turns_on_numbas_workqueue_layer_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from fednb.kernels import _launch
+
+    inside, most = [0], [0]
+    count = threading.Lock()
+
+    @_launch.serialised_on_workqueue
+    def launch() -> None:
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with count:
+            inside[0] -= 1
+
+    def run_at_once(fn: object, n: int) -> None:
+        threads = [threading.Thread(target=fn) for _ in range(n)]  # type: ignore[arg-type]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+
+    monkeypatch.setattr(_launch, "_threadsafe", False)  # the workqueue
+    run_at_once(launch, 4)
+    assert most[0] == 1
+    # not known yet: turns until the first launch shows the layer, then at once where safe
+    monkeypatch.setattr(_launch, "_threadsafe", None)
+    monkeypatch.setattr(_launch, "_layer_is_threadsafe", lambda: True)
+    launch()
+    assert _launch._threadsafe is True
+    met = threading.Barrier(2, timeout=5)
+    broken: list[bool] = []
+
+    @_launch.serialised_on_workqueue
+    def meet() -> None:
+        try:
+            met.wait()
+        except threading.BrokenBarrierError:
+            broken.append(True)
+
+    run_at_once(meet, 2)
+    assert broken == []

@@ -384,6 +384,6 @@ print(numba.threading_layer(), sorted({r.status for r in hist.records}))
     script = tmp_path / "workqueue.py"  # a file: @fednb.remote reads the function's source
     script.write_text(code)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NUMBA_THREADING_LAYER": "workqueue"})
+                          env={**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "FEDNB_BACKEND": "numba"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "workqueue ['succeeded']"

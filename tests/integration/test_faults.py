@@ -20,6 +20,7 @@ import fednb
 from fednb.domain import Domain
 from fednb.domain._faults import FAULT_POINTS
 from fednb.errors import ConnectionFailed
+from tests.browser.conftest import tail
 from tests.conftest import BC_BOUNDS, breast_cancer_dataset
 
 DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
@@ -28,10 +29,6 @@ DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
 @fednb.remote
 def fixed_update(data):
     return fednb.Update(weights={"w": np.full(10, 1.0)})
-
-
-def log_tail(log: Path, chars: int = 4000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
 @contextmanager
@@ -47,9 +44,9 @@ def served(home: Path, fault: str | None = None) -> Iterator[tuple[str, subproce
                                  "--port", "0"], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 60
-        while not (m := re.search(r"(http://\S+)\s", log_tail(log))):  # the whole URL, not half
+        while not (m := re.search(r"(http://\S+)\s", tail(log))):  # the whole URL, not half
             assert proc.poll() is None and time.monotonic() < deadline, \
-                f"the domain did not start (exit status {proc.poll()}):\n{log_tail(log)}"
+                f"the domain did not start (exit status {proc.poll()}):\n{tail(log)}"
             time.sleep(0.05)
         yield m.group(1), proc, log
     finally:
@@ -94,7 +91,7 @@ def test_a_crash_at_each_fault_point_loses_nothing_and_charges_nothing_twice(tmp
         owner.requests.get(req.id).approve(release="auto")
         with contextlib.suppress(ConnectionFailed):  # the domain dies under us, as intended
             req.run(run_id="crash-run-0001").wait(60)
-        assert proc.wait(60) == 137, log_tail(log)
+        assert proc.wait(60) == 137, tail(log)
     with served(home) as (url, _, _log):
         alice = fednb.connect(url, token=alice_tok)
         again = alice.requests.get(req.id).run(run_id="crash-run-0001")  # the orchestrator resumes
@@ -116,7 +113,7 @@ def test_a_run_queued_again_on_another_dataset_is_charged_to_that_one(tmp_path: 
         owner.requests.get(req.id).approve(release="auto")
         with contextlib.suppress(ConnectionFailed):
             req.run(run_id="moved-run-0001", dataset="bc").wait(60)
-        assert proc.wait(60) == 137, log_tail(log)
+        assert proc.wait(60) == 137, tail(log)
     with served(home) as (url, _, _log):
         alice = fednb.connect(url, token=alice_tok)
         again = alice.requests.get(req.id).run(run_id="moved-run-0001", dataset="bc2")

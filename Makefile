@@ -24,8 +24,8 @@ demo-headless: install
 test: install
 	bash scripts/test-deps.sh
 	cd labextension && ../$(BIN)/jlpm test
-	FEDNB_REQUIRE_BROWSER=1 FEDNB_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
-	NUMBA_ENABLE_CUDASIM=1 FEDNB_BACKEND=numba-cuda-sim $(BIN)/python -m pytest tests/cudasim
+	FEDNB_REQUIRE_BROWSER=1 FEDNB_REQUIRE_POSTGRES=1 FEDNB_REQUIRE_SANDBOX=1 $(BIN)/python -m pytest
+	NUMBA_ENABLE_CUDASIM=1 FEDNB_BACKEND=numba-cuda-sim FEDNB_REQUIRE_SANDBOX=1 $(BIN)/python -m pytest tests/cudasim
 
 lint: install
 	$(BIN)/ruff check fednb tests bench

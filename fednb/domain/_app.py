@@ -4,11 +4,14 @@ The OpenAPI document at ``/api/v1/openapi.json`` is the contract of this API.
 """
 
 
+import json
 import logging
+import math
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -19,7 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fednb import kernels
-from fednb.domain._store import UserRow, is_busy
+from fednb.domain._store import RequestRow, UserRow, is_busy
 from fednb.errors import (
     AuthenticationError,
     DomainBusy,
@@ -29,6 +32,7 @@ from fednb.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    RequestNotApproved,
     UnsupportedMedia,
 )
 from fednb.protocol import (
@@ -52,6 +56,7 @@ from fednb.protocol import (
     SecAggShare,
     SecAggSignature,
     SecAggSurvivors,
+    TensorSpec,
     UserInfo,
     dataset_to_bytes,
     decode_message,
@@ -66,6 +71,8 @@ BINARY = "application/octet-stream"
 _MAX_JSON = 4 << 20
 _RUN_PATH = re.compile(rf"^{re.escape(API_PREFIX)}/requests/[^/]+/runs/[^/]+$")
 _MAX_RUN_BODY = 512 << 20
+_HEADER_ALLOWANCE = 64 << 10  # the fednb run header's fixed fields and the safetensors framing
+_TENSOR_HEADER = 256  # one tensor's entry in the safetensors header, besides its name
 _bearer = HTTPBearer(auto_error=False)
 _log = logging.getLogger("fednb.domain")
 
@@ -168,7 +175,7 @@ def _routes(dom: "Domain") -> APIRouter:
 
     @r.post("/requests/{request_id}/approve", response_model=RequestInfo)
     def approve(request_id: str, body: ApproveDecision, u: Owner) -> RequestInfo:
-        return dom.requests.approve(request_id, release=body.release, reviewer=u.name)
+        return dom.requests.approve(request_id, release=body.release, reviewer=u.name, slot_s=body.slot_s)
 
     @r.post("/requests/{request_id}/deny", response_model=RequestInfo)
     def deny(request_id: str, body: DenyDecision, u: Owner) -> RequestInfo:
@@ -182,7 +189,12 @@ def _routes(dom: "Domain") -> APIRouter:
             raise InvalidInput("run ids are 8-64 letters, digits, '-' or '_'")
         if req.headers.get("content-type", "").split(";")[0].strip() != BINARY:
             raise UnsupportedMedia(f"a run body is a safetensors message sent as {BINARY}")
-        header, weights = decode_message(await _read_capped(req, _MAX_RUN_BODY))
+        # authorise before reading: nothing of the body is buffered until the request is
+        # known to be this scientist's own and approved, and its approved weights bound it
+        row = await anyio.to_thread.run_sync(lambda: dom.requests.row(request_id, scientist=u.name))
+        if row.status != "approved":
+            raise RequestNotApproved(f"request {request_id!r} is {row.status}; it cannot run")
+        header, weights = decode_message(await _read_capped(req, _run_body_cap(row)))
         try:
             spec = RunCreate.model_validate(header)
         except ValidationError as exc:
@@ -259,15 +271,37 @@ def _routes(dom: "Domain") -> APIRouter:
     return r
 
 
+def _run_body_cap(row: RequestRow) -> int:
+    """The most bytes a run body of the approved request ``row`` can need.
+
+    The approved tensors' bytes, plus room for the safetensors header (a name, dtype, shape
+    and offsets per tensor) and for the fednb JSON header (the run's parameters, bounded by
+    the approved params schema; escaped once more inside the safetensors metadata, hence
+    twice its length). Never more than ``_MAX_RUN_BODY``.
+    """
+    specs = [TensorSpec.model_validate(v) for v in (row.weights or {}).values()]
+    tensors = sum(math.prod(t.shape) * np.dtype(t.dtype).itemsize for t in specs)
+    names = sum(2 * len(name) + _TENSOR_HEADER for name in row.weights or {})
+    params = 2 * len(json.dumps(row.params or {}))
+    return min(_MAX_RUN_BODY, tensors + names + params + _HEADER_ALLOWANCE)
+
+
 async def _read_capped(req: Request, cap: int) -> bytes:
+    """The body, read as it streams in and refused (413) once it passes ``cap`` bytes.
+
+    A declared Content-Length over the cap is refused before a byte is read; a chunked
+    body (no length declared) is counted as it arrives and never buffered past the cap.
+    """
+    too_large = f"the body is larger than the approved request allows ({cap} bytes: the " \
+                "approved weights and their headers); send the approved weights only"
     declared = req.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise PayloadTooLarge(f"body of {declared} bytes exceeds the cap of {cap}")
+        raise PayloadTooLarge(too_large)
     chunks, size = [], 0
     async for chunk in req.stream():
         size += len(chunk)
         if size > cap:
-            raise PayloadTooLarge(f"body exceeds the cap of {cap} bytes")
+            raise PayloadTooLarge(too_large)
         chunks.append(chunk)
     return b"".join(chunks)
 

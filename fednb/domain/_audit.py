@@ -2,7 +2,9 @@
 
 Each entry's MAC covers its content and the previous entry's MAC, under a key kept in a
 0600 file outside the database. The last (seq, MAC) is also written to ``audit.head``
-beside it, so deleting entries from the end of the table is detected too.
+beside it, so deleting entries from the end of the table is detected too; and the domain
+refuses to append to a log that no longer holds that head, since the new entries would
+move the head past the gap and hide it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import threading
@@ -22,10 +25,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fednb.domain._store import AuditRow, Store, utcnow
+from fednb.errors import InternalError
 
 __all__ = ["AuditLog", "AuditReport"]
 
 _GENESIS = "0" * 64
+_log = logging.getLogger("fednb.domain")
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,17 @@ class AuditLog:
         return hmac.new(self._key, msg.encode(), hashlib.sha256).hexdigest()
 
     def append(self, s: Session, actor: str, action: str, **details: Any) -> AuditRow:
-        """Add an entry inside the caller's transaction (callers hold the domain's write lock)."""
+        """Add an entry inside the caller's transaction (callers hold the domain's write lock).
+
+        Raises
+        ------
+        InternalError
+            If the database no longer holds the published head (entries were deleted from
+            its end): extending the chain would move the head past the gap and hide it.
+        """
+        head = self.head()  # before the query: a published head's row is committed, so visible
         last = s.execute(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).scalar()
+        self._check_head(s, head, last)
         seq = 1 if last is None else last.seq + 1
         prev = _GENESIS if last is None else last.mac
         ts = utcnow().isoformat()
@@ -78,6 +92,31 @@ class AuditLog:
         s.add(row)
         s.flush()
         return row
+
+    def _check_head(self, s: Session, head: dict[str, Any] | None, last: AuditRow | None) -> None:
+        """Refuse to extend a chain that lost its published head.
+
+        Someone with write access to the database alone can delete entries from its end;
+        ``verify`` sees that only while the head file still points past the new end. If
+        the next entry were appended, the head would move on and the gap would vanish, so
+        the domain stops writing instead, and stays detectably broken until its owner
+        restores the database.
+        """
+        if head is None and last is None:  # a new log: the first entry publishes the first head
+            return
+        seq = None if head is None else head.get("seq")
+        row = s.get(AuditRow, seq) if isinstance(seq, int) and not isinstance(seq, bool) else None
+        if head is not None and row is not None and \
+                hmac.compare_digest(row.mac.encode(), str(head.get("mac")).encode()):
+            return
+        why = ("the published head (audit.head) is missing or unreadable" if head is None else
+               f"the database no longer holds the published head, entry {seq}: entries were "
+               "deleted from the end of the log" if row is None else
+               f"entry {seq} differs from the published head: the log was rewritten")
+        _log.critical("audit log tampered with: %s; refusing to write", why)
+        raise InternalError(f"the domain's audit log was tampered with ({why}); it refuses to "
+                            "record anything more until its owner runs `fednb domain audit --verify` "
+                            "and restores the database from a backup")
 
     def publish_head(self, row: AuditRow) -> None:
         """Record the last entry outside the database (after its transaction committed).

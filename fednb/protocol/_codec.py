@@ -21,6 +21,8 @@ __all__ = ["ALLOWED_DTYPES", "decode_message", "encode_message", "peek_header"]
 
 _META_KEY = "fednb"
 _HEADER_MAX = 16 * 1024 * 1024
+_TOO_DEEP = "body is not a safetensors message: its {what} nests arrays or objects too deeply " \
+            "for the JSON parser; send a flat header as fednb.protocol.encode_message writes"
 ALLOWED_DTYPES = frozenset({"F16", "F32", "F64", "I8", "I16", "I32", "I64", "U8", "U32", "BOOL"})
 """Safetensors dtypes fednb accepts; anything else is refused."""
 
@@ -48,6 +50,8 @@ def peek_header(data: bytes) -> tuple[dict[str, Any], int]:
         header = json.loads(data[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidInput("body is not a safetensors message: header is not JSON") from None
+    except RecursionError:  # a hostile header, not the domain's fault: a 400 like any bad one
+        raise InvalidInput(_TOO_DEEP.format(what="safetensors header")) from None
     if not isinstance(header, dict):
         raise InvalidInput("body is not a safetensors message: header is not an object")
     for name, info in header.items():
@@ -77,6 +81,8 @@ def decode_message(data: bytes, max_bytes: int | None = None) -> tuple[JSON, dic
     try:
         body = json.loads(meta[_META_KEY])
         tensors = st.load(data)
+    except RecursionError:
+        raise InvalidInput(_TOO_DEEP.format(what="fednb header")) from None
     except Exception as exc:  # safetensors raises its own SafetensorError
         raise InvalidInput(f"corrupt safetensors message: {type(exc).__name__}") from None
     return body, dict(tensors)

@@ -108,16 +108,22 @@ class Evil:
 
 
 def test_no_pickle_crosses_the_wire(hospital: Hospital) -> None:
+    @fednb.remote
+    def count(data):
+        return np.asarray(data.sizes["patient"])
+
+    req = count.request(hospital.alice(), "breast-cancer")
+    hospital.owner().requests.get(req.id).approve()  # so the run route reads the body
     body = pickle.dumps({"weights": Evil()})
     auth = {"Authorization": f"Bearer {hospital.alice_token}"}
     base = hospital.url + "/api/v1"
     r = httpx.post(base + "/requests", content=body,
                    headers={**auth, "Content-Type": "application/python-pickle"})
     assert 400 <= r.status_code < 500
-    for ctype in ("application/octet-stream", "application/python-pickle"):
-        r = httpx.put(base + "/requests/someid1234/runs/runid12345", content=body,
+    for ctype, status in (("application/octet-stream", 400), ("application/python-pickle", 415)):
+        r = httpx.put(base + f"/requests/{req.id}/runs/runid12345", content=body,
                       headers={**auth, "Content-Type": ctype})
-        assert r.status_code in (400, 415), (ctype, r.status_code)
+        assert r.status_code == status, (ctype, r.status_code, r.text)
     r = httpx.get(base + "/datasets/breast-cancer/mock", headers=auth)
     assert r.headers["content-type"] == "application/octet-stream"
     assert not r.content.startswith(b"\x80")  # safetensors, not a pickle protocol header

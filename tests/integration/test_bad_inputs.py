@@ -22,9 +22,9 @@ import xarray as xr
 import fednb
 from fednb.domain import Domain
 from fednb.domain._loaders import load
-from fednb.domain.runner import bwrap_available
 from fednb.errors import InvalidInput
 from fednb.protocol import encode_message
+from tests.adversarial.conftest import require_sandbox
 from tests.conftest import Hospital
 
 RUN = "application/octet-stream"
@@ -184,8 +184,8 @@ def test_weights_outside_the_approval_are_refused(hospital: Hospital, approved: 
     still_serving(hospital)
 
 
-@pytest.mark.skipif(not bwrap_available(), reason="needs bubblewrap (apt bubblewrap)")
 def test_finite_weights_of_the_approved_shape_still_run(hospital: Hospital, approved: str) -> None:
+    require_sandbox()
     run = fednb.client.RemoteRequest(hospital.alice(), hospital.alice().requests.get(approved).info).run(
         weights={"w": np.ones(3)})
     assert run.wait(120).status == "succeeded"

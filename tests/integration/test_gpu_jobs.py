@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 
 import fednb
-from fednb.domain.runner import _sandbox, bwrap_available
+from fednb.domain.runner import _sandbox
 from fednb.protocol import RunInfo
+from tests.adversarial.conftest import require_sandbox
 from tests.conftest import Hospital, make_hospital
 
-pytestmark = pytest.mark.skipif(not bwrap_available(), reason="needs bubblewrap (apt bubblewrap)")
+
+@pytest.fixture(scope="module", autouse=True)
+def _sandbox_required() -> None:
+    require_sandbox()  # fails under FEDNB_REQUIRE_SANDBOX=1 (CI) instead of skipping
 
 GPU_MEMORY = 1 << 30
 

@@ -331,7 +331,7 @@ def cmd_show(dom: Domain, args: argparse.Namespace) -> int:
 
 
 def cmd_approve(dom: Domain, args: argparse.Namespace) -> int:
-    r = dom.requests.approve(args.request_id, release=args.release, reviewer=ACTOR)
+    r = dom.requests.approve(args.request_id, release=args.release, reviewer=ACTOR, slot_s=args.slot)
     held = "released automatically" if r.release == "auto" else "held for your release"
     print(f"approved {r.id} ({r.function_name}, sha256 {r.code_hash[:12]}) for {r.runs} runs; results {held}")
     return 0

@@ -12,7 +12,7 @@
         dataset add NAME FILE [--bounds VAR=LO:HI ...] [--categories VAR=a,b ...] ... | list | show NAME
         policy show | set KEY=VALUE ...
         requests [--all] [--status S]           show REQUEST_ID
-        approve REQUEST_ID [--release auto|manual]    deny REQUEST_ID --reason TEXT
+        approve REQUEST_ID [--release auto|manual] [--slot S]    deny REQUEST_ID --reason TEXT
         results | release RUN_ID | withhold RUN_ID | runs [--request ID] [--log RUN_ID]
         audit [--limit N] [--verify] | budget [--set SCIENTIST EPSILON [--dataset D]]
         peers [--trust LABEL PUBLIC_KEY] [--forget LABEL]   (and this domain's own identity)
@@ -266,6 +266,9 @@ def _add_review(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default="manual",
         help="release results automatically or hold them for you (default manual)",
     )
+    p.add_argument("--slot", type=float, default=None, metavar="SECONDS",
+                   help="a DP request's release slot: each run's result appears this long after "
+                        "the run was created (default: the scientist's proposal, else policy dp_slot_s)")
     p = _leaf(sub, "deny", cd.on_domain(cd.cmd_deny), "deny a request with a reason")
     p.add_argument("request_id")
     p.add_argument("--reason", required=True, help="what the scientist should change")

@@ -59,10 +59,15 @@ class RemoteRequest:
             time.sleep(poll)
         return self.info.status
 
-    def approve(self, release: ReleaseMode = "manual") -> RemoteRequest:
-        """(Owner) approve this exact source text."""
+    def approve(self, release: ReleaseMode = "manual", slot_s: float | None = None) -> RemoteRequest:
+        """(Owner) approve this exact source text; ``slot_s`` sets a DP request's release slot
+        (seconds from a run's creation to its result; default: the scientist's proposal or
+        the domain policy's ``dp_slot_s``)."""
+        body: dict[str, object] = {"release": release}
+        if slot_s is not None:
+            body["slot_s"] = slot_s
         self.info = RequestInfo.model_validate(
-            self.client._t.json("POST", f"/requests/{self.id}/approve", json={"release": release}))
+            self.client._t.json("POST", f"/requests/{self.id}/approve", json=body))
         return self
 
     def deny(self, reason: str) -> RemoteRequest:

@@ -398,8 +398,9 @@ class Domain:
     def _prewarm(self, row: RequestRow) -> None:
         # a query runs in this process (the trusted runtime): a worker would only hold a job
         # slot and push the warm workers of code requests out
+        # (the first dataset's worker: a worker per dataset would hold memory for each)
         if self.sandbox_mode is not None and row.kind != "query":
-            self.pool().prewarm(self.runs._job(row))
+            self.pool().prewarm(self.runs._job(row, row.datasets[0]))
 
     def verify_audit(self) -> AuditReport:
         """Check the audit chain (edits, deletions, truncation)."""

@@ -3,8 +3,12 @@
 Every release is a DP event stored as JSON. Spent epsilon is recomputed by composing the
 events with the accountant (PLD), never by adding epsilons. A run reserves its charge
 inside the same write transaction that reserves the run, so concurrent runs cannot
-overspend; the charge is committed with the release, and freed when nothing was released
-(the run failed, or the owner withheld the result).
+overspend. A DP run's charge is committed when the run ends, whatever its outcome (a run
+that failed released its data-independent default), and stays committed when the owner
+withholds the result (the scientist learns of that decision, which may depend on the
+values); it is freed only when the domain stopped before the run released anything.
+A scientist sees reserved and committed charges as one figure (``epsilon_spent``), so the
+moment a run's charge moves from one to the other tells nothing.
 """
 
 from __future__ import annotations
@@ -41,15 +45,21 @@ class Ledger:
         policy = self._d.policy.get().delta
         return policy if policy is not None else min(1e-6, 1.0 / (10 * max(card.num_examples, 1)))
 
-    def run_event(self, req: RequestRow) -> Event | None:
-        """The DP event one run of ``req`` releases (None for a no-DP request)."""
+    def run_event(self, req: RequestRow, dataset: str | None = None) -> Event | None:
+        """The DP event one run of ``req`` on ``dataset`` (default: its first) releases;
+        None for a no-DP request. A DP-SGD run's event depends on the dataset's size."""
         if req.kind == "update":
             if req.dp is None:
                 return None
             return update_event(ClientDP.model_validate(req.dp), bool(req.metrics))
         from fednb.domain._kinds import kind_event
 
-        return kind_event(self._d, req)
+        return kind_event(self._d, req, dataset or req.datasets[0])
+
+    def has_charges(self) -> bool:
+        """True once any privacy charge was ever recorded (then delta is frozen)."""
+        with self._d.store.session() as s:
+            return s.execute(select(ChargeRow.run_id).limit(1)).first() is not None
 
     def epsilon(self, events: list[Event], card: DatasetCard) -> float:
         return 0.0 if not events else float(self.accountant.epsilon(events, self.delta(card)))
@@ -141,7 +151,10 @@ class Ledger:
         return n
 
     # -- reports ---------------------------------------------------------------------
-    def info(self, scientist: str, dataset: str) -> BudgetInfo:
+    def info(self, scientist: str, dataset: str, *, owner: bool = True) -> BudgetInfo:
+        """One (scientist, dataset) pair's budget. ``owner=False`` (the scientist's own
+        view) reports reserved charges as spent: when a charge is committed is a run's end,
+        which a DP run's scientist must not see before its scheduled release."""
         card = self._d.card(dataset)
         with self._d.store.session() as s:
             budget = self.budget(s, scientist, dataset)
@@ -149,6 +162,8 @@ class Ledger:
             live = self.epsilon(self._events(s, dataset, scientist), card)
             total = self.epsilon(self._events(s, dataset), card)
         cap = self._d.policy.get().dataset_epsilon_cap
+        if not owner:
+            committed = live
         return BudgetInfo(
             scientist=scientist, dataset=dataset, delta=self.delta(card), epsilon_budget=budget,
             epsilon_spent=committed, epsilon_reserved=max(live - committed, 0.0),
@@ -163,16 +178,26 @@ class Ledger:
         with self._d.store.session() as s:
             users = [u.name for u in s.execute(select(UserRow).where(UserRow.role == "scientist"))
                      .scalars() if scientist in (None, u.name)]
-        return [self.info(u, c.name) for u in users for c in self._d.datasets()]
+        return [self.info(u, c.name, owner=scientist is None) for u in users for c in self._d.datasets()]
 
     def projected(self, req: RequestRow) -> dict[str, Any]:
         """What the owner sees at review: epsilon per run and for all approved runs."""
-        event = self.run_event(req)
-        if event is None:
-            return {}
-        card = self._d.card(req.datasets[0])
         from fednb.privacy import RepeatedEvent
 
-        return {"delta": self.delta(card), "epsilon_per_run": self.epsilon([event], card),
+        if req.kind == "update" and req.dp is None:
+            return {}
+        # the dataset where one run costs most: DP-SGD's cost depends on the dataset's size
+        costs = []
+        for name in req.datasets:
+            event, card = self.run_event(req, name), self._d.card(name)
+            assert event is not None
+            costs.append((self.epsilon([event], card), name, event, card))
+        per_run, name, event, card = max(costs, key=lambda c: c[0])
+        return {"delta": self.delta(card), "epsilon_per_run": per_run,
                 "projected_epsilon": self.epsilon([RepeatedEvent(event, req.runs)], card),
-                "budget": self.info(req.scientist, req.datasets[0])}
+                "budget": self.info(req.scientist, name),
+                "slot_s": self.slot(req)}
+
+    def slot(self, req: RequestRow) -> float:
+        """A DP request's release slot: the approval's, else the request's, else the policy's."""
+        return float(req.slot_s) if req.slot_s is not None else self._d.policy.get().dp_slot_s

@@ -53,7 +53,15 @@ class Policy(BaseModel):
     max_clip
         Largest clipping bound a DP request may ask for (default: none).
     dataset_epsilon_cap
-        Epsilon cap per dataset across all scientists (default: none).
+        Epsilon cap per dataset across all scientists (default 10): each new scientist's
+        budget is spent on the same patients, so without a cap every account added is a
+        full budget more. The owner may raise it, or set None to lift it.
+    dp_slot_s
+        The release slot of a DP run when neither the approval nor the request sets one,
+        seconds (default 5): a DP run's result becomes visible exactly this long after the
+        run was created, whatever the run did; a run that has not finished by then is cut
+        and releases its data-independent default. Long jobs (DP-SGD) need a longer slot,
+        which the scientist proposes and the owner approves.
     secagg_min_members
         Fewest members a secure-aggregation round may have for this domain to take part
         (default 3: with 2, either member learns the other's update from the sum).
@@ -80,7 +88,8 @@ class Policy(BaseModel):
     min_noise_multiplier: float = Field(default=0.5, ge=0)
     max_epsilon_per_run: float | None = Field(default=None, gt=0)
     max_clip: float | None = Field(default=None, gt=0)
-    dataset_epsilon_cap: float | None = Field(default=None, gt=0)
+    dataset_epsilon_cap: float | None = Field(default=10.0, gt=0)
+    dp_slot_s: float = Field(default=5.0, gt=0, le=86_400)
     secagg_min_members: int = Field(default=3, ge=2)
     secagg_distributed_noise: bool = False
 
@@ -100,9 +109,17 @@ class PolicyView:
         return getattr(self.get(), name)
 
     def update(self, **changes: Any) -> Policy:
-        """Change policy fields, e.g. ``dom.policy.update(allow_no_dp=["alice"])``."""
+        """Change policy fields, e.g. ``dom.policy.update(allow_no_dp=["alice"])``.
+
+        ``delta`` is frozen once any privacy charge exists: every epsilon on the ledger was
+        computed at the old delta, and a new one would re-price the past.
+        """
+        old = self.get()
+        if "delta" in changes and changes["delta"] != old.delta and self._domain.ledger.has_charges():
+            raise InvalidInput("delta is frozen once privacy charges exist (it would re-price every "
+                               "epsilon already spent); set it before the first DP run")
         try:
-            new = Policy.model_validate({**self.get().model_dump(), **changes})
+            new = Policy.model_validate({**old.model_dump(), **changes})
         except ValidationError as exc:
             raise InvalidInput(f"invalid policy: {exc.errors()[0]['msg']} "
                                f"({'.'.join(map(str, exc.errors()[0]['loc']))})") from None

@@ -61,6 +61,10 @@ class RequestBook:
             for name in body.datasets:
                 if tx.s.get(DatasetRow, name) is None:
                     raise NotFound(f"no dataset called {name!r} on this domain")
+            if body.kind == "update" and body.dp is not None and body.weights is None:
+                raise InvalidInput("a DP update request needs weights= (the approved names, shapes and "
+                                   "dtypes of what it returns): what is released takes its structure "
+                                   "from the approved spec, never from the code")
             check_submission(self._d, body)
             row = RequestRow(
                 id=body.id, scientist=scientist.name, function_name=body.function_name,
@@ -71,7 +75,8 @@ class RequestBook:
                 else {k: v.model_dump() for k, v in body.weights.items()},
                 metrics={k: list(v) for k, v in body.metrics.items()}, runs=body.runs,
                 dp=None if body.dp is None else body.dp.model_dump(),
-                runs_used=0, description=body.description, status="pending", created=utcnow())
+                runs_used=0, description=body.description, status="pending", created=utcnow(),
+                slot_s=body.slot_s)
             tx.s.add(row)
             tx.log(scientist.name, "request.submitted", request=body.id, kind=body.kind,
                    function=body.function_name, code_hash=body.code_hash,
@@ -107,7 +112,7 @@ class RequestBook:
         return self.info(self.row(request_id, scientist))
 
     def _review(self, request_id: str, reviewer: str, status: RequestStatus,
-                release: ReleaseMode | None, reason: str | None) -> RequestRow:
+                release: ReleaseMode | None, reason: str | None, slot_s: float | None = None) -> RequestRow:
         with self._d.transaction() as tx:
             row = tx.s.get(RequestRow, request_id)
             if row is None:
@@ -116,16 +121,25 @@ class RequestBook:
                 raise Conflict(f"request {request_id!r} is already {row.status}")
             row.status, row.release, row.review_reason = status, release, reason
             row.reviewed_by, row.reviewed = reviewer, utcnow()
+            if status == "approved" and self._d.ledger.run_event(row) is not None:
+                row.slot_s = self._d.ledger.slot(row) if slot_s is None else float(slot_s)
             tx.log(reviewer, f"request.{status}", request=request_id, code_hash=row.code_hash,
-                   scientist=row.scientist, release=release, reason=reason)
+                   scientist=row.scientist, release=release, reason=reason,
+                   **({"slot_s": row.slot_s} if status == "approved" else {}))
         return row
 
     def approve(self, request_id: str, release: ReleaseMode = "manual",
-                reviewer: str = "owner") -> RequestInfo:
-        """Approve the exact source text the request holds (its hash is audited)."""
+                reviewer: str = "owner", slot_s: float | None = None) -> RequestInfo:
+        """Approve the exact source text the request holds (its hash is audited).
+
+        ``slot_s`` (DP requests): seconds from a run's creation to its scheduled release;
+        None keeps the scientist's proposal, else the policy's ``dp_slot_s``.
+        """
         if release not in ("auto", "manual"):
             raise InvalidInput(f"release must be 'auto' or 'manual', not {release!r}")
-        row = self._review(request_id, reviewer, "approved", release, None)
+        if slot_s is not None and not (0 < slot_s <= 86_400):
+            raise InvalidInput(f"slot_s is seconds in (0, 86400], not {slot_s!r}")
+        row = self._review(request_id, reviewer, "approved", release, None, slot_s)
         self._d._prewarm(row)
         return self.info(row)
 

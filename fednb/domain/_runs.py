@@ -5,14 +5,17 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import threading
+import time
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from fednb.domain import _lifecycle as life
 from fednb.domain._faults import fault
-from fednb.domain._kinds import kind_source, output_policy, run_query_kind
+from fednb.domain._kinds import default_query_kind, kind_source, output_policy, run_query_kind
 from fednb.domain._store import RequestRow, RunRow, UserRow, utcnow
 from fednb.domain.runner import JobSpec, WorkerOutcome
 from fednb.errors import (
@@ -30,6 +33,7 @@ from fednb.protocol import (
     ParamSpec,
     RunInfo,
     TensorSpec,
+    Update,
     compress,
     decode_message,
     encode_message,
@@ -40,6 +44,7 @@ from fednb.runtime import (
     apply_output_policy,
     check_params,
     check_weights,
+    release,
 )
 from fednb.typing import Weights
 
@@ -48,12 +53,20 @@ if TYPE_CHECKING:
 
 __all__ = ["RunBook"]
 
-_DONE = ("succeeded", "failed", "refused", "timeout", "killed")
+_DONE = life.DONE
+_MARGIN_S = 1.0
+"""At most this long (a fifth of the slot below 5 s) is kept between a DP run's cut-off and
+its scheduled release, for the noise and the commit: a release later than its schedule
+would only show at the next multiple of the slot."""
 
 
 def _interrupted(row: RunRow) -> bool:
     """A run the domain failed on restart: it was in flight when the process died."""
-    return row.status == "failed" and row.reason == "domain_restarted"
+    return row.status == life.Run.FAILED and row.reason == "domain_restarted"
+
+
+def _seconds_until(t: datetime) -> float:
+    return (t - utcnow()).total_seconds()
 
 
 class RunBook:
@@ -68,12 +81,12 @@ class RunBook:
         with self._guard:
             return self._events.setdefault(run_id, threading.Event())
 
-    @staticmethod
-    def info(row: RunRow, owner: bool) -> RunInfo:
-        fields = {c: getattr(row, c) for c in RunInfo.model_fields}
-        if not owner:  # the backend is the job's report: code could spell data into it
-            fields["owner_log"] = fields["backend"] = None
-        return RunInfo.model_validate(fields)
+    def info(self, row: RunRow, owner: bool) -> RunInfo:
+        """The run as the owner sees it (the real outcome), or as its scientist may
+        (:func:`fednb.domain._lifecycle.scientist_view`)."""
+        if owner:
+            return RunInfo.model_validate({c: getattr(row, c) for c in RunInfo.model_fields})
+        return life.scientist_view(row, utcnow(), self._d.card(row.dataset).num_examples)
 
     def _refuse_early(self, user: UserRow, req: RequestRow, dp: bool) -> None:
         if req.status != "approved":
@@ -100,11 +113,11 @@ class RunBook:
         if secure and compression != "none":
             raise InvalidInput("a run for secure aggregation is quantised by the protocol; "
                                "leave compression at 'none'")
-        dp_event = self._d.ledger.run_event(req)  # parsed once per run, used below and in _finish
-        self._refuse_early(user, req, dp_event is not None)
         name = dataset or req.datasets[0]
         if name not in req.datasets:
             raise ParamsOutOfSchema(f"dataset {name!r} is not among the approved {req.datasets}")
+        dp_event = self._d.ledger.run_event(req, name)  # parsed once per run, used below and in _finish
+        self._refuse_early(user, req, dp_event is not None)
         check_params({k: ParamSpec.model_validate(v) for k, v in req.params.items()}, params)
         check_weights(None if req.weights is None else
                       {k: TensorSpec.model_validate(v) for k, v in req.weights.items()}, weights)
@@ -118,15 +131,18 @@ class RunBook:
             if dp_event is not None:
                 tx.s.flush()
                 row.epsilon = self._d.ledger.reserve(tx.s, run_id, req, name, dp_event)
+                # the schedule: the result shows this long after the run was created, however
+                # long it takes; a run still going at the cut-off releases the default
+                row.release_at = row.created + timedelta(seconds=self._d.ledger.slot(req))
             tx.log(user.name, "run.queued", run=run_id, request=request_id, code_hash=req.code_hash,
                    dataset=name, charge=None if dp_event is None else dp_event.to_json(),
-                   epsilon_after=row.epsilon, requeued=old is not None)
+                   epsilon_after=row.epsilon, requeued=old is not None, release_at=row.release_at)
         if old is not None:
             with self._guard:  # a waiter must not see the interrupted run's end as this one's
                 self._events.pop(run_id, None)
         fault("after_reserve")
         self._d._executor().submit(self._execute, run_id, req, name, params, weights, compression,
-                                   dp_event is not None, secure)
+                                   row.release_at, secure)
         return self.info(row, owner=False)
 
     @staticmethod
@@ -140,8 +156,9 @@ class RunBook:
         if row is not None:
             if not _interrupted(row):
                 return row, False
-            row.dataset, row.params, row.status, row.reason = dataset, params, "queued", None
-            row.owner_log, row.finished, row.epsilon = None, None, None
+            row.status = life.check_move("run", row.status, life.Run.QUEUED)
+            row.dataset, row.params, row.reason, row.created = dataset, params, None, utcnow()
+            row.owner_log, row.finished, row.epsilon, row.release_at = None, None, None, None
             return row, True
         took: int = s.execute(  # type: ignore[attr-defined]
             update(RequestRow)
@@ -156,35 +173,57 @@ class RunBook:
         s.add(row)
         return row, True
 
-    def _job(self, req: RequestRow) -> JobSpec:
+    def _job(self, req: RequestRow, dataset: str) -> JobSpec:
+        """The worker job of ``req``'s runs on ``dataset``: a run sees only the dataset it is
+        charged to, so a request over several datasets has a worker per dataset."""
         source, name = kind_source(req)
         return JobSpec(request_id=req.id, source=source, function_name=name,
-                       datasets={n: self._d.private_path(n) for n in req.datasets},
-                       workdir=self._d.home / "work" / req.id)
+                       datasets={dataset: self._d.private_path(dataset)},
+                       workdir=self._d.home / "work" / req.id / dataset)
 
     def _outcome(self, req: RequestRow, dataset: str, params: dict[str, Any],
-                 weights: Weights | None) -> WorkerOutcome:
-        if req.kind == "query":  # no code: the trusted runtime computes it here
-            return run_query_kind(self._d, req, dataset)
-        return self._d.pool().run(self._job(req), dataset, params, weights,
-                                  self._d.policy.get().run_timeout_s)
+                 weights: Weights | None, release_at: datetime | None) -> WorkerOutcome:
+        if req.kind == "query":  # no code: the trusted runtime computes it here, never cut
+            try:
+                return run_query_kind(self._d, req, dataset)
+            except Exception as exc:  # a fault of the domain's (queries are total on any data)
+                return default_query_kind(self._d, req, dataset, f"domain error: {exc!r}")
+        timeout, hold = self._d.policy.get().run_timeout_s, None
+        if release_at is not None:
+            slot = self._d.ledger.slot(req)
+            left = _seconds_until(release_at)
+            timeout = min(timeout, left - min(_MARGIN_S, slot / 5))
+            if timeout <= 0:
+                return WorkerOutcome("timeout", "wall_clock", log="the run's release slot passed before "
+                                     "it could start (the domain's job slots were busy)\n")
+            # the job slot stays taken until the schedule, so when other runs start never
+            # depends on how long this one took
+            hold = time.monotonic() + left
+        return self._d.pool().run(self._job(req, dataset), dataset, params, weights, timeout,
+                                  hold_until=hold)
 
     def _execute(self, run_id: str, req: RequestRow, dataset: str, params: dict[str, Any],
-                 weights: Weights | None, compression: Compression, dp: bool, secure: bool) -> None:
+                 weights: Weights | None, compression: Compression, release_at: datetime | None,
+                 secure: bool) -> None:
         try:
             with self._d.store.write() as s:
                 started = s.execute(  # type: ignore[attr-defined]
-                    update(RunRow).where(RunRow.id == run_id, RunRow.status == "queued")
-                    .values(status="running")).rowcount
+                    update(RunRow).where(RunRow.id == run_id, RunRow.status == life.Run.QUEUED)
+                    .values(status=life.Run.RUNNING.value)).rowcount
             if started != 1:  # ended meanwhile (a restart's recovery): it runs nowhere, is charged nothing
                 return
-            outcome = self._outcome(req, dataset, params, weights)
+            outcome = self._outcome(req, dataset, params, weights, release_at)
             self._finish(run_id, req, dataset, outcome, output_policy(req, self._d.policy.get()),
-                         compression, dp, secure)
+                         compression, release_at is not None, secure)
         except Exception as exc:  # the run must end in a fixed category whatever happens
-            self._finish(run_id, req, dataset,
-                         WorkerOutcome("failed", "worker_crashed", log=f"domain error: {exc!r}"),
-                         OutputPolicy(), "none", dp, secure)
+            crashed = WorkerOutcome("failed", "worker_crashed", log=f"domain error: {exc!r}")
+            try:
+                policy = output_policy(req, self._d.policy.get())
+            except Exception:
+                policy = OutputPolicy()
+            if req.kind == "query":
+                crashed = default_query_kind(self._d, req, dataset, crashed.log)
+            self._finish(run_id, req, dataset, crashed, policy, "none", release_at is not None, secure)
         finally:
             self.event(run_id).set()
             self._retire_if_done(req.id)
@@ -198,50 +237,72 @@ class RunBook:
         if row is not None and row.runs_used >= row.runs and busy is None and self._d._pool is not None:
             self._d._pool.discard(request_id)
 
+    def _released(self, outcome: WorkerOutcome, req: RequestRow, policy: OutputPolicy,
+                  dp: bool) -> tuple[Update | None, WorkerOutcome]:
+        """What leaves this run (None: nothing), and the real outcome for the owner.
+
+        A DP run always releases: what the code returned, validated, clipped and noised, or,
+        when the run failed, was cut or returned anything outside the approved spec, the
+        data-independent default put through the same path (:func:`fednb.runtime.release`).
+        A query was noised by the trusted runtime (a failed one carries its default)."""
+        if req.kind == "query":
+            return outcome.update, outcome
+        if dp:
+            ok = outcome.status == life.Run.SUCCEEDED.value
+            upd, reason = release(outcome.update if ok else None, policy, self._d.noise,
+                                  reason=outcome.reason)
+            if ok and reason != "ok":
+                outcome = WorkerOutcome("failed", reason, log=outcome.log, backend=outcome.backend)
+            return upd, outcome
+        if outcome.status != life.Run.SUCCEEDED.value or outcome.update is None:
+            return None, outcome
+        try:
+            return apply_output_policy(outcome.update, policy, self._d.noise), outcome
+        except OutputRejected as rej:
+            return None, WorkerOutcome("failed", rej.reason, log=outcome.log + f"\n{rej.detail}",
+                                       backend=outcome.backend)
+
     def _finish(self, run_id: str, req: RequestRow, dataset: str, outcome: WorkerOutcome,
                 policy: OutputPolicy, compression: Compression, dp: bool, secure: bool = False) -> None:
         result, state = None, None
-        spent = False  # a refusal that depends on the noised update: its charge is not freed
         n = self._d.card(dataset).num_examples
-        if outcome.status == "succeeded" and outcome.update is not None:
+        # distributed noise: the update is noised in the secure round (SecAggDesk.masked)
+        defer = (secure and req.kind != "query" and policy.dp is not None
+                 and self._d.policy.get().secagg_distributed_noise)
+        if defer:
+            policy = dataclasses.replace(policy, defer_noise=True)
+        upd, outcome = self._released(outcome, req, policy, dp)
+        if upd is not None:
             try:
-                # distributed noise: the update is noised in the secure round (SecAggDesk.masked)
-                defer = (secure and req.kind != "query" and policy.dp is not None
-                         and self._d.policy.get().secagg_distributed_noise)
-                if defer:
-                    policy = dataclasses.replace(policy, defer_noise=True)
-                upd = (outcome.update if req.kind == "query"  # noised by the query mechanism
-                       else apply_output_policy(outcome.update, policy, self._d.noise))
-                try:
-                    sent, meta = compress(upd.weights, compression, self._d.noise.uniform)
-                except InvalidInput as exc:  # float16 overflow: refused here, not infinity on the wire
-                    # whether it overflows is a function of the noised update, so the refusal
-                    # the scientist sees is a release of it: with DP its charge stays committed
-                    spent = policy.dp is not None
-                    raise OutputRejected("compression_overflow", str(exc)) from None
+                sent, meta = compress(upd.weights, compression, self._d.noise.uniform)
                 result = encode_message({"metrics": upd.metrics, "num_examples": n, "secure": secure,
                                          **({"noise_deferred": True} if defer else {}), **meta}, sent)
                 # no-DP results are always held; DP results follow the approval's release mode;
                 # a released secure result is kept to leave masked (SecAggDesk)
-                state = "held" if not (dp and req.release == "auto") else "secagg" if secure else "released"
-            except OutputRejected as rej:
-                outcome = WorkerOutcome("failed", rej.reason, log=outcome.log + f"\n{rej.detail}")
+                state = (life.Release.HELD if not (dp and req.release == "auto")
+                         else life.Release.SECAGG if secure else life.Release.RELEASED)
+            except InvalidInput as exc:  # float16 overflow: refused here, not infinity on the wire
+                # whether it overflows is a function of the noised update: the refusal the
+                # scientist sees (at the run's scheduled time) is a release of it
+                outcome = WorkerOutcome("failed", "compression_overflow", log=outcome.log + f"\n{exc}",
+                                        backend=outcome.backend)
         with self._d.transaction() as tx:
             row = tx.s.get(RunRow, run_id)
             assert row is not None
-            row.status, row.reason, row.result, row.release_state = (
-                outcome.status, outcome.reason, result, state)
+            row.status = life.check_move("run", row.status, outcome.status)
+            row.release_state = None if state is None else life.check_move("release", None, state)
+            row.reason, row.result = outcome.reason, result
             row.owner_log, row.finished, row.backend = outcome.log[-20_000:], utcnow(), outcome.backend
             row.num_examples = n if result is not None else None
-            charge = ("committed" if state in ("released", "secagg") or spent
-                      else "freed" if result is None else None)
-            if charge is not None and self._d.ledger.settle(tx.s, run_id, charge):
-                tx.log("domain", f"charge.{charge}", run=run_id, request=req.id, scientist=req.scientist,
+            # a DP run is charged whatever happened (its failure would be a free channel)
+            if dp and self._d.ledger.settle(tx.s, run_id, life.Charge.COMMITTED):
+                tx.log("domain", "charge.committed", run=run_id, request=req.id, scientist=req.scientist,
                        dataset=dataset, epsilon_after=row.epsilon)
             tx.log("domain", "run.finished", run=run_id, request=req.id, code_hash=req.code_hash,
-                   status=outcome.status, reason=outcome.reason, release=state)
+                   status=outcome.status, reason=outcome.reason, release=state,
+                   default_released=dp and outcome.status != life.Run.SUCCEEDED.value)
             fault("mid_commit")
-        if state == "released":
+        if state == life.Release.RELEASED:
             fault("after_release")
 
     def get(self, run_id: str, user: UserRow) -> RunInfo:
@@ -260,12 +321,23 @@ class RunBook:
         return self.info(row, owner=True)
 
     def wait(self, run_id: str, user: UserRow, timeout: float) -> RunInfo:
-        """The run, after waiting up to ``timeout`` seconds for it to finish."""
-        info = self.get(run_id, user)
-        if info.status not in _DONE and timeout > 0:
-            self.event(run_id).wait(timeout)
+        """The run, after waiting up to ``timeout`` seconds for it to finish.
+
+        A scientist waiting on a DP run returns at its scheduled release, not when it
+        ended: the long poll is part of what they observe."""
+        end = time.monotonic() + timeout
+        while True:
             info = self.get(run_id, user)
-        return info
+            left = end - time.monotonic()
+            if info.status in _DONE or left <= 0:
+                return info
+            with self._d.store.session() as s:
+                row = s.get(RunRow, run_id)
+            shown = None if row is None else life.visible_at(row)
+            if shown is not None:  # finished: it shows at its slot
+                time.sleep(max(0.0, min(left, _seconds_until(shown))) + 0.001)
+            else:
+                self.event(run_id).wait(left)
 
     def list(self, *, scientist: str | None = None, request_id: str | None = None,
              release_state: str | None = None) -> builtins.list[RunInfo]:
@@ -274,52 +346,61 @@ class RunBook:
             q = q.where(RunRow.scientist == scientist)
         if request_id is not None:
             q = q.where(RunRow.request_id == request_id)
-        if release_state is not None:
+        if release_state is not None and scientist is None:
             q = q.where(RunRow.release_state == release_state)
         with self._d.store.session() as s:
             rows = list(s.execute(q).scalars())
-        return [self.info(r, owner=scientist is None) for r in rows]
+        infos = [self.info(r, owner=scientist is None) for r in rows]
+        if scientist is not None and release_state is not None:  # as they may see it, not as it is
+            infos = [i for i in infos if i.release_state == release_state]
+        return infos
 
     def held(self) -> builtins.list[RunInfo]:
         """Results waiting for the owner's release."""
-        return self.list(release_state="held")
+        return self.list(release_state=life.Release.HELD)
 
     def _decide(self, run_id: str, reviewer: str, state: str) -> RunInfo:
         with self._d.transaction() as tx:
             row = tx.s.get(RunRow, run_id)
             if row is None:
                 raise NotFound(f"no run {run_id!r}")
-            if row.release_state != "held":
+            if row.release_state != life.Release.HELD:
                 raise Conflict(f"run {run_id!r} has no held result (state: {row.release_state})")
-            if state == "released" and row.result is not None and decode_message(row.result)[0].get("secure"):
-                state = "secagg"  # released to leave the domain masked, by secure aggregation
-            row.release_state = state
-            if state == "withheld":
+            if state == life.Release.RELEASED and row.result is not None \
+                    and decode_message(row.result)[0].get("secure"):
+                state = life.Release.SECAGG  # released to leave the domain masked, by secure aggregation
+            state = row.release_state = life.check_move("release", row.release_state, state)
+            if state == life.Release.WITHHELD:
                 row.result = None
-            charge = "freed" if state == "withheld" else "committed"
-            if self._d.ledger.settle(tx.s, run_id, charge):
-                tx.log(reviewer, f"charge.{charge}", run=run_id, request=row.request_id,
+            # a DP run's charge was committed when it ended, and stays so when withheld: the
+            # scientist learns of the decision, which may depend on the values
+            if self._d.ledger.settle(tx.s, run_id, life.Charge.COMMITTED):
+                tx.log(reviewer, "charge.committed", run=run_id, request=row.request_id,
                        scientist=row.scientist, dataset=row.dataset, epsilon_after=row.epsilon)
             tx.log(reviewer, f"result.{state}", run=run_id, request=row.request_id)
-        if state == "released":
+        if state == life.Release.RELEASED:
             fault("after_release")
         return self.info(row, owner=True)
 
     def release(self, run_id: str, reviewer: str = "owner") -> RunInfo:
         """Release a held result to the scientist."""
-        return self._decide(run_id, reviewer, "released")
+        return self._decide(run_id, reviewer, life.Release.RELEASED)
 
     def withhold(self, run_id: str, reviewer: str = "owner") -> RunInfo:
-        """Withhold a held result for good (it is deleted)."""
-        return self._decide(run_id, reviewer, "withheld")
+        """Withhold a held result for good (it is deleted; a DP run's charge stays)."""
+        return self._decide(run_id, reviewer, life.Release.WITHHELD)
 
     def result(self, run_id: str, user: UserRow) -> bytes:
-        """The released result's bytes (safetensors + JSON)."""
+        """The result's bytes (safetensors + JSON): a scientist's once released; the owner's
+        also while held, so that they see what they release."""
         with self._d.store.session() as s:
             row = s.get(RunRow, run_id)
-        if row is None or (user.role != "owner" and row.scientist != user.name):
+        owner = user.role == "owner"
+        if row is None or (not owner and row.scientist != user.name):
             raise NotFound(f"no run {run_id!r}")
-        if row.release_state != "released" or row.result is None:
-            state = row.release_state or row.status
+        info = self.info(row, owner=owner)
+        readable = {life.Release.RELEASED.value} | ({life.Release.HELD.value} if owner else set())
+        if info.release_state not in readable or row.result is None:
+            state = info.release_state or info.status
             raise ResultNotReady(f"run {run_id!r} has no released result (state: {state})")
         return row.result

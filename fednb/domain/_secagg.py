@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from fednb.domain._lifecycle import Release, check_move
 from fednb.domain._store import RunRow, SettingRow, UserRow
 from fednb.errors import InvalidInput, NotFound
 from fednb.privacy import Event
@@ -108,9 +109,11 @@ class SecAggDesk:
             row = s.get(RunRow, run_id)
         if row is None or row.scientist != user.name:
             raise NotFound(f"no run {run_id!r}")
-        if row.release_state != "secagg" or row.result is None:
+        # as its scientist may see it: a DP run shows nothing before its scheduled release
+        seen = self._d.runs.info(row, owner=False)
+        if seen.release_state != Release.SECAGG.value or row.result is None:
             raise SecAggRefused(f"run {run_id!r} has no result kept for secure aggregation "
-                                f"(state: {row.release_state or row.status})")
+                                f"(state: {seen.release_state or seen.status})")
         return row
 
     def _round(self, user: UserRow, round_id: str) -> str:
@@ -155,7 +158,8 @@ class SecAggDesk:
                 masked = member.masked(round_id, shares, entry.vector, entry.noise)
                 run = tx.s.get(RunRow, run_id)
                 assert run is not None
-                run.release_state, run.result = "masked", None
+                run.release_state = check_move("release", run.release_state, Release.MASKED)
+                run.result = None
                 tx.log(user.name, "result.masked", run=run_id, request=run.request_id, round=round_id,
                        **weight)
                 if entry.event is not None:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.exc import OperationalError
@@ -115,6 +116,8 @@ class RequestRow(Base):
     review_reason: Mapped[str | None] = mapped_column(LongText(), nullable=True)
     created: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     reviewed: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # a DP request's release slot (seconds from a run's creation to its scheduled release)
+    slot_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class RunRow(Base):
@@ -134,6 +137,8 @@ class RunRow(Base):
     backend: Mapped[str | None] = mapped_column(Str(32), nullable=True)
     created: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # a DP run's scheduled release: its creation plus the approved slot (None without DP)
+    release_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class BudgetRow(Base):
@@ -227,6 +232,21 @@ def _postgres_options() -> dict[str, Any]:
             "connect_args": {"options": f"-c lock_timeout={int(BUSY_TIMEOUT_MS)}"}}
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a newer fednb defines to a store an older one made
+    (``create_all`` makes missing tables only); every such column starts NULL."""
+    have = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if not have.has_table(table.name):
+                continue
+            present = {c["name"] for c in have.get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in present and col.nullable:
+                    kind = col.type.compile(dialect=engine.dialect)
+                    conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{col.name}" {kind}')
+
+
 class Store:
     """Sessions on the domain's database; ``url`` defaults to a SQLite file.
 
@@ -262,6 +282,7 @@ class Store:
             event.listen(self.write_engine, "connect", _autocommit_driver)
             event.listen(self.write_engine, "begin", _begin_immediate)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._writes = sessionmaker(self.write_engine, expire_on_commit=False)
 

@@ -241,6 +241,10 @@ class RequestCreate(_Model):
     runs: int = Field(ge=1, le=100_000)
     description: str = Field(default="", max_length=10_000)
     dp: ClientDP | None = None
+    slot_s: float | None = Field(default=None, gt=0, le=86_400)
+    """A DP request's proposed release slot, seconds: each run's result appears this long
+    after the run was created, however long it took (a run past it releases the default).
+    The owner approves it or sets another; None: the domain policy's ``dp_slot_s``."""
 
     @model_validator(mode="after")
     def _check(self) -> RequestCreate:
@@ -292,10 +296,14 @@ class RequestInfo(_Model):
     epsilon_per_run: float | None = None
     projected_epsilon: float | None = None
     budget: BudgetInfo | None = None
+    slot_s: float | None = None
 
 
 class ApproveDecision(_Model):
     release: ReleaseMode = "manual"
+    slot_s: float | None = Field(default=None, gt=0, le=86_400)
+    """For a DP request: the release slot, seconds (None: the scientist's proposal, else the
+    policy's ``dp_slot_s``)."""
 
 
 class DenyDecision(_Model):
@@ -329,6 +337,8 @@ class RunInfo(_Model):
     epsilon: float | None = None
     backend: str | None = None  # owner only: the device the run used, "cpu" or "cuda:<name>"
     owner_log: str | None = None
+    release_at: datetime | None = None
+    """A DP run's scheduled release (creation plus the approved slot); None without DP."""
 
 
 class UserInfo(_Model):

@@ -103,6 +103,18 @@ def scientist_view(info: RunInfo) -> dict[str, Any]:
     return {k: v for k, v in info.model_dump().items() if k not in ("id", "request_id")}
 
 
+def wait_warm(domain: DPDomain, request_id: str, timeout: float = 120.0) -> None:
+    """Wait until the request's sandboxed worker is up (the owner's approval starts it), so
+    that a run's slot is spent on the run, not on the worker's start."""
+    import time
+
+    end = time.monotonic() + timeout
+    while request_id not in domain.dom.pool().warm():
+        if time.monotonic() > end:
+            raise TimeoutError(f"the worker of {request_id} did not start in {timeout} s")
+        time.sleep(0.05)
+
+
 def approve_all(domain: DPDomain, release: str = "auto", **decision: Any) -> None:
     """Approve every pending request on ``domain`` as its owner."""
     for req in domain.owner().requests.pending():

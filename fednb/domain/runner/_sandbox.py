@@ -1,11 +1,27 @@
 """Start an untrusted worker process inside bubblewrap, with cgroup and rlimit caps.
 
 The worker sees a read-only root made of the system's library directories and the
-Python installation, the datasets of one approved request (read-only), a writable work
-directory (``/job``) and a private ``/tmp``, both tmpfs of a capped size. It runs as uid
-65534 with no capabilities, in its own user, pid, network, ipc, uts and cgroup
-namespaces, so it has no network at all (its loopback is its own) and sees no other
-process. Resource caps:
+Python installation, the datasets of one approved request (read-only), a private
+``/tmp``, a work directory ``/job`` and ``/dev/shm``, all three tmpfs of a capped size,
+and a read-only ``/dev`` (device nodes still work on it). It runs as uid 65534 with no
+capabilities, in its own user, pid, network, ipc, uts and cgroup namespaces, so it has
+no network at all (its loopback is its own) and sees no other process, under the seccomp
+filter of :mod:`._seccomp` (no namespaces, mounts, bpf, io_uring, keyrings, ptrace,
+netlink ...), and with no way to make a user namespace of its own (bubblewrap's
+``--disable-userns``, or ``user.max_user_namespaces`` 0 in its namespace).
+
+Its uid is never root outside. Where the domain runs as an ordinary user, bubblewrap maps
+65534 inside to that user. Where the domain runs as root, bubblewrap alone would map 65534
+to root (uid 0), and every root-owned file under a bound path would be readable; so the
+domain makes the sandbox's user namespace itself (:func:`_sandbox_userns`), mapping 0 to
+0 (bubblewrap sets up the mounts as root there: the Python installation and the datasets
+may sit under directories only root can enter) and 65534 to the host's ``SANDBOX_UID``
+(65534, nobody), and hands it over with ``--userns``; the first program inside,
+``setpriv``, drops to 65534 before it executes the worker. bubblewrap 0.8's
+``--ro-bind-fd`` is no way around this: it resolves the descriptor back to a path and
+opens that with the sandbox's credentials.
+
+Resource caps:
 
 - rlimits always: address space, file size, open files, CPU seconds, and processes
   (``RLIMIT_NPROC`` binds only where the domain runs as a non-root user: the kernel
@@ -14,7 +30,9 @@ process. Resource caps:
   and ``memory.swap.max=0`` (cgroup v2: under the domain's own cgroup where that is
   delegated to it, see :func:`delegated_parent`, else under the hierarchy's root) or
   ``pids.max``, ``memory.limit_in_bytes`` and ``memory.memsw.limit_in_bytes`` (cgroup
-  v1), which also bind when the domain runs as root;
+  v1: under the domain's own cgroup of each controller where it can write that, see
+  :func:`v1_parent`, else under the controller's root), which also bind when the domain
+  runs as root;
 - a nice level and a CPU affinity mask, so jobs never take every core from the
   hospital's other systems.
 
@@ -36,6 +54,7 @@ which each process runs once when it starts a worker pool.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import os
@@ -48,15 +67,18 @@ import sysconfig
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from fednb.domain.runner._gpu import gpu_binds
+from fednb.domain.runner._seccomp import SeccompUnsupported, filter_fd
 from fednb.errors import SandboxUnavailable
 
-__all__ = ["Limits", "SandboxMode", "SandboxSpec", "bwrap_available", "launch", "memory_cgroup_works"]
+__all__ = ["SANDBOX_UID", "Limits", "SandboxMode", "SandboxSpec", "bwrap_available", "launch",
+           "memory_cgroup_works"]
 
 SandboxMode = Literal["bubblewrap", "insecure-demo"]
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -78,6 +100,13 @@ _KEPT: set[Path] = set()  # this process's cgroups still busy after the wait: re
 _KEPT_LOCK = threading.Lock()
 _SWEPT = False
 _SWEEP_LOCK = threading.Lock()
+SANDBOX_UID = 65534
+"""The host uid and gid (nobody, nogroup) of the sandbox's uid 65534 where the domain runs as
+root; elsewhere the sandbox maps to the domain's own user."""
+_INSIDE_UID = "65534"
+_CLONE_NEWUSER = 0x10000000
+_SHIM_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")  # what setpriv needs to drop to 65534
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -97,8 +126,9 @@ class Limits:
     open_files
         Open file descriptors (default 256).
     scratch_bytes
-        Size of each writable tmpfs, ``/tmp`` and ``/job`` (default 256 MiB), where
-        bubblewrap can size one: a job cannot fill the domain's disk or memory with files.
+        Size of each writable tmpfs, ``/tmp``, ``/job`` and ``/dev/shm`` (default 256 MiB),
+        where bubblewrap can size one (without, ``/dev/shm`` is read-only like the rest of
+        ``/dev``): a job cannot fill the domain's disk or memory with files.
     cpus
         Cores the worker may run on (default: all but one, at least one).
     nice
@@ -140,30 +170,60 @@ class SandboxSpec:
 
 @functools.lru_cache(maxsize=1)
 def bwrap_available() -> bool:
-    """True when bubblewrap exists and can create the namespaces the sandbox needs."""
-    exe = shutil.which("bwrap")
-    if exe is None:
+    """True when bubblewrap exists and can build the sandbox :func:`launch` builds (its user
+    namespace, seccomp filter and, where the domain is root, the drop to ``SANDBOX_UID``)."""
+    if shutil.which("bwrap") is None:
         return False
-    probe = [exe, "--unshare-all", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
-    probe += [*_system_binds(), "--", "/bin/true"]
+    spec = SandboxSpec(["/bin/true"], Path("/nonexistent"))
     try:
-        return subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.SubprocessError):
+        with _host_side(spec) as (argv, fds):
+            return subprocess.run(argv, pass_fds=fds, capture_output=True, timeout=20,
+                                  preexec_fn=_drop_groups if _as_root() else None).returncode == 0
+    except (OSError, subprocess.SubprocessError, SandboxUnavailable):
         return False
 
 
 @functools.lru_cache(maxsize=1)
-def _bwrap_sizes_tmpfs() -> bool:
-    """True when this bubblewrap has ``--size`` (0.8 and later) to cap a tmpfs."""
+def _bwrap_help() -> str:
     try:
         out = subprocess.run([shutil.which("bwrap") or "bwrap", "--help"], capture_output=True,
                              text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return "--size" in out.stdout + out.stderr
+        return ""
+    return out.stdout + out.stderr
 
 
-def _system_binds() -> list[str]:
+def _bwrap_sizes_tmpfs() -> bool:
+    """True when this bubblewrap has ``--size`` (0.8 and later) to cap a tmpfs."""
+    return "--size" in _bwrap_help()
+
+
+def _bwrap_disables_userns() -> bool:
+    """True when this bubblewrap has ``--disable-userns`` (0.8 and later)."""
+    return "--disable-userns" in _bwrap_help()
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _parents(dests: list[str], made: set[str]) -> list[str]:
+    """``--dir`` for each directory above ``dests`` not made yet: bubblewrap 0.8 makes the
+    parents of a bind's destination mode 0700, which only its owner (root, where the domain
+    is root) may enter; these are 0755."""
+    args: list[str] = []
+    for dest in dests:
+        parts = Path(dest).parts[1:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in made:
+                made.add(d)
+                args += ["--dir", d]
+    return args
+
+
+def _system_binds(made: set[str] | None = None) -> list[str]:
+    made = set() if made is None else made
     args: list[str] = []
     for d in _SYSTEM_DIRS:
         if os.path.islink(d):
@@ -172,7 +232,7 @@ def _system_binds() -> list[str]:
             args += ["--ro-bind", d, d]
     for f in _ETC_FILES:
         if os.path.exists(f):
-            args += ["--ro-bind", f, f]
+            args += [*_parents([f], made), "--ro-bind", f, f]
     return args
 
 
@@ -188,28 +248,130 @@ def python_binds() -> list[tuple[Path, str]]:
     return [(p, str(p)) for p in sorted(top)]
 
 
-def bwrap_argv(spec: SandboxSpec) -> list[str]:
-    """The full bubblewrap command line for ``spec``."""
+def _namespaces(userns_fd: int | None) -> list[str]:
+    """The namespace and identity arguments: bubblewrap's own user namespace (uid 65534 inside,
+    the domain's user outside), or the one the domain made (``--userns``, see the module's
+    docstring), where bubblewrap stays root until ``setpriv`` drops to 65534."""
+    if userns_fd is None:
+        args = ["--unshare-all", "--uid", _INSIDE_UID, "--gid", _INSIDE_UID, "--cap-drop", "ALL"]
+        if _bwrap_disables_userns():  # nor can a forked child make a user namespace of its own
+            args += ["--unshare-user", "--disable-userns"]
+        return args
+    args = ["--userns", str(userns_fd), "--unshare-ipc", "--unshare-pid", "--unshare-net",
+            "--unshare-uts", "--unshare-cgroup", "--uid", "0", "--gid", "0", "--cap-drop", "ALL"]
+    for cap in _SHIM_CAPS:
+        args += ["--cap-add", cap]
+    return args
+
+
+def _setpriv() -> list[str]:
+    """The first program inside where the domain is root: drop to 65534 (groups were cleared
+    before bubblewrap started, and ``setgroups`` is denied in the namespace), every
+    capability with it, and keep the parent-death signal that a change of uid clears."""
+    exe = shutil.which("setpriv", path="/usr/bin:/bin")
+    if exe is None:
+        raise SandboxUnavailable("the domain runs as root and util-linux's setpriv is missing: "
+                                 "apt-get install util-linux (or run the domain as a non-root user)")
+    return [exe, "--reuid", _INSIDE_UID, "--regid", _INSIDE_UID, "--keep-groups", "--inh-caps", "-all",
+            "--bounding-set", "-all", "--pdeathsig", "keep", "--"]
+
+
+def bwrap_argv(spec: SandboxSpec, userns_fd: int | None = None, seccomp_fd: int | None = None) -> list[str]:
+    """The full bubblewrap command line for ``spec``; ``userns_fd``: the user namespace of
+    :func:`_sandbox_userns` (a domain running as root), ``seccomp_fd``: the filter of
+    :func:`._seccomp.filter_fd` (:func:`launch` always hands both it needs)."""
     exe = shutil.which("bwrap") or "bwrap"
-    args = [exe, "--unshare-all", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
+    args = [exe, *_namespaces(userns_fd)]
     # --as-pid-1: the worker is the namespace's init, with no bubblewrap reaper beside it
     # that the job could ptrace or whose command line names the domain's paths
     args += ["--die-with-parent", "--new-session", "--clearenv", "--as-pid-1"]
-    args += _system_binds()
-    size = ["--size", str(spec.limits.scratch_bytes)] if _bwrap_sizes_tmpfs() else []
+    made: set[str] = set()
+    args += _system_binds(made)
+    # the scratch tmpfs: sized, and 1777 (where the domain is root, bubblewrap mounts them as
+    # uid 0 of the namespace, and the worker, 65534, must write them); 0.8 has both options
+    size = ["--perms", "1777", "--size", str(spec.limits.scratch_bytes)] if _bwrap_sizes_tmpfs() else []
     args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/tmp"]
-    for host, inside in [*python_binds(), *spec.ro_binds]:
-        args += ["--ro-bind", str(host), inside]
+    # /dev/shm: a sized tmpfs (after --dev, which made the directory); without --size it
+    # stays a directory of the read-only /dev
+    args += [*size, "--tmpfs", "/dev/shm"] if size else []
+    binds = [*python_binds(), *spec.ro_binds]
+    for host, inside in binds:
+        args += [*_parents([inside], made), "--ro-bind", str(host), inside]
     if spec.limits.gpu:  # after --dev and --proc; /proc/driver/nvidia shows in every procfs
-        args += gpu_binds().argv((*_SYSTEM_DIRS, "/proc"))
+        gpu = gpu_binds()
+        args += _parents([*gpu.devices, *gpu.libraries], made)
+        args += gpu.argv((*_SYSTEM_DIRS, "/proc"))
     # /job: a sized tmpfs, so a job cannot fill the domain's disk (the owner's log reaches
     # the work dir through the worker's stderr); without --size, the work dir itself
     args += [*size, "--tmpfs", "/job"] if size else ["--bind", str(spec.workdir), "/job"]
     args += ["--chdir", "/job"]
     for k, v in spec.env.items():
         args += ["--setenv", k, v]
-    args += ["--remount-ro", "/", "--", *spec.argv]
-    return args
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    # /dev read-only last: bubblewrap's remount is not recursive, so /dev/shm, /dev/pts and
+    # the GPU's --dev-bind nodes keep their own flags (a device node works on a read-only mount)
+    args += ["--remount-ro", "/dev", "--remount-ro", "/", "--"]
+    return [*args, *(_setpriv() if userns_fd is not None else []), *spec.argv]
+
+
+def _drop_groups() -> None:
+    """In the child before bubblewrap starts (root only): no supplementary groups (root's
+    would follow the sandbox to uid 65534, and ``setgroups`` is denied inside)."""
+    os.setgroups([])
+
+
+def _unshare_user() -> None:
+    """In the namespace holder before it executes: a new user namespace in which no further
+    one can be made (what ``--disable-userns`` does where bubblewrap makes the namespace)."""
+    if _LIBC.unshare(_CLONE_NEWUSER) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")
+
+
+def _sandbox_userns() -> int:
+    """A user namespace for a sandbox of a domain running as root (see the module's
+    docstring), as an open descriptor: 0 is 0 (bubblewrap's setup), 65534 is ``SANDBOX_UID``,
+    ``setgroups`` denied, ``user.max_user_namespaces`` 0 inside. A short-lived ``cat`` holds
+    it while the maps are written; the descriptor keeps it alive after."""
+    cat = shutil.which("cat", path="/usr/bin:/bin") or "/bin/cat"
+    try:
+        holder = subprocess.Popen([cat], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, preexec_fn=_unshare_user, close_fds=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxUnavailable(f"cannot make the sandbox's user namespace: {exc}") from exc
+    try:
+        maps = f"0 0 1\n{_INSIDE_UID} {SANDBOX_UID} 1\n"
+        for name, text in (("setgroups", "deny"), ("uid_map", maps), ("gid_map", maps)):
+            with open(f"/proc/{holder.pid}/{name}", "w") as f:
+                f.write(text)
+        return os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxUnavailable(f"cannot map the sandbox's user namespace: {exc}") from exc
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait()
+
+
+@contextlib.contextmanager
+def _host_side(spec: SandboxSpec) -> Iterator[tuple[list[str], tuple[int, ...]]]:
+    """bubblewrap's command line for ``spec`` and the descriptors it reads (the seccomp filter
+    and, where the domain is root, the user namespace), closed again on leaving."""
+    fds: list[int] = []
+    try:
+        try:
+            fds.append(filter_fd())
+        except SeccompUnsupported as exc:
+            raise SandboxUnavailable(str(exc)) from exc
+        userns = _sandbox_userns() if _as_root() else None
+        if userns is not None:
+            fds.append(userns)
+        yield bwrap_argv(spec, userns_fd=userns, seccomp_fd=fds[0]), tuple(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _make_cgroup_dir(path: Path) -> None:
@@ -335,12 +497,45 @@ def _is_v2(root: Path) -> bool:
     return (root / "cgroup.controllers").exists()
 
 
+def v1_parent(root: Path, controller: str, proc_self_cgroup: str) -> Path | None:
+    """Where this process's worker cgroups of the v1 ``controller`` go (``root``: the v1
+    mounts' parent, ``root/controller`` the hierarchy): its own cgroup of that controller,
+    from ``proc_self_cgroup`` (``/proc/self/cgroup``'s text), where that is not the
+    hierarchy's root and this process may make cgroups in it; else None (the caller uses the
+    hierarchy's root). v1 has no rule against processes beside child cgroups, so nothing
+    moves; workers then count against whatever caps the domain's own cgroup carries."""
+    for line in proc_self_cgroup.splitlines():
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if controller not in controllers.split(","):
+            continue
+        parts = path.strip().strip("/").split("/")
+        if not path.startswith("/") or parts == [""] or ".." in parts:
+            return None
+        own = root / controller / "/".join(parts)
+        writable = own.is_dir() and os.access(own, os.W_OK) and os.access(own / "cgroup.procs", os.W_OK)
+        return own if writable else None
+    return None
+
+
+def _v1_parents(root: Path) -> dict[str, list[Path]]:
+    """For the v1 controllers pids and memory: the domain's own cgroup (:func:`v1_parent`),
+    where usable, then the controller's root."""
+    try:
+        text = _PROC_SELF_CGROUP.read_text()
+    except OSError:
+        text = ""
+    return {c: list(dict.fromkeys([p for p in (v1_parent(root, c, text), root / c) if p is not None]))
+            for c in ("pids", "memory")}
+
+
 def _worker_parents(root: Path) -> list[Path]:
     """Where worker cgroups are made under the mount ``root``: v2, the domain's delegated
-    cgroup (:func:`_v2_parent`) and then the root; v1, the ``pids`` and ``memory`` roots."""
+    cgroup (:func:`_v2_parent`) and then the root; v1, for pids and for memory, the domain's
+    own cgroup (:func:`v1_parent`) and then the controller's root."""
     if _is_v2(root):
         return list(dict.fromkeys([_v2_parent(root), root]))
-    return [root / "pids", root / "memory"]
+    return [p for parents in _v1_parents(root).values() for p in parents]
 
 
 def _rmdir_when_empty(path: Path, deadline: float) -> bool:
@@ -438,7 +633,8 @@ def sweep_once() -> None:
 
 class _Cgroup:
     """A per-worker cgroup (v2, under the domain's delegated cgroup or the root; or v1
-    pids+memory), where writable, named ``fednb-<this process's pid>-<12 hex>``."""
+    pids+memory, each under the domain's own cgroup or the controller's root), where
+    writable, named ``fednb-<this process's pid>-<12 hex>``."""
 
     def __init__(self, limits: Limits, root: Path | None = None) -> None:
         root = _CGROUP_ROOT if root is None else root
@@ -452,10 +648,15 @@ class _Cgroup:
                 if self._try(parent / name, settings, ("memory.swap.max", 0)):
                     break
         else:
-            self._try(root / "pids" / name, {"pids.max": limits.max_procs})
+            parents = _v1_parents(root)
+            for parent in parents["pids"]:
+                if self._try(parent / name, {"pids.max": limits.max_procs}):
+                    break
             # memsw (RAM + swap) must not be below the RAM limit: written after it
-            self._try(root / "memory" / name, {"memory.limit_in_bytes": limits.memory_bytes},
-                      ("memory.memsw.limit_in_bytes", limits.memory_bytes))
+            for parent in parents["memory"]:
+                if self._try(parent / name, {"memory.limit_in_bytes": limits.memory_bytes},
+                             ("memory.memsw.limit_in_bytes", limits.memory_bytes)):
+                    break
 
     def _try(self, path: Path, settings: dict[str, int], swap: tuple[str, int] | None = None) -> bool:
         try:
@@ -529,8 +730,10 @@ def memory_cgroup_works() -> bool:
     return cgroup.caps_memory
 
 
-def _preexec(limits: Limits, cgroup: _Cgroup) -> None:
+def _preexec(limits: Limits, cgroup: _Cgroup, drop_groups: bool) -> None:
     cgroup.enter()
+    if drop_groups:
+        _drop_groups()
     caps = {
         resource.RLIMIT_NPROC: limits.max_procs,
         resource.RLIMIT_CPU: limits.cpu_seconds,
@@ -573,21 +776,19 @@ def _launch(spec: SandboxSpec, mode: SandboxMode) -> SandboxedProcess:
     domains started with ``--insecure-demo`` on machines without bubblewrap.
     """
     spec.workdir.mkdir(parents=True, exist_ok=True)
-    if mode == "bubblewrap":
-        argv = bwrap_argv(spec)
-        env = {"PATH": "/usr/bin:/bin"}
-    else:
-        argv = spec.argv
-        env = {**spec.env, "PATH": "/usr/bin:/bin"}
     cgroup = _Cgroup(spec.limits)
     try:
-        return _start(spec, argv, env, cgroup)
+        if mode != "bubblewrap":
+            return _start(spec, spec.argv, {**spec.env, "PATH": "/usr/bin:/bin"}, cgroup)
+        with _host_side(spec) as (argv, fds):
+            return _start(spec, argv, {"PATH": "/usr/bin:/bin"}, cgroup, fds)
     except BaseException:  # refused, or the fork or exec failed: no worker in the cgroup
         cgroup.remove()
         raise
 
 
-def _start(spec: SandboxSpec, argv: list[str], env: dict[str, str], cgroup: _Cgroup) -> SandboxedProcess:
+def _start(spec: SandboxSpec, argv: list[str], env: dict[str, str], cgroup: _Cgroup,
+           pass_fds: tuple[int, ...] = ()) -> SandboxedProcess:
     if spec.limits.gpu and not cgroup.caps_memory and not spec.limits.host_memory_uncapped_ok:
         raise SandboxUnavailable(
             "GPU jobs run without RLIMIT_AS (CUDA reserves more address space than it uses), so "
@@ -605,8 +806,9 @@ def _start(spec: SandboxSpec, argv: list[str], env: dict[str, str], cgroup: _Cgr
             stderr=log,  # bubblewrap's own errors reach the owner's log
             cwd=spec.workdir,
             env=env,
-            preexec_fn=functools.partial(_preexec, spec.limits, cgroup),
+            preexec_fn=functools.partial(_preexec, spec.limits, cgroup, bool(pass_fds) and _as_root()),
             close_fds=True,
+            pass_fds=pass_fds,  # bubblewrap reads the seccomp filter and user namespace from these
         )
     finally:
         os.close(log)

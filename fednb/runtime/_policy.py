@@ -1,35 +1,59 @@
 """The output policy: what may leave a run, checked in the trusted process.
 
 validate (names, shapes, dtypes, finiteness, size) → clip (declared metrics into their
-bounds; with DP the update to L2 norm C) → noise (with DP: N(0, (zC)^2) on the update, and
-N(0, (z Δm)^2) on the metric vector, Δm the norm of the metrics' ranges, from a CSPRNG).
+bounds; with DP the update to L2 norm C) → noise (with DP: the update released on a grid
+with discrete Gaussian noise of standard deviation zC, sensitivity 2C; the metric vector
+likewise at z Δm, Δm the norm of the metrics' ranges; see ``fednb.privacy.grid_gaussian``)
+→ cast to the approved dtypes.
+
+For a DP request (``OutputPolicy.fallback``) nothing the code does may show through a
+status or a reason: :func:`release` replaces a missing or rejected result by
+:func:`default_update` (zeros of the approved shapes, metric midpoints), clipped and noised
+like any other, and hands the real reason to the caller for the owner's eyes only.
 
 The domain's parent applies it to what a sandboxed worker returned; ``run_on_mock`` and
-``simulate`` apply the very same function to what the code returned in-process.
+``simulate`` apply the very same functions to what the code returned in-process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fednb.errors import InvalidInput
 from fednb.kernels import all_finite
-from fednb.privacy import ComposedEvent, Event, GaussianEvent, SecureNoise, clip_l2, gaussian_mechanism
+from fednb.privacy import (
+    GRID_SLACK,
+    ComposedEvent,
+    Event,
+    GaussianEvent,
+    SecureNoise,
+    clip_l2,
+    gaussian_mechanism,
+    grid_gaussian,
+)
 from fednb.protocol import ClientDP, ReasonCode, TensorSpec, Update
 
-__all__ = ["OutputPolicy", "OutputRejected", "apply_output_policy", "update_event"]
+__all__ = ["OutputPolicy", "OutputRejected", "apply_output_policy", "default_update", "release",
+           "update_event"]
+
+NEEDS_WEIGHT_SPEC = ("a DP output policy needs the approved weight spec: the released names, shapes and "
+                     "dtypes come from it, never from the code")
 
 
 def update_event(dp: ClientDP, has_metrics: bool) -> Event:
     """The DP event of one ``update`` release under :func:`apply_output_policy`: the clipped
     update (sensitivity 2C, replace-one) and, when metrics are declared, the clipped metric
-    vector (sensitivity: the norm of the metrics' ranges), both at noise multiplier z."""
-    update = GaussianEvent(dp.noise_multiplier, sensitivity_factor=2.0)
+    vector (sensitivity: the norm of the metrics' ranges), both at noise multiplier z, each
+    sensitivity times ``GRID_SLACK`` for the rounding to the noise grid."""
+    update = GaussianEvent(dp.noise_multiplier, sensitivity_factor=2.0 * GRID_SLACK)
     if not has_metrics:
         return update
-    return ComposedEvent((update, GaussianEvent(dp.noise_multiplier, sensitivity_factor=1.0)))
+    return ComposedEvent((update, GaussianEvent(dp.noise_multiplier, sensitivity_factor=GRID_SLACK)))
 
 
 class OutputRejected(Exception):
@@ -55,7 +79,9 @@ class OutputPolicy:
     max_bytes
         Cap on the total size of returned tensors, bytes (default 64 MiB).
     dp
-        Client-level DP: clip the update to ``dp.clip`` and add Gaussian noise; None: no DP.
+        Client-level DP: clip the update to ``dp.clip`` and add Gaussian noise on a grid;
+        None: no DP. Needs ``weights`` (else ValueError): the released structure comes from
+        the approved spec.
     defer_noise
         With ``dp``, for a result that leaves only through secure aggregation with
         distributed noise allowed: clip the update but add no noise to it here;
@@ -65,6 +91,10 @@ class OutputPolicy:
         False only in ``simulate``, without ``dp``, where the round's mean checks the
         values of the update for NaN and infinity instead (one pass fewer over each update);
         a domain always checks them here.
+    fallback
+        A DP request: a missing or rejected result is replaced by the default release
+        (:func:`release`). Implied (forced True) by ``dp``; the ``dp-sgd`` kind sets it
+        without ``dp`` (its noise is added during training). Needs ``weights``.
     """
 
     weights: dict[str, TensorSpec] | None = None
@@ -73,24 +103,35 @@ class OutputPolicy:
     dp: ClientDP | None = None
     defer_noise: bool = False
     check_finite: bool = True
+    fallback: bool = False
 
     def __post_init__(self) -> None:
-        if not self.check_finite and self.dp is not None:
-            raise ValueError("a DP output policy checks the values itself: clipping NaN spreads it")
+        if not self.check_finite and (self.dp is not None or self.fallback):
+            raise ValueError("a DP output policy checks the values itself: clipping NaN spreads it, "
+                             "and a NaN it let through would be released")
+        if self.dp is not None and self.weights is None:
+            raise ValueError(NEEDS_WEIGHT_SPEC)
+        if self.dp is not None:
+            object.__setattr__(self, "fallback", True)
+        if self.fallback and self.weights is None:
+            raise ValueError("a fallback output policy needs the approved weight spec: the default "
+                             "release is zeros of its shapes and dtypes")
 
 
 def _check_weights(update: Update, policy: OutputPolicy) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     if policy.weights is not None and set(update.weights) != set(policy.weights):
         raise OutputRejected("shape_mismatch", "returned tensor names differ from the approved")
-    for name, arr in update.weights.items():
+    for name in policy.weights or update.weights:  # the spec's order, not one the code chose
+        arr = update.weights[name]
         if arr.dtype.kind not in "biuf":
             raise OutputRejected("invalid_output", f"tensor {name!r} is not numeric")
         if policy.weights is not None:
             spec = policy.weights[name]
             if list(arr.shape) != spec.shape:
                 raise OutputRejected("shape_mismatch", f"tensor {name!r} has another shape")
-            arr = arr.astype(spec.dtype, copy=False)
+            with np.errstate(over="ignore"):  # a value beyond the dtype becomes Inf: refused below
+                arr = arr.astype(spec.dtype, copy=False)
         if policy.check_finite and arr.dtype.kind == "f" and not all_finite(arr):
             raise OutputRejected("nonfinite_output", f"tensor {name!r} holds NaN or Inf")
         out[name] = np.asarray(arr, order="C")
@@ -105,15 +146,22 @@ def _noise_metrics(metrics: dict[str, float], bounds: dict[str, tuple[float, flo
     # bound's midpoint when absent, so the released vector has a fixed shape.
     names = sorted(bounds)
     sens = math.sqrt(sum((bounds[k][1] - bounds[k][0]) ** 2 for k in names))
-    noisy = noise.gaussian((len(names),), z * sens) if sens > 0 else np.zeros(len(names))
-    values = [metrics.get(k, (bounds[k][0] + bounds[k][1]) / 2) for k in names]
-    return {k: float(v + e) for k, v, e in zip(names, values, noisy, strict=True)}
+    values = np.array([metrics.get(k, (bounds[k][0] + bounds[k][1]) / 2) for k in names], dtype=np.float64)
+    # with every bound a single point (sens 0) the values are public constants
+    out = grid_gaussian({"m": values}, sens, z * sens, noise)["m"] if sens > 0 else values
+    return {k: float(v) for k, v in zip(names, out, strict=True)}
 
 
 def apply_output_policy(update: Update, policy: OutputPolicy,
                         noise: SecureNoise | None = None) -> Update:
     """Validate, clip and (with DP) noise ``update``; raise :class:`OutputRejected` with a
-    reason code. ``noise`` is required when ``policy.dp`` is set."""
+    reason code. ``noise`` is required when ``policy.dp`` is set.
+
+    With DP the update is clipped to C and released by ``fednb.privacy.grid_gaussian``
+    (sensitivity 2C, standard deviation zC), then each tensor is cast to its approved
+    dtype (post-processing of a grid value); the metric vector is released the same way.
+    The release is accounted by :func:`update_event`.
+    """
     weights = _check_weights(update, policy)
     metrics: dict[str, float] = {}
     for name, (lo, hi) in policy.metrics.items():
@@ -126,6 +174,7 @@ def apply_output_policy(update: Update, policy: OutputPolicy,
         return Update(weights=weights, metrics=metrics)
     if noise is None:
         raise ValueError("a DP output policy needs a SecureNoise source")
+    assert policy.weights is not None  # __post_init__
     z = policy.dp.noise_multiplier
     if policy.defer_noise:
         noised = clip_l2(weights, policy.dp.clip)[0] if weights else {}
@@ -133,4 +182,71 @@ def apply_output_policy(update: Update, policy: OutputPolicy,
         noised = gaussian_mechanism(weights, policy.dp.clip, z, noise) if weights else {}
     if metrics or policy.metrics:
         metrics = _noise_metrics(metrics, policy.metrics, z, noise)
-    return Update(weights={k: np.asarray(v) for k, v in noised.items()}, metrics=metrics)
+    return Update(weights={k: np.asarray(v, dtype=policy.weights[k].dtype) for k, v in noised.items()},
+                  metrics=metrics)
+
+
+def default_update(policy: OutputPolicy) -> Update:
+    """The data-independent stand-in for a DP run's result: zeros of the approved weight
+    spec's shapes and dtypes, each declared metric at its bounds' midpoint.
+
+    Raises
+    ------
+    ValueError
+        ``policy.weights`` is None.
+    """
+    if policy.weights is None:
+        raise ValueError("the default release needs the approved weight spec")
+    return Update(weights={k: np.zeros(spec.shape, dtype=spec.dtype) for k, spec in policy.weights.items()},
+                  metrics={k: (lo + hi) / 2 for k, (lo, hi) in policy.metrics.items()})
+
+
+def release(update: Update | None, policy: OutputPolicy, noise: SecureNoise | None,
+            reason: ReasonCode = "ok") -> tuple[Update, ReasonCode]:
+    """What leaves a run: ``update`` through the output policy, or with ``policy.fallback``
+    the default release in its place when it is missing or rejected.
+
+    Parameters
+    ----------
+    update
+        The run's result, or None when the run produced none (it raised, timed out,
+        crashed).
+    policy
+        The output policy of the request.
+    noise
+        The secure noise source (required with ``policy.dp``).
+    reason
+        Why ``update`` is None (a fixed reason code).
+
+    Returns
+    -------
+    released : Update
+        With ``policy.fallback``, always a release of the approved structure:
+        ``apply_output_policy(update)``, or ``apply_output_policy(default_update(policy))``
+        (clipped and noised like any other) if ``update`` is None or rejected.
+    reason : ReasonCode
+        The real outcome: ``"ok"``, ``reason`` when ``update`` is None, or the rejection's
+        reason. For the owner and the audit log only: with DP it must not reach the scientist.
+
+    Raises
+    ------
+    OutputRejected
+        Without ``policy.fallback`` only, as :func:`apply_output_policy` (and for a missing
+        ``update``, with ``reason``).
+    """
+    if not policy.fallback:
+        if update is None:
+            raise OutputRejected("invalid_output" if reason == "ok" else reason, "the run returned no result")
+        return apply_output_policy(update, policy, noise), "ok"
+    if update is not None:
+        try:
+            return apply_output_policy(update, policy, noise), "ok"
+        except OutputRejected as rej:
+            reason = rej.reason
+        except InvalidInput:  # values clipping cannot take: a rejection like any other
+            reason = "invalid_output"
+    # the default is the parent's own, of the approved size: the cap on what code returns
+    # does not apply to it, so that it is never refused (a spec above the cap is a request
+    # to refuse when it is filed, not a run to fail)
+    uncapped = dataclasses.replace(policy, max_bytes=sys.maxsize)
+    return apply_output_policy(default_update(policy), uncapped, noise), reason

@@ -7,6 +7,8 @@ Both return what the same output policy let out of the same execution path, so
 from __future__ import annotations
 
 import time
+import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,13 +19,14 @@ import xarray as xr
 from fednb.client import RemoteRequest, RemoteRun, RemoteSecAggPeer
 from fednb.errors import FednbError, InvalidInput
 from fednb.privacy import Event, SecureNoise, accountant_for
-from fednb.protocol import ClientDP, Compression, SecAggConfig, Update, compress, decompress
+from fednb.protocol import ClientDP, Compression, ReasonCode, SecAggConfig, Update, compress, decompress
 from fednb.runtime import (
     OutputPolicy,
     OutputRejected,
     apply_output_policy,
     call_function,
     compile_function,
+    release,
     secagg_input,
     update_event,
 )
@@ -166,10 +169,13 @@ class LocalParticipant:
         key = tuple((k, v.shape, v.dtype) for k, v in weights.items())
         policy = self._policies.get(key)
         if policy is None:
-            policy = self._policies[key] = OutputPolicy(weights=_specs(weights) if weights else None,
-                                                        metrics=self.metrics, dp=self.dp,
-                                                        defer_noise=self.distributed and self.dp is not None,
-                                                        check_finite=not self._defers())
+            try:
+                policy = OutputPolicy(weights=_specs(weights) if weights else None, metrics=self.metrics,
+                                      dp=self.dp, defer_noise=self.distributed and self.dp is not None,
+                                      check_finite=not self._defers())
+            except ValueError as exc:  # DP without initial weights: no approved structure to release
+                raise InvalidInput(str(exc)) from None
+            self._policies[key] = policy
         return policy
 
     def _defers(self) -> bool:
@@ -223,21 +229,47 @@ class LocalParticipant:
         self.fn = compile_function(self.source, self.function_name)
         self.noise = SecureNoise() if state["noise"] else None
 
+    def _dp_release(self, weights: Weights, params: dict[str, Any],
+                    policy: OutputPolicy) -> tuple[Update, ReasonCode]:
+        """A DP run as a domain releases it (``runtime.release``): a run that raises or
+        returns what the policy rejects releases the default, noised, and counts as a
+        success. The real reason is this hospital's record's ``reason`` in the History, and a
+        warning shows it with the traceback: simulate runs your own code on your own data."""
+        update: Update | None = None
+        reason: ReasonCode = "ok"
+        trace = ""
+        try:
+            update = call_function(self.fn, self.data, weights, params)
+        except Exception:
+            reason, trace = "exception", traceback.format_exc()
+        out, reason = release(update, policy, self.noise, reason)
+        if reason != "ok":
+            message = (f"virtual hospital {self.name!r}: a run ended with {reason!r}; it released the "
+                       "default (zeros, metric midpoints, noised) as a DP domain would, recorded as "
+                       f"succeeded with reason {reason!r} in history.records")
+            warnings.warn(message + (f"\n{trace}" if trace else ""), RuntimeWarning, stacklevel=2)
+        return out, reason
+
     def run(self, weights: Weights, params: dict[str, Any], run_id: str, timeout: float) -> Outcome:
         t0 = time.monotonic()
-        try:
-            raw = call_function(self.fn, self.data, weights, params)
+        reason: ReasonCode = "ok"
+        if self.dp is not None:
             policy = self._policy(weights)
-            out = apply_output_policy(raw, policy, self.noise)
-        except OutputRejected as rej:
-            return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
-        except Exception:  # the code failed: a fixed category, as in a domain
-            return Outcome("failed", "exception", seconds=time.monotonic() - t0)
+            out, reason = self._dp_release(weights, params, policy)
+        else:
+            try:
+                raw = call_function(self.fn, self.data, weights, params)
+                policy = self._policy(weights)
+                out = apply_output_policy(raw, policy, self.noise)
+            except OutputRejected as rej:
+                return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
+            except Exception:  # the code failed: a fixed category, as in a domain
+                return Outcome("failed", "exception", seconds=time.monotonic() - t0)
         if self.dp is not None:
             self._charges[run_id] = update_event(self.dp, bool(self.metrics))
         if self.member is not None:  # secure aggregation: the update leaves only masked
             self._held[run_id] = flatten(out.weights)[0]
-            return Outcome("succeeded", "ok", Update({}, out.metrics, num_examples=self.num_examples),
+            return Outcome("succeeded", reason, Update({}, out.metrics, num_examples=self.num_examples),
                            time.monotonic() - t0, 0, _nbytes(weights), self.epsilon())
         try:
             sent, meta = compress(out.weights, self.compression,
@@ -248,7 +280,7 @@ class LocalParticipant:
                            epsilon=self.epsilon())
         update = Update(decompress(sent, meta), out.metrics, num_examples=self.num_examples)
         deferred = not policy.check_finite
-        return Outcome("succeeded", "ok", update, time.monotonic() - t0, _nbytes(sent), _nbytes(weights),
+        return Outcome("succeeded", reason, update, time.monotonic() - t0, _nbytes(sent), _nbytes(weights),
                        self.epsilon(), checked=self.compression == "none" and not deferred, deferred=deferred)
 
 

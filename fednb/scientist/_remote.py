@@ -5,20 +5,23 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, overload
 
 from fednb.client import DomainClient, RemoteRequest
 from fednb.errors import InvalidInput
 from fednb.privacy import SecureNoise
-from fednb.protocol import ClientDP, ParamSpec, RequestCreate, Update, code_hash
+from fednb.protocol import ClientDP, ParamSpec, ReasonCode, RequestCreate, Update, code_hash
 from fednb.runtime import (
     OutputPolicy,
     apply_output_policy,
     call_function,
     check_params,
     compile_function,
+    release,
     update_event,
     weight_specs,
 )
@@ -113,14 +116,32 @@ class RemoteFunction:
                     *, dp: ClientDP | None = None, **params: Any) -> Update:
         """Run on the dataset's mock, in this process, through the domain's own code path
         (same compilation from source, same parameter checks, same output policy, and with
-        ``dp`` the same clipping and noise)."""
+        ``dp`` the same clipping, grid noise and default release).
+
+        With ``dp``, ``weights`` is required (the domain refuses DP requests without a
+        weight spec), and a run that raises or returns something the policy rejects gives
+        what a domain would release: the default (zeros of the approved shapes, metric
+        midpoints, noised); the mock is public, so a warning tells you the real reason, with
+        the traceback, here (a domain tells only its owner).
+
+        Raises
+        ------
+        fednb.errors.InvalidInput
+            ``dp`` without ``weights``.
+        """
         check_params(self.params, params)
+        specs = None if weights is None else weight_specs(weights)
+        try:
+            policy = OutputPolicy(weights=specs, metrics=self.metrics, dp=dp)
+        except ValueError as exc:  # DP without a weight spec: refused as a domain refuses it
+            raise InvalidInput(str(exc)) from None
         handle = client.datasets[dataset]
         fn = compile_function(self.source, self.name)
-        update = call_function(fn, handle.mock, weights, params)
-        specs = None if weights is None else weight_specs(weights)
-        policy = OutputPolicy(weights=specs, metrics=self.metrics, dp=dp)
-        out = apply_output_policy(update, policy, SecureNoise() if dp is not None else None)
+        if dp is None:
+            out = apply_output_policy(call_function(fn, handle.mock, weights, params), policy)
+        else:
+            where = f"{self.name} on the mock of {dataset!r}"
+            out = _dp_release(fn, handle.mock, weights, params, policy, where)
         return Update(out.weights, out.metrics, num_examples=handle.card.num_examples)
 
     def preview_epsilon(self, dp: ClientDP, *, runs: int = 1, delta: float = 1e-6) -> float:
@@ -149,6 +170,26 @@ class RemoteFunction:
         return (f"RemoteFunction {self.name} (kind={self.kind}, sha256={self.code_hash[:16]}…)\n"
                 f"  params: {params or 'none'}\n"
                 f"  metrics: {self.metrics or 'none'}\n" + textwrap.indent(self.source, "  | "))
+
+
+def _dp_release(fn: Callable[..., Any], data: Any, weights: Weights | None, params: dict[str, Any],
+                policy: OutputPolicy, where: str) -> Update:
+    """The domain's DP release of one run in this process (``runtime.release``): the code's
+    result, or the default in its place, with a warning that names the real outcome."""
+    update: Update | None = None
+    reason: ReasonCode = "ok"
+    trace = ""
+    try:
+        update = call_function(fn, data, weights, params)
+    except Exception:  # the code failed: a domain releases the default, and so do we
+        reason, trace = "exception", traceback.format_exc()
+    out, reason = release(update, policy, SecureNoise(), reason)
+    if reason != "ok":
+        message = (f"{where}: the run ended with {reason!r}; a domain would release the default "
+                   "(zeros of the approved shapes, metric midpoints, noised), as here, and tell only "
+                   "its owner why")
+        warnings.warn(message + (f"\n{trace}" if trace else ""), RuntimeWarning, stacklevel=3)
+    return out
 
 
 @overload

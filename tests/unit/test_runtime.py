@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from fednb.errors import InvalidInput, ParamsOutOfSchema
-from fednb.protocol import ParamSpec, TensorSpec, Update
+from fednb.privacy import GRID_SLACK, ComposedEvent, GaussianEvent, SecureNoise
+from fednb.protocol import ClientDP, ParamSpec, TensorSpec, Update
 from fednb.runtime import (
     OutputPolicy,
     OutputRejected,
@@ -15,6 +18,7 @@ from fednb.runtime import (
     check_params,
     check_weights,
     compile_function,
+    update_event,
 )
 from tests.conftest import breast_cancer_dataset
 
@@ -65,3 +69,49 @@ def test_param_and_weight_checks() -> None:
         check_weights(specs, None)
     with pytest.raises(ParamsOutOfSchema):
         check_weights(None, {"w": np.zeros(2)})
+
+
+DP = ClientDP(clip=1.0, noise_multiplier=2.0)
+
+
+def test_update_event_accounts_the_grid_rounding() -> None:
+    assert update_event(DP, False) == GaussianEvent(2.0, sensitivity_factor=2.0 * GRID_SLACK)
+    assert update_event(DP, True) == ComposedEvent((GaussianEvent(2.0, sensitivity_factor=2.0 * GRID_SLACK),
+                                                    GaussianEvent(2.0, sensitivity_factor=GRID_SLACK)))
+
+
+def test_a_dp_policy_needs_the_approved_weight_spec() -> None:
+    with pytest.raises(ValueError, match="names, shapes and dtypes come from it, never from the code"):
+        OutputPolicy(dp=DP)
+    spec = {"w": TensorSpec(shape=[2], dtype="float32")}
+    assert OutputPolicy(weights=spec, dp=DP).fallback  # implied by dp
+    assert OutputPolicy(weights=spec, fallback=True).dp is None  # dp-sgd: noised in training
+    assert not OutputPolicy(weights=spec).fallback
+    with pytest.raises(ValueError, match="default release"):
+        OutputPolicy(fallback=True)
+    with pytest.raises(ValueError, match="checks the values itself"):
+        OutputPolicy(weights=spec, fallback=True, check_finite=False)
+
+
+def _on_grid(values: np.ndarray, sensitivity: float, d: int) -> bool:
+    gamma = 2.0 ** math.floor(math.log2(sensitivity * 2.0**-10 / math.sqrt(d)))
+    k = values.astype(np.float64) / gamma
+    return bool(np.array_equal(k, np.rint(k)))
+
+
+def test_dp_policy_releases_on_the_grid_in_the_approved_dtypes() -> None:
+    spec = {"w": TensorSpec(shape=[3], dtype="float32"), "v": TensorSpec(shape=[2, 2], dtype="float64")}
+    bounds = {"loss": (0.0, 4.0), "acc": (0.0, 3.0)}
+    pol = OutputPolicy(weights=spec, metrics=bounds, dp=DP)
+    raw = Update({"w": np.array([0.1, 0.2, 0.3]), "v": np.ones((2, 2), np.float32)}, {"loss": 1.0})
+    out = apply_output_policy(raw, pol, SecureNoise())
+    assert out.weights["w"].dtype == np.float32 and out.weights["v"].dtype == np.float64
+    assert out.weights["v"].shape == (2, 2)
+    assert _on_grid(out.weights["v"], 2 * DP.clip, 7)  # the update: sensitivity 2C over 7 values
+    metrics = np.array([out.metrics["acc"], out.metrics["loss"]])
+    assert _on_grid(metrics, 5.0, 2)  # the metric vector: sensitivity |(4, 3)| = 5
+    deferred = OutputPolicy(weights=spec, dp=DP, defer_noise=True)  # secure aggregation noises it later
+    clipped = apply_output_policy(raw, deferred, SecureNoise())
+    norm = math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in clipped.weights.values()))
+    assert norm <= DP.clip
+    assert clipped.weights["w"][0] == pytest.approx(0.1 * DP.clip / math.sqrt(4.14), rel=1e-6)

@@ -3,6 +3,7 @@ Dask worker launches the same bubblewrap sandbox, and only bytes cross the clust
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,16 +14,30 @@ import pytest
 
 import fednb
 from fednb.domain import Domain
-from fednb.domain.runner import bwrap_available
 from fednb.protocol import RunInfo
+from tests.adversarial.conftest import require_sandbox
 from tests.conftest import Hospital, make_hospital
 
 distributed = pytest.importorskip("distributed")
 from distributed.diagnostics.plugin import SchedulerPlugin  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not bwrap_available(), reason="needs bubblewrap (apt bubblewrap)")
-
 MARKER = Path("/tmp/fednb-dask-unpickled-marker")
+RUN_LIMIT_S = 300.0  # no job here comes near it, however busy the machine; `sleeps` gets less
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sandbox() -> None:
+    require_sandbox()
+
+
+@contextlib.contextmanager
+def run_limit(h: Hospital, seconds: float) -> Iterator[None]:
+    """The domain's run limit lowered for the runs started inside."""
+    h.dom.policy.update(run_timeout_s=seconds)
+    try:
+        yield
+    finally:
+        h.dom.policy.update(run_timeout_s=RUN_LIMIT_S)
 
 
 class ResultTypes(SchedulerPlugin):  # type: ignore[misc]
@@ -48,7 +63,7 @@ def cluster() -> Iterator[tuple[Any, ResultTypes]]:
 @pytest.fixture(scope="module")
 def on_dask(tmp_path_factory: pytest.TempPathFactory, cluster: tuple[Any, ResultTypes]) -> Iterator[Hospital]:
     h = make_hospital(tmp_path_factory.mktemp("dask") / "st-mary", dask_address=cluster[0].scheduler_address,
-                      run_timeout_s=4.0)
+                      run_timeout_s=RUN_LIMIT_S)
     yield h
     h.server.stop()
 
@@ -63,7 +78,7 @@ def good(on_dask: Hospital) -> fednb.client.RemoteRequest:
 
 @pytest.fixture(scope="module")
 def on_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
-    h = make_hospital(tmp_path_factory.mktemp("local") / "st-mary", run_timeout_s=4.0)
+    h = make_hospital(tmp_path_factory.mktemp("local") / "st-mary", run_timeout_s=RUN_LIMIT_S)
     yield h
     h.server.stop()
 
@@ -73,7 +88,7 @@ def run_once(h: Hospital, fn: fednb.RemoteFunction, runs: int = 1,
     req = fn.request(h.alice(), "breast-cancer", runs=runs)
     h.owner().requests.get(req.id).approve()
     run = req.run(**params)
-    return run.wait(120), run
+    return run.wait(RUN_LIMIT_S + 180), run
 
 
 @fednb.remote(params={"col": (int, 0, 29)})
@@ -119,7 +134,7 @@ def exits(data):
 def sleeps(data):
     import time
 
-    time.sleep(60)
+    time.sleep(3600)
 
 
 @fednb.remote(params={"port": (int, 1, 65535)})
@@ -151,7 +166,8 @@ def test_a_hostile_job_fails_with_its_reason_code(on_dask: Hospital, cluster: tu
                                                   fn: fednb.RemoteFunction, outcome: tuple[str, str]) -> None:
     MARKER.unlink(missing_ok=True)
     port = int(cluster[0].scheduler_address.rsplit(":", 1)[1])
-    info, _ = run_once(on_dask, fn, **({"port": port} if fn is dials_the_scheduler else {}))
+    with run_limit(on_dask, 2.0) if fn is sleeps else contextlib.nullcontext():
+        info, _ = run_once(on_dask, fn, **({"port": port} if fn is dials_the_scheduler else {}))
     assert (info.status, info.reason) == outcome, on_dask.dom.runs.owner_view(info.id).owner_log
     assert info.owner_log is None and info.release_state is None
     assert not MARKER.exists()  # nothing the job made was unpickled, here or on a Dask worker

@@ -120,9 +120,9 @@ def test_runs_are_capped_and_idempotent(hospital: Hospital) -> None:
     for run in hospital.alice().runs.list(request_id=req.id):
         run.wait(120)
     deadline = time.monotonic() + 10
-    while req.id in hospital.dom.pool()._workers and time.monotonic() < deadline:
+    while req.id in hospital.dom.pool().warm() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert req.id not in hospital.dom.pool()._workers  # its warm worker was retired
+    assert req.id not in hospital.dom.pool().warm()  # its warm worker was retired
 
 
 def test_a_scientist_outside_allow_no_dp_is_refused(hospital: Hospital) -> None:

@@ -1,8 +1,8 @@
 """The Dask executor: a domain's runs on the workers of a Dask cluster.
 
 Each Dask worker is trusted (the hospital runs it, like the domain's own process) and
-launches the same bubblewrap sandbox the local :class:`WorkerPool` does, keeping warm
-workers per request. What crosses the cluster is bytes only, both ways:
+launches the same bubblewrap sandbox the local :class:`WorkerPool` does, keeping a warm
+worker per (request, dataset). What crosses the cluster is bytes only, both ways:
 
 - the domain sends :func:`run_job` a safetensors message (the job, the run's parameters,
   the weights);
@@ -32,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from fednb.domain.runner._pool import JobSpec, RawOutcome, WorkerOutcome, WorkerPool, parse_outcome
+from fednb.domain.runner._pool import (
+    JobSpec,
+    RawOutcome,
+    WorkerOutcome,
+    WorkerPool,
+    parse_outcome,
+    release_at,
+)
 from fednb.domain.runner._sandbox import Limits, SandboxMode, bwrap_available
 from fednb.errors import FednbError, InsecureSetting, InvalidInput
 from fednb.protocol import REASON_CODES, RUN_STATUSES, decode_message, encode_message
@@ -129,7 +136,7 @@ def run_job(spec: bytes) -> bytes:
 
 
 def warm_requests() -> list[str]:
-    """The requests with warm sandboxed workers on this Dask worker (``client.run`` it)."""
+    """The requests with a warm sandboxed worker on this Dask worker (``client.run`` it)."""
     with _POOLS_GUARD:
         pools = list(_POOLS.values())
     return sorted({rid for p in pools for rid in p.warm()})
@@ -157,8 +164,8 @@ class DaskPool:
 
     Parameters are those of :class:`WorkerPool`; ``max_concurrent`` caps the domain's jobs
     in flight on the whole cluster (and on each Dask worker). A request's runs go to one
-    Dask worker, picked by a hash of its id, where its sandboxed worker stays warm; if that
-    worker leaves, Dask runs them elsewhere.
+    Dask worker, picked by a hash of its id, where its sandboxed workers (one per dataset)
+    stay warm; if that worker leaves, Dask runs them elsewhere.
     """
 
     def __init__(self, address: str, mode: SandboxMode, limits: Limits | None = None,
@@ -199,16 +206,24 @@ class DaskPool:
                                    workers=self._home(job.request_id), allow_other_workers=True)
 
     def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
-            timeout: float) -> WorkerOutcome:
-        """Run the job once on the cluster; the answer is decoded and checked here."""
+            timeout: float, hold_until: float | None = None) -> WorkerOutcome:
+        """Run the job once on the cluster; the answer is decoded and checked here.
+
+        ``timeout`` is the run's own limit (the sandbox's zygote on the Dask worker enforces
+        it); with ``hold_until`` (this process's ``time.monotonic()``) the domain's job slot
+        stays taken until then, as in :meth:`WorkerPool.run`.
+        """
         spec = self._spec(job, dataset=dataset, params=params, weights=weights, timeout=timeout)
-        with self._slots:
+        self._slots.acquire()
+        try:
             future = self._submit(job, spec)
             try:
                 data = future.result(timeout=timeout + _SLACK_S)
             except Exception as exc:  # the cluster failed (worker lost, timeout): not the job
                 future.cancel()
                 return WorkerOutcome("failed", "worker_crashed", log=f"Dask: {type(exc).__name__}")
+        finally:
+            release_at(self._slots, hold_until)
         if type(data) is not bytes:
             return WorkerOutcome("failed", "invalid_output", log="Dask task returned no bytes")
         try:

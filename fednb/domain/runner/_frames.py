@@ -25,7 +25,7 @@ class FrameTooLarge(FrameError):
     """The peer announced a frame larger than allowed."""
 
 
-def write_frame(stream: IO[bytes], payload: bytes) -> None:
+def write_frame(stream: IO[bytes], payload: bytes | bytearray) -> None:
     """Write one frame and flush."""
     stream.write(_LEN.pack(len(payload)))
     stream.write(payload)

@@ -1,10 +1,14 @@
-"""Warm sandboxed workers, one per approved request, behind a domain-wide job cap."""
+"""Warm sandboxed workers, one per (approved request, dataset), behind a domain-wide job cap."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 import sys
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -14,7 +18,6 @@ from typing import Any, Protocol
 from fednb.domain.runner._frames import (
     FrameError,
     FrameTimeout,
-    FrameTooLarge,
     read_frame,
     write_frame,
 )
@@ -38,10 +41,25 @@ from fednb.protocol import (
 )
 from fednb.typing import Weights
 
-__all__ = ["JobRunner", "JobSpec", "RawOutcome", "WorkerOutcome", "WorkerPool", "parse_outcome"]
+__all__ = ["JobRunner", "JobSpec", "RawOutcome", "WorkerInfo", "WorkerOutcome", "WorkerPool",
+           "parse_outcome", "release_at"]
 
 _LOG_KEEP = 20_000
 _START_TIMEOUT = 120.0
+# beyond a run's own limit, which the zygote enforces: its kill of the run and clean-up on a
+# busy machine. A zygote silent past that is stopped.
+_GRACE = 30.0
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_Key = tuple[str, str]  # (request id, dataset)
+# what the zygote saw of a run that sent no reply: the status and reason codes of old,
+# when a run's death was its worker's
+_VERDICTS: dict[str, tuple[RunStatus, ReasonCode]] = {
+    "timeout": ("timeout", "wall_clock"),
+    "too_large": ("failed", "output_too_large"),
+    "signal": ("killed", "worker_crashed"),
+    "exit": ("failed", "worker_crashed"),
+    "no_fork": ("failed", "process_limit"),
+}
 # the device a run used, as its worker reports it: "cpu" or "cuda:<device name>" (printable
 # ASCII, 32 characters in all); anything else is recorded as None
 _BACKEND = re.compile(r"cpu|cuda(:[ -~]{1,27})?")
@@ -49,7 +67,8 @@ _BACKEND = re.compile(r"cpu|cuda(:[ -~]{1,27})?")
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One approved request as the runner needs it."""
+    """One approved request as the runner needs it. A worker mounts one of ``datasets``
+    only, the one its runs are charged to."""
 
     request_id: str
     source: str
@@ -100,32 +119,67 @@ def parse_outcome(raw: RawOutcome) -> WorkerOutcome:
         return WorkerOutcome("failed", "invalid_output", log=raw.log)
 
 
+def _oom_kills(dirs: list[Path]) -> int:
+    """The OOM killer's kill count in these cgroups (``memory.events`` v2 or
+    ``memory.oom_control`` v1): compared before and after a run, it says whether the kernel
+    killed a process of that run (the count is the worker's, over all its runs)."""
+    total = 0
+    for d in dirs:
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                text = (d / name).read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit():
+                    total += int(value)
+    return total
+
+
+def _subdir(dataset: str) -> str:
+    """The work directory of a dataset's worker under the request's: a name that is safe
+    as one path component whatever the dataset's name."""
+    digest = hashlib.sha256(dataset.encode()).hexdigest()[:8]
+    return f"{_UNSAFE.sub('_', dataset)[:40]}-{digest}"
+
+
+def _one_dataset(job: JobSpec, dataset: str) -> JobSpec:
+    """The job as one worker runs it: the run's dataset only, its own work directory."""
+    if list(job.datasets) == [dataset]:  # the domain made it so already
+        return job
+    return dataclasses.replace(job, datasets={dataset: job.datasets[dataset]},
+                               workdir=job.workdir / _subdir(dataset))
+
+
 class _Worker:
+    """A sandboxed zygote (``_worker``) holding one dataset of one request."""
+
     def __init__(self, job: JobSpec, mode: SandboxMode, limits: Limits, max_output: int) -> None:
         self.job, self.mode, self.limits, self.max_output = job, mode, limits, max_output
+        ((self.dataset, self.path),) = job.datasets.items()
         self.proc: SandboxedProcess | None = None
-
-    def _paths(self) -> dict[str, str]:
-        if self.mode == "bubblewrap":
-            return {name: f"/data/{name}" for name in self.job.datasets}
-        return {name: str(p) for name, p in self.job.datasets.items()}
+        self.runs = 0
 
     def start(self) -> RawOutcome | None:
-        binds = [(p, f"/data/{name}") for name, p in self.job.datasets.items()]
+        binds = [(self.path, f"/data/{self.dataset}")]
         env = {"PYTHONPATH": str(Path(__file__).resolve().parents[3]), "HOME": "/job",
                "OMP_NUM_THREADS": str(self.limits.cpus),
                "OPENBLAS_NUM_THREADS": str(self.limits.cpus), "PYTHONDONTWRITEBYTECODE": "1",
                # no JIT compiler in the sandbox (DP-SGD's noise uses the kernels): the NumPy
                # references, no code generation or cache writes beside untrusted code
                "FEDNB_BACKEND": "numpy", **self._gpu_env()}
-        argv = [sys.executable, "-s", "-m", "fednb.domain.runner._worker"]
+        # -P: the working directory, where runs write, is not put on the zygote's sys.path
+        argv = [sys.executable, "-s", *(["-P"] if sys.version_info >= (3, 11) else []),
+                "-m", "fednb.domain.runner._worker"]
         spec = SandboxSpec(argv, self.job.workdir, binds, env, self.limits)
         try:
             self.proc = launch(spec, self.mode)
         except SandboxUnavailable as exc:  # a GPU job where no memory cgroup caps it
             return RawOutcome("refused", "sandbox_unavailable", log=f"{exc}\n")
+        path = f"/data/{self.dataset}" if self.mode == "bubblewrap" else str(self.path)
         init = {"source": self.job.source, "function_name": self.job.function_name,
-                "datasets": self._paths(), "max_output": self.max_output}
+                "dataset": self.dataset, "path": path, "max_output": self.max_output}
         try:
             assert self.proc.stdin is not None and self.proc.stdout is not None
             write_frame(self.proc.stdin, encode_message(init))
@@ -148,29 +202,37 @@ class _Worker:
             env.update(FEDNB_GPU_MEMORY_BYTES=cap, CUPY_GPU_MEMORY_LIMIT=cap)
         return env
 
-    def run(self, dataset: str, params: dict[str, Any], weights: Weights | None,
-            timeout: float) -> RawOutcome:
-        """One run: the worker's reply frame, undecoded, or how the exchange failed."""
+    def run(self, params: dict[str, Any], weights: Weights | None, timeout: float) -> RawOutcome:
+        """One run: the child's reply frame, undecoded, or what the zygote saw of it. The
+        zygote enforces ``timeout``; the worker is stopped only when the zygote itself does
+        not answer within ``_GRACE`` beyond it, or died."""
         assert self.proc is not None and self.proc.stdin and self.proc.stdout
-        msg = encode_message({"dataset": dataset, "params": params, "weights": weights is not None},
-                             weights or {})
-        try:
+        msg = encode_message({"dataset": self.dataset, "params": params,
+                              "weights": weights is not None}, weights or {})
+        self.runs += 1
+        oom = _oom_kills(self._cgroup_dirs())
+        try:  # the zygote's frame (the run's limit), then the child's request
+            write_frame(self.proc.stdin, json.dumps({"timeout": timeout}).encode())
             write_frame(self.proc.stdin, msg)
-            data = read_frame(self.proc.stdout, self.max_output + (1 << 20), timeout)
+            verdict = json.loads(read_frame(self.proc.stdout, 1 << 10, timeout + _GRACE))
+            kind = verdict["verdict"]
+            if kind == "reply":
+                data = read_frame(self.proc.stdout, self.max_output + (1 << 20), _GRACE)
+                return RawOutcome("succeeded", "ok", reply=data, log=self.take_log())
         except FrameTimeout:
             self.stop()
             return RawOutcome("timeout", "wall_clock", log=self.take_log())
-        except FrameTooLarge:
-            self.stop()
-            return RawOutcome("failed", "output_too_large", log=self.take_log())
-        except (FrameError, OSError):
+        except (FrameError, OSError, ValueError, TypeError, KeyError):
             return self._died()
-        return RawOutcome("succeeded", "ok", reply=data, log=self.take_log())
+        if _oom_kills(self._cgroup_dirs()) > oom:
+            return RawOutcome("killed", "memory_limit", log=self.take_log())
+        status, reason = _VERDICTS.get(kind, ("failed", "worker_crashed"))
+        return RawOutcome(status, reason, log=self.take_log())
 
     def _died(self) -> RawOutcome:
         oom = self._oom_seen()  # read the cgroup before stop() removes it
         rc = self.stop()
-        # the OOM killer's victim is the worker, pid 1 of its namespace: bubblewrap, which
+        # the OOM killer's victim was the zygote, pid 1 of its namespace: bubblewrap, which
         # this process waits for, then exits with a status, not by the signal
         if oom or (rc is not None and rc < 0):
             return RawOutcome("killed", "memory_limit" if oom else "worker_crashed",
@@ -213,12 +275,23 @@ class _Worker:
         return rc
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A warm worker as the owner's tools see it: ``pid``, the sandbox's process on this
+    host (the same until the worker is stopped), and ``runs``, the runs it served."""
+
+    request_id: str
+    dataset: str
+    pid: int
+    runs: int
+
+
 class JobRunner(Protocol):
     """What a domain runs its jobs on: a :class:`WorkerPool` of local processes, or a
     ``DaskPool`` (``fednb.domain.runner._dask``) on a Dask cluster."""
 
     def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
-            timeout: float) -> WorkerOutcome: ...
+            timeout: float, hold_until: float | None = None) -> WorkerOutcome: ...
 
     def prewarm(self, job: JobSpec) -> None: ...
 
@@ -227,8 +300,26 @@ class JobRunner(Protocol):
     def shutdown(self) -> None: ...
 
 
+def release_at(slots: threading.BoundedSemaphore, hold_until: float | None) -> None:
+    """Release one of ``slots`` at ``hold_until`` (``time.monotonic()``), or now if that
+    moment has passed or is None: when the next job starts never depends on how long a
+    run held its slot for less."""
+    delay = 0.0 if hold_until is None else hold_until - time.monotonic()
+    if delay <= 0:
+        slots.release()
+        return
+    timer = threading.Timer(delay, slots.release)
+    timer.daemon = True
+    timer.start()
+
+
 class WorkerPool:
     """Keeps up to ``max_warm`` workers warm and runs at most ``max_concurrent`` jobs.
+
+    A worker is one sandboxed zygote per (request, dataset): it holds that one dataset,
+    and forks a fresh process for every run, after which nothing of the run is left (see
+    ``fednb.domain.runner._worker``). A run that failed, timed out or was killed leaves its
+    worker warm; a worker is stopped only when its zygote itself fails.
 
     Parameters
     ----------
@@ -239,7 +330,8 @@ class WorkerPool:
     max_concurrent
         Jobs running at once across the domain (default 2).
     max_warm
-        Warm workers kept (least recently used are stopped first; default 8).
+        Warm workers kept, each one (request, dataset) (least recently used are stopped
+        first; default 8).
     max_output
         Cap on one result, bytes (default 64 MiB).
     """
@@ -249,8 +341,8 @@ class WorkerPool:
         self.mode, self.limits = mode, limits or Limits()
         self.max_warm, self.max_output = max_warm, max_output
         self._slots = threading.BoundedSemaphore(max_concurrent)
-        self._workers: OrderedDict[str, _Worker] = OrderedDict()
-        self._locks: dict[str, threading.Lock] = {}
+        self._workers: OrderedDict[_Key, _Worker] = OrderedDict()
+        self._locks: dict[_Key, threading.Lock] = {}
         self._guard = threading.Lock()
         # cgroups of workers a domain killed with kill -9 left behind, once per process
         sweep_once()
@@ -258,13 +350,15 @@ class WorkerPool:
         # removes their cgroups all the same
         weakref.finalize(self, _stop_all, self._workers, self._guard)
 
-    def _lock(self, request_id: str) -> threading.Lock:
+    def _lock(self, key: _Key) -> threading.Lock:
         with self._guard:
-            return self._locks.setdefault(request_id, threading.Lock())
+            return self._locks.setdefault(key, threading.Lock())
 
     def _worker(self, job: JobSpec) -> tuple[_Worker, RawOutcome | None]:
+        """The warm worker of a one-dataset ``job`` (see :func:`_one_dataset`), started if need be."""
+        key = (job.request_id, next(iter(job.datasets)))
         with self._guard:
-            w = self._workers.pop(job.request_id, None)
+            w = self._workers.pop(key, None)
         if w is not None and w.job != job:  # same id, other code, data or home: never reuse
             w.stop()
             w = None
@@ -274,51 +368,76 @@ class WorkerPool:
             w = _Worker(job, self.mode, self.limits, self.max_output)
             failure = w.start()
         with self._guard:
-            self._workers[job.request_id] = w
+            self._workers[key] = w
             while len(self._workers) > self.max_warm:
                 _, old = self._workers.popitem(last=False)
                 old.stop()
         return w, failure
 
     def prewarm(self, job: JobSpec) -> None:
-        """Start the request's worker in the background so its first run is warm."""
+        """Start a worker for each dataset of the job in the background, so that its first
+        run is warm."""
 
         def go() -> None:
-            with self._lock(job.request_id), self._slots:
-                self._worker(job)
+            for dataset in job.datasets:
+                one = _one_dataset(job, dataset)
+                with self._lock((job.request_id, dataset)), self._slots:
+                    self._worker(one)
 
         threading.Thread(target=go, name=f"prewarm-{job.request_id}", daemon=True).start()
 
     def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
-            timeout: float) -> WorkerOutcome:
-        """Run the job once; a worker that failed in any way is stopped, not reused."""
-        return self._run(job, dataset, params, weights, timeout)[1]
+            timeout: float, hold_until: float | None = None) -> WorkerOutcome:
+        """Run the job once on ``dataset``, in a fresh process of its warm worker.
+
+        Parameters
+        ----------
+        timeout
+            The run's own wall-clock limit, seconds (the worker's start is not in it).
+        hold_until
+            A ``time.monotonic()`` moment: the job slot stays taken until then even when
+            the run ended earlier (default None: freed when the run ends). The outcome is
+            returned when the run ends.
+        """
+        return self._run(job, dataset, params, weights, timeout, hold_until)[1]
 
     def run_raw(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
-                timeout: float) -> RawOutcome:
+                timeout: float, hold_until: float | None = None) -> RawOutcome:
         """:meth:`run`, returning the worker's reply undecoded (for a Dask worker to send on)."""
-        return self._run(job, dataset, params, weights, timeout)[0]
+        return self._run(job, dataset, params, weights, timeout, hold_until)[0]
 
     def _run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
-             timeout: float) -> tuple[RawOutcome, WorkerOutcome]:
-        with self._lock(job.request_id), self._slots:
-            worker, failure = self._worker(job)
-            raw = failure or worker.run(dataset, params, weights, timeout)
-            outcome = parse_outcome(raw)
-            if outcome.status != "succeeded":
-                worker.stop()
-            return raw, outcome
+             timeout: float, hold_until: float | None) -> tuple[RawOutcome, WorkerOutcome]:
+        if dataset not in job.datasets:
+            raw = RawOutcome("failed", "exception", log=f"fednb: {dataset!r} is not a dataset of this job\n")
+            return raw, parse_outcome(raw)
+        one = _one_dataset(job, dataset)
+        with self._lock((job.request_id, dataset)):
+            self._slots.acquire()
+            try:
+                worker, failure = self._worker(one)
+                raw = failure or worker.run(params, weights, timeout)
+            finally:
+                release_at(self._slots, hold_until)
+        return raw, parse_outcome(raw)
 
     def warm(self) -> list[str]:
-        """The requests whose workers are warm."""
+        """The requests with a warm worker."""
         with self._guard:
-            return [rid for rid, w in self._workers.items() if w.alive()]
+            return sorted({rid for (rid, _), w in self._workers.items() if w.alive()})
+
+    def workers(self) -> list[WorkerInfo]:
+        """The warm workers, least recently used first."""
+        with self._guard:
+            return [WorkerInfo(rid, ds, w.proc.pid, w.runs) for (rid, ds), w in self._workers.items()
+                    if w.proc is not None and w.alive()]
 
     def discard(self, request_id: str) -> None:
-        """Stop the request's worker (denied, revoked or exhausted)."""
+        """Stop the request's workers, one per dataset (denied, revoked or exhausted)."""
         with self._guard:
-            w = self._workers.pop(request_id, None)
-        if w is not None:
+            keys = [k for k in self._workers if k[0] == request_id]
+            stopping = [self._workers.pop(k) for k in keys]
+        for w in stopping:
             w.stop()
 
     def shutdown(self) -> None:
@@ -326,7 +445,7 @@ class WorkerPool:
         _stop_all(self._workers, self._guard)
 
 
-def _stop_all(workers: OrderedDict[str, _Worker], guard: threading.Lock) -> None:
+def _stop_all(workers: OrderedDict[_Key, _Worker], guard: threading.Lock) -> None:
     with guard:
         stopping = list(workers.values())
         workers.clear()

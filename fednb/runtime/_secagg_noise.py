@@ -25,6 +25,7 @@ from fednb.privacy import (
     GaussianEvent,
     SecureNoise,
     clip_l2,
+    grid_gaussian,
 )
 from fednb.protocol import ClientDP, SecAggConfig
 from fednb.secagg import scale_for
@@ -101,4 +102,6 @@ def secagg_input(config: SecAggConfig, name: str, vector: FloatArray, *, dp: Cli
     if event is not None and accept(event):
         return SecAggInput(vector, share, event)
     # the round cannot carry this member's noise: its own full noise, as without distribution
-    return SecAggInput(vector + noise.gaussian(vector.shape, dp.noise_multiplier * dp.clip), share)
+    # (on the grid, as the output policy would have released it: no floating-point channel)
+    full = grid_gaussian({"v": vector}, 2.0 * dp.clip, dp.noise_multiplier * dp.clip, noise)["v"]
+    return SecAggInput(full.astype(vector.dtype, copy=False), share)

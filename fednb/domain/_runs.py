@@ -197,10 +197,11 @@ class RunBook:
                 return WorkerOutcome("timeout", "wall_clock", log="the run's release slot passed before "
                                      "it could start (the domain's job slots were busy)\n")
             # the job slot stays taken until the schedule, so when other runs start never
-            # depends on how long this one took
+            # depends on how long this one took; waiting and the worker's start count too
             hold = time.monotonic() + left
-        return self._d.pool().run(self._job(req, dataset), dataset, params, weights, timeout,
-                                  hold_until=hold)
+            return self._d.pool().run(self._job(req, dataset), dataset, params, weights, timeout,
+                                      hold_until=hold, cut_at=time.monotonic() + timeout)
+        return self._d.pool().run(self._job(req, dataset), dataset, params, weights, timeout)
 
     def _execute(self, run_id: str, req: RequestRow, dataset: str, params: dict[str, Any],
                  weights: Weights | None, compression: Compression, release_at: datetime | None,

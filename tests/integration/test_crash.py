@@ -36,8 +36,11 @@ def step(data, weights, lr=0.1):
     return fednb.Update(weights={"w": weights["w"] + lr})
 
 
+W0 = {"w": np.zeros(10)}
+
+
 @fednb.remote
-def quick(data):
+def quick(data, weights):
     return fednb.Update(weights={"w": np.full(10, 1.0)})
 
 
@@ -45,6 +48,9 @@ def make_home(tmp: Path, scientists: int, delay: float = 0.0) -> tuple[Path, str
     dom = Domain.create(tmp / "h", name="Crashy")
     owner = dom.add_user("olivia", role="owner")
     tokens = [dom.add_user(f"s{i}", epsilon=1e6) for i in range(scientists)]
+    # DP results show 0.5 s after their run started (a run cut by it releases its default:
+    # these tests are about the books, not the values); no cap across the load's scientists
+    dom.policy.update(dp_slot_s=0.5, dataset_epsilon_cap=None)
     dom.add_dataset("bc", breast_cancer_dataset().assign_attrs(delay=delay), bounds=BC_BOUNDS)
     dom.close()
     return tmp / "h", owner, tokens
@@ -75,8 +81,9 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def check_books(home: Path, *, held_ok: bool = False) -> Domain:
-    """The ledger after a crash: one charge per run, each settled as its run ended; the
+def check_books(home: Path) -> Domain:
+    """The ledger after a crash: one charge per run, committed when its run ended whatever
+    the outcome or the owner's decision, freed only for a run the crash interrupted; the
     requests' run counts match their runs; the audit chain verifies. Returns the domain."""
     dom = Domain.open(home)
     report = dom.verify_audit()
@@ -88,9 +95,7 @@ def check_books(home: Path, *, held_ok: bool = False) -> Domain:
     for c in charges:
         run = runs[c.run_id]  # no charge without its run
         assert run.status not in ("queued", "running"), (run.id, run.status)
-        want = {"released": "committed", "held": "reserved"}.get(run.release_state or "", "freed")
-        if held_ok and run.release_state == "held":
-            want = "reserved"
+        want = "freed" if (run.status, run.reason) == ("failed", "domain_restarted") else "committed"
         assert c.state == want, (run.id, run.status, run.release_state, c.state)
     assert len(charges) == len({c.run_id for c in charges})
     for req in requests:
@@ -98,8 +103,7 @@ def check_books(home: Path, *, held_ok: bool = False) -> Domain:
         assert req.runs_used == len(mine) <= req.runs, (req.id, req.runs_used, len(mine))
     for b in dom.budgets():
         assert b.epsilon_budget is None or b.epsilon_spent + b.epsilon_reserved <= b.epsilon_budget + 1e-9
-        if not held_ok:
-            assert b.epsilon_reserved == 0
+        assert b.epsilon_reserved == 0
     return dom
 
 
@@ -154,9 +158,9 @@ def test_a_domain_stopped_with_sigterm_stops_its_workers_and_removes_their_cgrou
     cgroup stayed behind (its worker died with the domain)."""
     home, owner_tok, (sci_tok,) = make_home(tmp_path, 1)
     with served(home) as (url, proc, log):
-        req = quick.request(fednb.connect(url, token=sci_tok), "bc", runs=5, dp=DP)
+        req = quick.request(fednb.connect(url, token=sci_tok), "bc", runs=5, dp=DP, weights=W0)
         fednb.connect(url, token=owner_tok).requests.get(req.id).approve(release="auto")
-        assert req.run().wait(60).status == "succeeded"
+        assert req.run(W0).wait(60).status == "succeeded"
         made = worker_cgroups(proc.pid)  # the request's warm worker (none where cgroups are not writable)
         proc.terminate()
         proc.wait(30)
@@ -211,8 +215,8 @@ class Load:
                 return
             rid = again[n] if n < len(again) else f"s{i}-c{self.cycle}-{n:05d}"
             if n % 7 == 3:  # now and then a new request for the owner to approve
-                quick.request(sci, "bc", runs=2, dp=DP)
-            run = req.run(run_id=rid)
+                quick.request(sci, "bc", runs=2, dp=DP, weights=W0)
+            run = req.run(W0, run_id=rid)
             with self.lock:
                 self.acked[rid] = "queued"
             info = run.wait(30)
@@ -245,8 +249,8 @@ def check_acknowledged(home: Path, load: Load) -> None:
     assert not load.errors, load.errors
     for rid, seen in load.acked.items():
         assert rid in runs, f"run {rid} was acknowledged and is lost"
-        if seen == "succeeded/released":
-            assert (runs[rid].status, runs[rid].release_state) == ("succeeded", "released")
+        if seen == "succeeded/released":  # a DP run the schedule cut released its default
+            assert runs[rid].release_state == "released" and runs[rid].status in ("succeeded", "timeout")
     for req_id in load.approved:
         assert requests[req_id].status == "approved", f"approval of {req_id} is lost"
     for rid in load.released:
@@ -265,11 +269,12 @@ def test_kill_9_at_random_moments_under_load_loses_nothing(tmp_path: Path) -> No
     for cycle in range(3):
         with served(home) as (url, proc, _log):
             if cycle:  # restarted: the runs the kill caught were failed and their charges freed
-                check_books(home, held_ok=True).close()
+                check_books(home).close()
             else:  # s2's results are held for the owner's manual release
                 owner = fednb.connect(url, token=owner_tok)
                 for i, tok in enumerate(tokens):
-                    reqs[f"s{i}"] = quick.request(fednb.connect(url, token=tok), "bc", runs=10_000, dp=DP).id
+                    sci = fednb.connect(url, token=tok)
+                    reqs[f"s{i}"] = quick.request(sci, "bc", runs=10_000, dp=DP, weights=W0).id
                     owner.requests.get(reqs[f"s{i}"]).approve(release="manual" if i == 2 else "auto")
             with Load(url, owner_tok, tokens, reqs, cycle, unfinished) as load:
                 wait_until(lambda: len(load.acked) >= 3, 60, "the load to start")
@@ -279,7 +284,7 @@ def test_kill_9_at_random_moments_under_load_loses_nothing(tmp_path: Path) -> No
         check_acknowledged(home, load)
         unfinished = sorted(r for r, seen in load.acked.items() if seen == "queued")
     with served(home) as (url, _, _log):
-        check_books(home, held_ok=True).close()
+        check_books(home).close()
         with Load(url, owner_tok, tokens, reqs, 3, unfinished) as load:  # the last runs resume
             wait_until(lambda: all(load.acked.get(r, "queued") != "queued" for r in unfinished), 60,
                        "the interrupted runs to finish")

@@ -26,8 +26,11 @@ from tests.conftest import BC_BOUNDS, breast_cancer_dataset
 DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
 
 
+W0 = {"w": np.zeros(10)}
+
+
 @fednb.remote
-def fixed_update(data):
+def fixed_update(data, weights):
     return fednb.Update(weights={"w": np.full(10, 1.0)})
 
 
@@ -58,6 +61,7 @@ def served(home: Path, fault: str | None = None) -> Iterator[tuple[str, subproce
 def setup_home(tmp: Path) -> tuple[Path, str, str]:
     dom = Domain.create(tmp / "h", name="Crashy")
     owner, alice = dom.add_user("olivia", role="owner"), dom.add_user("alice", epsilon=100.0)
+    dom.policy.update(dp_slot_s=2.0)  # DP results show 2 s after their run started
     dom.add_dataset("bc", breast_cancer_dataset(), bounds=BC_BOUNDS)
     dom.close()
     return tmp / "h", owner, alice
@@ -87,14 +91,14 @@ def test_a_crash_at_each_fault_point_loses_nothing_and_charges_nothing_twice(tmp
     home, owner_tok, alice_tok = setup_home(tmp_path)
     with served(home, fault=point) as (url, proc, log):
         alice, owner = fednb.connect(url, token=alice_tok), fednb.connect(url, token=owner_tok)
-        req = fixed_update.request(alice, "bc", runs=3, dp=DP)
+        req = fixed_update.request(alice, "bc", runs=3, dp=DP, weights=W0)
         owner.requests.get(req.id).approve(release="auto")
         with contextlib.suppress(ConnectionFailed):  # the domain dies under us, as intended
-            req.run(run_id="crash-run-0001").wait(60)
+            req.run(W0, run_id="crash-run-0001").wait(60)
         assert proc.wait(60) == 137, tail(log)
     with served(home) as (url, _, _log):
         alice = fednb.connect(url, token=alice_tok)
-        again = alice.requests.get(req.id).run(run_id="crash-run-0001")  # the orchestrator resumes
+        again = alice.requests.get(req.id).run(W0, run_id="crash-run-0001")  # the orchestrator resumes
         info = again.wait(60)
         # released before the crash: the same result; interrupted: it runs again, in the same slot
         assert info.status == "succeeded" and again.result(timeout=30).weights["w"].shape == (10,)
@@ -109,14 +113,14 @@ def test_a_run_queued_again_on_another_dataset_is_charged_to_that_one(tmp_path: 
     dom.close()
     with served(home, fault="after_reserve") as (url, proc, log):
         alice, owner = fednb.connect(url, token=alice_tok), fednb.connect(url, token=owner_tok)
-        req = fixed_update.request(alice, ["bc", "bc2"], runs=2, dp=DP)
+        req = fixed_update.request(alice, ["bc", "bc2"], runs=2, dp=DP, weights=W0)
         owner.requests.get(req.id).approve(release="auto")
         with contextlib.suppress(ConnectionFailed):
-            req.run(run_id="moved-run-0001", dataset="bc").wait(60)
+            req.run(W0, run_id="moved-run-0001", dataset="bc").wait(60)
         assert proc.wait(60) == 137, tail(log)
     with served(home) as (url, _, _log):
         alice = fednb.connect(url, token=alice_tok)
-        again = alice.requests.get(req.id).run(run_id="moved-run-0001", dataset="bc2")
+        again = alice.requests.get(req.id).run(W0, run_id="moved-run-0001", dataset="bc2")
         assert again.wait(60).status == "succeeded" and again.info.dataset == "bc2"
         spent = {b.dataset: b.epsilon_spent for b in alice.budget}
     assert spent.get("bc", 0.0) == 0.0 and spent["bc2"] > 0  # the charge followed the run

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import threading
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -206,21 +207,27 @@ class DaskPool:
                                    workers=self._home(job.request_id), allow_other_workers=True)
 
     def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
-            timeout: float, hold_until: float | None = None) -> WorkerOutcome:
+            timeout: float, hold_until: float | None = None,
+            cut_at: float | None = None) -> WorkerOutcome:
         """Run the job once on the cluster; the answer is decoded and checked here.
 
         ``timeout`` is the run's own limit (the sandbox's zygote on the Dask worker enforces
         it); with ``hold_until`` (this process's ``time.monotonic()``) the domain's job slot
-        stays taken until then, as in :meth:`WorkerPool.run`.
+        stays taken until then, as in :meth:`WorkerPool.run`; with ``cut_at`` the domain
+        stops waiting for the answer then (the cluster's queue and the worker's start
+        included) and the run ends ``timeout``.
         """
         spec = self._spec(job, dataset=dataset, params=params, weights=weights, timeout=timeout)
         self._slots.acquire()
         try:
             future = self._submit(job, spec)
+            wait = timeout + _SLACK_S if cut_at is None else max(0.0, cut_at - time.monotonic())
             try:
-                data = future.result(timeout=timeout + _SLACK_S)
+                data = future.result(timeout=wait)
             except Exception as exc:  # the cluster failed (worker lost, timeout): not the job
                 future.cancel()
+                if cut_at is not None and time.monotonic() >= cut_at:
+                    return WorkerOutcome("timeout", "wall_clock", log="Dask: the run's schedule passed")
                 return WorkerOutcome("failed", "worker_crashed", log=f"Dask: {type(exc).__name__}")
         finally:
             release_at(self._slots, hold_until)

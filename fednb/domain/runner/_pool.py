@@ -291,7 +291,8 @@ class JobRunner(Protocol):
     ``DaskPool`` (``fednb.domain.runner._dask``) on a Dask cluster."""
 
     def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
-            timeout: float, hold_until: float | None = None) -> WorkerOutcome: ...
+            timeout: float, hold_until: float | None = None,
+            cut_at: float | None = None) -> WorkerOutcome: ...
 
     def prewarm(self, job: JobSpec) -> None: ...
 
@@ -311,6 +312,17 @@ def release_at(slots: threading.BoundedSemaphore, hold_until: float | None) -> N
     timer = threading.Timer(delay, slots.release)
     timer.daemon = True
     timer.start()
+
+
+def _acquire(lock: threading.Lock | threading.BoundedSemaphore, cut_at: float | None) -> bool:
+    """Take ``lock``, waiting at most until ``cut_at`` (``time.monotonic()``; None: for ever)."""
+    if cut_at is None:
+        return lock.acquire()
+    return lock.acquire(timeout=max(0.0, cut_at - time.monotonic()))
+
+
+def _cut(where: str) -> RawOutcome:
+    return RawOutcome("timeout", "wall_clock", log=f"fednb: the run's schedule passed while {where}\n")
 
 
 class WorkerPool:
@@ -344,6 +356,9 @@ class WorkerPool:
         self._workers: OrderedDict[_Key, _Worker] = OrderedDict()
         self._locks: dict[_Key, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._closed = False  # shut down: a worker a late prewarm or run starts is stopped at once
+        self._starting = 0  # workers being started now: shutdown() waits for them
+        self._started = threading.Condition(self._guard)
         # cgroups of workers a domain killed with kill -9 left behind, once per process
         sweep_once()
         # a pool dropped without shutdown() (or still open at exit) stops its workers and
@@ -365,10 +380,27 @@ class WorkerPool:
         if w is not None and w.alive():
             failure = None
         else:
-            w = _Worker(job, self.mode, self.limits, self.max_output)
-            failure = w.start()
+            with self._guard:
+                self._starting += 1
+            try:
+                w = _Worker(job, self.mode, self.limits, self.max_output)
+                failure = w.start()
+                with self._guard:
+                    closed = self._closed
+                if closed:  # shut down meanwhile (a prewarm still starting, a run cut at once)
+                    w.stop()
+                    return w, failure or RawOutcome("failed", "worker_crashed",
+                                                    log="fednb: the domain is stopping\n")
+            finally:
+                with self._guard:
+                    self._starting -= 1
+                    self._started.notify_all()
         with self._guard:
+            if self._closed:
+                w.stop()
+                return w, RawOutcome("failed", "worker_crashed", log="fednb: the domain is stopping\n")
             self._workers[key] = w
+        with self._guard:
             while len(self._workers) > self.max_warm:
                 _, old = self._workers.popitem(last=False)
                 old.stop()
@@ -387,7 +419,8 @@ class WorkerPool:
         threading.Thread(target=go, name=f"prewarm-{job.request_id}", daemon=True).start()
 
     def run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
-            timeout: float, hold_until: float | None = None) -> WorkerOutcome:
+            timeout: float, hold_until: float | None = None,
+            cut_at: float | None = None) -> WorkerOutcome:
         """Run the job once on ``dataset``, in a fresh process of its warm worker.
 
         Parameters
@@ -398,27 +431,41 @@ class WorkerPool:
             A ``time.monotonic()`` moment: the job slot stays taken until then even when
             the run ended earlier (default None: freed when the run ends). The outcome is
             returned when the run ends.
+        cut_at
+            A ``time.monotonic()`` moment by which the run must have ended, waiting for
+            the job slot and the worker's start included (a DP run's schedule): past it the
+            run is cut, or never started, with ``timeout``/``wall_clock``.
         """
-        return self._run(job, dataset, params, weights, timeout, hold_until)[1]
+        return self._run(job, dataset, params, weights, timeout, hold_until, cut_at)[1]
 
     def run_raw(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
-                timeout: float, hold_until: float | None = None) -> RawOutcome:
+                timeout: float, hold_until: float | None = None, cut_at: float | None = None) -> RawOutcome:
         """:meth:`run`, returning the worker's reply undecoded (for a Dask worker to send on)."""
-        return self._run(job, dataset, params, weights, timeout, hold_until)[0]
+        return self._run(job, dataset, params, weights, timeout, hold_until, cut_at)[0]
 
     def _run(self, job: JobSpec, dataset: str, params: dict[str, Any], weights: Weights | None,
-             timeout: float, hold_until: float | None) -> tuple[RawOutcome, WorkerOutcome]:
+             timeout: float, hold_until: float | None,
+             cut_at: float | None = None) -> tuple[RawOutcome, WorkerOutcome]:
         if dataset not in job.datasets:
             raw = RawOutcome("failed", "exception", log=f"fednb: {dataset!r} is not a dataset of this job\n")
             return raw, parse_outcome(raw)
         one = _one_dataset(job, dataset)
-        with self._lock((job.request_id, dataset)):
-            self._slots.acquire()
+        lock = self._lock((job.request_id, dataset))
+        if not _acquire(lock, cut_at):
+            return _cut("waiting for its worker"), parse_outcome(_cut("waiting for its worker"))
+        try:
+            if not _acquire(self._slots, cut_at):
+                return _cut("waiting for a job slot"), parse_outcome(_cut("waiting for a job slot"))
             try:
                 worker, failure = self._worker(one)
-                raw = failure or worker.run(params, weights, timeout)
+                if failure is None and cut_at is not None:
+                    timeout = min(timeout, cut_at - time.monotonic())
+                raw = failure or (worker.run(params, weights, timeout) if timeout > 0
+                                  else _cut("waiting for its worker to start"))
             finally:
                 release_at(self._slots, hold_until)
+        finally:
+            lock.release()
         return raw, parse_outcome(raw)
 
     def warm(self) -> list[str]:
@@ -441,7 +488,12 @@ class WorkerPool:
             w.stop()
 
     def shutdown(self) -> None:
-        """Stop every worker."""
+        """Stop every worker, and any a prewarm or a run still starts."""
+        with self._guard:
+            self._closed = True
+            # a worker still starting (a prewarm) is stopped by its starter once it is up:
+            # wait for that, or its cgroup would outlive a domain that exits right after
+            self._started.wait_for(lambda: self._starting == 0, timeout=_START_TIMEOUT)
         _stop_all(self._workers, self._guard)
 
 

@@ -2,7 +2,12 @@
 
 A mock is either given by the owner or synthesised: every variable drawn uniformly
 within the bounds (or from the categories) the owner declared. No statistic of the
-private data is used, so the mock reveals nothing beyond the card.
+private data is used, so the mock reveals nothing beyond the card; it carries only the
+whitelisted attributes :data:`MOCK_ATTRS` of the dataset and its variables (free-form
+attributes such as ``actual_range`` or a ``comment`` naming a record are private).
+
+:func:`validate_private` reports to the owner, at registration, what the DP rules will
+do with the values (missing, non-finite, out of the declared bounds).
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from fednb.errors import InvalidInput
 from fednb.protocol import NAME_PATTERN, DatasetCard, MockInfo, VariableCard
 from fednb.typing import Array
 
-__all__ = ["Bounds", "build_card", "synthesise_mock", "write_zarr"]
+__all__ = ["MOCK_ATTRS", "Bounds", "build_card", "synthesise_mock", "validate_private", "write_zarr"]
+
+MOCK_ATTRS = ("units", "long_name", "description")
+"""The only attributes a synthesised mock copies from the private dataset and its variables."""
 
 Bounds = Mapping[str, tuple[float, float] | Sequence[str]]
 """Per variable: ``(low, high)`` for numbers, or a list of categories for text."""
@@ -108,15 +116,61 @@ def synthesise_mock(ds: xr.Dataset, bounds: Bounds, example_dim: str) -> xr.Data
         raise InvalidInput(f"to synthesise a mock, declare bounds for every variable; missing: "
                            f"{missing}. Or pass mock=<an xarray.Dataset you made>.")
     rng = np.random.default_rng(secrets.randbits(128))
-    data = {k: (v.dims, _draw(str(k), v, bounds[str(k)], rng), v.attrs) for k, v in ds.data_vars.items()}
+    data = {k: (v.dims, _draw(str(k), v, bounds[str(k)], rng), _public_attrs(v.attrs))
+            for k, v in ds.data_vars.items()}
     coords: dict[Any, Any] = {}
     for k, c in ds.coords.items():
         if example_dim in c.dims:
             if k == example_dim:
                 coords[k] = np.arange(ds.sizes[example_dim])
         else:
-            coords[k] = c
-    return xr.Dataset(data, coords=coords, attrs={"fednb_mock": "synthesised within bounds"})
+            coords[k] = xr.Variable(c.dims, c.values, _public_attrs(c.attrs))
+    return xr.Dataset(data, coords=coords,
+                      attrs={**_public_attrs(ds.attrs), "fednb_mock": "synthesised within bounds"})
+
+
+def _public_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
+    return {str(k): v for k, v in attrs.items() if k in MOCK_ATTRS}
+
+
+def validate_private(ds: xr.Dataset, bounds: Bounds) -> list[str]:
+    """Findings for the data owner (never for scientists) on each numeric variable's values.
+
+    Reports missing (NaN) values, infinities, values outside the declared bounds and
+    variables without bounds. None of these is refused: the DP rules treat them the same
+    way every time (``fednb.runtime._query``: NaN is missing, everything else, infinities
+    included, is clamped into the bounds), so a dataset holding them is safe to add; but
+    each usually means an error in the data, and it changes what statistics mean, which
+    the owner should know before scientists use it.
+
+    Returns
+    -------
+    list of str
+        One sentence per finding, naming the variable and counting values; empty if none.
+    """
+    found: list[str] = []
+    for name, var in ds.data_vars.items():
+        if var.dtype.kind not in "biuf":
+            continue
+        x = np.asarray(var.values, dtype=np.float64)
+        b = bounds.get(str(name))
+        nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        if nan:
+            found.append(f"{name!r}: {nan} missing (NaN) values; DP sums, means and histograms leave them "
+                         "out, quantiles put them at the lower bound, DP-SGD sets them to the spec's "
+                         "feature_shift (features) or a fixed target")
+        if inf:
+            found.append(f"{name!r}: {inf} infinite values; DP releases clamp them into the bounds")
+        if b is None:
+            found.append(f"{name!r}: no declared bounds, so no DP statistic of it is possible")
+            continue
+        lo, hi = _numeric_bounds(str(name), b)
+        finite = x[np.isfinite(x)]
+        out = int(((finite < lo) | (finite > hi)).sum())
+        if out:
+            found.append(f"{name!r}: {out} values outside the declared bounds [{lo:g}, {hi:g}]; DP "
+                         "releases clamp them into the bounds")
+    return found
 
 
 def check_mock(private: xr.Dataset, mock: xr.Dataset) -> None:

@@ -15,24 +15,27 @@ from fednb.domain._policy import Policy
 from fednb.domain._store import RequestRow
 from fednb.domain.runner import WorkerOutcome
 from fednb.errors import InvalidInput
-from fednb.privacy import ComposedEvent, Event, RepeatedEvent, SubsampledGaussianEvent, accountant_for
+from fednb.privacy import ComposedEvent, Event, accountant_for
 from fednb.protocol import ClientDP, DatasetCard, QuerySpec, RequestCreate, TensorSpec, Update
 from fednb.protocol._dpsgd import DPSGDSpec
 from fednb.runtime import OutputPolicy, update_event
+from fednb.runtime._dpsgd import dpsgd_event
 from fednb.runtime._gpu import kernels_device
-from fednb.runtime._query import check_query, query_events, run_query
+from fednb.runtime._query import check_query, default_query_release, query_events, run_query
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain
 
-__all__ = ["check_submission", "kind_event", "kind_source", "output_policy", "run_query_kind"]
+__all__ = ["check_submission", "default_query_kind", "kind_event", "kind_source", "output_policy",
+           "run_query_kind"]
 
 _DPSGD_SOURCE = '''def __fednb_dpsgd__(data, weights=None):
     from fednb.protocol._dpsgd import DPSGDSpec
     from fednb.runtime._dpsgd import train_dpsgd
 
     spec = DPSGDSpec.model_validate_json({spec!r})
-    return fednb.Update(weights=train_dpsgd(spec, data, weights or None).weights)
+    return fednb.Update(weights=train_dpsgd(spec, data, weights or None, bounds={bounds!r},
+                                            example_dim={example_dim!r}).weights)
 '''
 
 
@@ -52,15 +55,14 @@ def _event(kind: str, spec: QuerySpec | DPSGDSpec | ClientDP, card: DatasetCard,
     if isinstance(spec, QuerySpec):
         return ComposedEvent(tuple(query_events(spec)))
     if isinstance(spec, DPSGDSpec):
-        n = card.num_examples
-        return RepeatedEvent(SubsampledGaussianEvent(spec.sampling_rate(n), spec.noise_multiplier),
-                             spec.steps(n))
+        return dpsgd_event(spec, card.num_examples)
     return update_event(spec, has_metrics)
 
 
-def kind_event(dom: Domain, req: RequestRow) -> Event:
-    """The DP event of one run of a ``query`` or ``dp-sgd`` request."""
-    return _event(req.kind, parse_spec(req.kind, req.source), dom.card(req.datasets[0]))
+def kind_event(dom: Domain, req: RequestRow, dataset: str) -> Event:
+    """The DP event of one run of a ``query`` or ``dp-sgd`` request on ``dataset`` (a DP-SGD
+    run's steps and sampling rate follow that dataset's size)."""
+    return _event(req.kind, parse_spec(req.kind, req.source), dom.card(dataset))
 
 
 def _floors(policy: Policy, z: float, clip: float | None, event: Event, delta: float) -> None:
@@ -95,16 +97,33 @@ def check_submission(dom: Domain, body: RequestCreate) -> None:
                 check_query(spec, card)
             z, clip = spec.noise_multiplier, None
         else:
+            _check_dpsgd(spec, cards, body.weights)
             z, clip = spec.noise_multiplier, spec.max_grad_norm
     for card in cards:
         _floors(policy, z, clip, _event(body.kind, spec, card, bool(body.metrics)), dom.ledger.delta(card))
 
 
-def kind_source(req: RequestRow) -> tuple[str, str]:
-    """The source text and function name the worker runs for this request."""
+def _check_dpsgd(spec: DPSGDSpec, cards: list[DatasetCard], weights: dict[str, TensorSpec] | None) -> None:
+    """What a DP-SGD run could otherwise only find out from the data, refused from the cards."""
+    for card in cards:
+        spec.check_card(card)
+    want = spec.weight_specs()
+    if weights is not None and weights != want:
+        raise InvalidInput(f"a dp-sgd request's weights are the model's: "
+                           f"{ {k: (v.shape, v.dtype) for k, v in want.items()} }")
+
+
+def kind_source(req: RequestRow, card: DatasetCard | None = None) -> tuple[str, str]:
+    """The source text and function name the worker runs for this request (on the dataset
+    of ``card``: a DP-SGD run brings values into its declared bounds)."""
     if req.kind == "dp-sgd":
-        spec = parse_spec("dp-sgd", req.source).model_dump_json()
-        return _DPSGD_SOURCE.format(spec=spec), "__fednb_dpsgd__"
+        spec = parse_spec("dp-sgd", req.source)
+        assert isinstance(spec, DPSGDSpec)
+        bounds = {} if card is None else {
+            name: card.variables[name].bounds for name in (spec.features, spec.target)
+            if name in card.variables}
+        return _DPSGD_SOURCE.format(spec=spec.model_dump_json(), bounds=bounds,
+                                    example_dim=None if card is None else card.example_dim), "__fednb_dpsgd__"
     return req.source, req.function_name
 
 
@@ -113,7 +132,11 @@ def output_policy(req: RequestRow, policy: Policy) -> OutputPolicy:
     weights = None if req.weights is None else {k: TensorSpec.model_validate(v)
                                                 for k, v in req.weights.items()}
     if req.kind == "dp-sgd":  # trained by the runtime with DP-SGD's own noise; no metrics leave
-        return OutputPolicy(weights=weights, max_bytes=policy.max_result_bytes)
+        spec = parse_spec("dp-sgd", req.source)
+        assert isinstance(spec, DPSGDSpec)
+        # the released structure is the spec's; a failed run releases the default
+        return OutputPolicy(weights=spec.weight_specs(), max_bytes=policy.max_result_bytes,
+                            fallback=True)
     return OutputPolicy(weights=weights, max_bytes=policy.max_result_bytes,
                         metrics={k: (float(v[0]), float(v[1])) for k, v in req.metrics.items()},
                         dp=None if req.dp is None else ClientDP.model_validate(req.dp))
@@ -126,3 +149,14 @@ def run_query_kind(dom: Domain, req: RequestRow, dataset: str) -> WorkerOutcome:
     weights = run_query(spec, dom.private(dataset), dom.card(dataset), dom.noise)
     return WorkerOutcome("succeeded", "ok", Update(weights=weights), log=json.dumps(
         {"query": [a.model_dump() for a in spec.aggregations]}), backend=kernels_device())
+
+
+def default_query_kind(dom: Domain, req: RequestRow, dataset: str, log: str) -> WorkerOutcome:
+    """A query run the domain failed to compute: the data-independent default release (the
+    same query over n patients whose every value is missing, noised alike) for the
+    scientist, and the failure for the owner."""
+    spec = parse_spec("query", req.source)
+    assert isinstance(spec, QuerySpec)
+    weights = default_query_release(spec, dom.card(dataset), dom.noise)
+    return WorkerOutcome("failed", "worker_crashed", Update(weights=weights), log=log,
+                         backend=kernels_device())

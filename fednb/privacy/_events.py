@@ -9,10 +9,24 @@ All noise parameters are *relative to the sensitivity* of the released quantity,
 event is free of units: a noise multiplier of 4 means a standard deviation four times
 the L2 sensitivity, whatever the clipping norm was.
 
-Adjacency: fednb accounts under add-or-remove-one adjacency (as dp-accounting and Opacus
-do). An ``update`` release, whose clipped output can move by up to 2C when the dataset
-changes in any way (replace-one included), is recorded with ``sensitivity_factor=2``,
-which bounds it under either relation.
+Neighbouring relation: **replace-one**. Two datasets are neighbours when they have the
+same number of patients and differ in the records of one patient (any values,
+missing ones included). That is the relation that holds while the exact patient
+count n is public, and fednb publishes it (dataset cards, result headers), so every
+mechanism is calibrated and accounted under it:
+
+- an ``update`` release, whose clipped output moves by up to 2C when one patient is
+  replaced, is a :class:`GaussianEvent` with ``sensitivity_factor=2``;
+- a ``query``'s Gaussian releases are :class:`GaussianEvent` whose noise is calibrated
+  to the replace-one sensitivity (a sum of values in [lo, hi] moves by hi - lo, a
+  histogram by sqrt(2)); a count of all patients is n itself, public, and no release;
+- a quantile's exponential mechanism is :class:`PureDPEvent` (its utility, a rank,
+  moves by at most 1 when a patient is replaced);
+- one DP-SGD step is :class:`ReplaceOneSubsampledGaussianEvent`.
+
+:class:`SubsampledGaussianEvent` keeps its shipped meaning (add-or-remove-one, as
+Opacus accounts); ledgers written before the switch are read as they were, and new
+DP-SGD runs record the replace-one kind instead.
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ __all__ = [
     "LaplaceEvent",
     "PureDPEvent",
     "RepeatedEvent",
+    "ReplaceOneSubsampledGaussianEvent",
     "SubsampledGaussianEvent",
     "event_from_json",
     "to_dp_accounting",
@@ -194,6 +209,52 @@ class SubsampledGaussianEvent(Event):
     def to_json(self) -> dict[str, JSON]:
         return {"kind": self.kind, "sampling_rate": self.sampling_rate,
                 "noise_multiplier": self.noise_multiplier}
+
+
+@dataclass(frozen=True)
+class ReplaceOneSubsampledGaussianEvent(Event):
+    """One DP-SGD step under replace-one adjacency: Poisson sampling, then a Gaussian sum.
+
+    Each record enters the batch independently with probability ``sampling_rate``; each
+    sampled record adds a term of L2 norm at most ``sensitivity_factor * C`` (C the
+    clipping norm; a factor above 1 covers the rounding of the noise grid), and the sum
+    gets noise of standard deviation ``noise_multiplier * C``. Neighbours differ in one
+    record replaced by another, so the two outputs are mixtures
+    ``q N(a) + (1 - q) N(0)`` and ``q N(b) + (1 - q) N(0)`` with ``|a|, |b| <= factor * C``:
+    dp-accounting's ``from_gaussian_mechanism(..., sampling_prob=q,
+    neighboring_relation=REPLACE_ONE)``. At ``q = 1`` it is a Gaussian of sensitivity
+    2 * factor * C.
+
+    Parameters
+    ----------
+    sampling_rate
+        Poisson sampling probability q, in (0, 1].
+    noise_multiplier
+        Noise standard deviation over C (unitless, > 0).
+    sensitivity_factor
+        Bound on one record's term over C (unitless, > 0); default 1.
+    """
+
+    sampling_rate: float
+    noise_multiplier: float
+    sensitivity_factor: float = 1.0
+    kind: ClassVar[str] = "subsampled_gaussian_replace_one"
+
+    def __post_init__(self) -> None:
+        q = _positive("sampling_rate", self.sampling_rate, upper=1.0, closed_upper=True)
+        object.__setattr__(self, "sampling_rate", q)
+        object.__setattr__(self, "noise_multiplier", _positive("noise_multiplier", self.noise_multiplier))
+        object.__setattr__(self, "sensitivity_factor",
+                           _positive("sensitivity_factor", self.sensitivity_factor))
+
+    @property
+    def effective_noise_multiplier(self) -> float:
+        """Noise standard deviation over one record's bound (unitless)."""
+        return self.noise_multiplier / self.sensitivity_factor
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"kind": self.kind, "sampling_rate": self.sampling_rate,
+                "noise_multiplier": self.noise_multiplier, "sensitivity_factor": self.sensitivity_factor}
 
 
 @dataclass(frozen=True)
@@ -368,6 +429,12 @@ def _subsampled(obj: dict[str, Any]) -> Event:
     return SubsampledGaussianEvent(obj["sampling_rate"], obj["noise_multiplier"])
 
 
+def _subsampled_replace(obj: dict[str, Any]) -> Event:
+    _fields(obj, ("sampling_rate", "noise_multiplier"), ("sensitivity_factor",))
+    return ReplaceOneSubsampledGaussianEvent(obj["sampling_rate"], obj["noise_multiplier"],
+                                             obj.get("sensitivity_factor", 1.0))
+
+
 def _distributed(obj: dict[str, Any]) -> Event:
     _fields(obj, ("noise_multiplier", "shares", "share_sigma", "dimension"), ("sensitivity_factor",))
     return DistributedDiscreteGaussianEvent(obj["noise_multiplier"], obj["shares"], obj["share_sigma"],
@@ -391,6 +458,7 @@ _READERS: dict[str, Callable[[dict[str, Any]], Event]] = {
     LaplaceEvent.kind: _laplace,
     PureDPEvent.kind: _pure_dp,
     SubsampledGaussianEvent.kind: _subsampled,
+    ReplaceOneSubsampledGaussianEvent.kind: _subsampled_replace,
     DistributedDiscreteGaussianEvent.kind: _distributed,
     ComposedEvent.kind: _composed,
     RepeatedEvent.kind: _repeated,
@@ -429,7 +497,10 @@ def to_dp_accounting(event: Event) -> Any:
 
     ``GaussianEvent`` becomes a ``GaussianDpEvent`` with the effective noise multiplier
     (noise standard deviation over sensitivity); ``LaplaceEvent`` a ``LaplaceDpEvent``;
-    ``SubsampledGaussianEvent`` a ``PoissonSampledDpEvent`` of a ``GaussianDpEvent``;
+    ``SubsampledGaussianEvent`` a ``PoissonSampledDpEvent`` of a ``GaussianDpEvent``
+    (add-or-remove); ``ReplaceOneSubsampledGaussianEvent`` has no dp-accounting event
+    (its ``PoissonSampledDpEvent`` means add-or-remove) and raises InvalidInput: the PLD
+    accountant builds its PLD with ``neighboring_relation=REPLACE_ONE`` itself;
     composed and repeated events become ``ComposedDpEvent`` and ``SelfComposedDpEvent``.
     ``PureDPEvent`` becomes binary ``RandomizedResponseDpEvent`` with epsilon
     ln((2 - p) / p), its worst case; dp-accounting composes that event only under
@@ -454,4 +525,7 @@ def to_dp_accounting(event: Event) -> Any:
         return dpe.SelfComposedDpEvent(to_dp_accounting(event.event), event.count)
     if isinstance(event, DistributedDiscreteGaussianEvent):
         raise InvalidInput(f"{event!r} has no dp-accounting kind: accountants compose its Rényi curve")
+    if isinstance(event, ReplaceOneSubsampledGaussianEvent):
+        raise InvalidInput(f"{event!r} has no dp-accounting event kind (PoissonSampledDpEvent is "
+                           "add-or-remove): accountants build its replace-one PLD themselves")
     raise InvalidInput(f"not a DP event: {event!r}")

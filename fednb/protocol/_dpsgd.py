@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fednb.errors import InvalidInput
+from fednb.protocol._models import DatasetCard, TensorSpec
 
 __all__ = [
     "MAX_FEATURES",
@@ -190,6 +191,70 @@ class DPSGDSpec(_Model):
         linears = [layer for layer in self.layers if isinstance(layer, LinearLayer)]
         return linears[-1].out_features if linears else None
 
+    def weight_specs(self) -> dict[str, TensorSpec]:
+        """The trained model's tensors as ``state_dict`` names them (``"0.weight"``, ...),
+        float32: the released structure, fixed by the spec alone."""
+        out: dict[str, TensorSpec] = {}
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, LinearLayer):
+                out[f"{i}.weight"] = TensorSpec(shape=[layer.out_features, layer.in_features],
+                                                dtype="float32")
+                if layer.bias:
+                    out[f"{i}.bias"] = TensorSpec(shape=[layer.out_features], dtype="float32")
+        return out
+
+    def check_card(self, card: DatasetCard) -> None:
+        """Refuse, from the public card alone, what could not train on its dataset.
+
+        Checks what used to fail inside a run according to the data: missing variables,
+        dims without the example dimension, features that do not fit the first layer,
+        a target of the wrong shape, and a target whose declared bounds exceed what the
+        loss takes (``cross_entropy`` over k classes: within [0, k - 1], declared;
+        ``bce_with_logits``: within [0, 1] when declared). Inside a run, values are then
+        brought into range by a fixed rule instead (:mod:`fednb.runtime._dpsgd`).
+
+        Raises
+        ------
+        InvalidInput
+            Naming the variable, its dims or bounds, and what the spec needs.
+        """
+        shapes = {}
+        for name in (self.features, self.target):
+            var = card.variables.get(name)
+            if var is None:
+                raise InvalidInput(f"dataset {card.name!r} has no variable {name!r}; it has "
+                                   f"{sorted(card.variables)}")
+            if card.example_dim not in var.dims:
+                raise InvalidInput(f"variable {name!r} has dims {var.dims}, without the example "
+                                   f"dimension {card.example_dim!r} that DP-SGD samples over")
+            if var.dtype not in _NUMERIC_DTYPES:
+                raise InvalidInput(f"variable {name!r} has dtype {var.dtype}; DP-SGD needs numbers")
+            shapes[name] = tuple(card.dims[d] for d in var.dims if d != card.example_dim)
+        features = shapes[self.features] or (1,)
+        for field, values in (("feature_shift", self.feature_shift), ("feature_scale", self.feature_scale)):
+            if values is not None and len(values) not in (1, features[-1]):
+                raise InvalidInput(f"{field} has {len(values)} values; the features have {features[-1]} "
+                                   "along their last dimension (give that many, or one)")
+        out = _output_shape(self.layers, features, self.features)
+        self._check_target(card, shapes[self.target], out)
+
+    def _check_target(self, card: DatasetCard, per_example: tuple[int, ...], out: tuple[int, ...]) -> None:
+        want = out[:-1] if self.loss == "cross_entropy" else out
+        have = per_example if self.loss == "cross_entropy" else (per_example or (1,))
+        if have != want:
+            raise InvalidInput(f"target {self.target!r} has shape (example, {have}) per example; the "
+                               f"model's output needs {want} for {self.loss}")
+        bounds = card.variables[self.target].bounds
+        if self.loss == "cross_entropy":
+            k = self.output_width or 0
+            if bounds is None or bounds[0] < 0 or bounds[1] > k - 1:
+                raise InvalidInput(f"cross_entropy over {k} classes needs target {self.target!r} declared "
+                                   f"within [0, {k - 1}]; its declared bounds are {bounds}: use a "
+                                   "target of class indices or as many classes as its bounds allow")
+        if self.loss == "bce_with_logits" and bounds is not None and (bounds[0] < 0 or bounds[1] > 1):
+            raise InvalidInput(f"bce_with_logits needs target {self.target!r} in [0, 1]; its declared "
+                               f"bounds are {bounds}")
+
     def sampling_rate(self, n_examples: int) -> float:
         """Poisson sampling rate ``q = batch_size / n`` (at most 1) of a dataset of ``n`` examples."""
         _check_n(n_examples)
@@ -215,6 +280,24 @@ def _check_widths(layers: list[LayerSpec]) -> None:
             width = None
     if not seen_linear:
         raise ValueError("the model has no linear layer, so nothing to train; add one")
+
+
+_NUMERIC_DTYPES = frozenset(
+    ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+     "float16", "float32", "float64"])
+
+
+def _output_shape(layers: list[LayerSpec], shape: tuple[int, ...], features: str) -> tuple[int, ...]:
+    """One example's output shape through ``layers``, or InvalidInput if it does not fit."""
+    for i, layer in enumerate(layers):
+        if isinstance(layer, LinearLayer):
+            if shape[-1] != layer.in_features:
+                raise InvalidInput(f"features {features!r} of shape (example, {shape}) per example do not "
+                                   f"fit the model's layer {i} (in_features={layer.in_features})")
+            shape = (*shape[:-1], layer.out_features)
+        elif isinstance(layer, FlattenLayer):
+            shape = (math.prod(shape),)
+    return shape
 
 
 def _check_n(n_examples: int) -> None:

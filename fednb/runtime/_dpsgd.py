@@ -17,12 +17,31 @@ Randomness. Opacus's ``secure_mode`` needs ``torchcsprng``, which has no build f
 current PyTorch, and a seeded ``torch.Generator`` is Mersenne Twister whose CPU seed
 keeps only 32 bits. So the Poisson sampling and the noise here come from
 :class:`fednb.privacy.SecureNoise` (ChaCha20 keyed with 256 bits from ``os.urandom``), a
-fresh instance for every call, never a fixed or global seed; each noise coordinate is
-the sum of four Gaussians halved, as Opacus's ``secure_mode`` draws it against
-floating-point attacks (Holohan & Braghin 2021).
+fresh instance for every call, never a fixed or global seed. The noise on the summed
+clipped gradients is :func:`fednb.privacy.grid_gaussian` (a discrete Gaussian on a
+power-of-two grid, no floating-point attack) with the replace-one sensitivity of that
+sum, ``2 * max_grad_norm``; the domain records each step as a
+``ReplaceOneSubsampledGaussianEvent`` with ``sensitivity_factor=GRID_SLACK``.
 The default initialisation and dropout masks, which need no secrecy, run on PyTorch's
 CPU generator forked for the call and seeded from ``os.urandom``: a caller's global seed
 neither fixes them nor is advanced by a run.
+
+Nothing inside a run fails on the data. What could be checked from the public card
+(variables, dims, fit, label range) is checked at submission
+(:meth:`~fednb.protocol._dpsgd.DPSGDSpec.check_card`); inside a run a fixed per-record
+rule applies instead:
+
+- features: the rule of :func:`fednb.runtime._query.missing_rule`, with the card's bounds
+  where it declares them (values clamped into them, infinities included); a missing (NaN)
+  feature becomes its ``feature_shift`` (0 after standardisation: the public centre);
+- target: missing becomes class 0 (``cross_entropy``), 0.5 (``bce_with_logits``) or the
+  midpoint of its declared bounds (``mse``, else 0); otherwise rounded and clamped to
+  0..k-1 (``cross_entropy``), clamped into [0, 1] (``bce_with_logits``) or into the
+  declared bounds (``mse``);
+- a per-sample gradient holding NaN or infinity (overflow, say, from the starting
+  weights) is replaced by zero before clipping, never rejected;
+- after each step the parameters are kept within +-1e30 (NaN to 0), a post-processing of
+  the noised gradients that keeps the released weights finite whatever the data.
 
 Torch and Opacus are imported inside the functions, so importing this module costs
 nothing where no DP-SGD runs.
@@ -32,6 +51,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,17 +59,24 @@ import numpy as np
 import xarray as xr
 
 from fednb.errors import InvalidInput
-from fednb.privacy import SecureNoise
+from fednb.privacy import GRID_SLACK, Event, RepeatedEvent, SecureNoise, grid_gaussian
+from fednb.privacy._events import ReplaceOneSubsampledGaussianEvent
 from fednb.protocol._dpsgd import DPSGDSpec, LayerSpec
+from fednb.runtime._query import missing_rule
 from fednb.typing import Array, Weights
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DPSGDResult", "build_model", "train_dpsgd"]
+__all__ = ["DPSGDResult", "build_model", "dpsgd_event", "train_dpsgd"]
 
 MAX_TORCH_THREADS = 2
 """Intra-op threads torch may use while training (the workers share small machines)."""
+WEIGHT_LIMIT = 1e30
+"""Parameters are kept within +-WEIGHT_LIMIT after each step (float32 ends near 3.4e38)."""
+
+Bounds = Mapping[str, tuple[float, float] | None]
+"""Declared bounds per variable (from the dataset card), None where none are declared."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +108,13 @@ class DPSGDResult:
     train_loss: float
 
 
+def dpsgd_event(spec: DPSGDSpec, n: int) -> Event:
+    """The DP event of one training on ``n`` examples: ``spec.steps(n)`` replace-one
+    Poisson-subsampled Gaussian steps, the noise grid's rounding charged (``GRID_SLACK``)."""
+    step = ReplaceOneSubsampledGaussianEvent(spec.sampling_rate(n), spec.noise_multiplier, GRID_SLACK)
+    return RepeatedEvent(step, spec.steps(n))
+
+
 def build_model(spec: DPSGDSpec) -> torch.nn.Sequential:
     """The ``torch.nn.Sequential`` that ``spec.layers`` describes.
 
@@ -105,7 +139,8 @@ def _layer(layer: LayerSpec) -> torch.nn.Module:
     return simple[layer.type]()
 
 
-def train_dpsgd(spec: DPSGDSpec, data: xr.Dataset, weights: Weights | None = None) -> DPSGDResult:
+def train_dpsgd(spec: DPSGDSpec, data: xr.Dataset, weights: Weights | None = None, *,
+                bounds: Bounds | None = None, example_dim: str | None = None) -> DPSGDResult:
     """Train the model ``spec`` describes on ``data`` with DP-SGD.
 
     Parameters
@@ -113,11 +148,15 @@ def train_dpsgd(spec: DPSGDSpec, data: xr.Dataset, weights: Weights | None = Non
     spec
         The model, loss and hyper-parameters (already approved by the owner).
     data
-        A dataset holding ``spec.features`` (dims ``(example, ...)``) and ``spec.target``
-        (dims ``(example,)`` or the output's shape), sharing their first dimension.
+        A dataset holding ``spec.features`` and ``spec.target``, both with the example
+        dimension (anywhere among their dims: it is moved first).
     weights
         Starting weights, the model's ``state_dict`` names and shapes; None keeps the
         default initialisation.
+    bounds
+        The card's declared bounds of the features and target (None: none declared).
+    example_dim
+        The card's example dimension; None takes the features' first dimension.
 
     Returns
     -------
@@ -127,13 +166,14 @@ def train_dpsgd(spec: DPSGDSpec, data: xr.Dataset, weights: Weights | None = Non
     Raises
     ------
     InvalidInput
-        Missing variables, shapes that do not fit the model, non-finite values, targets
-        outside what the loss accepts, or weights whose names or shapes differ.
+        Only on structure (public): missing variables, shapes that do not fit the model,
+        or starting weights whose names or shapes differ or that are not finite. Values
+        never raise (the per-record rule of the module docstring).
     """
     import torch
 
     torch.set_num_threads(min(torch.get_num_threads(), MAX_TORCH_THREADS))
-    x, y = _inputs(spec, data)
+    x, y = _inputs(spec, data, bounds or {}, example_dim)
     n = int(x.shape[0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int.from_bytes(os.urandom(8), "little"))
@@ -174,6 +214,9 @@ def _dp_steps(spec: DPSGDSpec, model: torch.nn.Sequential, x: torch.Tensor, y: t
                 optimizer.zero_grad()
                 loss_fn(gsm(x[idx]), y[idx]).backward()
                 optimizer.step()
+                with torch.no_grad():  # post-processing of the noised step: keeps weights finite
+                    for p in model.parameters():
+                        p.nan_to_num_(0.0, WEIGHT_LIMIT, -WEIGHT_LIMIT).clamp_(-WEIGHT_LIMIT, WEIGHT_LIMIT)
         finally:
             gsm.to_standard_module()  # removes Opacus's hooks and attributes
 
@@ -188,13 +231,27 @@ def _dp_optimizer(spec: DPSGDSpec, model: torch.nn.Module, rng: SecureNoise, exp
     )
 
     class _NoiseFromCSPRNG(DPOptimizer):  # type: ignore[misc]
+        def clip_and_accumulate(self) -> None:
+            # a per-sample gradient with NaN or infinity becomes zero, all its parameters at once
+            samples = [p.grad_sample for p in self.params]
+            if samples and len(samples[0]):
+                bad = torch.zeros(len(samples[0]), dtype=torch.bool, device=samples[0].device)
+                for g in samples:
+                    bad |= ~torch.isfinite(g.reshape(len(g), -1)).all(dim=1)
+                for g in samples:
+                    g[bad] = 0.0
+            super().clip_and_accumulate()
+
         def add_noise(self) -> None:
-            std = self.noise_multiplier * self.max_grad_norm
+            # one replace-one release of all summed gradients: a record moves the sum by 2C
             for p in self.params:
                 _check_processed_flag(p.summed_grad)
-                shape = tuple(p.summed_grad.shape)
-                noise = torch.from_numpy(sum(rng.gaussian(shape, std) for _ in range(4)) / 2.0)
-                p.grad = (p.summed_grad + noise.to(p.summed_grad)).view_as(p)
+            c = self.max_grad_norm
+            sums = {str(i): p.summed_grad.detach().cpu().numpy().astype(np.float64)
+                    for i, p in enumerate(self.params)}
+            noised = grid_gaussian(sums, 2.0 * c, self.noise_multiplier * c, rng)
+            for i, p in enumerate(self.params):
+                p.grad = torch.from_numpy(np.asarray(noised[str(i)])).to(p.summed_grad).view_as(p)
                 _mark_as_processed(p.summed_grad)
 
     base: torch.optim.Optimizer
@@ -240,8 +297,9 @@ def _load_weights(model: torch.nn.Module, weights: Weights) -> None:
     model.load_state_dict({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in weights.items()})
 
 
-def _inputs(spec: DPSGDSpec, data: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """The preprocessed features and the target as tensors, checked but never echoed."""
+def _inputs(spec: DPSGDSpec, data: xr.Dataset, bounds: Bounds,
+            example_dim: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features and target as tensors, brought into range by the per-record rule."""
     import torch
 
     for name in (spec.features, spec.target):
@@ -249,17 +307,20 @@ def _inputs(spec: DPSGDSpec, data: xr.Dataset) -> tuple[torch.Tensor, torch.Tens
             have = sorted(map(str, data.data_vars))
             raise InvalidInput(f"the dataset has no variable {name!r}; it has {have}")
     feats, target = data[spec.features], data[spec.target]
-    if not feats.dims or not target.dims or feats.dims[0] != target.dims[0]:
-        raise InvalidInput(f"{spec.features!r} {feats.dims} and {spec.target!r} {target.dims} must share "
-                           "their first (example) dimension")
+    ex = example_dim or (str(feats.dims[0]) if feats.dims else "")
+    for var in (feats, target):
+        if ex not in var.dims:
+            raise InvalidInput(f"{var.name!r} has dims {var.dims}, without the example dimension {ex!r}")
+    feats = feats.transpose(ex, ...)
+    target = target.transpose(ex, ...)
     if feats.shape[0] == 0:
         raise InvalidInput("the dataset has no examples")
-    x = np.asarray(feats.values, dtype=np.float64)
+    lo, hi = bounds.get(spec.features) or (-np.inf, np.inf)
+    x, present = missing_rule(np.asarray(feats.values), lo, hi, np.nan)
     x = x.reshape(-1, 1) if x.ndim == 1 else x
-    x = _standardise(spec, x)
-    if not np.all(np.isfinite(x)):
-        raise InvalidInput(f"{spec.features!r} holds NaN or infinite values; impute or drop them first")
-    return torch.from_numpy(x.astype(np.float32)), _target(spec, np.asarray(target.values))
+    x = np.where(present.reshape(x.shape), _standardise(spec, x), 0.0)  # missing: the public centre
+    return torch.from_numpy(x.astype(np.float32)), _target(spec, np.asarray(target.values),
+                                                          bounds.get(spec.target))
 
 
 def _standardise(spec: DPSGDSpec, x: Array) -> Array:
@@ -270,27 +331,29 @@ def _standardise(spec: DPSGDSpec, x: Array) -> Array:
                                "along their last dimension (give that many, or one)")
     shift = np.asarray(spec.feature_shift if spec.feature_shift is not None else [0.0])
     scale = np.asarray(spec.feature_scale if spec.feature_scale is not None else [1.0])
-    out: Array = (x - shift) / scale
+    with np.errstate(all="ignore"):  # infinities without declared bounds: their gradients become 0
+        out: Array = (x - shift) / scale
     return out
 
 
-def _target(spec: DPSGDSpec, y: Array) -> torch.Tensor:
+def _target(spec: DPSGDSpec, y: Array, bounds: tuple[float, float] | None) -> torch.Tensor:
+    """The target by the fixed rule: missing to a fixed value, the rest into the loss's range."""
     import torch
 
     if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
         raise InvalidInput(f"target {spec.target!r} must be numeric, not {y.dtype}")
-    y = y.astype(np.float64)
-    if not np.all(np.isfinite(y)):
-        raise InvalidInput(f"target {spec.target!r} holds NaN or infinite values")
     if spec.loss == "cross_entropy":
-        width = spec.output_width or 0
-        if y.ndim != 1 or not np.all((y == np.round(y)) & (y >= 0) & (y < width)):
-            raise InvalidInput(f"cross_entropy needs target {spec.target!r} of dims (example,) holding "
-                               f"class indices 0..{width - 1}")
-        return torch.from_numpy(y.astype(np.int64))
-    if spec.loss == "bce_with_logits" and not np.all((y >= 0) & (y <= 1)):
-        raise InvalidInput(f"bce_with_logits needs target {spec.target!r} in [0, 1]")
-    return torch.from_numpy((y.reshape(-1, 1) if y.ndim == 1 else y).astype(np.float32))
+        k = spec.output_width or 0
+        if y.ndim != 1:
+            raise InvalidInput(f"cross_entropy needs target {spec.target!r} of dims (example,)")
+        values, _ = missing_rule(y, 0.0, k - 1.0, 0.0)
+        return torch.from_numpy(np.round(values).astype(np.int64))
+    if spec.loss == "bce_with_logits":
+        values, _ = missing_rule(y, 0.0, 1.0, 0.5)
+    else:
+        lo, hi = bounds or (-np.inf, np.inf)
+        values, _ = missing_rule(y, lo, hi, (lo + hi) / 2.0 if bounds else 0.0)
+    return torch.from_numpy((values.reshape(-1, 1) if values.ndim == 1 else values).astype(np.float32))
 
 
 def _check_fits(spec: DPSGDSpec, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

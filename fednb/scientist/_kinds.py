@@ -11,9 +11,10 @@ import uuid
 from typing import Any
 
 from fednb.client import DomainClient, RemoteRequest
-from fednb.privacy import ComposedEvent, RepeatedEvent, SubsampledGaussianEvent, accountant_for
+from fednb.privacy import ComposedEvent, RepeatedEvent, accountant_for
 from fednb.protocol import Aggregation, QuerySpec, RequestCreate, Update, code_hash
 from fednb.protocol._dpsgd import DPSGDSpec
+from fednb.runtime._dpsgd import dpsgd_event
 from fednb.runtime._query import check_query, query_events, run_query
 from fednb.typing import Weights
 
@@ -98,10 +99,10 @@ class DPSGD:
         self.source = self.spec.model_dump_json(indent=1)
 
     def preview_epsilon(self, num_examples: int, delta: float = 1e-6, runs: int = 1) -> float:
-        """Epsilon of ``runs`` trainings on ``num_examples`` examples at ``delta``."""
-        event = SubsampledGaussianEvent(self.spec.sampling_rate(num_examples), self.spec.noise_multiplier)
+        """Epsilon of ``runs`` trainings on ``num_examples`` examples at ``delta`` (replace-one,
+        as the domain charges it)."""
         return float(accountant_for("pld").epsilon(
-            [RepeatedEvent(event, self.spec.steps(num_examples) * runs)], delta))
+            [RepeatedEvent(dpsgd_event(self.spec, num_examples), runs)], delta))
 
     def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,
                 weights: Weights | None = None, description: str = "",

@@ -472,3 +472,38 @@ def test_load_rejects(tmp_path: Path, cancer_csv: Path) -> None:
         load(cancer_csv, fields=["Modality"])
     with pytest.raises(InvalidInput, match="does not exist"):
         load(tmp_path / "absent.csv")
+
+
+# -- what registration tells the owner, and what a synthesised mock carries --------------
+def _with_private_attrs() -> xr.Dataset:
+    ds = xr.Dataset(
+        {"age": ("patient", np.array([34.0, np.nan, 150.0, np.inf, 50.0]),
+                 {"units": "years", "long_name": "age at admission", "actual_range": [34.0, 150.0],
+                  "comment": "MRN 0042 recorded as 150"}),
+         "note": ("patient", np.arange(5.0), {"description": "a code"})},
+        coords={"feature": ("feature", ["a"], {"comment": "from MRN list", "units": "1"})},
+        attrs={"title": "ward 3", "history": "exported by J. Smith", "description": "admissions"})
+    return ds
+
+
+def test_a_synthesised_mock_carries_only_whitelisted_attributes() -> None:
+    from fednb.domain._datasets import MOCK_ATTRS, synthesise_mock
+
+    mock = synthesise_mock(_with_private_attrs(), {"age": (0.0, 120.0), "note": (0.0, 10.0)}, "patient")
+    assert mock["age"].attrs == {"units": "years", "long_name": "age at admission"}
+    assert mock["note"].attrs == {"description": "a code"}
+    assert mock["feature"].attrs == {"units": "1"}
+    assert set(mock.attrs) == {"description", "fednb_mock"}
+    assert set(MOCK_ATTRS) == {"units", "long_name", "description"}
+
+
+def test_validate_private_reports_missing_infinite_and_out_of_bounds_values() -> None:
+    from fednb.domain._datasets import validate_private
+
+    found = validate_private(_with_private_attrs(), {"age": (0.0, 120.0)})
+    text = "\n".join(found)
+    assert "'age': 1 missing (NaN)" in text
+    assert "'age': 1 infinite" in text
+    assert "'age': 1 values outside the declared bounds [0, 120]" in text
+    assert "'note': no declared bounds" in text
+    assert validate_private(xr.Dataset({"v": ("patient", [1.0, 2.0])}), {"v": (0.0, 5.0)}) == []

@@ -53,6 +53,7 @@ from fednb.privacy import (
     noise_multiplier_for,
     to_dp_accounting,
 )
+from fednb.privacy._events import ReplaceOneSubsampledGaussianEvent
 
 
 def reference_analytic_epsilon(sigma_over_sensitivity: float, delta: float) -> float:
@@ -313,6 +314,8 @@ ALL_EVENTS: list[P.Event] = [
     ComposedEvent(()),
     DistributedDiscreteGaussianEvent(6.0, 3, 2.5, 100),
     RepeatedEvent(DistributedDiscreteGaussianEvent(4.0, 2, 1e6, 31, 1.0), 5),
+    ReplaceOneSubsampledGaussianEvent(0.01, 1.1),
+    RepeatedEvent(ReplaceOneSubsampledGaussianEvent(0.1, 1.5, 1 + 2**-10), 4),
 ]
 
 
@@ -367,6 +370,8 @@ def test_events_are_immutable_and_hashable() -> None:
         lambda: SubsampledGaussianEvent(0.0, 1.0),
         lambda: SubsampledGaussianEvent(1.5, 1.0),
         lambda: SubsampledGaussianEvent(0.1, 0.0),
+        lambda: ReplaceOneSubsampledGaussianEvent(0.0, 1.0),
+        lambda: ReplaceOneSubsampledGaussianEvent(0.5, 1.0, 0.0),
         lambda: RepeatedEvent(GaussianEvent(1.0), 0),
         lambda: RepeatedEvent(GaussianEvent(1.0), NOT_AN_INT),
         lambda: RepeatedEvent(GaussianEvent(1.0), True),
@@ -412,6 +417,46 @@ def test_conversion_to_dp_accounting_events() -> None:
     rr = to_dp_accounting(PureDPEvent(0.7))
     assert rr.num_buckets == 2
     assert math.log((2 - rr.noise_parameter) / rr.noise_parameter) == pytest.approx(0.7, rel=1e-12)
+
+
+# ------------------------------------------------------------- replace-one DP-SGD steps
+
+
+def reference_replace_one_epsilon(q: float, z: float, factor: float, steps: int, delta: float) -> float:
+    """dp-accounting's own PLD of the replace-one Poisson-subsampled Gaussian (independent of
+    fednb's grouping and caching), at a finer grid than the accountant's default."""
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    one = pld.from_gaussian_mechanism(z, sensitivity=factor, sampling_prob=q,
+                                      neighboring_relation=pld.NeighborRel.REPLACE_ONE,
+                                      value_discretization_interval=1e-4)
+    return float(one.self_compose(steps).get_epsilon_for_delta(delta))
+
+
+@pytest.mark.parametrize(("q", "z", "steps"), [(0.01, 1.0, 1000), (0.14, 4.96, 80), (0.5, 2.0, 10)])
+def test_replace_one_dpsgd_matches_dp_accountings_replace_one_pld(q: float, z: float, steps: int) -> None:
+    event = RepeatedEvent(ReplaceOneSubsampledGaussianEvent(q, z, 1 + 2**-10), steps)
+    want = reference_replace_one_epsilon(q, z, 1 + 2**-10, steps, 1e-6)
+    assert PLDAccountant().epsilon(event, 1e-6) == pytest.approx(want, rel=5e-3)
+    add_remove = PLDAccountant().epsilon(RepeatedEvent(SubsampledGaussianEvent(q, z), steps), 1e-6)
+    assert PLDAccountant().epsilon(event, 1e-6) > add_remove  # replace-one costs more
+
+
+def test_replace_one_dpsgd_without_sampling_is_a_gaussian_of_twice_the_sensitivity() -> None:
+    event = RepeatedEvent(ReplaceOneSubsampledGaussianEvent(1.0, 4.0), 3)
+    want = PLDAccountant().epsilon(RepeatedEvent(GaussianEvent(4.0, sensitivity_factor=2.0), 3), 1e-6)
+    assert PLDAccountant().epsilon(event, 1e-6) == pytest.approx(want, rel=1e-9)
+    assert RDPAccountant().epsilon(event, 1e-6) == pytest.approx(
+        RDPAccountant().epsilon(RepeatedEvent(GaussianEvent(4.0, 2.0), 3), 1e-6), rel=1e-6)
+
+
+def test_rdp_bound_of_replace_one_dpsgd_is_valid_and_loose() -> None:
+    """The RDP accountant's bound ignores sampling: never below the exact PLD figure."""
+    event = RepeatedEvent(ReplaceOneSubsampledGaussianEvent(0.05, 2.0), 200)
+    exact = PLDAccountant().epsilon(event, 1e-6)
+    assert RDPAccountant().epsilon(event, 1e-6) >= exact
+    with pytest.raises(InvalidInput, match="replace-one PLD"):
+        to_dp_accounting(event.event)
 
 
 # ------------------------------------------------------- distributed discrete Gaussian (secagg)

@@ -269,8 +269,10 @@ def cmd_requests(dom: Domain, args: argparse.Namespace) -> int:
 
 
 def _param(spec: ParamSpec) -> str:
-    if spec.type in ("float", "int"):
-        return f"{spec.type} in [{spec.low}, {spec.high}]"
+    if spec.type == "int":  # bounds are stored as floats; an int's read as ints (0, not 0.0)
+        return f"int in [{int(spec.low or 0)}, {int(spec.high or 0)}]"
+    if spec.type == "float":
+        return f"float in [{spec.low}, {spec.high}]"
     return f"str, one of {spec.choices}" if spec.type == "str" else "bool"
 
 
@@ -358,6 +360,20 @@ def _held_row(r: RunInfo) -> tuple[object, ...]:
 def cmd_results(dom: Domain, args: argparse.Namespace) -> int:
     headers = ("run", "request", "scientist", "dataset", "examples", "finished")
     table(headers, map(_held_row, dom.runs.held()), "no results held for release")
+    return 0
+
+
+def cmd_result_show(dom: Domain, args: argparse.Namespace) -> int:
+    """One result as releasing it would hand it over, the way the Inbox and lab show it."""
+    from fednb.client._review import build_review, decode_result, find_previous, review_lines
+    from fednb.domain._store import UserRow
+
+    me = UserRow(name=ACTOR, role="owner")  # the owner, on the domain's own files
+    run = dom.runs.owner_view(args.run_id)
+    result = decode_result(dom.runs.result(run.id, me))
+    prev = find_previous(dom.runs.list(request_id=run.request_id), run)
+    before = None if prev is None else (prev, decode_result(dom.runs.result(prev.id, me)))
+    print("\n".join(review_lines(build_review(result, dom.requests.get(run.request_id), run, before))))
     return 0
 
 

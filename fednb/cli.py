@@ -13,7 +13,7 @@
         policy show | set KEY=VALUE ...
         requests [--all] [--status S]           show REQUEST_ID
         approve REQUEST_ID [--release auto|manual] [--slot S]    deny REQUEST_ID --reason TEXT
-        results | release RUN_ID | withhold RUN_ID | runs [--request ID] [--log RUN_ID]
+        results [show RUN_ID] | release RUN_ID | withhold RUN_ID | runs [--request ID] [--log RUN_ID]
         audit [--limit N] [--verify] | budget [--set SCIENTIST EPSILON [--dataset D]]
         peers [--trust LABEL PUBLIC_KEY] [--forget LABEL]   (and this domain's own identity)
 
@@ -275,7 +275,11 @@ def _add_review(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    _leaf(sub, "results", cd.on_domain(cd.cmd_results), "results held for your release")
+    p = _leaf(sub, "results", cd.on_domain(cd.cmd_results), "results held for your release")
+    shows = p.add_subparsers(dest="results_command", metavar="COMMAND")
+    _leaf(shows, "show", cd.on_domain(cd.cmd_result_show),
+          "one result as it would be released: values or summary, metrics, params, the change since "
+          "the previous release").add_argument("run_id")
     _leaf(sub, "release", cd.on_domain(cd.cmd_release), "release a held result").add_argument("run_id")
     _leaf(sub, "withhold", cd.on_domain(cd.cmd_withhold), "withhold a held result for good").add_argument(
         "run_id"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fednb.client._html import request_html, run_html
+from fednb.client._review import decode_result
 from fednb.errors import ResultNotReady, RunFailed
 from fednb.protocol import (
     Compression,
@@ -103,7 +104,8 @@ class RemoteRequest:
 
 
 class RemoteRun:
-    """One run: ``wait()`` for its status, ``result()`` once the owner released it."""
+    """One run: ``wait()`` for its status, ``result()`` once the owner released it; the
+    owner reads a held result with ``held_result()`` before ``release()``."""
 
     def __init__(self, client: DomainClient, info: RunInfo) -> None:
         self.client, self.info = client, info
@@ -161,6 +163,19 @@ class RemoteRun:
                 raise ResultNotReady(f"run {self.id} succeeded; its result is {state} for the "
                                      "owner's release")
             time.sleep(poll)
+
+    def held_result(self) -> Update:
+        """(Owner) the result exactly as releasing it would hand it over, while it is held
+        (or once released): look before you :meth:`release`.
+
+        Raises
+        ------
+        ResultNotReady
+            The run has no result to read: still running, failed, or withheld.
+        """
+        body = self.client._t.call("GET", f"/runs/{self.id}/result").content
+        self.result_bytes = len(body)
+        return decode_result(body)
 
     def release(self) -> RemoteRun:
         """(Owner) release this run's held result."""

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -20,6 +21,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from fednb.client._http import Transport
+from fednb.client._review import fetch_review
 from fednb.errors import AuthenticationError, FednbError
 from fednb.lab._config import DomainEntry, FednbLab
 
@@ -61,9 +63,13 @@ class _Base(APIHandler):
 
     async def domain(self, name: str, method: str, path: str, **kw: Any) -> Any:
         """Call the domain off the event loop; its errors become this handler's."""
+        return await self.with_transport(name, lambda t: t.json(method, path, **kw))
+
+    async def with_transport(self, name: str, fn: Callable[[Transport], Any]) -> Any:
+        """Run ``fn`` with the domain's transport off the event loop; its errors become ours."""
         try:
             t = self.lab.transport(name)
-            return await asyncio.to_thread(t.json, method, path, **kw)
+            return await asyncio.to_thread(fn, t)
         except AuthenticationError as exc:
             raise _Refused(502, f"domain {name!r} refused the configured token: {exc.message}") from None
         except FednbError as exc:  # the domain's answer, or a configuration it cannot be reached with
@@ -188,6 +194,16 @@ class ReleaseHandler(_Base):
         self.reply(await self.domain(name, "POST", f"/runs/{item}/{action}"))
 
 
+class ResultReviewHandler(_Base):
+    """A run's result as the owner reviews it before release (fednb.client._review): values
+    or summaries, metrics, parameters, the change since the previous release."""
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self, name: str, item: str) -> None:
+        self.reply(await self.with_transport(name, lambda t: fetch_review(t, item)))
+
+
 class BudgetHandler(_Base):
     @web.authenticated
     @authorized("read")
@@ -205,6 +221,7 @@ def setup_handlers(web_app: Any, config: FednbLab, log: logging.Logger) -> None:
         (rf"/domains/{_NAME}/requests/{_ID}/(?P<action>approve|deny)", ReviewHandler),
         (rf"/domains/{_NAME}/runs", RunsHandler),
         (rf"/domains/{_NAME}/runs/{_ID}/(?P<action>release|withhold)", ReleaseHandler),
+        (rf"/domains/{_NAME}/runs/{_ID}/review", ResultReviewHandler),
         (rf"/domains/{_NAME}/budget", BudgetHandler),
     ]
     web_app.add_handlers(".*$", [(base + path, cls, {"lab": lab}) for path, cls in routes])

@@ -17,9 +17,11 @@ from typing import Any, TypeVar
 
 from fednb.client import DomainClient
 from fednb.client._html import budget_html, esc, request_html, run_html, svg_lines, table_html
+from fednb.client._review import Review, review_of
 from fednb.errors import FednbError, InvalidInput
 from fednb.protocol import BudgetInfo, ReleaseMode, RequestInfo, RunInfo
 from fednb.scientist import History
+from fednb.ui._review_html import decision_html, review_body_html, review_html
 
 __all__ = ["BudgetModel", "ConsoleModel", "InboxModel", "ResultsModel"]
 
@@ -59,6 +61,11 @@ def _label(text: str, limit: int = 60) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def plural(n: int, word: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _owner(client: DomainClient, what: str) -> DomainClient:
     if client.me.role != "owner":
         raise InvalidInput(f"{what} needs the domain owner's token; {client.me.name!r} is a {client.me.role}")
@@ -70,9 +77,11 @@ class InboxModel(_Observable):
 
     ``refresh()`` reads the domain; ``select()`` picks a request (its full view, with the
     diff and the projected epsilon, is fetched then); ``approve``/``deny`` act on the
-    selected request; ``release``/``withhold`` on a held run. Each action refreshes and
-    leaves a one-line ``message``; a refused action leaves the domain's message instead
-    of raising, so a view can show it.
+    selected request; ``release``/``withhold`` on a held run. ``select_run()`` fetches the
+    held result's review (:mod:`fednb.client._review`: values or summaries, metrics,
+    parameters, the change since the previous release), so the owner sees what leaves.
+    Each action refreshes and leaves a one-line ``message``; a refused action leaves the
+    domain's message instead of raising, so a view can show it.
     """
 
     def __init__(self, owner: DomainClient) -> None:
@@ -82,6 +91,8 @@ class InboxModel(_Observable):
         self.held: list[RunInfo] = []
         self.selected: RequestInfo | None = None
         self.selected_run: RunInfo | None = None
+        self.review: Review | None = None  # of selected_run
+        self.review_error = ""
         self.refresh()
 
     # -- reading ------------------------------------------------------------------
@@ -97,7 +108,7 @@ class InboxModel(_Observable):
         if self.selected is not None and self.selected.id not in {r.id for r in pending}:
             self.selected = None
         if self.selected_run is not None and self.selected_run.id not in {r.id for r in held}:
-            self.selected_run = None
+            self.selected_run, self.review = None, None
         if changed:
             self._changed()
         return changed
@@ -108,7 +119,7 @@ class InboxModel(_Observable):
             (
                 _label(
                     f"{r.scientist} · {r.function_name} ({r.kind}) on {', '.join(r.datasets)}"
-                    f" · {r.runs} runs",
+                    f" · {plural(r.runs, 'run')}",
                     64,
                 )
                 + f" · #{r.id}",
@@ -133,7 +144,14 @@ class InboxModel(_Observable):
 
     @_locked
     def select_run(self, run_id: str | None) -> RunInfo | None:
+        """Pick a held result; fetches its review (what releasing it would hand over)."""
         self.selected_run = None if not run_id else self.client.runs.get(run_id).info
+        self.review, self.review_error = None, ""
+        if run_id:
+            try:
+                self.review = review_of(self.client, run_id)
+            except FednbError as exc:  # shown in place of the values, never hidden
+                self.review_error = f"cannot read this result: {exc}"
         self._changed()
         return self.selected_run
 
@@ -147,9 +165,23 @@ class InboxModel(_Observable):
         return request_html(self.selected)
 
     def run_html(self) -> str:
+        """The selected held result: its review (the decision first), then the run's facts."""
         if self.selected_run is None:
             return "<i>Select a held result.</i>" if self.held else "<i>No results are held.</i>"
-        return run_html(self.selected_run)
+        top = (review_html(self.review) if self.review is not None
+               else f"<div class='fednb-error' style='color:#d62728'>{esc(self.review_error)}</div>")
+        return top + run_html(self.selected_run)
+
+    def decision_html(self) -> str:
+        """Only the decision line of the selected held result ("" without one)."""
+        return "" if self.review is None else decision_html(self.review)
+
+    def run_body_html(self) -> str:
+        """:meth:`run_html` without the decision line (a view shows that above its buttons)."""
+        if self.review is None:
+            return self.run_html()
+        assert self.selected_run is not None
+        return review_body_html(self.review) + run_html(self.selected_run)
 
     # -- acting -------------------------------------------------------------------
     def _act(self, verb: str, done: str, fn: Callable[[], Any]) -> bool:
@@ -301,6 +333,15 @@ class ResultsModel(_Observable):
         examples, seconds, bytes."""
         dp = ["epsilon"] if any(r.epsilon is not None for r in self.history.records) else []
         return sorted({k for r in self.history.records for k in r.metrics}) + dp + list(self.EXTRA)
+
+    def default_metric(self) -> str | None:
+        """What a view opens on: the loss when reported, else the first metric the functions
+        reported, else the first name (examples, seconds and bytes are flat lines mostly)."""
+        names = self.metric_names()
+        reported = [k for k in names if k not in self.EXTRA and k != "epsilon"]
+        if "loss" in reported:
+            return "loss"
+        return reported[0] if reported else (names[0] if names else None)
 
     def series(self, metric: str, domains: list[str] | None = None) -> dict[str, list[float]]:
         """``metric`` per round: "all domains" (weighted by examples; bytes summed; epsilon

@@ -69,6 +69,14 @@ def _typed(field: pn.widgets.TextInput | pn.widgets.PasswordInput) -> str:
         time.sleep(0.02)
 
 
+_BAND = {"background": "#f6f8fa", "border-bottom": "1px solid #d0d7de", "padding": "6px 12px"}
+_HELD_HELP = (
+    "<div style='color:#57606a'>Results of runs without differential privacy wait here. Pick "
+    "one: its exact values, metrics and parameters, and what changed since the previous "
+    "release, show before anything leaves the hospital.</div>"
+)
+
+
 def _options(pairs: list[tuple[str, str]], none: str) -> dict[str, str]:
     """Select options with a placeholder first: a rendered Select cannot hold "nothing", so
     without it the first item would look selected while the model has none."""
@@ -86,10 +94,11 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
     approve = pn.widgets.Button(name="Approve", button_type="success", css_classes=["fednb-approve"])
     reason = pn.widgets.TextInput(placeholder="reason to deny (the scientist sees it)", width=360)
     deny = pn.widgets.Button(name="Deny", button_type="danger", css_classes=["fednb-deny"])
-    held = pn.widgets.Select(name="Held results", size=6, sizing_mode="stretch_width")
-    run = pn.pane.HTML(sizing_mode="stretch_width")
-    release_btn = pn.widgets.Button(name="Release", button_type="success")
-    withhold_btn = pn.widgets.Button(name="Withhold", button_type="warning")
+    held = pn.widgets.Select(name="Held results", size=10, width=380, css_classes=["fednb-held-list"])
+    decision = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["fednb-decision-pane"])
+    run = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["fednb-held-detail"])
+    release_btn = pn.widgets.Button(name="Release", button_type="success", css_classes=["fednb-release"])
+    withhold_btn = pn.widgets.Button(name="Withhold", button_type="warning", css_classes=["fednb-withhold"])
     budgets = pn.pane.HTML(sizing_mode="stretch_width")
     users = pn.pane.HTML(sizing_mode="stretch_width")
     audit = pn.pane.HTML(sizing_mode="stretch_width")
@@ -106,7 +115,10 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
         finally:
             syncing[0] = False
         detail.object = inbox.detail_html()
-        run.object = inbox.run_html()
+        decision.object = inbox.decision_html()
+        run.object = inbox.run_body_html()
+        to = inbox.selected_run.scientist if inbox.selected_run else ""
+        release_btn.name = f"Release to {to}" if to else "Release"
         budgets.object = model.budget.html()
         status.object = f"<i>{esc(inbox.message)}</i>" if inbox.message else ""
         approve.disabled = deny.disabled = inbox.selected is None
@@ -168,15 +180,23 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
     out.on_click(on_logout)
     header = pn.Row(
         pn.pane.HTML(
-            f"<h2>{esc(info.name)}: owner console</h2><div>signed in as "
-            f"<b>{esc(model.client.me.name)}</b> at {esc(model.client.url)}</div>"
+            f"<div style='font-size:22px;font-weight:600;color:#0b3d62'>{esc(info.name)}</div>"
+            f"<div style='color:#57606a'>owner console · signed in as <b>{esc(model.client.me.name)}</b>"
+            f" at {esc(model.client.url)}</div>"
         ),
         pn.layout.HSpacer(),
         out,
+        styles=_BAND,
+        sizing_mode="stretch_width",
+    )
+    held_tab = pn.Row(
+        pn.Column(pn.pane.HTML(_HELD_HELP, width=380), held),
+        pn.Column(decision, pn.Row(release_btn, withhold_btn), run, sizing_mode="stretch_width"),
+        sizing_mode="stretch_width",
     )
     tabs = pn.Tabs(
         ("Requests", pn.Column(requests, pn.Row(release, approve), pn.Row(reason, deny), detail)),
-        ("Held results", pn.Column(held, pn.Row(release_btn, withhold_btn), run)),
+        ("Held results", held_tab),
         ("Budgets", budgets),
         ("Users", users),
         ("Audit log", audit),
@@ -248,7 +268,7 @@ def federation_app(path: str | Path) -> Callable[[], pn.viewable.Viewable]:
     def make() -> pn.viewable.Viewable:
         model = ResultsModel(History.load(path))
         names = model.metric_names()
-        metric = pn.widgets.Select(name="metric", options=names, value=names[0] if names else None)
+        metric = pn.widgets.Select(name="metric", options=names, value=model.default_metric())
         plot = pn.pane.Bokeh(sizing_mode="stretch_width")
         palette = ("#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 

@@ -16,8 +16,9 @@ import ipywidgets as w
 
 from fednb.client import DomainClient
 from fednb.client._html import esc
+from fednb.errors import FednbError
 from fednb.scientist import History
-from fednb.ui._models import BudgetModel, InboxModel, ResultsModel
+from fednb.ui._models import BudgetModel, InboxModel, ResultsModel, plural
 
 __all__ = ["BudgetMeter", "Inbox", "ResultsViewer"]
 
@@ -77,6 +78,7 @@ class Inbox(w.VBox):
 
     def __init__(self, owner: DomainClient, poll: float = 5.0) -> None:
         self.model = InboxModel(owner)
+        self._name = owner.info.name  # once: a redraw should not call the domain
         self._syncing = False
         self._list = w.Select(options=[], rows=8, layout=w.Layout(width="100%"))
         self._detail = w.HTML()
@@ -151,7 +153,8 @@ class Inbox(w.VBox):
             self._held.value = m.selected_run.id if m.selected_run else None
         finally:
             self._syncing = False
-        self._title.value = f"<b>{esc(m.client.info.name)}</b>: {len(m.pending)} pending, {len(m.held)} held"
+        self._title.value = (f"<b>{esc(self._name)}</b>: {len(m.pending)} pending, "
+                             f"{plural(len(m.held), 'result')} held")
         self._tabs.set_title(0, f"Pending requests ({len(m.pending)})")
         self._tabs.set_title(1, f"Held results ({len(m.held)})")
         self._detail.value = m.detail_html()
@@ -174,6 +177,10 @@ class BudgetMeter(w.VBox):
 
     def __init__(self, client: DomainClient, poll: float = 10.0, history: History | None = None) -> None:
         self.model = BudgetModel(client)
+        try:
+            self._name = client.info.name  # the hospital's name, as its owner set it
+        except FednbError:
+            self._name = client.url
         super().__init__([])
         self.add_class("fednb-budget-meter")
         self.model.on_change(self._draw)
@@ -200,7 +207,7 @@ class BudgetMeter(w.VBox):
     def _draw(self) -> None:
         gauges, per_dataset = self.model.gauges(), self.model.dataset_gauges()
         head = w.HTML(
-            f"<b>Privacy budget of {esc(self.model.client.url)}</b>"
+            f"<b>Privacy budget at {esc(self._name)}</b>"
             + ("" if gauges else ": nothing spent yet")
         )
         children: list[w.Widget] = [head, *map(self._bar, gauges)]
@@ -230,17 +237,28 @@ class ResultsViewer(w.VBox):
         self._summary = w.HTML()
         super().__init__([w.HBox([self._metric, self._domains]), self._chart, self._summary])
         self.add_class("fednb-results-viewer")
-        self._metric.observe(lambda _c: self._draw_chart(), names="value")
+        self._chosen = False  # the person picked a metric: keep it as rounds come in
+        self._syncing = False
+        self._metric.observe(self._on_metric, names="value")
         self._domains.observe(lambda _c: self._draw_chart(), names="value")
         self.model.on_change(self._draw)
         self._draw()
+
+    def _on_metric(self, _change: dict[str, Any]) -> None:
+        if not self._syncing:
+            self._chosen = True
+        self._draw_chart()
 
     def _draw(self) -> None:
         names, domains = self.model.metric_names(), self.model.history.domains
         if list(self._metric.options) != names:
             keep = self._metric.value
-            self._metric.options = names
-            self._metric.value = keep if keep in names else (names[0] if names else None)
+            self._syncing = True
+            try:
+                self._metric.options = names
+                self._metric.value = keep if self._chosen and keep in names else self.model.default_metric()
+            finally:
+                self._syncing = False
         if list(self._domains.options) != domains:
             self._domains.options = domains
             self._domains.value = tuple(domains)

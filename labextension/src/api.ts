@@ -83,6 +83,83 @@ export interface IRunInfo {
   owner_log?: string | null;
 }
 
+/** A JSON number of a review: non-finite values come as the strings NaN, Infinity, -Infinity. */
+export type Num = number | string | boolean;
+export type Nested = Num | Nested[];
+
+export interface IHistogram {
+  edges: Num[];
+  counts: number[];
+}
+
+export interface ITensorReview {
+  name: string;
+  shape: number[];
+  dtype: string;
+  size: number;
+  /** The values when the tensor holds at most 64, else null (see summary). */
+  values: Nested | null;
+  summary: {
+    nan: number;
+    inf: number;
+    finite: number;
+    min: Num | null;
+    max: Num | null;
+    mean: Num | null;
+    std: Num | null;
+    histogram: IHistogram | null;
+  };
+}
+
+export interface ITensorDiff {
+  name: string;
+  status: 'same' | 'changed' | 'added' | 'removed' | 'reshaped';
+  max_abs_diff: Num | null;
+  changed: { index: number[]; before: Num; after: Num }[] | null;
+  shapes?: [number[], number[]];
+}
+
+export interface IReviewRun {
+  id: string;
+  request_id: string;
+  scientist: string;
+  dataset: string;
+  status: string;
+  release_state: string | null;
+  params: Record<string, unknown>;
+  num_examples: number | null;
+  epsilon: number | null;
+  created: string;
+  finished: string | null;
+}
+
+/** A result as its owner reviews it before release (fednb.client._review). */
+export interface IResultReview {
+  version: number;
+  run: IReviewRun;
+  request: {
+    id: string;
+    function_name: string;
+    kind: string;
+    code_hash: string;
+    source: string;
+    release: string | null;
+    datasets: string[];
+    runs: number;
+    runs_used: number;
+    description: string;
+  };
+  tensors: ITensorReview[];
+  metrics: Record<string, Num>;
+  num_examples: number | null;
+  previous: IReviewRun | null;
+  diff: {
+    tensors: ITensorDiff[];
+    metrics: { name: string; before: Num | null; after: Num | null }[];
+    num_examples: [number | null, number | null];
+  } | null;
+}
+
 /** An error the server extension (or the domain behind it) answered. */
 export class FednbApiError extends Error {
   constructor(
@@ -185,6 +262,11 @@ export class FednbApi {
 
   withhold(domain: string, runId: string): Promise<IRunInfo> {
     return this.call(`domains/${checkName(domain)}/runs/${checkId(runId)}/withhold`, 'POST');
+  }
+
+  /** A held (or released) result's review: values, metrics, parameters, the diff from the last release. */
+  review(domain: string, runId: string): Promise<IResultReview> {
+    return this.call(`domains/${checkName(domain)}/runs/${checkId(runId)}/review`);
   }
 
   budget(domain: string): Promise<IBudget[]> {

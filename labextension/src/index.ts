@@ -27,7 +27,10 @@ const ICON = new LabIcon({
   name: 'fednb:requests',
   svgstr:
     '<svg xmlns="http://www.w3.org/2000/svg" width="16" viewBox="0 0 24 24"><path class="jp-icon3" fill="#616161" ' +
-    'd="M10 3h4v7h7v4h-7v7h-4v-7H3v-4h7z"/></svg>'
+    // a clipboard with a check: a review desk (Material's "assignment turned in")
+    'd="M19 3h-4.18C14.4 1.84 13.3 1 12 1s-2.4.84-2.82 2H5c-1.1 0-2 .9-2 2v14c0 1.1.9 2 2 2h14c1.1 0 2-.9 ' +
+    '2-2V5c0-1.1-.9-2-2-2zm-7 0c.55 0 1 .45 1 1s-.45 1-1 1-1-.45-1-1 .45-1 1-1zm-2 14l-4-4 1.41-1.41L10 ' +
+    '14.17l6.59-6.59L18 9l-8 8z"/></svg>'
 });
 
 export namespace CommandIDs {

@@ -211,6 +211,14 @@ export function diffLines(diff: string): { text: string; kind: DiffKind }[] {
     });
 }
 
+/** Who we are on a domain: "olivia (owner)", or just "owner" when the name is the role. */
+export function signedIn(d: IDomainSummary): string {
+  if (!d.user) {
+    return 'not connected';
+  }
+  return d.user === d.role || !d.role ? d.user : `${d.user} (${d.role})`;
+}
+
 /** The status bar's text. */
 export function statusText(model: FednbModel): string {
   if (model.error && model.domains.length === 0) {

@@ -6,9 +6,10 @@
 import { CodeEditor, IEditorServices } from '@jupyterlab/codeeditor';
 import { Widget } from '@lumino/widgets';
 
-import { FednbApiError, IDomainSummary, IRequestInfo, IRunInfo } from './api';
+import { FednbApiError, IDomainSummary, IRequestInfo, IResultReview, IRunInfo } from './api';
 import { button, clear, el, factsTable, table } from './dom';
-import { budgetFraction, budgetLine, diffLines, FednbModel, formatEpsilon, requestFacts } from './model';
+import { budgetFraction, budgetLine, diffLines, FednbModel, formatEpsilon, requestFacts, signedIn } from './model';
+import { decisionView, reviewBodyView } from './review';
 
 export interface IOpeners {
   openRequest(domain: IDomainSummary, id: string): void;
@@ -56,7 +57,7 @@ export class Sidebar extends Widget {
   }
 
   private async domainBlock(d: IDomainSummary): Promise<HTMLElement> {
-    const who = d.user ? `${d.user} (${d.role})` : 'not connected';
+    const who = signedIn(d);
     const block = el('section', { cls: 'fednb-domain', attrs: { 'data-domain': d.name } }, [
       el('h3', { text: `${d.title} · ${who}`, title: d.url })
     ]);
@@ -78,7 +79,7 @@ export class Sidebar extends Widget {
         el('span', { cls: 'fednb-request-title', text: `${r.function_name} (${r.kind})` }),
         el('span', {
           cls: 'fednb-request-meta',
-          text: ` ${r.scientist} · ${r.datasets.join(', ')} · ${r.runs} runs${owner ? '' : ` · ${r.status}`}`
+          text: ` ${r.scientist} · ${r.datasets.join(', ')} · ${r.runs} run${r.runs === 1 ? '' : 's'}${owner ? '' : ` · ${r.status}`}`
         })
       ]);
       item.addEventListener('click', () => this.openers.openRequest(d, r.id));
@@ -246,7 +247,7 @@ export class ReviewPanel extends Widget {
   private _runs: IRunInfo[] = [];
 }
 
-/** Held results of one domain, with Release and Withhold. */
+/** Held results of one domain: pick one to see what it would release, then Release or Withhold. */
 export class HeldPanel extends Widget {
   constructor(
     private readonly model: FednbModel,
@@ -292,6 +293,7 @@ export class HeldPanel extends Widget {
       await fn(id);
       this._message = `${done} run ${id}`;
       this._selected = null;
+      this._review = null;
     } catch (e) {
       this._message = `refused: ${message(e)}`;
     }
@@ -321,10 +323,7 @@ export class HeldPanel extends Widget {
       if (r.id === this._selected) {
         row.classList.add('fednb-selected');
       }
-      row.addEventListener('click', () => {
-        this._selected = r.id;
-        this.render();
-      });
+      row.addEventListener('click', () => void this.select(r.id));
       return row;
     });
     this.node.appendChild(
@@ -333,20 +332,55 @@ export class HeldPanel extends Widget {
         el('tbody', {}, rows)
       ])
     );
+    const sel = this._runs.find(r => r.id === this._selected);
+    if (!sel) {
+      this.node.appendChild(el('div', { cls: 'fednb-request-meta', text: 'Pick a result to see exactly what releasing it sends.' }));
+      return;
+    }
+    const review = this._review?.run.id === sel.id ? this._review : null;
+    if (review) {
+      this.node.appendChild(decisionView(review));
+    } else if (this._reviewError) {
+      this.node.appendChild(el('div', { cls: 'fednb-error', text: this._reviewError }));
+    }
     this.node.appendChild(
       el('div', { cls: 'fednb-actions' }, [
-        button('Release', 'jp-mod-accept fednb-release-run', () => void this.release()),
+        button(`Release to ${sel.scientist}`, 'jp-mod-accept fednb-release-run', () => void this.release()),
         button('Withhold', 'jp-mod-warn fednb-withhold-run', () => void this.withhold())
       ])
     );
-    const sel = this._runs.find(r => r.id === this._selected);
-    if (sel?.owner_log) {
+    if (review) {
+      this.node.appendChild(reviewBodyView(review));
+    }
+    if (sel.owner_log) {
       this.node.appendChild(el('h3', { text: 'Log (owner only)' }));
       this.node.appendChild(el('pre', { cls: 'fednb-log', text: sel.owner_log }));
     }
   }
 
+  /** Pick a held result and fetch its review (values, metrics, the diff from the last release). */
+  async select(runId: string): Promise<void> {
+    this._selected = runId;
+    this._reviewError = '';
+    this.render();
+    try {
+      const review = await this.model.api.review(this.domain.name, runId);
+      if (this._selected === runId) {
+        this._review = review;
+      }
+    } catch (e) {
+      this._reviewError = `cannot read this result: ${message(e)}`;
+    }
+    this.render();
+  }
+
+  get review(): IResultReview | null {
+    return this._review;
+  }
+
   private _message = '';
+  private _review: IResultReview | null = null;
+  private _reviewError = '';
   private _runs: IRunInfo[] = [];
   private _selected: string | null = null;
 }

@@ -56,6 +56,15 @@ describe('FednbApi', () => {
     expect(() => api.runs('st-mary', { requestId: 'a?b=c&d' })).toThrow(FednbApiError);
   });
 
+  it("asks for a held result's review by domain and run", async () => {
+    const calls: ICall[] = [];
+    const review = { run: { id: 'abcdefgh12', scientist: 'alice' }, tensors: [], metrics: {} };
+    const got = await new FednbApi(fake(200, review, calls)).review('st-mary', 'abcdefgh12');
+    expect(calls).toEqual([{ path: 'domains/st-mary/runs/abcdefgh12/review', method: 'GET', body: undefined }]);
+    expect(got.run.scientist).toBe('alice');
+    expect(() => new FednbApi(fake(200, {})).review('st-mary', '../result')).toThrow(FednbApiError);
+  });
+
   it('builds the held-runs query', async () => {
     const calls: ICall[] = [];
     await new FednbApi(fake(200, [], calls)).runs('st-mary', { releaseState: 'held', requestId: 'abcdefgh12' });

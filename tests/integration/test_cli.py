@@ -339,6 +339,46 @@ def test_results_released_and_withheld_from_cli(home: Path, capsys: pytest.Captu
         server.stop()
 
 
+def test_results_show_reviews_a_held_result_against_the_previous_release(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dom = Domain.open(home)
+    alice = dom.add_user("alice")
+    dom.policy.update(allow_no_dp=["alice"])
+    server = dom.serve(port=0)
+    client = fednb.connect(server.url, token=alice)
+    try:
+        w0 = {"w": np.zeros(3, dtype=np.float32)}
+        req = shift.request(client, DATASET, runs=3, weights=w0)
+        assert run_cli(capsys, "domain", "approve", req.id)[0] == 0
+        first = req.run(weights=w0, lr=0.5)
+        assert first.wait(60).status == "succeeded"
+        rc, out, _ = run_cli(capsys, "domain", "results", "show", first.id)
+        assert rc == 0 and "values [0.5, 0.5, 0.5]" in out and "lr=0.5" in out
+        assert "to alice" in out and "epsilon    none: no differential privacy" in out
+        assert "diff       none: no earlier released run" in out
+        assert run_cli(capsys, "domain", "release", first.id)[0] == 0
+        second = req.run(weights=w0, lr=0.25)
+        assert second.wait(60).status == "succeeded"
+        rc, out, _ = run_cli(capsys, "domain", "results", "show", second.id)
+        assert rc == 0, out
+        lines = out.splitlines()
+        assert "  w: float32(3,)" in lines and "    values [0.25, 0.25, 0.25]" in lines
+        assert f"  n: {N_PATIENTS}" in lines and "params     lr=0.25" in lines
+        assert f"diff from the previous release: run {first.id} (lr=0.5)" in lines
+        assert "  w: changed, max |difference| 0.25" in lines
+        assert "    [0] 0.5 -> 0.25" in lines and "    [2] 0.5 -> 0.25" in lines
+        assert f"sha256     {req.info.code_hash}" in lines
+        # what the CLI shows is what the scientist gets once released
+        assert run_cli(capsys, "domain", "release", second.id)[0] == 0
+        np.testing.assert_allclose(second.result(timeout=10).weights["w"], [0.25, 0.25, 0.25])
+        rc, _, err = run_cli(capsys, "domain", "results", "show", "nosuchrun1")
+        assert rc == 2 and "nosuchrun1" in err
+    finally:
+        client.close()
+        server.stop()
+
+
 def test_audit_list_verify_and_tamper(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run_cli(capsys, "domain", "audit", "--limit", "1")
     assert rc == 0 and len(out.splitlines()) == 2 and "dataset.added" in out

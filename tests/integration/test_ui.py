@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 import tempfile
 import threading
@@ -16,7 +17,9 @@ import numpy as np
 import pytest
 
 import fednb
-from fednb.errors import InvalidInput
+from fednb.client._review import build_review, review_lines
+from fednb.errors import InvalidInput, ResultNotReady
+from fednb.protocol import RequestInfo, RunInfo
 from fednb.scientist import History, iid_split
 from fednb.ui import (
     BudgetMeter,
@@ -28,15 +31,18 @@ from fednb.ui import (
     ResultsViewer,
     _panel,
 )
+from fednb.ui._review_html import review_html
 from tests.conftest import Hospital, breast_cancer_dataset, make_hospital
 
 DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
+W = {"w": np.zeros(10)}  # a DP update's approved structure (issue #17: never the code's)
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
-    h = make_hospital(tmp_path_factory.mktemp("ui") / "st-mary")
+    # every test spends epsilon on the same dataset: a cap past what the module spends
+    h = make_hospital(tmp_path_factory.mktemp("ui") / "st-mary", dataset_epsilon_cap=1000.0)
     yield h
     h.server.stop()
 
@@ -65,7 +71,7 @@ def select(model: InboxModel, request_id: str) -> None:
 
 def test_approve_approves_with_the_chosen_release(hospital: Hospital) -> None:
     sci = scientist(hospital)
-    req = fixed_update.request(sci, "breast-cancer", runs=2, dp=DP)
+    req = fixed_update.request(sci, "breast-cancer", runs=2, dp=DP, weights=W)
     inbox = InboxModel(hospital.owner())
     select(inbox, req.id)
     assert inbox.approve("auto")
@@ -77,7 +83,7 @@ def test_approve_approves_with_the_chosen_release(hospital: Hospital) -> None:
 
 def test_deny_records_its_reason_and_a_blank_reason_is_refused(hospital: Hospital) -> None:
     sci = scientist(hospital)
-    req = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP)
+    req = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP, weights=W)
     inbox = InboxModel(hospital.owner())
     select(inbox, req.id)
     assert not inbox.deny("   ")
@@ -90,11 +96,11 @@ def test_deny_records_its_reason_and_a_blank_reason_is_refused(hospital: Hospita
 
 def test_release_releases_a_held_result_and_withhold_withholds(hospital: Hospital) -> None:
     sci = scientist(hospital)
-    req = fixed_update.request(sci, "breast-cancer", runs=2, dp=DP)
+    req = fixed_update.request(sci, "breast-cancer", runs=2, dp=DP, weights=W)
     inbox = InboxModel(hospital.owner())
     select(inbox, req.id)
     assert inbox.approve("manual")
-    kept, dropped = req.run(scale=1.0), req.run(scale=0.5)
+    kept, dropped = req.run(W, scale=1.0), req.run(W, scale=0.5)
     assert kept.wait(120).release_state == dropped.wait(120).release_state == "held"
     inbox.refresh()
     held = [rid for _l, rid in inbox.run_options()]
@@ -112,7 +118,7 @@ def test_release_releases_a_held_result_and_withhold_withholds(hospital: Hospita
 
 def test_a_refused_action_leaves_the_domains_message(hospital: Hospital) -> None:
     sci = scientist(hospital)
-    req = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP)
+    req = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP, weights=W)
     inbox = InboxModel(hospital.owner())
     select(inbox, req.id)
     hospital.owner().requests.get(req.id).deny("someone else was faster")
@@ -123,14 +129,14 @@ def test_a_refused_action_leaves_the_domains_message(hospital: Hospital) -> None
 
 def test_the_review_shows_hash_diff_schema_and_projected_epsilon(hospital: Hospital) -> None:
     sci = scientist(hospital, epsilon=7.0)
-    first = globals()["fixed_update"].request(sci, "breast-cancer", runs=1, dp=DP)
+    first = globals()["fixed_update"].request(sci, "breast-cancer", runs=1, dp=DP, weights=W)
     hospital.owner().requests.get(first.id).approve()
 
     @fednb.remote(params={"scale": (float, 0.0, 2.0)})
     def fixed_update(data, scale=1.0):  # one line changed
         return fednb.Update(weights={"w": np.full(10, 2 * scale)}, num_examples=data.sizes["patient"])
 
-    again = fixed_update.request(sci, "breast-cancer", runs=3, dp=DP)
+    again = fixed_update.request(sci, "breast-cancer", runs=3, dp=DP, weights=W)
     inbox = InboxModel(hospital.owner())
     select(inbox, again.id)
     page = inbox.detail_html()
@@ -154,7 +160,7 @@ def test_the_review_shows_hash_diff_schema_and_projected_epsilon(hospital: Hospi
 
 def test_hostile_request_text_is_shown_as_text(hospital: Hospital) -> None:
     sci = scientist(hospital)
-    req = evil.request(sci, "breast-cancer", runs=1, dp=DP, description=HOSTILE)
+    req = evil.request(sci, "breast-cancer", runs=1, dp=DP, weights=W, description=HOSTILE)
     assert HOSTILE in req.info.source
     inbox = InboxModel(hospital.owner())
     select(inbox, req.id)
@@ -167,8 +173,9 @@ def test_hostile_request_text_is_shown_as_text(hospital: Hospital) -> None:
     view.close()
     # the owner's log carries the job's exception text: untrusted too
     assert inbox.approve("auto")
-    run = req.run()
-    assert run.wait(120).status == "failed"
+    run = req.run(W)
+    run.wait(120)  # the scientist sees a DP run succeed whatever happened; the owner sees why
+    assert hospital.owner().runs.get(run.id).info.status == "failed"
     inbox.select_run(run.id)
     log = inbox.run_html()
     assert "owner only" in log and "&lt;script&gt;" in log
@@ -177,11 +184,11 @@ def test_hostile_request_text_is_shown_as_text(hospital: Hospital) -> None:
 
 def test_the_budget_meter_shows_the_ledgers_numbers(hospital: Hospital) -> None:
     sci = scientist(hospital, epsilon=9.0)
-    req = fixed_update.request(sci, "breast-cancer", runs=3, dp=DP)
+    req = fixed_update.request(sci, "breast-cancer", runs=3, dp=DP, weights=W)
     hospital.owner().requests.get(req.id).approve("auto")
     meter = BudgetMeter(sci, poll=0)
     for _ in range(2):
-        assert req.run().wait(120).status == "succeeded"
+        assert req.run(W).wait(120).status == "succeeded"
     meter.refresh()
     ledger = hospital.dom.ledger.info(sci.me.name, "breast-cancer")
     (g,) = [g for g in meter.model.gauges() if g.label == f"{sci.me.name} on breast-cancer"]
@@ -200,8 +207,8 @@ def test_the_budget_meter_shows_the_ledgers_numbers(hospital: Hospital) -> None:
 
 def test_the_inbox_widget_buttons_drive_the_model(hospital: Hospital) -> None:
     sci = scientist(hospital)
-    a = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP)
-    b = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP)
+    a = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP, weights=W)
+    b = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP, weights=W)
     view = Inbox(hospital.owner(), poll=0)
     assert "fednb-inbox" in view._dom_classes
     view._list.value = a.id
@@ -250,6 +257,7 @@ def test_the_results_viewer_follows_a_simulation_live() -> None:
     assert seen == [1, 2, 3, 4]
     assert "fednb-results-viewer" in viewer._dom_classes
     assert viewer._metric.options[0] == "loss" and "bytes" in viewer._metric.options
+    assert viewer._metric.value == "loss"  # opened before round 0, on the loss, not num_examples
     assert viewer._chart.value.count("<polyline") == 4  # all domains + 3 hospitals
     viewer._domains.value = (viewer._domains.options[0],)
     assert viewer._chart.value.count("<polyline") == 2
@@ -337,7 +345,7 @@ def test_the_console_acts_on_the_release_mode_set_just_before_the_click(
     # change lands in another thread while the click's handler runs; it acts on the new mode
     import panel as pn
 
-    req = fixed_update.request(scientist(hospital), "breast-cancer", runs=2, dp=DP)
+    req = fixed_update.request(scientist(hospital), "breast-cancer", runs=2, dp=DP, weights=W)
     with ThreadPoolExecutor(2) as pool:
         monkeypatch.setattr(pn.state, "_thread_pool", pool)
         page = _panel.console_app(hospital.url)()
@@ -353,3 +361,111 @@ def test_the_console_acts_on_the_release_mode_set_just_before_the_click(
         late.join()
     info = req.refresh().info
     assert info.status == "approved" and info.release == "auto"
+
+
+# -- the review of a held result --------------------------------------------------------
+
+
+@fednb.remote(params={"col": (int, 0, 29)}, metrics={"loss": (0.0, 100.0)})
+def column_and_means(data, col=0):
+    x = data.x.values
+    return fednb.Update(weights={"col": x[:, col], "means": x.mean(0)[:3]},
+                        metrics={"loss": float(col)}, num_examples=x.shape[0])
+
+
+def _infos(run_id: str, params: dict[str, object], state: str = "held") -> tuple[RequestInfo, RunInfo]:
+    now = "2024-05-01T10:00:00Z"
+    req = RequestInfo.model_validate({
+        "id": "req12345", "scientist": "alice", "function_name": "f", "kind": "update",
+        "source": "def f(): ...",
+        "code_hash": "a" * 64, "datasets": ["d"], "params": {}, "weights": None, "metrics": {}, "runs": 3,
+        "runs_used": 2, "description": "", "status": "approved", "release": "manual", "reviewed_by": "olivia",
+        "review_reason": None, "created": now, "reviewed": now})
+    run = RunInfo.model_validate({
+        "id": run_id, "request_id": "req12345", "scientist": "alice", "dataset": "d", "status": "succeeded",
+        "reason": None, "params": params, "num_examples": 7, "release_state": state, "created": now,
+        "finished": now})
+    return req, run
+
+
+def test_the_review_model_shows_small_values_whole_large_ones_summarised_and_the_diff() -> None:
+    big = np.arange(200, dtype=np.float32)
+    big[3], big[4] = np.nan, np.inf
+    now = fednb.Update(weights={"w": np.array([[1.0, 2.0], [3.0, np.nan]]), "big": big, "s": np.float64(2.5)},
+                       metrics={"loss": 0.5}, num_examples=7)
+    before = fednb.Update(weights={"w": np.array([[1.0, 2.5], [3.0, np.nan]]), "big": big + 1,
+                                   "gone": np.zeros(2)}, metrics={"loss": 0.75}, num_examples=7)
+    req, run = _infos("run22222", {"lr": 0.1})
+    _, prev = _infos("run11111", {"lr": 0.2}, "released")
+    r = build_review(now, req, run, (prev, before))
+    assert json.loads(json.dumps(r, allow_nan=False)) == r  # plain JSON: no NaN tokens
+    w, b, s = r["tensors"]
+    assert w["values"] == [[1.0, 2.0], [3.0, "NaN"]] and w["summary"]["nan"] == 1
+    assert w["summary"]["histogram"] is None  # a handful of values is read, not plotted
+    assert s["values"] == 2.5 and s["shape"] == []
+    assert b["values"] is None and (b["shape"], b["dtype"], b["size"]) == ([200], "float32", 200)
+    bs = b["summary"]
+    assert (bs["min"], bs["max"], bs["nan"], bs["inf"]) == (0.0, 199.0, 1, 1)
+    assert b["summary"]["mean"] == pytest.approx(np.mean(np.delete(np.arange(200.0), [3, 4])))
+    hist = b["summary"]["histogram"]
+    assert len(hist["counts"]) == 20 and len(hist["edges"]) == 21 and sum(hist["counts"]) == 198
+    assert r["metrics"] == {"loss": 0.5} and r["run"]["params"] == {"lr": 0.1}
+    assert r["request"]["code_hash"] == "a" * 64 and r["previous"]["id"] == "run11111"
+    d = {t["name"]: t for t in r["diff"]["tensors"]}
+    assert d["w"]["status"] == "changed" and d["w"]["max_abs_diff"] == 0.5
+    assert d["w"]["changed"] == [{"index": [0, 1], "before": 2.5, "after": 2.0}]  # NaN = NaN: unchanged
+    assert d["big"]["max_abs_diff"] == 1.0 and d["big"]["changed"] is None  # large: no per-value list
+    assert d["s"]["status"] == "added" and d["gone"]["status"] == "removed"
+    assert r["diff"]["metrics"] == [{"name": "loss", "before": 0.75, "after": 0.5}]
+    text = "\n".join(review_lines(r))
+    assert "values [[1, 2], [3, NaN]]" in text and "min 0  max 199" in text and "1 NaN, 1 Inf" in text
+    assert "    [0, 1] 2.5 -> 2" in text and "metric loss: 0.75 -> 0.5" in text
+    page = review_html(r)
+    assert page.count("<rect") == 20 and "Releasing sends" in page and "to alice" in page
+    first = build_review(before, req, prev)
+    assert first["diff"] is None and "no earlier released run" in "\n".join(review_lines(first))
+
+
+def test_the_owner_sees_a_held_result_and_its_diff_before_releasing(hospital: Hospital) -> None:
+    alice, owner = hospital.alice(), hospital.owner()
+    req = column_and_means.request(alice, "breast-cancer", runs=3)
+    owner.requests.get(req.id).approve("manual")
+    first = req.run(col=0)
+    assert first.wait(120).release_state == "held"
+    with pytest.raises(ResultNotReady):  # the scientist sees nothing yet
+        first.result(timeout=0)
+    held = owner.runs.get(first.id).held_result()  # the owner does
+    np.testing.assert_array_equal(held.weights["col"], breast_cancer_dataset().x.values[:, 0])
+    owner.runs.get(first.id).release()
+    second = req.run(col=1)
+    assert second.wait(120).release_state == "held"
+    view = Inbox(owner, poll=0)
+    assert f"{len(view.model.held)} result" in view._title.value
+    view._held.value = second.id
+    r = view.model.review
+    assert r is not None and r["run"]["id"] == second.id and r["previous"]["id"] == first.id
+    x = breast_cancer_dataset().x.values
+    means = {t["name"]: t for t in r["tensors"]}["means"]["values"]
+    np.testing.assert_allclose(means, x.mean(0)[:3])
+    page = view._run.value
+    assert "Releasing sends" in page and "to alice: 2 tensors (572 values), 1 metric" in page
+    assert "none: no differential privacy" in page and "col=1" in page
+    assert page.count("<rect") == 20  # the 569-value column as a histogram
+    assert f"against run {first.id}" in page and "metric loss" in page
+    view._release_btn.click()
+    assert second.result(timeout=10).metrics == {"loss": 1.0}
+    assert view.model.review is None and "released run" in view._status.value
+    view.close()
+
+
+def test_labels_say_one_run_and_the_meter_names_the_hospital(hospital: Hospital) -> None:
+    sci = scientist(hospital)
+    req = fixed_update.request(sci, "breast-cancer", runs=1, dp=DP, weights=W)
+    inbox = InboxModel(hospital.owner())
+    label = next(lbl for lbl, rid in inbox.request_options() if rid == req.id)
+    assert "· 1 run ·" in label
+    meter = BudgetMeter(sci, poll=0)
+    assert "Privacy budget at St Mary" in meter.children[0].value
+    assert hospital.url not in meter.children[0].value
+    meter.close()
+    hospital.owner().requests.get(req.id).deny("test cleanup")

@@ -9,7 +9,7 @@ from typing import Any
 from tests.browser.conftest import browser, shot  # noqa: F401  (the fixture)
 from tests.browser.conftest import wait_until as _wait_until
 from tests.lab.conftest import Lab
-from tests.lab.test_server_extension import DP, fixed_update
+from tests.lab.test_server_extension import DP, W, fixed_update
 
 wait_until = functools.partial(_wait_until, timeout=30.0, poll=0.25)
 
@@ -19,8 +19,10 @@ TIMEOUT_MS = 60_000
 def test_review_approve_deny_and_release_in_jupyterlab(lab: Lab, browser: Any) -> None:  # noqa: F811
     h = lab.hospital
     alice = h.alice()
-    approve_me = fixed_update.request(alice, "breast-cancer", runs=2, dp=DP, description="<b>not bold</b>")
-    deny_me = fixed_update.request(alice, "breast-cancer", runs=1, dp=DP)
+    approve_me = fixed_update.request(
+        alice, "breast-cancer", runs=2, dp=DP, weights=W, description="<b>not bold</b>"
+    )
+    deny_me = fixed_update.request(alice, "breast-cancer", runs=1, dp=DP, weights=W)
     held_req = fixed_update.request(alice, "breast-cancer", runs=1)
     h.owner().requests.get(held_req.id).approve(release="manual")
     held_run = held_req.run(scale=1.0)

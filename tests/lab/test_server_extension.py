@@ -10,6 +10,7 @@ import fednb
 from tests.lab.conftest import Lab
 
 DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
+W = {"w": np.zeros(4)}  # a DP update's approved structure
 
 
 @fednb.remote(params={"scale": (float, 0.0, 2.0)})
@@ -30,6 +31,7 @@ def test_no_jupyter_token_is_403_everywhere(lab: Lab) -> None:
         "domains/st-mary/requests/abcdefgh12",
         "domains/st-mary/budget",
         "domains/st-mary/runs?release_state=held",
+        "domains/st-mary/runs/abcdefgh12/review",
     ):
         assert lab.get(path, token=None).status_code == 403, path
         assert lab.get(path, token="wrong").status_code == 403, path
@@ -40,7 +42,7 @@ def test_no_jupyter_token_is_403_everywhere(lab: Lab) -> None:
 
 
 def test_domains_say_who_we_are_and_never_the_token(lab: Lab) -> None:
-    req = fixed_update.request(lab.hospital.alice(), "breast-cancer", runs=1, dp=DP)
+    req = fixed_update.request(lab.hospital.alice(), "breast-cancer", runs=1, dp=DP, weights=W)
     r = lab.get("domains")
     assert r.status_code == 200
     no_domain_token_in(lab, r.text)
@@ -59,8 +61,8 @@ def test_domains_say_who_we_are_and_never_the_token(lab: Lab) -> None:
 
 def test_the_owner_reviews_approves_and_denies_through_the_proxy(lab: Lab) -> None:
     alice = lab.hospital.alice()
-    a = fixed_update.request(alice, "breast-cancer", runs=2, dp=DP)
-    b = fixed_update.request(alice, "breast-cancer", runs=1, dp=DP)
+    a = fixed_update.request(alice, "breast-cancer", runs=2, dp=DP, weights=W)
+    b = fixed_update.request(alice, "breast-cancer", runs=1, dp=DP, weights=W)
     pending = lab.get("domains/st-mary/requests?status=pending")
     assert {a.id, b.id} <= {r["id"] for r in pending.json()}
     detail = lab.get(f"domains/st-mary/requests/{a.id}").json()
@@ -91,10 +93,35 @@ def test_held_results_are_released_and_withheld(lab: Lab) -> None:
     assert keep.result(timeout=10).weights["w"].shape == (4,)
 
 
+def test_a_held_result_is_reviewed_with_its_values_and_the_diff(lab: Lab) -> None:
+    req = fixed_update.request(lab.hospital.alice(), "breast-cancer", runs=2)  # no DP: held
+    lab.post(f"domains/st-mary/requests/{req.id}/approve", {"release": "manual"})
+    first = req.run(scale=1.0)
+    first.wait(120)
+    r = lab.get(f"domains/st-mary/runs/{first.id}/review")
+    assert r.status_code == 200, r.text
+    no_domain_token_in(lab, r.text)
+    review = r.json()
+    assert review["tensors"][0]["values"] == [1.0, 1.0, 1.0, 1.0] and review["diff"] is None
+    assert review["run"]["params"] == {"scale": 1.0} and review["request"]["code_hash"] == req.info.code_hash
+    lab.post(f"domains/st-mary/runs/{first.id}/release")
+    second = req.run(scale=0.5)
+    second.wait(120)
+    review = lab.get(f"domains/st-mary/runs/{second.id}/review").json()
+    assert review["run"]["release_state"] == "held" and review["previous"]["id"] == first.id
+    (d,) = review["diff"]["tensors"]
+    assert d["status"] == "changed" and d["max_abs_diff"] == 0.5 and len(d["changed"]) == 4
+    # a scientist cannot read a held result through the proxy; no login is a 403
+    refused = lab.get(f"domains/st-mary-as-alice/runs/{second.id}/review")
+    assert refused.status_code == 409 and "no released result" in refused.json()["error"]["message"]
+    assert lab.get(f"domains/st-mary/runs/{second.id}/review", token=None).status_code == 403
+    lab.post(f"domains/st-mary/runs/{second.id}/withhold")
+
+
 def test_a_scientist_sees_only_their_own(lab: Lab) -> None:
     bob = lab.hospital.bob()
-    theirs = fixed_update.request(bob, "breast-cancer", runs=1, dp=DP)
-    mine = fixed_update.request(lab.hospital.alice(), "breast-cancer", runs=1, dp=DP)
+    theirs = fixed_update.request(bob, "breast-cancer", runs=1, dp=DP, weights=W)
+    mine = fixed_update.request(lab.hospital.alice(), "breast-cancer", runs=1, dp=DP, weights=W)
     seen = {r["id"] for r in lab.get("domains/st-mary-as-alice/requests").json()}
     assert mine.id in seen and theirs.id not in seen
     refused = lab.post(f"domains/st-mary-as-alice/requests/{mine.id}/approve", {"release": "auto"})

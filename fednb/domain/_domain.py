@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -317,6 +318,10 @@ class Domain:
         card = dsets.build_card(name, private, bounds=bounds, units=dict(units or {}),
                                 description=description, source=source, example_dim=ex,
                                 mock=info)
+        # the owner's to know (never a scientist's): missing, infinite, out-of-bounds values
+        findings = dsets.validate_private(private, bounds)
+        for finding in findings:
+            warnings.warn(f"dataset {name!r}: {finding}", UserWarning, stacklevel=2)
         base = self.home / "datasets" / name
         base.mkdir(parents=True, exist_ok=True)
         dsets.write_zarr(private, base / "private.zarr")
@@ -328,7 +333,7 @@ class Domain:
             else:
                 row.card = card.model_dump(mode="json")
             tx.log(actor, "dataset.added", dataset=name, rows=card.num_examples,
-                   mock=info.method, replaced=row is not None)
+                   mock=info.method, replaced=row is not None, findings=findings)
         return card
 
     def datasets(self) -> list[DatasetCard]:

@@ -176,7 +176,7 @@ class RunBook:
     def _job(self, req: RequestRow, dataset: str) -> JobSpec:
         """The worker job of ``req``'s runs on ``dataset``: a run sees only the dataset it is
         charged to, so a request over several datasets has a worker per dataset."""
-        source, name = kind_source(req)
+        source, name = kind_source(req, self._d.card(dataset))  # dp-sgd: the dataset's bounds
         return JobSpec(request_id=req.id, source=source, function_name=name,
                        datasets={dataset: self._d.private_path(dataset)},
                        workdir=self._d.home / "work" / req.id / dataset)

@@ -3,10 +3,11 @@
 Both directions build the ledger a plan would write, and ask an accountant about it:
 
 - ``update`` releases (``sampling_rate=None``): ``runs`` Gaussian releases, each with
-  noise ``z * C`` on an update of sensitivity ``sensitivity_factor * C``;
+  noise ``z * C`` on an update of sensitivity ``sensitivity_factor * C`` (default
+  ``2 * GRID_SLACK``: replace-one, and the rounding to the noise grid, as a domain charges);
 - DP-SGD (``sampling_rate=q``): ``runs * steps`` Poisson-subsampled Gaussian steps with
-  noise multiplier z (sensitivity C, add-or-remove adjacency; ``sensitivity_factor`` is
-  not used).
+  noise multiplier z under replace-one adjacency, one record's term at most
+  ``GRID_SLACK * C`` (as a domain charges them; ``sensitivity_factor`` is not used).
 
 Examples
 --------
@@ -25,7 +26,8 @@ import numbers
 from fednb.errors import InvalidInput
 from fednb.privacy._accountant import Accountant, accountant_for
 from fednb.privacy._analytic import analytic_gaussian_epsilon
-from fednb.privacy._events import Event, GaussianEvent, RepeatedEvent, SubsampledGaussianEvent
+from fednb.privacy._events import Event, GaussianEvent, RepeatedEvent, ReplaceOneSubsampledGaussianEvent
+from fednb.privacy._noise import GRID_SLACK
 
 __all__ = ["analytic_gaussian_epsilon", "epsilon_for", "noise_multiplier_for"]
 
@@ -46,7 +48,8 @@ def _ledger(
         return RepeatedEvent(GaussianEvent(noise_multiplier, sensitivity_factor), runs)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InvalidInput(f"DP-SGD needs steps, an integer >= 1 per run; got {steps!r}")
-    return RepeatedEvent(SubsampledGaussianEvent(sampling_rate, noise_multiplier), runs * steps)
+    return RepeatedEvent(ReplaceOneSubsampledGaussianEvent(sampling_rate, noise_multiplier, GRID_SLACK),
+                         runs * steps)
 
 
 def _accountant(accountant: str | Accountant) -> Accountant:
@@ -58,7 +61,7 @@ def epsilon_for(
     delta: float,
     *,
     runs: int = 1,
-    sensitivity_factor: float = 2.0,
+    sensitivity_factor: float = 2.0 * GRID_SLACK,
     sampling_rate: float | None = None,
     steps: int | None = None,
     accountant: str | Accountant = "pld",
@@ -74,8 +77,8 @@ def epsilon_for(
     runs
         Number of releases (default 1).
     sensitivity_factor
-        L2 sensitivity over C of an update release (default 2: replace-one adjacency);
-        not used for DP-SGD.
+        L2 sensitivity over C of an update release (default 2 * GRID_SLACK: replace-one
+        adjacency and the noise grid's rounding); not used for DP-SGD.
     sampling_rate
         Poisson sampling rate q in (0, 1] for DP-SGD; ``None`` (default) for updates.
     steps
@@ -97,7 +100,7 @@ def noise_multiplier_for(
     delta: float,
     *,
     runs: int = 1,
-    sensitivity_factor: float = 2.0,
+    sensitivity_factor: float = 2.0 * GRID_SLACK,
     sampling_rate: float | None = None,
     steps: int | None = None,
     accountant: str | Accountant = "pld",

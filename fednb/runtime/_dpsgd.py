@@ -19,8 +19,8 @@ keeps only 32 bits. So the Poisson sampling and the noise here come from
 :class:`fednb.privacy.SecureNoise` (ChaCha20 keyed with 256 bits from ``os.urandom``), a
 fresh instance for every call, never a fixed or global seed. The noise on the summed
 clipped gradients is :func:`fednb.privacy.grid_gaussian` (a discrete Gaussian on a
-power-of-two grid, no floating-point attack) with the replace-one sensitivity of that
-sum, ``2 * max_grad_norm``; the domain records each step as a
+power-of-two grid, no floating-point attack), its grid chosen from one record's bound
+``max_grad_norm``; the domain records each step as a
 ``ReplaceOneSubsampledGaussianEvent`` with ``sensitivity_factor=GRID_SLACK``.
 The default initialisation and dropout masks, which need no secrecy, run on PyTorch's
 CPU generator forked for the call and seeded from ``os.urandom``: a caller's global seed
@@ -59,8 +59,14 @@ import numpy as np
 import xarray as xr
 
 from fednb.errors import InvalidInput
-from fednb.privacy import GRID_SLACK, Event, RepeatedEvent, SecureNoise, grid_gaussian
-from fednb.privacy._events import ReplaceOneSubsampledGaussianEvent
+from fednb.privacy import (
+    GRID_SLACK,
+    Event,
+    RepeatedEvent,
+    ReplaceOneSubsampledGaussianEvent,
+    SecureNoise,
+    grid_gaussian,
+)
 from fednb.protocol._dpsgd import DPSGDSpec, LayerSpec
 from fednb.runtime._query import missing_rule
 from fednb.typing import Array, Weights
@@ -249,7 +255,9 @@ def _dp_optimizer(spec: DPSGDSpec, model: torch.nn.Module, rng: SecureNoise, exp
             c = self.max_grad_norm
             sums = {str(i): p.summed_grad.detach().cpu().numpy().astype(np.float64)
                     for i, p in enumerate(self.params)}
-            noised = grid_gaussian(sums, 2.0 * c, self.noise_multiplier * c, rng)
+            # the grid from one record's bound C: a record's term moves the rounded sum by at
+            # most C + gamma sqrt(d) <= C (1 + 2^-10), which the event's GRID_SLACK charges
+            noised = grid_gaussian(sums, c, self.noise_multiplier * c, rng)
             for i, p in enumerate(self.params):
                 p.grad = torch.from_numpy(np.asarray(noised[str(i)])).to(p.summed_grad).view_as(p)
                 _mark_as_processed(p.summed_grad)

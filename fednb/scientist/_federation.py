@@ -108,6 +108,10 @@ class Federation:
     checkpoint
         Directory for checkpoints (default ``.fednb/federations/<id>``; None: off). A
         Federation built again with the same arguments resumes from it.
+    slot_s
+        With ``dp``: the release slot each domain's runs are filed with, seconds (each DP
+        result appears this long after its run started; the owners approve it; default:
+        each domain's ``dp_slot_s``). A round takes at least this long.
     """
 
     def __init__(self, domains: Mapping[str, DomainClient], fn: RemoteFunction, *, dataset: str,
@@ -116,8 +120,9 @@ class Federation:
                  asynchronous: bool | None = None, min_domains: int | None = None, timeout: float = 600.0,
                  checkpoint: str | Path | bool | None = True, progress: bool = True,
                  compression: Compression = "none", secure_bound: float | None = None,
-                 distributed_noise: bool = False) -> None:
+                 distributed_noise: bool = False, slot_s: float | None = None) -> None:
         self.domains, self.fn, self.dataset = dict(domains), fn, dataset
+        self.slot_s = slot_s
         self.secure_noise = _secure_noise(distributed_noise, secure_aggregation, dp)
         self.compression = compression
         self.strategy = strategy or FedAvg()
@@ -156,7 +161,7 @@ class Federation:
         runs = self.rounds * (2 if self.asynchronous else 1) + 1
         for name, client in self.domains.items():
             self.requests[name] = self.fn.request(
-                client, self.dataset, runs=runs, weights=self.initial, dp=self.dp,
+                client, self.dataset, runs=runs, weights=self.initial, dp=self.dp, slot_s=self.slot_s,
                 request_id=f"{self.id}-{hashlib.sha256(name.encode()).hexdigest()[:8]}",
                 description=f"federated training {self.id}, {self.rounds} rounds, {self.strategy!r}")
         return self.requests

@@ -23,14 +23,14 @@ __all__ = ["DPSGD", "Query"]
 
 def _file(client: DomainClient, kind: str, name: str, source: str, dataset: str | list[str],
           runs: int, weights: Weights | None = None, description: str = "",
-          request_id: str | None = None) -> RemoteRequest:
+          request_id: str | None = None, slot_s: float | None = None) -> RemoteRequest:
     from fednb.runtime import weight_specs
 
     body = RequestCreate(id=request_id or uuid.uuid4().hex, function_name=name, kind=kind,
                          source=source, code_hash=code_hash(source),
                          datasets=[dataset] if isinstance(dataset, str) else list(dataset),
                          weights=None if weights is None else weight_specs(weights), runs=runs,
-                         description=description)
+                         description=description, slot_s=slot_s)
     return client.requests.submit(body)
 
 
@@ -84,8 +84,13 @@ class Query:
         return Update(weights=run_query(self.spec, handle.mock, handle.card, SecureNoise()))
 
     def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,
-                description: str = "") -> RemoteRequest:
-        return _file(client, "query", "query", self.source, dataset, runs, description=description)
+                description: str = "", request_id: str | None = None,
+                slot_s: float | None = None) -> RemoteRequest:
+        """File the query; re-using ``request_id`` finds the same request again. ``slot_s``
+        proposes the release slot (seconds from a run's start to its result; the owner
+        approves it; default: the domain's ``dp_slot_s``)."""
+        return _file(client, "query", "query", self.source, dataset, runs, description=description,
+                     request_id=request_id, slot_s=slot_s)
 
 
 class DPSGD:
@@ -106,7 +111,10 @@ class DPSGD:
 
     def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,
                 weights: Weights | None = None, description: str = "",
-                request_id: str | None = None) -> RemoteRequest:
-        """File the request; re-using ``request_id`` finds the same request again."""
+                request_id: str | None = None, slot_s: float | None = None) -> RemoteRequest:
+        """File the request; re-using ``request_id`` finds the same request again. ``slot_s``
+        proposes the release slot: each run's result appears this long after the run
+        started, and a training not done by then releases zeros -- time a run on the mock
+        and leave room (the owner approves it; default: the domain's ``dp_slot_s``)."""
         return _file(client, "dp-sgd", "dpsgd", self.source, dataset, runs, weights, description,
-                     request_id)
+                     request_id, slot_s)

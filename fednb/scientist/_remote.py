@@ -153,15 +153,19 @@ class RemoteFunction:
 
     def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,
                 weights: Weights | None = None, dp: ClientDP | None = None, description: str = "",
-                request_id: str | None = None) -> RemoteRequest:
-        """File this function for review; ``weights`` fixes the shapes runs may send; ``dp``
-        asks for client-level DP (without it, only scientists the policy allows may run)."""
+                request_id: str | None = None, slot_s: float | None = None) -> RemoteRequest:
+        """File this function for review; ``weights`` fixes the shapes runs may send and
+        receive (required with ``dp``: a DP release takes its structure from the approved
+        spec); ``dp`` asks for client-level DP (without it, only scientists the policy
+        allows may run); ``slot_s`` proposes a DP run's release slot, seconds from its start
+        to its result, whatever it did (the owner approves it; default: the domain's
+        ``dp_slot_s``)."""
         body = RequestCreate(
             id=request_id or uuid.uuid4().hex, function_name=self.name, kind="update",
             source=self.source, code_hash=self.code_hash,
             datasets=[dataset] if isinstance(dataset, str) else list(dataset),
             params=self.params, weights=None if weights is None else weight_specs(weights),
-            metrics=self.metrics, runs=runs, description=description, dp=dp)
+            metrics=self.metrics, runs=runs, description=description, dp=dp, slot_s=slot_s)
         return client.requests.submit(body)
 
     def __repr__(self) -> str:

@@ -124,6 +124,10 @@ class RunBook:
         for k, w in (weights or {}).items():
             if w.dtype.kind == "f" and not np.isfinite(w).all():
                 raise InvalidInput(f"weight {k!r} holds NaN or Inf: send finite numbers")
+        if dp_event is not None and req.kind != "query":
+            # a DP run's slot counts from its creation: start its worker first (a fact of
+            # the request and the domain, not of the data), so the slot is the run's own
+            self._d.pool().ensure_warm(self._job(req, name))
         with self._d.transaction() as tx:
             row, queued = self._take_run(tx.s, req, run_id, user.name, name, params)
             if not queued:  # a concurrent call with this id got there first

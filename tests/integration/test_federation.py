@@ -72,7 +72,9 @@ def sites(tmp_path: Path) -> Iterator[dict[str, Site]]:
     for name, data in parts.items():
         dom = Domain.create(tmp_path / name, name=name)
         owner, sci = dom.add_user("owner", role="owner"), dom.add_user("alice", epsilon=1e12)
-        dom.policy.update(min_noise_multiplier=0.0)  # the tests charge DP with negligible noise
+        # the tests charge DP with negligible noise (no cap across scientists); DP results
+        # show 2 s after their run started
+        dom.policy.update(min_noise_multiplier=0.0, dataset_epsilon_cap=None, dp_slot_s=2.0)
         dom.add_dataset("bc", data, bounds={"x": (-20.0, 20.0), "y": (0.0, 1.0)})
         out[name] = Site(dom.serve(port=0), owner, sci)
     yield out

@@ -239,6 +239,11 @@ class DaskPool:
             return WorkerOutcome("failed", "invalid_output", log="Dask task returned a bad message")
         return parse_outcome(raw)
 
+    def ensure_warm(self, job: JobSpec) -> None:
+        """Start the request's worker on its Dask worker (in the background: this domain
+        cannot see the cluster's workers; the first DP run's slot covers its start)."""
+        self.prewarm(job)
+
     def prewarm(self, job: JobSpec) -> None:
         """Start the request's worker on its Dask worker, in the background."""
         from distributed import fire_and_forget

@@ -296,6 +296,8 @@ class JobRunner(Protocol):
 
     def prewarm(self, job: JobSpec) -> None: ...
 
+    def ensure_warm(self, job: JobSpec) -> None: ...
+
     def discard(self, request_id: str) -> None: ...
 
     def shutdown(self) -> None: ...
@@ -405,6 +407,30 @@ class WorkerPool:
                 _, old = self._workers.popitem(last=False)
                 old.stop()
         return w, failure
+
+    def ensure_warm(self, job: JobSpec) -> None:
+        """Start the job's worker for each of its datasets now, unless it is warm; returns
+        when they are up (or failed to start, which the next run reports), at most after
+        the start timeout. A DP run's schedule starts after this, so it is not spent on a
+        worker's start."""
+        for dataset in job.datasets:
+            one, key = _one_dataset(job, dataset), (job.request_id, dataset)
+            with self._guard:
+                w = self._workers.get(key)
+            if w is not None and w.job == one and w.alive():
+                continue
+            until = time.monotonic() + _START_TIMEOUT
+            lock = self._lock(key)
+            if not _acquire(lock, until):
+                continue
+            try:
+                if _acquire(self._slots, until):
+                    try:
+                        self._worker(one)
+                    finally:
+                        self._slots.release()
+            finally:
+                lock.release()
 
     def prewarm(self, job: JobSpec) -> None:
         """Start a worker for each dataset of the job in the background, so that its first

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.stores  # every test that makes a domain: on SQLite and
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory: pytest.TempPathFactory, new_store: NewStore) -> Iterator[Hospital]:
     h = make_hospital(tmp_path_factory.mktemp("ledger") / "st-mary", store_url=new_store())
-    h.dom.policy.update(allow_no_dp=[])  # DP only from here on
+    # DP only from here on; no cap across this module's many scientists; DP results show
+    # half a second after their run started
+    h.dom.policy.update(allow_no_dp=[], dataset_epsilon_cap=None, dp_slot_s=0.5)
     yield h
     h.server.stop()
 
@@ -35,14 +37,17 @@ def scientist(h: Hospital, epsilon: float) -> fednb.DomainClient:
     return fednb.connect(h.url, token=h.dom.add_user(name, epsilon=epsilon))
 
 
+W = {"w": np.zeros(100)}
+
+
 @fednb.remote
-def fixed_update(data):
+def fixed_update(data, weights):
     return fednb.Update(weights={"w": np.full(100, 1.0)})  # norm 10: clipped to 1
 
 
 def approved(h: Hospital, fn: fednb.RemoteFunction, client: fednb.DomainClient, runs: int,
              dp: fednb.ClientDP = DP, release: str = "auto") -> fednb.client.RemoteRequest:
-    req = fn.request(client, "breast-cancer", runs=runs, dp=dp)
+    req = fn.request(client, "breast-cancer", runs=runs, dp=dp, weights=W)
     h.owner().requests.get(req.id).approve(release=release)
     return req
 
@@ -57,9 +62,9 @@ def test_a_budget_for_k_runs_admits_k_and_refuses_the_next(hospital: Hospital) -
     sci = scientist(hospital, epsilon=per_run(hospital, k) * 1.0001)
     req = approved(hospital, fixed_update, sci, runs=10)
     for _ in range(k):
-        assert req.run().wait(120).status == "succeeded"
+        assert req.run(W).wait(120).status == "succeeded"
     with pytest.raises(RunRefused, match="over the budget"):
-        req.run()
+        req.run(W)
     (b,) = [b for b in sci.budget if b.dataset == "breast-cancer"]
     assert b.epsilon_spent == pytest.approx(per_run(hospital, k), rel=1e-9)
     assert b.epsilon_reserved == 0 and b.epsilon_remaining == pytest.approx(per_run(hospital, k) * 1e-4)
@@ -74,7 +79,7 @@ def test_twenty_concurrent_runs_against_a_budget_for_five(hospital: Hospital) ->
     def one() -> None:
         client = fednb.connect(hospital.url, token=sci._t._http.headers["Authorization"][7:])
         try:
-            client.requests.get(req.id).run().wait(120)
+            client.requests.get(req.id).run(W).wait(120)
             result = "ok"
         except RunRefused:
             result = "refused"
@@ -123,7 +128,9 @@ def test_writers_in_four_processes_never_overspend_a_budget(hospital: Hospital) 
     for d in doms[1:]:
         d.close()
     assert got.count(True) == 5 and got.count(False) == 15
-    (b,) = [b for b in sci.budget if b.dataset == "breast-cancer"]
+    (seen,) = [b for b in sci.budget if b.dataset == "breast-cancer"]  # the scientist's: one figure
+    assert seen.epsilon_spent == pytest.approx(per_run(hospital, 5)) and seen.epsilon_reserved == 0
+    b = hospital.dom.ledger.info(seen.scientist, "breast-cancer")  # the owner's view
     assert b.epsilon_reserved == pytest.approx(per_run(hospital, 5))
     assert b.epsilon_remaining == pytest.approx(per_run(hospital, 5) * 1e-4)
     assert hospital.dom.verify_audit().ok, hospital.dom.verify_audit().problems
@@ -132,7 +139,7 @@ def test_writers_in_four_processes_never_overspend_a_budget(hospital: Hospital) 
 @pytest.mark.stores("sqlite")  # 60 runs of noise: nothing here depends on the store
 def test_released_noise_matches_sigma_and_the_clip_holds(hospital: Hospital) -> None:
     @fednb.remote
-    def tamper(data):
+    def tamper(data, weights):
         import numpy as np
 
         np.random.normal = lambda *a, **k: 0.0  # a job cannot weaken the domain's noise
@@ -150,7 +157,7 @@ def test_released_noise_matches_sigma_and_the_clip_holds(hospital: Hospital) -> 
     req = approved(hospital, tamper, sci, runs=runs, dp=dp)
     out = []
     for _ in range(runs):
-        run = req.run()
+        run = req.run(W)
         out.append(run.result(timeout=120).weights["w"])
     released = np.stack(out)
     clipped = np.full(100, 0.1)  # norm 1
@@ -162,7 +169,7 @@ def test_released_noise_matches_sigma_and_the_clip_holds(hospital: Hospital) -> 
 
 def test_the_review_shows_projected_epsilon_and_budgets(hospital: Hospital) -> None:
     sci = scientist(hospital, epsilon=3.0)
-    req = fixed_update.request(sci, "breast-cancer", runs=5, dp=DP)
+    req = fixed_update.request(sci, "breast-cancer", runs=5, dp=DP, weights=W)
     (seen,) = [r for r in hospital.owner().requests.pending() if r.id == req.id]
     info = seen.info
     assert info.dp == DP and info.delta is not None
@@ -177,28 +184,33 @@ def test_policy_floors_reject_at_submission(hospital: Hospital) -> None:
     hospital.dom.policy.update(min_noise_multiplier=1.0, max_clip=5.0, max_epsilon_per_run=2.0)
     try:
         with pytest.raises(InvalidInput, match="below this domain's minimum"):
-            fixed_update.request(sci, "breast-cancer", dp=fednb.ClientDP(clip=1.0, noise_multiplier=0.9))
+            fixed_update.request(sci, "breast-cancer", dp=fednb.ClientDP(clip=1.0, noise_multiplier=0.9),
+                                  weights=W)
         with pytest.raises(InvalidInput, match="clipping bound"):
-            fixed_update.request(sci, "breast-cancer", dp=fednb.ClientDP(clip=10.0, noise_multiplier=2.0))
+            fixed_update.request(sci, "breast-cancer", dp=fednb.ClientDP(clip=10.0, noise_multiplier=2.0),
+                                  weights=W)
         with pytest.raises(InvalidInput, match="per run"):
-            fixed_update.request(sci, "breast-cancer", dp=fednb.ClientDP(clip=1.0, noise_multiplier=1.1))
+            fixed_update.request(sci, "breast-cancer", dp=fednb.ClientDP(clip=1.0, noise_multiplier=1.1),
+                                  weights=W)
     finally:
         hospital.dom.policy.update(min_noise_multiplier=0.5, max_clip=None, max_epsilon_per_run=None)
 
 
-def test_manual_release_commits_and_withholding_frees(hospital: Hospital) -> None:
+def test_manual_release_and_withholding_both_stay_charged(hospital: Hospital) -> None:
+    """A DP run is charged when it ends; the owner's decision on a held result (which may
+    depend on its values, and which the scientist learns) changes nothing of the charge."""
     sci = scientist(hospital, epsilon=100.0)
     req = approved(hospital, fixed_update, sci, runs=2, release="manual")
-    a, b = req.run(), req.run()
+    a, b = req.run(W), req.run(W)
     a.wait(120)
     b.wait(120)
     (budget,) = [x for x in sci.budget if x.dataset == "breast-cancer"]
-    assert budget.epsilon_spent == 0 and budget.epsilon_reserved == pytest.approx(per_run(hospital, 2))
+    assert budget.epsilon_spent == pytest.approx(per_run(hospital, 2)) and budget.epsilon_reserved == 0
     owner = hospital.owner()
     owner.runs.get(a.id).release()
     owner.runs.get(b.id).withhold()
     (budget,) = [x for x in sci.budget if x.dataset == "breast-cancer"]
-    assert budget.epsilon_spent == pytest.approx(per_run(hospital, 1)) and budget.epsilon_reserved == 0
+    assert budget.epsilon_spent == pytest.approx(per_run(hospital, 2)) and budget.epsilon_reserved == 0
 
 
 def test_a_dataset_cap_binds_across_scientists(tmp_path_factory: pytest.TempPathFactory,
@@ -210,11 +222,11 @@ def test_a_dataset_cap_binds_across_scientists(tmp_path_factory: pytest.TempPath
         h.dom.policy.update(allow_no_dp=[], dataset_epsilon_cap=three * 1.0001)
         one, two = scientist(h, 100.0), scientist(h, 100.0)
         r1, r2 = approved(h, fixed_update, one, runs=5), approved(h, fixed_update, two, runs=5)
-        r1.run().wait(120)
-        r1.run().wait(120)
-        r2.run().wait(120)
+        r1.run(W).wait(120)
+        r1.run(W).wait(120)
+        r2.run(W).wait(120)
         with pytest.raises(RunRefused, match="cap"):
-            r2.run()
+            r2.run(W)
     finally:
         h.server.stop()
 

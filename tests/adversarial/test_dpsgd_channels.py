@@ -26,9 +26,10 @@ from tests.conftest import breast_cancer_dataset
 pytest.importorskip("opacus")
 
 DELTA = 1e-6
-SLOT = 45.0
-"""The release slot the owner approves (s): a DP-SGD run here takes ~7 s on an idle machine.
-Runs past it release the default; the tests check on the owner's side that they did not."""
+SLOT = 15.0
+"""The release slot the owner approves (s): the worker (torch imported) is up before a slot
+starts, and a training here takes a second or two. Runs past it release the default; the
+tests check on the owner's side that they did not."""
 LINEAR: dict[str, Any] = {"layers": [{"type": "linear", "in_features": 30, "out_features": 1}],
                           "loss": "bce_with_logits", "features": "x", "target": "y", "epochs": 1,
                           "batch_size": 64, "lr": 0.1, "optimizer": "sgd", "max_grad_norm": 1.0,

@@ -29,8 +29,9 @@ from fednb.errors import InvalidInput
 from fednb.protocol import RunInfo
 from tests.adversarial.conftest import DPDomain, scientist_view, wait_warm
 
-SLOT = 4.0
-"""The release slot the owner approves (seconds): long enough for a busy machine's runs."""
+SLOT = 3.0
+"""The release slot the owner approves (seconds): the worker is up before a slot starts,
+so this is the run's own time, with room for a busy machine."""
 DP = fednb.ClientDP(clip=1.0, noise_multiplier=4.0)
 W0 = {"w": np.zeros(4, dtype=np.float32)}
 
@@ -85,7 +86,7 @@ def kill_self_if_large(data, weights):
 def sleep_by_value(data, weights):
     import time
 
-    time.sleep(min(float(data.x.values[0, 0]) / 2000.0, 2.5))  # 0.01 s or 2.5 s
+    time.sleep(min(float(data.x.values[0, 0]) / 2000.0, 1.5))  # 0.01 s or 1.5 s
     return {"w": weights["w"]}
 
 

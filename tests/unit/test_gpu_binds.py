@@ -433,7 +433,8 @@ def test_an_oom_kill_is_read_from_the_oom_kill_count_not_failcnt(tmp_path: Path)
     v2_kill = oom_dir(tmp_path, "v2-kill",
                       memory_events="low 0\nhigh 0\nmax 40\noom 2\noom_kill 10\noom_group_kill 0\n")
     empty = oom_dir(tmp_path, "pids")
-    worker = _Worker(JobSpec("r", "", "f", {}, tmp_path), "insecure-demo", _sandbox.Limits(), 1)
+    job = JobSpec("r", "", "f", {"d": tmp_path / "d"}, tmp_path)  # a worker holds one dataset
+    worker = _Worker(job, "insecure-demo", _sandbox.Limits(), 1)
     for dirs, killed in [([v1_hit], False), ([v1_kill], True), ([v2_hit], False), ([v2_kill], True),
                          ([empty, v1_hit], False), ([empty, v1_kill], True), ([], False)]:
         worker.proc = types.SimpleNamespace(cgroup=types.SimpleNamespace(dirs=dirs))  # type: ignore[assignment]

@@ -472,7 +472,7 @@ def test_the_distributed_charge_is_below_the_full_local_one_at_equal_sum_noise()
     event = distributed_event(cfg, "h0", dp.clip)
     assert isinstance(event, DistributedDiscreteGaussianEvent) and event.shares == cfg.threshold == 3
     eps = accountant_for("pld").epsilon(event, 1e-6)
-    assert local == pytest.approx(1.0607, abs=1e-3) and eps < 0.55 * local
+    assert local == pytest.approx(1.0618, abs=1e-3) and eps < 0.55 * local  # with the grid's slack
     # conservative: no less than an exact Gaussian of that noise would cost
     assert eps > accountant_for("pld").epsilon(GaussianEvent(event.noise_multiplier, 2.0), 1e-6)
 

@@ -330,7 +330,20 @@ def _unshare_user() -> None:
         f.write("0")
 
 
-def _sandbox_userns() -> int:
+def _sandbox_userns(tries: int = 3) -> int:
+    """:func:`_make_userns`, tried up to ``tries`` times: on a loaded machine the holder may
+    fail to start or die before its maps are written; a failure of all the tries stands."""
+    for attempt in range(tries):
+        try:
+            return _make_userns()
+        except SandboxUnavailable:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _make_userns() -> int:
     """A user namespace for a sandbox of a domain running as root (see the module's
     docstring), as an open descriptor: 0 is 0 (bubblewrap's setup), 65534 is ``SANDBOX_UID``,
     ``setgroups`` denied, ``user.max_user_namespaces`` 0 inside. A short-lived ``cat`` holds
@@ -631,6 +644,10 @@ def sweep_once() -> None:
     sweep_stale_cgroups()
 
 
+_NPROC_WORKERS = 64
+"""With per-worker pids cgroups, RLIMIT_NPROC (per host uid) allows this many workers' caps."""
+
+
 class _Cgroup:
     """A per-worker cgroup (v2, under the domain's delegated cgroup or the root; or v1
     pids+memory, each under the domain's own cgroup or the controller's root), where
@@ -641,6 +658,7 @@ class _Cgroup:
         self.dirs: list[Path] = []
         # the memory limit took, and swap cannot add to it (capped at 0 extra, or no swap)
         self.caps_memory = False
+        self.caps_pids = False  # a pids.max of this worker's own took
         name = f"fednb-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         if _is_v2(root):
             settings = {"pids.max": limits.max_procs, "memory.max": limits.memory_bytes}
@@ -671,6 +689,8 @@ class _Cgroup:
                 path.rmdir()
             return False
         self.dirs.append(path)
+        if "pids.max" in settings:
+            self.caps_pids = True
         if swap is not None:
             self.caps_memory = self._cap_swap(path / swap[0], swap[1])
         return True
@@ -735,7 +755,12 @@ def _preexec(limits: Limits, cgroup: _Cgroup, drop_groups: bool) -> None:
     if drop_groups:
         _drop_groups()
     caps = {
-        resource.RLIMIT_NPROC: limits.max_procs,
+        # RLIMIT_NPROC counts every process of the real uid, and every worker runs as the
+        # same host uid (SANDBOX_UID): with a pids cgroup of its own per worker, it is only
+        # a host-wide backstop (a per-worker value would let one sandbox's processes stop
+        # another's from forking, across runs and scientists)
+        resource.RLIMIT_NPROC: (max(limits.max_procs * _NPROC_WORKERS, 4096) if cgroup.caps_pids
+                                else limits.max_procs),
         resource.RLIMIT_CPU: limits.cpu_seconds,
         resource.RLIMIT_FSIZE: limits.file_bytes,
         resource.RLIMIT_NOFILE: limits.open_files,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -93,6 +94,21 @@ def make_hospital(home: Path, store_url: str | None = None, dask_address: str | 
                     bounds={"x": (-0.5, 0.5), "progression": (0.0, 400.0)})
     server = dom.serve(port=0)
     return Hospital(dom, server, owner, alice, bob)
+
+
+RUN_LIMIT_S = 300.0
+"""The run limit of the sandbox tests' domains: no honest or hostile job there comes near
+it, however busy the machine; a test that wants a run cut lowers it with run_limit()."""
+
+
+@contextlib.contextmanager
+def run_limit(h: Hospital, seconds: float) -> Iterator[None]:
+    """The domain's run limit lowered to ``seconds`` for the runs started inside."""
+    h.dom.policy.update(run_timeout_s=seconds)
+    try:
+        yield
+    finally:
+        h.dom.policy.update(run_timeout_s=RUN_LIMIT_S)
 
 
 @pytest.fixture(scope="module")

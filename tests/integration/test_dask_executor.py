@@ -16,13 +16,12 @@ import fednb
 from fednb.domain import Domain
 from fednb.protocol import RunInfo
 from tests.adversarial.conftest import require_sandbox
-from tests.conftest import Hospital, make_hospital
+from tests.conftest import RUN_LIMIT_S, Hospital, make_hospital, run_limit
 
 distributed = pytest.importorskip("distributed")
 from distributed.diagnostics.plugin import SchedulerPlugin  # noqa: E402
 
 MARKER = Path("/tmp/fednb-dask-unpickled-marker")
-RUN_LIMIT_S = 300.0  # no job here comes near it, however busy the machine; `sleeps` gets less
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,14 +29,6 @@ def sandbox() -> None:
     require_sandbox()
 
 
-@contextlib.contextmanager
-def run_limit(h: Hospital, seconds: float) -> Iterator[None]:
-    """The domain's run limit lowered for the runs started inside."""
-    h.dom.policy.update(run_timeout_s=seconds)
-    try:
-        yield
-    finally:
-        h.dom.policy.update(run_timeout_s=RUN_LIMIT_S)
 
 
 class ResultTypes(SchedulerPlugin):  # type: ignore[misc]

@@ -26,9 +26,7 @@ import fednb
 from fednb.domain.runner import JobSpec, WorkerPool
 from fednb.protocol import RunInfo
 from tests.adversarial.conftest import require_sandbox
-from tests.conftest import Hospital, make_hospital, worker_cgroups
-
-RUN_LIMIT_S = 300.0  # no honest or hostile job here comes near it, however busy the machine
+from tests.conftest import RUN_LIMIT_S, Hospital, make_hospital, run_limit, worker_cgroups
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,14 +41,6 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
     h.server.stop()
 
 
-@contextlib.contextmanager
-def run_limit(h: Hospital, seconds: float) -> Iterator[None]:
-    """The domain's run limit lowered for the runs started inside (an endless loop's)."""
-    h.dom.policy.update(run_timeout_s=seconds)
-    try:
-        yield
-    finally:
-        h.dom.policy.update(run_timeout_s=RUN_LIMIT_S)
 
 
 def attempt(h: Hospital, fn: fednb.RemoteFunction, **params: object) -> RunInfo:
@@ -469,7 +459,6 @@ def test_nonfinite_and_foreign_outputs_are_refused(hospital: Hospital, result: s
 def test_signals_reach_no_process_outside(hospital: Hospital) -> None:
     @fednb.remote(params={"pid": (int, 1, 1 << 22)})
     def kill_parent(data, pid=1):
-        import contextlib
         import os
         import signal
 

@@ -27,6 +27,7 @@ from fednb.domain.runner._sandbox import (
     SandboxMode,
     SandboxSpec,
     launch,
+    oom_kill_count,
     oom_killed,
     sweep_once,
 )
@@ -119,24 +120,6 @@ def parse_outcome(raw: RawOutcome) -> WorkerOutcome:
         return WorkerOutcome("failed", "invalid_output", log=raw.log)
 
 
-def _oom_kills(dirs: list[Path]) -> int:
-    """The OOM killer's kill count in these cgroups (``memory.events`` v2 or
-    ``memory.oom_control`` v1): compared before and after a run, it says whether the kernel
-    killed a process of that run (the count is the worker's, over all its runs)."""
-    total = 0
-    for d in dirs:
-        for name in ("memory.events", "memory.oom_control"):
-            try:
-                text = (d / name).read_text()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill" and value.strip().isdigit():
-                    total += int(value)
-    return total
-
-
 def _subdir(dataset: str) -> str:
     """The work directory of a dataset's worker under the request's: a name that is safe
     as one path component whatever the dataset's name."""
@@ -210,7 +193,7 @@ class _Worker:
         msg = encode_message({"dataset": self.dataset, "params": params,
                               "weights": weights is not None}, weights or {})
         self.runs += 1
-        oom = _oom_kills(self._cgroup_dirs())
+        oom = oom_kill_count(self._cgroup_dirs())
         try:  # the zygote's frame (the run's limit), then the child's request
             write_frame(self.proc.stdin, json.dumps({"timeout": timeout}).encode())
             write_frame(self.proc.stdin, msg)
@@ -224,7 +207,7 @@ class _Worker:
             return RawOutcome("timeout", "wall_clock", log=self.take_log())
         except (FrameError, OSError, ValueError, TypeError, KeyError):
             return self._died()
-        if _oom_kills(self._cgroup_dirs()) > oom:
+        if oom_kill_count(self._cgroup_dirs()) > oom:
             return RawOutcome("killed", "memory_limit", log=self.take_log())
         status, reason = _VERDICTS.get(kind, ("failed", "worker_crashed"))
         return RawOutcome(status, reason, log=self.take_log())

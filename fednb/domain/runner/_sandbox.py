@@ -724,11 +724,12 @@ class _Cgroup:
                     _KEPT.add(d)
 
 
-def oom_killed(dirs: list[Path]) -> bool:
-    """True when the OOM killer killed a process in one of these cgroups: the ``oom_kill``
-    count of ``memory.events`` (v2) or ``memory.oom_control`` (v1, Linux 4.13 and later).
-    Not ``memory.failcnt``: that counts every time usage hit the limit, page cache
-    reclaimed included, which a job that writes much and then fails does without any kill."""
+def oom_kill_count(dirs: list[Path]) -> int:
+    """How many processes the OOM killer killed in these cgroups: the ``oom_kill`` count of
+    ``memory.events`` (v2) or ``memory.oom_control`` (v1, Linux 4.13 and later). Not
+    ``memory.failcnt``: that counts every time usage hit the limit, page cache reclaimed
+    included, which a job that writes much and then fails does without any kill."""
+    total = 0
     for d in dirs:
         for name in ("memory.events", "memory.oom_control"):
             try:
@@ -737,9 +738,14 @@ def oom_killed(dirs: list[Path]) -> bool:
                 continue
             for line in text.splitlines():
                 key, _, value = line.partition(" ")
-                if key == "oom_kill" and value.strip().isdigit() and int(value) > 0:
-                    return True
-    return False
+                if key == "oom_kill" and value.strip().isdigit():
+                    total += int(value)
+    return total
+
+
+def oom_killed(dirs: list[Path]) -> bool:
+    """True when the OOM killer killed a process in one of these cgroups (:func:`oom_kill_count`)."""
+    return oom_kill_count(dirs) > 0
 
 
 def memory_cgroup_works() -> bool:

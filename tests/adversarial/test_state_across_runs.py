@@ -293,3 +293,22 @@ def test_a_run_past_its_time_limit_leaves_the_worker_warm(domain: tuple[DPDomain
     last, _ = run_released(d, req, spin=0)
     assert (worker_run(d, cut.id), worker_run(d, last)) == (2, 3)
     assert worker_pids(d, req.id)["breast-cancer"] == pid
+
+
+@fednb.remote
+def oom_adjustments(data):
+    with open("/proc/self/oom_score_adj") as f:
+        mine = float(f.read())
+    with open("/proc/1/oom_score_adj") as f:  # the zygote's (pid 1 of the sandbox)
+        zygote = float(f.read())
+    return np.asarray([mine, zygote])
+
+
+def test_the_oom_killer_takes_a_runs_processes_before_the_zygote(domain: tuple[DPDomain, str]) -> None:
+    """A run that fills its worker's memory cgroup (as the data may decide) must not get the
+    zygote killed: the next run's start would be cold, and the ensure-warm wait before a DP
+    run's slot would show it. The run's processes carry oom_score_adj 1000, the zygote 0."""
+    d = domain[0]
+    req = approved(domain, oom_adjustments, runs=1)
+    _, (mine, zygote) = run_released(d, req)
+    assert (mine, zygote) == (1000.0, 0.0)

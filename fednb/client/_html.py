@@ -33,6 +33,11 @@ _STYLE = (
 )
 
 
+
+def _bound(kind: str, value: float | None) -> float | int | None:
+    """A parameter's bound as the owner approved it: 29, not 29.0, for an integer."""
+    return int(value) if kind == "int" and value is not None else value
+
 def esc(value: Any) -> str:
     """``value`` as HTML text: quotes too, so it is safe in attributes."""
     return html.escape("" if value is None else str(value), quote=True)
@@ -168,7 +173,8 @@ def request_html(info: RequestInfo, *, source: bool = True) -> str:
         parts.append(
             table_html(
                 ("parameter", "type", "low", "high", "choices"),
-                [(k, p.type, p.low, p.high, p.choices) for k, p in info.params.items()],
+                [(k, p.type, _bound(p.type, p.low), _bound(p.type, p.high), p.choices)
+                 for k, p in info.params.items()],
                 "Parameters the scientist may set",
             )
         )

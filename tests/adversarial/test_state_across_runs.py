@@ -93,7 +93,10 @@ def plant_files(data, step=0):
                 pass
         os.chmod("/tmp/deep/a", 0o500)  # a directory its cleaner cannot write into at first
         return np.zeros(len(paths))
-    left = [n for d in ("/tmp", "/job", "/dev/shm") for n in os.listdir(d) if n != "log.txt"]
+    # (entries the run does not own are the sandbox's own: parents of a Python installation
+    # bound under /tmp, as when the checkout itself lives there)
+    left = [n for d in ("/tmp", "/job", "/dev/shm") for n in os.listdir(d)
+            if n != "log.txt" and os.stat(os.path.join(d, n)).st_uid == os.getuid()]
     return np.asarray([os.path.exists(p) for p in paths] + [len(left)], dtype=np.float64)
 
 
@@ -216,7 +219,8 @@ def look_across(data, step=0):
         with open("/tmp/bc", "w") as f:
             f.write(str(float(data.x.values[:, 0].mean())))
         return np.zeros(3)
-    found = glob.glob("/data/*") + glob.glob("/tmp/*") + glob.glob("/*/breast-cancer*")
+    mine = [p for p in glob.glob("/tmp/*") if os.stat(p).st_uid == os.getuid()]  # not the sandbox's own
+    found = glob.glob("/data/*") + mine + glob.glob("/*/breast-cancer*")
     return np.asarray([len(os.listdir("/data")), os.path.isdir("/data/diabetes"), len(found)],
                       dtype=np.float64)
 

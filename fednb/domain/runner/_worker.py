@@ -381,8 +381,10 @@ def _remove_tree(top: str) -> None:
             continue
 
 
-def _empty(directory: str, mode: int) -> None:
-    """Empty ``directory`` (but a regular ``log.txt`` in the working directory) and give it
+def _empty(directory: str, mode: int, keep: frozenset[str] = frozenset()) -> None:
+    """Empty ``directory`` (but a regular ``log.txt`` in the working directory, and the
+    entries in ``keep``: what the sandbox put there before any run, such as the parents of
+    a Python installation bound under ``/tmp``, which no run can write into) and give it
     back its mode."""
     with contextlib.suppress(OSError):
         os.chmod(directory, mode)
@@ -391,6 +393,8 @@ def _empty(directory: str, mode: int) -> None:
     except OSError:
         return
     for name in names:
+        if name in keep:
+            continue
         path = os.path.join(directory, name)
         if name == "log.txt" and directory == os.getcwd() and os.path.isfile(path) \
                 and not os.path.islink(path):
@@ -413,9 +417,9 @@ def _drop_ipc() -> None:
                 getattr(_LIBC, call)(ipc_id, _IPC_RMID, None)
 
 
-def _reset(dirs: list[str], modes: dict[str, int]) -> None:
+def _reset(dirs: list[str], modes: dict[str, int], keep: dict[str, frozenset[str]]) -> None:
     for d in dirs:
-        _empty(d, modes[d])
+        _empty(d, modes[d], keep.get(d, frozenset()))
     if os.getpid() == 1:
         _drop_ipc()
 
@@ -435,6 +439,7 @@ def _serve(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
     dirs = _scratch()
     gc.freeze()  # the children's collections leave the zygote's objects (and pages) alone
     modes = {d: stat.S_IMODE(os.stat(d).st_mode) for d in dirs}
+    keep = {d: frozenset(os.listdir(d)) for d in dirs}  # the sandbox's own, before any run
     limit = int(init["max_output"]) + (1 << 20)
     keep_out = [proto_in.fileno(), proto_out.fileno()]
     write_frame(proto_out, encode_message({"status": "ready"}))
@@ -467,7 +472,7 @@ def _serve(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
         reply.wipe()
         os.close(child.r_reply)
         _reap_all(child.pid)
-        _reset(dirs, modes)
+        _reset(dirs, modes, keep)
 
 
 def main() -> None:

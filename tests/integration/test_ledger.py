@@ -281,7 +281,7 @@ def _dpsgd_epsilon(z: float, q: float, steps: int) -> float:
         RepeatedEvent(ReplaceOneSubsampledGaussianEvent(q, z, GRID_SLACK), steps), 1e-5)
 
 
-def test_a_dpsgd_request_reaches_093_at_epsilon_1(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_dpsgd_request_reaches_090_at_epsilon_1(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A logistic model sent as data, trained in the hospital's sandbox with DP-SGD."""
     pytest.importorskip("opacus")
     from sklearn.model_selection import train_test_split
@@ -318,7 +318,9 @@ def test_a_dpsgd_request_reaches_093_at_epsilon_1(tmp_path_factory: pytest.TempP
             w = req.run().result(timeout=300).weights
             logit = ((xte - mu) / sd) @ w["0.weight"].T + w["0.bias"]
             accs.append(float(np.mean((logit[:, 0] > 0) == yte)))
-        assert np.median(accs) >= 0.93 and min(accs) >= 0.85, accs  # each model is (1, 1e-5)-DP
+        # each model is (1, 1e-5)-DP under replace-one (n is public), which costs more noise
+        # than the add/remove accounting before it: 0.90-0.96 per run here (was >= 0.93)
+        assert np.median(accs) >= 0.90 and min(accs) >= 0.85, accs
         (b,) = [b for b in sci.budget if b.dataset == "bc-train"]
         assert b.epsilon_spent <= runs * 1.0001
     finally:

@@ -24,7 +24,7 @@ demo-headless: install
 test: install
 	bash scripts/test-deps.sh
 	cd labextension && ../$(BIN)/jlpm test
-	FEDNB_REQUIRE_BROWSER=1 FEDNB_REQUIRE_POSTGRES=1 FEDNB_REQUIRE_SANDBOX=1 $(BIN)/python -m pytest
+	FEDNB_REQUIRE_BROWSER=1 FEDNB_REQUIRE_POSTGRES=1 FEDNB_REQUIRE_SANDBOX=1 $(BIN)/python -m pytest -n 3 --dist loadfile --durations=25
 	NUMBA_ENABLE_CUDASIM=1 FEDNB_BACKEND=numba-cuda-sim FEDNB_REQUIRE_SANDBOX=1 $(BIN)/python -m pytest tests/cudasim
 
 lint: install

@@ -12,6 +12,7 @@ body back into the same class with :func:`from_wire`.
     │   └── UnsupportedMedia        415 unsupported_media
     ├── AuthenticationError         401 unauthenticated
     ├── PermissionDenied            403 forbidden
+    │   └── DisclosureRefused       403 disclosure_refused
     ├── NotFound                    404 not_found
     ├── Conflict                    409 conflict
     │   └── RequestNotApproved      409 request_not_approved
@@ -21,7 +22,12 @@ body back into the same class with :func:`from_wire`.
     ├── SandboxUnavailable          503 sandbox_unavailable
     ├── ResultNotReady              409 result_not_ready
     ├── RunFailed                   409 run_failed
-    └── ConnectionFailed            --  connection_failed (client side only)
+    ├── DomainBusy                  503 domain_busy
+    ├── InternalError               500 internal_error
+    ├── SecAggRefused               409 secagg_refused
+    ├── RoundAbandoned              409 round_abandoned
+    ├── RoundFailed                 409 round_failed (client side only)
+    └── ConnectionFailed            503 connection_failed (client side only)
 
 Messages name the bad value and say how to fix it. They never carry private data:
 exception text from a sandboxed run goes to the owner's log, not into an error.
@@ -35,6 +41,7 @@ __all__ = [
     "AuthenticationError",
     "Conflict",
     "ConnectionFailed",
+    "DisclosureRefused",
     "DomainBusy",
     "FednbError",
     "InsecureSetting",
@@ -47,6 +54,7 @@ __all__ = [
     "RequestNotApproved",
     "ResultNotReady",
     "RoundAbandoned",
+    "RoundFailed",
     "RunFailed",
     "RunRefused",
     "SandboxUnavailable",
@@ -110,6 +118,14 @@ class PermissionDenied(FednbError):
 
     code = "forbidden"
     status = 403
+
+
+class DisclosureRefused(PermissionDenied):
+    """A statistic the owner's disclosure rules forbid releasing; the message names the rule
+    (a minimum cell count, a minimum subset, a parameter cap, a variable list) and how to
+    proceed (coarser groups, a larger subset, fewer parameters, or the owner's review)."""
+
+    code = "disclosure_refused"
 
 
 class NotFound(FednbError):
@@ -199,6 +215,14 @@ class RoundAbandoned(FednbError):
     """Too few members survived a secure round to unmask it: nothing was revealed."""
 
     code = "round_abandoned"
+    status = 409
+
+
+class RoundFailed(FednbError):
+    """A federated round could not go on (too few domains answered, or survived secure
+    aggregation); the message says how many and why (client side only)."""
+
+    code = "round_failed"
     status = 409
 
 

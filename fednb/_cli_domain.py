@@ -410,3 +410,12 @@ def cmd_audit(dom: Domain, args: argparse.Namespace) -> int:
     rows = [(e.seq, e.ts[:19].replace("T", " "), e.actor, e.action, e.details) for e in entries]
     table(("seq", "time", "actor", "action", "details"), rows, "the audit log is empty")
     return 0
+
+
+def announce_relay(server: Any) -> None:
+    """Print what scientists need to reach a domain served through a relay."""
+    print(f"outbound only: dialling relay {server.relay} as {server.relay_name!r} "
+          "(through $HTTPS_PROXY where set); nothing listens beyond loopback", flush=True)
+    print(f"identity (scientists pin it): {server.identity}", flush=True)
+    print(f"  fednb.connect(relay={server.relay!r}, domain={server.relay_name!r}, "
+          f"identity={server.identity!r}, token=...)", flush=True)

@@ -8,6 +8,7 @@
     fednb domain [--home PATH] ...          (or FEDNB_HOME; default ./domain)
         init --name NAME [--store-url URL] [--dask-address ADDR]
         serve [--host H] [--port P] [--certfile F --keyfile F] [--insecure] [--insecure-demo]
+              [--relay URL [--relay-name NAME]]     (outbound only, through a relay)
         user add NAME [--role scientist|owner] | list | revoke NAME | rotate NAME
         dataset add NAME FILE [--bounds VAR=LO:HI ...] [--categories VAR=a,b ...] ... | list | show NAME
         policy show | set KEY=VALUE ...
@@ -16,6 +17,8 @@
         results [show RUN_ID] | release RUN_ID | withhold RUN_ID | runs [--request ID] [--log RUN_ID]
         audit [--limit N] [--verify] | budget [--set SCIENTIST EPSILON [--dataset D]]
         peers [--trust LABEL PUBLIC_KEY] [--forget LABEL]   (and this domain's own identity)
+
+    fednb relay serve [--host H] [--port P] [--certfile F --keyfile F] [--allow FILE] ...
 
 ``fednb domain ...`` works on the domain's home directory directly (its store and
 files); owner actions taken here are audited with the actor ``owner-cli``. User errors
@@ -120,12 +123,12 @@ def _announce(name: str, url: str, mode: str | None, in_clear: bool) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """``fednb domain serve``: serve in the foreground until Ctrl-C."""
 
-    in_clear = _check_transport(args)
+    in_clear = False if args.relay else _check_transport(args)
     dom = cd.open_domain(args)
     try:
         server = dom.serve(
             args.host, args.port, insecure_demo=args.insecure_demo, certfile=args.certfile,
-            keyfile=args.keyfile, background=False,
+            keyfile=args.keyfile, background=False, relay=args.relay, relay_name=args.relay_name,
         )
         mode = dom.sandbox_mode
     except OSError as exc:
@@ -137,6 +140,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         dom.close()
         raise
     _announce(dom.name, server.url, mode, in_clear)
+    if args.relay:
+        cd.announce_relay(server)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down, then re-raises SIGINT
         server.run_forever()
     print("stopped", flush=True)
@@ -187,6 +192,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="without bubblewrap, run code UNSANDBOXED (demos on synthetic data only)",
     )
+    p.add_argument("--relay", metavar="URL",
+                   help="listen on loopback only and dial out to this relay (through $HTTPS_PROXY); "
+                        "scientists connect with fednb.connect(relay=URL, domain=NAME, identity=KEY)")
+    p.add_argument("--relay-name", metavar="NAME",
+                   help="this domain's name on the relay (default: its name as a DNS label)")
 
 
 def _add_users(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -386,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_domain(sub)
     _add_apps(sub)
+    from fednb.relay._cli import add_relay_parser
+
+    add_relay_parser(sub)
     return parser
 
 

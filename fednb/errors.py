@@ -28,6 +28,8 @@ body back into the same class with :func:`from_wire`.
     ├── RoundAbandoned              409 round_abandoned
     ├── RoundFailed                 409 round_failed (client side only)
     └── ConnectionFailed            503 connection_failed (client side only)
+        ├── IdentityMismatch        503 identity_mismatch (client side only)
+        └── ChannelTampered         503 channel_tampered (client side only)
 
 Messages name the bad value and say how to fix it. They never carry private data:
 exception text from a sandboxed run goes to the owner's log, not into an error.
@@ -39,11 +41,13 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AuthenticationError",
+    "ChannelTampered",
     "Conflict",
     "ConnectionFailed",
     "DisclosureRefused",
     "DomainBusy",
     "FednbError",
+    "IdentityMismatch",
     "InsecureSetting",
     "InternalError",
     "InvalidInput",
@@ -231,6 +235,19 @@ class ConnectionFailed(FednbError):
 
     code = "connection_failed"
     status = 503
+
+
+class IdentityMismatch(ConnectionFailed):
+    """The peer's TLS key is not the identity pinned for the domain: a relay that routes to
+    the wrong domain, or a man in the middle. Nothing was sent to it."""
+
+    code = "identity_mismatch"
+
+
+class ChannelTampered(ConnectionFailed):
+    """The end-to-end TLS channel failed its integrity check: bytes were altered on the way."""
+
+    code = "channel_tampered"
 
 
 def _all_subclasses(cls: type[FednbError]) -> list[type[FednbError]]:

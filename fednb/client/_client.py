@@ -12,7 +12,7 @@ import xarray as xr
 from fednb.client._handles import RemoteRequest, RemoteRun
 from fednb.client._html import budget_html, card_html
 from fednb.client._http import Transport
-from fednb.errors import NotFound
+from fednb.errors import InvalidInput, NotFound
 from fednb.protocol import (
     BudgetInfo,
     DatasetCard,
@@ -200,14 +200,15 @@ class DomainClient:
         return f"DomainClient({self.url!r}, user={self.me.name!r}, role={self.me.role!r})"
 
 
-def connect(url: str, token: str, *, insecure: bool = False, timeout: float = 60.0,
-            verify: bool | str = True) -> DomainClient:
+def connect(url: str | None = None, token: str | None = None, *, insecure: bool = False,
+            timeout: float = 60.0, verify: bool | str = True, relay: str | None = None,
+            domain: str | None = None, identity: str | None = None) -> DomainClient:
     """Connect to a domain and check the token.
 
     Parameters
     ----------
     url
-        The domain's base URL, e.g. ``https://st-mary.example:8443``.
+        The domain's base URL, e.g. ``https://st-mary.example:8443``; None with ``relay``.
     token
         Your bearer token (from the domain's owner).
     insecure
@@ -215,7 +216,17 @@ def connect(url: str, token: str, *, insecure: bool = False, timeout: float = 60
     timeout
         Seconds per HTTP call (default 60).
     verify
-        TLS verification: True, False, or a CA bundle path.
+        TLS verification: True, False, or a CA bundle path (through a relay: of the relay's
+        own certificate; the domain's is checked against ``identity``).
+    relay, domain
+        A relay's URL (``https://relay.example``) and the domain's name on it (``st-mary``),
+        for a domain behind a firewall that dials out to the relay. TLS 1.3 then runs end
+        to end between you and the domain; the relay sees only bytes it cannot read.
+    identity
+        The domain's Ed25519 public key (64 hex digits, from its owner: ``fednb domain
+        peers``), pinned in the domain's TLS certificate. Through a relay without it, the
+        key seen first is remembered and required after (with a warning). With ``url``
+        (https), it replaces the CA check.
 
     Raises
     ------
@@ -223,5 +234,17 @@ def connect(url: str, token: str, *, insecure: bool = False, timeout: float = 60
         Plain HTTP to a non-loopback host without ``insecure=True``.
     AuthenticationError
         The token is unknown or revoked.
+    IdentityMismatch
+        The domain reached does not hold the pinned identity (a relay that swaps domains).
+    ChannelTampered
+        Bytes were altered between you and the domain.
+
+    Examples
+    --------
+    >>> h = fednb.connect(relay="https://relay.example", domain="st-mary",   # doctest: +SKIP
+    ...                   identity="3f1c...", token=token)
     """
-    return DomainClient(Transport(url, token, insecure=insecure, timeout=timeout, verify=verify))
+    if token is None:
+        raise InvalidInput("connect() needs token=: the bearer token the domain's owner gave you")
+    return DomainClient(Transport(url, token, insecure=insecure, timeout=timeout, verify=verify,
+                                  relay=relay, domain=domain, identity=identity))

@@ -414,11 +414,15 @@ class Domain:
 
     def serve(self, host: str = "127.0.0.1", port: int = 0, *, insecure_demo: bool = False,
               certfile: str | None = None, keyfile: str | None = None,
-              background: bool = True) -> Server:
+              background: bool = True, relay: str | None = None,
+              relay_name: str | None = None) -> Server:
         """Start the HTTP server; returns once it accepts connections.
 
         With ``background=True`` (default) it serves from a daemon thread; otherwise call
         ``server.run_forever()``. One server per domain home: a second one is refused.
+        With ``relay`` (a relay's URL) it listens on loopback only, under TLS keyed by
+        :attr:`identity`, and dials out to the relay as ``relay_name`` (default: the name
+        as a DNS label); see docs/deployment.md.
         """
         from fednb.domain._server import Server
 
@@ -429,8 +433,14 @@ class Domain:
             # crash interrupted before the server accepts a call (a run queued after this
             # point must not be taken for one)
             self._fail_interrupted_runs()
-            server = Server.start(self, host, port, certfile=certfile, keyfile=keyfile,
-                                  background=background)
+            if relay is not None:
+                from fednb.domain._outbound import RelayedServer, check_relay_host
+
+                check_relay_host(host)
+                server: Server = RelayedServer.through(self, relay, relay_name, background=background)
+            else:
+                server = Server.start(self, host, port, certfile=certfile, keyfile=keyfile,
+                                      background=background)
         except BaseException:
             self._release_server_lock()
             raise

@@ -155,7 +155,7 @@ def _loader_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_dataset_add(dom: Domain, args: argparse.Namespace) -> int:
-    from fednb.domain._loaders import load
+    from fednb.loaders import load
 
     opts = _loader_options(args)
     mock = None if args.mock is None else load(args.mock, format=args.format, **opts)

@@ -6,6 +6,9 @@ private data is used, so the mock reveals nothing beyond the card; it carries on
 whitelisted attributes :data:`MOCK_ATTRS` of the dataset and its variables (free-form
 attributes such as ``actual_range`` or a ``comment`` naming a record are private).
 
+:func:`load_private` reads an owner's file through the registry of :mod:`fednb.loaders`,
+so a format registered there (or installed under its entry point group) can be added.
+
 :func:`validate_private` reports to the owner, at registration, what the DP rules will
 do with the values (missing, non-finite, out of the declared bounds).
 """
@@ -13,6 +16,7 @@ do with the values (missing, non-finite, out of the declared bounds).
 from __future__ import annotations
 
 import math
+import os
 import re
 import secrets
 import shutil
@@ -24,11 +28,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from fednb import loaders
 from fednb.errors import InvalidInput
 from fednb.protocol import NAME_PATTERN, DatasetCard, MockInfo, VariableCard
 from fednb.typing import Array
 
-__all__ = ["MOCK_ATTRS", "Bounds", "build_card", "synthesise_mock", "validate_private", "write_zarr"]
+__all__ = ["MOCK_ATTRS", "Bounds", "build_card", "load_private", "synthesise_mock", "validate_private",
+           "write_zarr"]
 
 MOCK_ATTRS = ("units", "long_name", "description")
 """The only attributes a synthesised mock copies from the private dataset and its variables."""
@@ -40,6 +46,39 @@ Bounds = Mapping[str, tuple[float, float] | Sequence[str]]
 def check_name(name: str) -> None:
     if not re.fullmatch(NAME_PATTERN, name):
         raise InvalidInput(f"dataset name {name[:80]!r} must match {NAME_PATTERN}")
+
+
+def load_private(path: str | os.PathLike[str], *, format: str | None = None,
+                 example_dim: str | None = None, **options: Any) -> tuple[xr.Dataset, str]:
+    """Read the owner's file or folder with the registered loader of its format.
+
+    Parameters
+    ----------
+    path
+        The file or folder.
+    format
+        A name from :func:`fednb.loaders.formats`; None guesses it from ``path``.
+    example_dim
+        Passed to the loader when given (the dimension of the examples).
+    **options
+        The loader's own options (``index``, ``columns``, ``fields``, ``size``, ...).
+
+    Returns
+    -------
+    tuple of xarray.Dataset and str
+        The dataset, and the card's ``source``: ``format`` as given, else the path's
+        suffix, else ``"folder"``.
+
+    Raises
+    ------
+    InvalidInput
+        As :func:`fednb.loaders.load`.
+    """
+    p = Path(path)
+    source = format or p.suffix.lstrip(".") or "folder"
+    if example_dim is not None:
+        options["example_dim"] = example_dim
+    return loaders.load(p, format=format, **options), source
 
 
 def example_dim_of(ds: xr.Dataset, example_dim: str | None) -> str:

@@ -298,13 +298,8 @@ class Domain:
         dsets.check_name(name)
         source = "xarray"
         if not isinstance(private, xr.Dataset):
-            from fednb.domain._loaders import load
-
-            path = Path(private)
-            source = format or path.suffix.lstrip(".") or "folder"
-            if example_dim is not None:
-                loader_options["example_dim"] = example_dim
-            private = load(path, format=format, **loader_options)
+            private, source = dsets.load_private(private, format=format, example_dim=example_dim,
+                                                 **loader_options)
         ex = dsets.example_dim_of(private, example_dim)
         bounds = dict(bounds or {})
         if mock is None:

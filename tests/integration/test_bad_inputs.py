@@ -21,8 +21,8 @@ import xarray as xr
 
 import fednb
 from fednb.domain import Domain
-from fednb.domain._loaders import load
 from fednb.errors import InvalidInput
+from fednb.loaders import load
 from fednb.protocol import encode_message
 from tests.adversarial.conftest import require_sandbox
 from tests.conftest import Hospital

@@ -1,4 +1,4 @@
-"""Tests of fednb.domain._loaders on real data.
+"""Tests of the built-in loaders of fednb.loaders on real data.
 
 Tables come from scikit-learn's bundled Wisconsin breast cancer and diabetes sets,
 images from pydicom's bundled test files (never downloaded), FHIR from a small
@@ -22,8 +22,9 @@ import xarray as xr
 from pydicom.data import get_testdata_file
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
-from fednb.domain._loaders import (
-    FORMATS,
+from fednb.errors import InvalidInput
+from fednb.loaders import (
+    formats,
     load,
     load_csv,
     load_dicom_folder,
@@ -32,7 +33,6 @@ from fednb.domain._loaders import (
     load_parquet,
     load_zarr,
 )
-from fednb.errors import InvalidInput
 
 HAVE_H5PY = importlib.util.find_spec("h5py") is not None
 needs_h5py = pytest.mark.skipif(
@@ -428,7 +428,7 @@ def test_load_dispatches_every_format(
     cancer_parquet: Path,
     diabetes: xr.Dataset,
 ) -> None:
-    assert set(FORMATS) == {"csv", "dicom", "fhir", "netcdf", "parquet", "zarr"}
+    assert {"csv", "dicom", "fhir", "netcdf", "parquet", "zarr"} <= set(formats())
     xr.testing.assert_identical(
         load(cancer_csv, index="patient_id"), load_csv(cancer_csv, index="patient_id")
     )
@@ -465,13 +465,22 @@ def test_load_rejects(tmp_path: Path, cancer_csv: Path) -> None:
     sheet.write_bytes(b"PK\x03\x04")
     with pytest.raises(InvalidInput, match="format= one of") as info:
         load(sheet)
-    assert all(fmt in str(info.value) for fmt in FORMATS)
+    assert all(fmt in str(info.value) for fmt in formats())
     with pytest.raises(InvalidInput, match="unknown format 'excel'"):
         load(sheet, format="excel")
     with pytest.raises(InvalidInput, match="options of 'csv'"):
         load(cancer_csv, fields=["Modality"])
     with pytest.raises(InvalidInput, match="does not exist"):
         load(tmp_path / "absent.csv")
+
+
+def test_the_old_module_still_serves_the_same_loaders(tmp_path: Path, cancer_csv: Path) -> None:
+    from fednb.domain import _loaders as old
+
+    xr.testing.assert_identical(old.load(cancer_csv), load(cancer_csv))
+    assert old.load_dicom_folder is load_dicom_folder and old.load_zarr is load_zarr
+    assert set(old.FORMATS) <= set(formats())
+    assert old.max_load_bytes() > 0
 
 
 # -- what registration tells the owner, and what a synthesised mock carries --------------

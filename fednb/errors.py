@@ -9,10 +9,10 @@ body back into the same class with :func:`from_wire`.
     FednbError                      500 internal
     ├── InvalidInput                400 invalid_input
     │   ├── ParamsOutOfSchema       400 params_out_of_schema
+    │   ├── DisclosureRefused       400 disclosure_refused
     │   └── UnsupportedMedia        415 unsupported_media
     ├── AuthenticationError         401 unauthenticated
     ├── PermissionDenied            403 forbidden
-    │   └── DisclosureRefused       403 disclosure_refused
     ├── NotFound                    404 not_found
     ├── Conflict                    409 conflict
     │   └── RequestNotApproved      409 request_not_approved
@@ -124,7 +124,7 @@ class PermissionDenied(FednbError):
     status = 403
 
 
-class DisclosureRefused(PermissionDenied):
+class DisclosureRefused(InvalidInput):
     """A statistic the owner's disclosure rules forbid releasing; the message names the rule
     (a minimum cell count, a minimum subset, a parameter cap, a variable list) and how to
     proceed (coarser groups, a larger subset, fewer parameters, or the owner's review)."""

@@ -1,7 +1,11 @@
-"""What differs between request kinds: ``update`` (code), ``query`` and ``dp-sgd`` (data).
+"""What differs between request kinds: ``update`` (code), ``query``, ``stats`` and
+``dp-sgd`` (data).
 
-A ``query`` or ``dp-sgd`` request carries its spec as JSON in ``source``, so the owner
-approves (and the audit log hashes) exactly what will run, as for code.
+A ``query``, ``stats`` or ``dp-sgd`` request carries its spec as JSON in ``source``, so the
+owner approves (and the audit log hashes) exactly what will run, as for code. ``query``
+and ``stats`` (:data:`TRUSTED_KINDS`) run in the domain's trusted parent, no sandbox;
+a ``stats`` request is DP or disclosure-controlled as the dataset's policy says
+(:mod:`fednb.domain._disclosure`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from fednb.domain import _disclosure as dc
 from fednb.domain._policy import Policy
 from fednb.domain._store import RequestRow
 from fednb.domain.runner import WorkerOutcome
@@ -18,16 +23,24 @@ from fednb.errors import InvalidInput
 from fednb.privacy import ComposedEvent, Event, accountant_for
 from fednb.protocol import ClientDP, DatasetCard, QuerySpec, RequestCreate, TensorSpec, Update
 from fednb.protocol._dpsgd import DPSGDSpec
+from fednb.protocol._stats import StatsSpec
 from fednb.runtime import OutputPolicy, update_event
 from fednb.runtime._dpsgd import dpsgd_event
 from fednb.runtime._gpu import kernels_device
 from fednb.runtime._query import check_query, default_query_release, query_events, run_query
+from fednb.runtime._stats import StatsPart, compute, default
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain
 
-__all__ = ["check_submission", "default_query_kind", "kind_event", "kind_source", "output_policy",
-           "run_query_kind"]
+__all__ = ["TRUSTED_KINDS", "check_stats_run", "check_submission", "default_trusted", "kind_event",
+           "kind_source", "output_policy", "run_trusted", "stats_spec"]
+
+TRUSTED_KINDS = frozenset({"query", "stats"})
+"""Kinds the domain's trusted runtime computes in its own process: no code of the
+scientist's, no sandbox, no worker."""
+
+Spec = QuerySpec | DPSGDSpec | StatsSpec
 
 _DPSGD_SOURCE = '''def __fednb_dpsgd__(data, weights=None):
     from fednb.protocol._dpsgd import DPSGDSpec
@@ -39,10 +52,12 @@ _DPSGD_SOURCE = '''def __fednb_dpsgd__(data, weights=None):
 '''
 
 
-def parse_spec(kind: str, source: str) -> QuerySpec | DPSGDSpec:
+def parse_spec(kind: str, source: str) -> Spec:
     try:
         if kind == "query":
             return QuerySpec.model_validate_json(source)
+        if kind == "stats":
+            return StatsSpec.model_validate_json(source)
         return DPSGDSpec.model_validate_json(source)
     except ValidationError as exc:
         e = exc.errors()[0]
@@ -50,8 +65,16 @@ def parse_spec(kind: str, source: str) -> QuerySpec | DPSGDSpec:
         raise InvalidInput(f"invalid {kind} spec: {e['msg']}" + (f" ({where})" if where else "")) from None
 
 
-def _event(kind: str, spec: QuerySpec | DPSGDSpec | ClientDP, card: DatasetCard,
-           has_metrics: bool = False) -> Event:
+def stats_spec(req: RequestRow) -> StatsSpec:
+    """The spec of a ``stats`` request."""
+    spec = parse_spec("stats", req.source)
+    assert isinstance(spec, StatsSpec)
+    return spec
+
+
+def _event(kind: str, spec: Spec | ClientDP, card: DatasetCard, has_metrics: bool = False) -> Event | None:
+    if isinstance(spec, StatsSpec):
+        return dc.stats_event(spec, card)
     if isinstance(spec, QuerySpec):
         return ComposedEvent(tuple(query_events(spec)))
     if isinstance(spec, DPSGDSpec):
@@ -59,9 +82,10 @@ def _event(kind: str, spec: QuerySpec | DPSGDSpec | ClientDP, card: DatasetCard,
     return update_event(spec, has_metrics)
 
 
-def kind_event(dom: Domain, req: RequestRow, dataset: str) -> Event:
-    """The DP event of one run of a ``query`` or ``dp-sgd`` request on ``dataset`` (a DP-SGD
-    run's steps and sampling rate follow that dataset's size)."""
+def kind_event(dom: Domain, req: RequestRow, dataset: str) -> Event | None:
+    """The DP event of one run of a ``query``, ``stats`` or ``dp-sgd`` request on ``dataset``
+    (a DP-SGD run's steps and sampling rate follow that dataset's size); None for a
+    disclosure-controlled ``stats`` request."""
     return _event(req.kind, parse_spec(req.kind, req.source), dom.card(dataset))
 
 
@@ -78,21 +102,28 @@ def _floors(policy: Policy, z: float, clip: float | None, event: Event, delta: f
                                f"{policy.max_epsilon_per_run:g} per run: add noise")
 
 
-def check_submission(dom: Domain, body: RequestCreate) -> None:
-    """Refuse at submission what the policy floors or the kind forbid."""
+def check_submission(dom: Domain, body: RequestCreate) -> int:
+    """Refuse at submission what the policy floors or the kind forbid; the most model
+    parameters a ``stats`` request fits on one of its datasets (0 otherwise)."""
     policy = dom.policy.get()
     cards = [dom.card(d) for d in body.datasets]
-    spec: QuerySpec | DPSGDSpec | ClientDP
+    spec: Spec | ClientDP
+    n_params = 0
     if body.kind == "update":
         if body.dp is None:
-            return
+            return 0
         spec, z, clip = body.dp, body.dp.noise_multiplier, body.dp.clip
     else:
-        if body.dp is not None or (body.weights is not None and body.kind == "query") or body.params:
-            raise InvalidInput(f"a {body.kind} request takes no dp=, params= or (for queries) weights=: "
-                               "its spec says everything")
+        if body.dp is not None or (body.weights is not None and body.kind in TRUSTED_KINDS) or body.params:
+            raise InvalidInput(f"a {body.kind} request takes no dp=, params= or (for queries and stats) "
+                               "weights=: its spec says everything")
         spec = parse_spec(body.kind, body.source)
-        if isinstance(spec, QuerySpec):
+        if isinstance(spec, StatsSpec):
+            n_params = dc.check_stats_request(policy, spec, cards)
+            if spec.noise_multiplier is None:
+                return n_params
+            z, clip = spec.noise_multiplier, None
+        elif isinstance(spec, QuerySpec):
             for card in cards:
                 check_query(spec, card)
             z, clip = spec.noise_multiplier, None
@@ -100,7 +131,10 @@ def check_submission(dom: Domain, body: RequestCreate) -> None:
             _check_dpsgd(spec, cards, body.weights)
             z, clip = spec.noise_multiplier, spec.max_grad_norm
     for card in cards:
-        _floors(policy, z, clip, _event(body.kind, spec, card, bool(body.metrics)), dom.ledger.delta(card))
+        event = _event(body.kind, spec, card, bool(body.metrics))
+        assert event is not None
+        _floors(policy, z, clip, event, dom.ledger.delta(card))
+    return n_params
 
 
 def _check_dpsgd(spec: DPSGDSpec, cards: list[DatasetCard], weights: dict[str, TensorSpec] | None) -> None:
@@ -142,8 +176,11 @@ def output_policy(req: RequestRow, policy: Policy) -> OutputPolicy:
                         dp=None if req.dp is None else ClientDP.model_validate(req.dp))
 
 
-def run_query_kind(dom: Domain, req: RequestRow, dataset: str) -> WorkerOutcome:
-    """Run a ``query`` in the trusted parent: no code of the scientist is involved."""
+def run_trusted(dom: Domain, req: RequestRow, dataset: str) -> WorkerOutcome:
+    """Run a ``query`` or a DP ``stats`` request in the trusted parent (no code of the
+    scientist's): noised, total on any data."""
+    if req.kind == "stats":
+        return _run_stats_dp(dom, req, dataset)
     spec = parse_spec("query", req.source)
     assert isinstance(spec, QuerySpec)
     weights = run_query(spec, dom.private(dataset), dom.card(dataset), dom.noise)
@@ -151,12 +188,49 @@ def run_query_kind(dom: Domain, req: RequestRow, dataset: str) -> WorkerOutcome:
         {"query": [a.model_dump() for a in spec.aggregations]}), backend=kernels_device())
 
 
-def default_query_kind(dom: Domain, req: RequestRow, dataset: str, log: str) -> WorkerOutcome:
-    """A query run the domain failed to compute: the data-independent default release (the
-    same query over n patients whose every value is missing, noised alike) for the
-    scientist, and the failure for the owner."""
-    spec = parse_spec("query", req.source)
-    assert isinstance(spec, QuerySpec)
-    weights = default_query_release(spec, dom.card(dataset), dom.noise)
+def default_trusted(dom: Domain, req: RequestRow, dataset: str, log: str) -> WorkerOutcome:
+    """A trusted run the domain failed to compute: for DP, the data-independent default
+    release (the same query or step over n rows whose every value is missing, noised
+    alike) for the scientist; the failure for the owner. A disclosure-controlled ``stats``
+    run releases nothing."""
+    if req.kind == "stats":
+        spec = stats_spec(req)
+        if not spec.dp:
+            return WorkerOutcome("failed", "worker_crashed", log=log)
+        return _stats_outcome(dom, spec, dataset, None, log)
+    spec_q = parse_spec("query", req.source)
+    assert isinstance(spec_q, QuerySpec)
+    weights = default_query_release(spec_q, dom.card(dataset), dom.noise)
     return WorkerOutcome("failed", "worker_crashed", Update(weights=weights), log=log,
                          backend=kernels_device())
+
+
+def _stats_outcome(dom: Domain, spec: StatsSpec, dataset: str, part: StatsPart | None,
+                   log: str) -> WorkerOutcome:
+    card = dom.card(dataset)
+    weights, why = dc.dp_arrays(part, spec, card, dom.noise)
+    if spec.protection == "both":
+        weights = dc.suppress_noisy_cells(weights, default(spec, card), dom.policy.get().rules_for(dataset))
+    ok = why is None
+    return WorkerOutcome("succeeded" if ok else "failed", "ok" if ok else "worker_crashed",
+                         Update(weights=weights, metrics=dc.public_metrics(dom, dataset)),
+                         log=log + ("" if ok else f"\nreleased the default: {why}"), backend=kernels_device())
+
+
+def _run_stats_dp(dom: Domain, req: RequestRow, dataset: str) -> WorkerOutcome:
+    spec = stats_spec(req)
+    log = json.dumps({"stats": spec.op, "protection": spec.protection})
+    part: StatsPart | None = None
+    try:
+        part = compute(spec, dom.private(dataset), dom.card(dataset))
+    except Exception as exc:  # whatever the data: the default is released, the reason logged
+        log = f"{log}\ndomain error: {exc!r}"
+    return _stats_outcome(dom, spec, dataset, part, log)
+
+
+def check_stats_run(dom: Domain, req: RequestRow, dataset: str) -> None:
+    """A run of an approved ``stats`` request under today's policy: the dataset's protection
+    and variable lists may have changed since the approval."""
+    spec, policy = stats_spec(req), dom.policy.get()
+    dc.check_protection(policy, spec, dataset)
+    dc.check_variables(policy.rules_for(dataset), spec, dataset)

@@ -1,4 +1,5 @@
-"""The domain's policy: who may run without DP, and the caps every run lives under."""
+"""The domain's policy: who may run without DP, the caps every run lives under, and how
+``stats`` requests are protected on each dataset."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fednb.errors import InvalidInput
+from fednb.protocol._stats import StatsProtection
+from fednb.protocol._templates import DisclosureRules
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain
+    from fednb.domain._templates import TemplateBook
 
 __all__ = ["Policy", "PolicyView"]
 
@@ -92,6 +96,16 @@ class Policy(BaseModel):
     dp_slot_s: float = Field(default=5.0, gt=0, le=86_400)
     secagg_min_members: int = Field(default=3, ge=2)
     secagg_distributed_noise: bool = False
+    stats_protection: dict[str, StatsProtection] = Field(default_factory=dict)
+    disclosure: dict[str, DisclosureRules] = Field(default_factory=dict)
+
+    def protection_for(self, dataset: str) -> StatsProtection:
+        """The protection of ``stats`` requests on ``dataset``."""
+        return self.stats_protection.get(dataset, self.stats_protection.get("*", "dp"))
+
+    def rules_for(self, dataset: str) -> DisclosureRules:
+        """The disclosure rules of ``dataset``."""
+        return self.disclosure.get(dataset) or self.disclosure.get("*") or DisclosureRules()
 
 
 class PolicyView:
@@ -102,6 +116,14 @@ class PolicyView:
 
     def get(self) -> Policy:
         return self._domain._load_policy()
+
+    @property
+    def templates(self) -> TemplateBook:
+        """The templates of ``stats`` requests (approve once, run many): ``add``,
+        ``approve`` (a second owner, under the two-person rule), ``remove``, ``list``."""
+        from fednb.domain._templates import TemplateBook
+
+        return TemplateBook(self._domain)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

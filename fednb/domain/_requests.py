@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from fednb.domain._kinds import check_submission
+from fednb.domain._kinds import TRUSTED_KINDS, check_submission, stats_spec
 from fednb.domain._store import DatasetRow, RequestRow, UserRow, utcnow
+from fednb.domain._templates import TEMPLATE_REVIEWER
 from fednb.errors import Conflict, InvalidInput, NotFound
 from fednb.protocol import ReleaseMode, RequestCreate, RequestInfo, RequestStatus
 
@@ -47,7 +48,8 @@ class RequestBook:
         if prev is not None:
             fields["previous_hash"] = prev.code_hash
             fields["diff"] = _diff(prev.source, row.source, prev.code_hash, row.code_hash)
-        fields.update(self._d.ledger.projected(row))
+        if row.kind != "stats" or stats_spec(row).dp:  # exact stats are charged nothing
+            fields.update(self._d.ledger.projected(row))
         return RequestInfo.model_validate(fields)
 
     def submit(self, scientist: UserRow, body: RequestCreate) -> RequestInfo:
@@ -65,7 +67,7 @@ class RequestBook:
                 raise InvalidInput("a DP update request needs weights= (the approved names, shapes and "
                                    "dtypes of what it returns): what is released takes its structure "
                                    "from the approved spec, never from the code")
-            check_submission(self._d, body)
+            n_params = check_submission(self._d, body)
             row = RequestRow(
                 id=body.id, scientist=scientist.name, function_name=body.function_name,
                 kind=body.kind, source=body.source, code_hash=body.code_hash,
@@ -82,7 +84,18 @@ class RequestBook:
                    function=body.function_name, code_hash=body.code_hash,
                    datasets=body.datasets, runs=body.runs,
                    dp=None if body.dp is None else body.dp.model_dump())
+            if body.kind == "stats":
+                self._match_template(tx, row, body, n_params)
         return self.info(row)
+
+    def _match_template(self, tx: Any, row: RequestRow, body: RequestCreate, n_params: int) -> None:
+        """Approve a ``stats`` request within an active template's limits, in the submitting
+        transaction, naming the template in the audit log; any other waits for review."""
+        tx.s.flush()
+        info = self._d.policy.templates.match(tx.s, row.scientist, body, stats_spec(row), n_params)
+        if info is not None:
+            self._approve_row(tx, row, TEMPLATE_REVIEWER + info.template.name, info.template.release,
+                              None, template=info.template.name, template_approved_by=info.approved_by)
 
     def list(self, *, scientist: str | None = None,
              status: RequestStatus | None = None) -> builtins.list[RequestInfo]:
@@ -119,14 +132,24 @@ class RequestBook:
                 raise NotFound(f"no request {request_id!r}")
             if row.status != "pending":
                 raise Conflict(f"request {request_id!r} is already {row.status}")
+            if status == "approved":
+                self._approve_row(tx, row, reviewer, release, slot_s)
+                return row
             row.status, row.release, row.review_reason = status, release, reason
             row.reviewed_by, row.reviewed = reviewer, utcnow()
-            if status == "approved" and self._d.ledger.run_event(row) is not None:
-                row.slot_s = self._d.ledger.slot(row) if slot_s is None else float(slot_s)
             tx.log(reviewer, f"request.{status}", request=request_id, code_hash=row.code_hash,
-                   scientist=row.scientist, release=release, reason=reason,
-                   **({"slot_s": row.slot_s} if status == "approved" else {}))
+                   scientist=row.scientist, release=release, reason=reason)
         return row
+
+    def _approve_row(self, tx: Any, row: RequestRow, reviewer: str, release: ReleaseMode | None,
+                     slot_s: float | None, **audit: Any) -> None:
+        """Approve ``row`` inside ``tx``; ``audit`` adds to the ``request.approved`` entry."""
+        row.status, row.release, row.review_reason = "approved", release, None
+        row.reviewed_by, row.reviewed = reviewer, utcnow()
+        if self._d.ledger.run_event(row) is not None:
+            row.slot_s = self._d.ledger.slot(row) if slot_s is None else float(slot_s)
+        tx.log(reviewer, "request.approved", request=row.id, code_hash=row.code_hash,
+               scientist=row.scientist, release=release, reason=None, slot_s=row.slot_s, **audit)
 
     def approve(self, request_id: str, release: ReleaseMode = "manual",
                 reviewer: str = "owner", slot_s: float | None = None) -> RequestInfo:
@@ -140,7 +163,8 @@ class RequestBook:
         if slot_s is not None and not (0 < slot_s <= 86_400):
             raise InvalidInput(f"slot_s is seconds in (0, 86400], not {slot_s!r}")
         row = self._review(request_id, reviewer, "approved", release, None, slot_s)
-        self._d._prewarm(row)
+        if row.kind not in TRUSTED_KINDS:  # computed in this process: no worker to start
+            self._d._prewarm(row)
         return self.info(row)
 
     def deny(self, request_id: str, reason: str, reviewer: str = "owner") -> RequestInfo:

@@ -14,12 +14,21 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fednb.domain import _lifecycle as life
+from fednb.domain._disclosure import ExactStats, prepare_exact_stats, settle_exact, stats_facts
 from fednb.domain._faults import fault
-from fednb.domain._kinds import default_query_kind, kind_source, output_policy, run_query_kind
+from fednb.domain._kinds import (
+    TRUSTED_KINDS,
+    check_stats_run,
+    default_trusted,
+    kind_source,
+    output_policy,
+    run_trusted,
+)
 from fednb.domain._store import RequestRow, RunRow, UserRow, utcnow
 from fednb.domain.runner import JobSpec, WorkerOutcome
 from fednb.errors import (
     Conflict,
+    FednbError,
     InvalidInput,
     NotFound,
     ParamsOutOfSchema,
@@ -91,7 +100,9 @@ class RunBook:
     def _refuse_early(self, user: UserRow, req: RequestRow, dp: bool) -> None:
         if req.status != "approved":
             raise RequestNotApproved(f"request {req.id!r} is {req.status}; it cannot run")
-        if not dp and user.name not in self._d.policy.get().allow_no_dp:
+        # an exact stats release is the owner's choice for the dataset (stats_protection),
+        # made under its disclosure rules
+        if not dp and req.kind != "stats" and user.name not in self._d.policy.get().allow_no_dp:
             raise RunRefused(f"{user.name!r} may not run code without differential privacy on "
                              "this domain; the owner can add them to policy.allow_no_dp")
         if self._d.sandbox_mode is None:
@@ -124,29 +135,44 @@ class RunBook:
         for k, w in (weights or {}).items():
             if w.dtype.kind == "f" and not np.isfinite(w).all():
                 raise InvalidInput(f"weight {k!r} holds NaN or Inf: send finite numbers")
-        if dp_event is not None and req.kind != "query":
+        if dp_event is not None and req.kind not in TRUSTED_KINDS:
             # a DP run's slot counts from its creation: start its worker first (a fact of
             # the request and the domain, not of the data), so the slot is the run's own
             self._d.pool().ensure_warm(self._job(req, name))
+        exact: ExactStats | None = None
+        if req.kind == "stats":
+            check_stats_run(self._d, req, name)
+            if dp_event is None:  # disclosure control: computed and checked before it is queued
+                exact = prepare_exact_stats(self._d, req, name)
+        refused: FednbError | None = None
         with self._d.transaction() as tx:
-            row, queued = self._take_run(tx.s, req, run_id, user.name, name, params)
-            if not queued:  # a concurrent call with this id got there first
-                return self.info(row, owner=False)
-            if dp_event is not None:
-                tx.s.flush()
-                row.epsilon = self._d.ledger.reserve(tx.s, run_id, req, name, dp_event)
-                # the schedule: the result shows this long after the run was created, however
-                # long it takes; a run still going at the cut-off releases the default
-                row.release_at = row.created + timedelta(seconds=self._d.ledger.slot(req))
-            tx.log(user.name, "run.queued", run=run_id, request=request_id, code_hash=req.code_hash,
-                   dataset=name, charge=None if dp_event is None else dp_event.to_json(),
-                   epsilon_after=row.epsilon, requeued=old is not None, release_at=row.release_at)
+            if exact is not None:
+                refused = settle_exact(self._d, tx.s, req, name, exact)
+                if refused is not None:
+                    tx.log(user.name, "stats.refused", run=run_id, request=req.id, code_hash=req.code_hash,
+                           dataset=name, refusal=refused.message)
+            if refused is None:
+                row, queued = self._take_run(tx.s, req, run_id, user.name, name, params)
+                if not queued:  # a concurrent call with this id got there first
+                    return self.info(row, owner=False)
+                if dp_event is not None:
+                    tx.s.flush()
+                    row.epsilon = self._d.ledger.reserve(tx.s, run_id, req, name, dp_event)
+                    # the schedule: the result shows this long after the run was created, however
+                    # long it takes; a run still going at the cut-off releases the default
+                    row.release_at = row.created + timedelta(seconds=self._d.ledger.slot(req))
+                tx.log(user.name, "run.queued", run=run_id, request=request_id, code_hash=req.code_hash,
+                       dataset=name, charge=None if dp_event is None else dp_event.to_json(),
+                       epsilon_after=row.epsilon, requeued=old is not None, release_at=row.release_at,
+                       **stats_facts(self._d, req, name))
+        if refused is not None:
+            raise refused
         if old is not None:
             with self._guard:  # a waiter must not see the interrupted run's end as this one's
                 self._events.pop(run_id, None)
         fault("after_reserve")
         self._d._executor().submit(self._execute, run_id, req, name, params, weights, compression,
-                                   row.release_at, secure)
+                                   row.release_at, secure, exact)
         return self.info(row, owner=False)
 
     @staticmethod
@@ -186,12 +212,15 @@ class RunBook:
                        workdir=self._d.home / "work" / req.id / dataset)
 
     def _outcome(self, req: RequestRow, dataset: str, params: dict[str, Any],
-                 weights: Weights | None, release_at: datetime | None) -> WorkerOutcome:
-        if req.kind == "query":  # no code: the trusted runtime computes it here, never cut
+                 weights: Weights | None, release_at: datetime | None,
+                 exact: ExactStats | None = None) -> WorkerOutcome:
+        if exact is not None:  # computed and checked when the run was created
+            return exact.outcome
+        if req.kind in TRUSTED_KINDS:  # no code: the trusted runtime computes it here, never cut
             try:
-                return run_query_kind(self._d, req, dataset)
-            except Exception as exc:  # a fault of the domain's (queries are total on any data)
-                return default_query_kind(self._d, req, dataset, f"domain error: {exc!r}")
+                return run_trusted(self._d, req, dataset)
+            except Exception as exc:  # a fault of the domain's (trusted kinds are total on any data)
+                return default_trusted(self._d, req, dataset, f"domain error: {exc!r}")
         timeout, hold = self._d.policy.get().run_timeout_s, None
         if release_at is not None:
             slot = self._d.ledger.slot(req)
@@ -209,7 +238,7 @@ class RunBook:
 
     def _execute(self, run_id: str, req: RequestRow, dataset: str, params: dict[str, Any],
                  weights: Weights | None, compression: Compression, release_at: datetime | None,
-                 secure: bool) -> None:
+                 secure: bool, exact: ExactStats | None = None) -> None:
         try:
             with self._d.store.write() as s:
                 started = s.execute(  # type: ignore[attr-defined]
@@ -217,7 +246,7 @@ class RunBook:
                     .values(status=life.Run.RUNNING.value)).rowcount
             if started != 1:  # ended meanwhile (a restart's recovery): it runs nowhere, is charged nothing
                 return
-            outcome = self._outcome(req, dataset, params, weights, release_at)
+            outcome = self._outcome(req, dataset, params, weights, release_at, exact)
             self._finish(run_id, req, dataset, outcome, output_policy(req, self._d.policy.get()),
                          compression, release_at is not None, secure)
         except Exception as exc:  # the run must end in a fixed category whatever happens
@@ -226,8 +255,8 @@ class RunBook:
                 policy = output_policy(req, self._d.policy.get())
             except Exception:
                 policy = OutputPolicy()
-            if req.kind == "query":
-                crashed = default_query_kind(self._d, req, dataset, crashed.log)
+            if req.kind in TRUSTED_KINDS:
+                crashed = default_trusted(self._d, req, dataset, crashed.log)
             self._finish(run_id, req, dataset, crashed, policy, "none", release_at is not None, secure)
         finally:
             self.event(run_id).set()
@@ -249,8 +278,9 @@ class RunBook:
         A DP run always releases: what the code returned, validated, clipped and noised, or,
         when the run failed, was cut or returned anything outside the approved spec, the
         data-independent default put through the same path (:func:`fednb.runtime.release`).
-        A query was noised by the trusted runtime (a failed one carries its default)."""
-        if req.kind == "query":
+        A query or a stats step was protected by the trusted runtime (a failed DP one
+        carries its default)."""
+        if req.kind in TRUSTED_KINDS:
             return outcome.update, outcome
         if dp:
             ok = outcome.status == life.Run.SUCCEEDED.value
@@ -272,7 +302,7 @@ class RunBook:
         result, state = None, None
         n = self._d.card(dataset).num_examples
         # distributed noise: the update is noised in the secure round (SecAggDesk.masked)
-        defer = (secure and req.kind != "query" and policy.dp is not None
+        defer = (secure and req.kind not in TRUSTED_KINDS and policy.dp is not None
                  and self._d.policy.get().secagg_distributed_noise)
         if defer:
             policy = dataclasses.replace(policy, defer_noise=True)
@@ -282,9 +312,11 @@ class RunBook:
                 sent, meta = compress(upd.weights, compression, self._d.noise.uniform)
                 result = encode_message({"metrics": upd.metrics, "num_examples": n, "secure": secure,
                                          **({"noise_deferred": True} if defer else {}), **meta}, sent)
-                # no-DP results are always held; DP results follow the approval's release mode;
-                # a released secure result is kept to leave masked (SecAggDesk)
-                state = (life.Release.HELD if not (dp and req.release == "auto")
+                # no-DP results are always held, but for stats under the owner's disclosure
+                # rules; the others follow the approval's release mode; a released secure
+                # result is kept to leave masked (SecAggDesk)
+                auto = req.release == "auto" and (dp or req.kind == "stats")
+                state = (life.Release.HELD if not auto
                          else life.Release.SECAGG if secure else life.Release.RELEASED)
             except InvalidInput as exc:  # float16 overflow: refused here, not infinity on the wire
                 # whether it overflows is a function of the noised update: the refusal the

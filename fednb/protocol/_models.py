@@ -231,7 +231,7 @@ class RequestCreate(_Model):
 
     id: str = Field(pattern=_ID_PATTERN)
     function_name: str = Field(pattern=_IDENTIFIER)
-    kind: Literal["update", "query", "dp-sgd"] = "update"
+    kind: Literal["update", "query", "dp-sgd", "stats"] = "update"
     source: str = Field(min_length=1, max_length=200_000)
     code_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     datasets: list[str] = Field(min_length=1, max_length=16)

@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fednb-installed
 
-.PHONY: install labextension demo demo-headless test check lint typecheck imports bench clean
+.PHONY: test-busy install labextension demo demo-headless test check lint typecheck imports bench clean
 
 $(STAMP): pyproject.toml scripts/setup.sh labextension/package.json labextension/yarn.lock
 	bash scripts/setup.sh
@@ -20,6 +20,10 @@ demo: install
 
 demo-headless: install
 	$(BIN)/fednb demo --headless
+
+# make test while one process per core spins the whole time (tests must not need an idle machine)
+test-busy: install
+	bash scripts/test-busy.sh
 
 test: install
 	bash scripts/test-deps.sh

@@ -366,6 +366,7 @@ def cmd_results(dom: Domain, args: argparse.Namespace) -> int:
 def cmd_result_show(dom: Domain, args: argparse.Namespace) -> int:
     """One result as releasing it would hand it over, the way the Inbox and lab show it."""
     from fednb.client._review import build_review, decode_result, find_previous, review_lines
+    from fednb.domain._nearest import run_nearest
     from fednb.domain._store import UserRow
 
     me = UserRow(name=ACTOR, role="owner")  # the owner, on the domain's own files
@@ -373,7 +374,8 @@ def cmd_result_show(dom: Domain, args: argparse.Namespace) -> int:
     result = decode_result(dom.runs.result(run.id, me))
     prev = find_previous(dom.runs.list(request_id=run.request_id), run)
     before = None if prev is None else (prev, decode_result(dom.runs.result(prev.id, me)))
-    print("\n".join(review_lines(build_review(result, dom.requests.get(run.request_id), run, before))))
+    review = build_review(result, dom.requests.get(run.request_id), run, before, run_nearest(dom, run.id, me))
+    print("\n".join(review_lines(review)))
     return 0
 
 

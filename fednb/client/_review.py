@@ -29,14 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fednb.errors import FednbError
 from fednb.protocol import RequestInfo, RunInfo, Update, decode_message, decompress
 
 if TYPE_CHECKING:
     from fednb.client._client import DomainClient
     from fednb.client._http import Transport
 
-__all__ = ["BINS", "SMALL", "build_review", "decode_result", "fetch_review", "find_previous",
-           "review_lines", "review_of", "tensor_review"]
+__all__ = ["BINS", "SMALL", "build_review", "decode_result", "fetch_nearest", "fetch_review",
+           "find_previous", "nearest_lines", "nearest_text", "review_lines", "review_of", "tensor_review"]
 
 SMALL = 64
 """Arrays of at most this many values are shown in full."""
@@ -150,7 +151,8 @@ def _diff(now: Update, before: Update) -> dict[str, Any]:
 
 
 def build_review(result: Update, request: RequestInfo, run: RunInfo,
-                 previous: tuple[RunInfo, Update] | None = None) -> Review:
+                 previous: tuple[RunInfo, Update] | None = None,
+                 nearest: dict[str, Any] | None = None) -> Review:
     """The review of ``run``'s ``result`` (JSON-serialisable).
 
     Parameters
@@ -163,6 +165,9 @@ def build_review(result: Update, request: RequestInfo, run: RunInfo,
         The run (its parameters, dataset, epsilon charged: None without DP).
     previous
         The previous released run of the same request and its result, or None.
+    nearest
+        The domain's memorisation check of this result (``fednb.domain._nearest``:
+        released values equal to private values), or None where it is not available.
     """
     return {
         "version": 1,
@@ -176,6 +181,7 @@ def build_review(result: Update, request: RequestInfo, run: RunInfo,
         "num_examples": result.num_examples,
         "previous": None if previous is None else _run_facts(previous[0]),
         "diff": None if previous is None else _diff(result, previous[1]),
+        "nearest": nearest,
     }
 
 
@@ -201,7 +207,17 @@ def fetch_review(t: Transport, run_id: str) -> Review:
     runs = [RunInfo.model_validate(d) for d in t.json("GET", "/runs", params={"request_id": run.request_id})]
     prev = find_previous(runs, run)
     before = None if prev is None else (prev, decode_result(t.call("GET", f"/runs/{prev.id}/result").content))
-    return build_review(result, request, run, before)
+    return build_review(result, request, run, before, fetch_nearest(t, run_id))
+
+
+def fetch_nearest(t: Transport, run_id: str) -> dict[str, Any] | None:
+    """The domain's memorisation check of a result (owner only), or None where the domain
+    does not offer it (an older domain) or refuses it: the review goes on without it."""
+    try:
+        report = t.json("GET", f"/runs/{run_id}/nearest")
+    except FednbError:
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def review_of(client: DomainClient, run_id: str) -> Review:
@@ -295,4 +311,33 @@ def review_lines(review: Review) -> list[str]:
         lines.append("diff       none: no earlier released run of this request")
     else:
         lines += _diff_lines(review["diff"], review["previous"])
+    lines += nearest_lines(review.get("nearest"))
     return [s.rstrip() for s in lines]
+
+
+def nearest_text(t: dict[str, Any]) -> str:
+    """One released array's line of the memorisation check (the same words everywhere)."""
+    if not t["checked"]:
+        return "no finite values to check"
+    if not t["matches"]:
+        n = t["nearest"]
+        return ("no value equals a private value" + (
+            f"; the nearest, {fmt(n['value'])}, is {fmt(n['distance'])} from a value of {n['variable']}"
+            if n else ""))
+    what = f"{t['matches']} of {t['checked']} values equal private values of {', '.join(t['variables'])}"
+    if not t["rare_matches"]:
+        return what + " (values many entries share)"
+    where = "; ".join(f"[{', '.join(map(str, e['index']))}] {fmt(e['value'])}" for e in t["examples"])
+    return f"{what}; {t['rare_matches']} held by few entries, e.g. {where}"
+
+
+def nearest_lines(report: dict[str, Any] | None) -> list[str]:
+    """The memorisation check as text (``fednb domain results show``)."""
+    if report is None:
+        return ["private    none: this domain did not check released values against private data"]
+    head = ("private    WARNING: released values equal rare private values (the code may copy patients' data)"
+            if report["warning"] else "private    no released value equals a rare private value")
+    lines = [head] + [f"  {t['name']}: {nearest_text(t)}" for t in report["tensors"]]
+    if report["skipped"]:
+        lines.append(f"  not checked (too large): {', '.join(report['skipped'])}")
+    return lines

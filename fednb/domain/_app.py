@@ -22,6 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fednb import kernels
+from fednb.domain._nearest import run_nearest
 from fednb.domain._store import RequestRow, UserRow, is_busy
 from fednb.errors import (
     AuthenticationError,
@@ -61,6 +62,7 @@ from fednb.protocol import (
     dataset_to_bytes,
     decode_message,
 )
+from fednb.protocol._templates import StatsTemplate, TemplateInfo
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain
@@ -243,6 +245,29 @@ def _routes(dom: "Domain") -> APIRouter:
            responses={200: {"content": {BINARY: {}}}})
     def result(run_id: str, u: User) -> Response:
         return Response(dom.runs.result(run_id, u), media_type=BINARY)
+
+    @r.get("/runs/{run_id}/nearest", tags=["review"])
+    def nearest(run_id: str, u: Owner) -> dict[str, Any]:
+        """Released values of a run's result equal to private values of its dataset (the
+        owner's memorisation check before a release, fednb.domain._nearest)."""
+        return run_nearest(dom, run_id, u)
+
+    @r.get("/templates", response_model=list[TemplateInfo], tags=["templates"])
+    def list_templates(u: Owner) -> list[TemplateInfo]:
+        return dom.policy.templates.list()
+
+    @r.post("/templates", response_model=TemplateInfo, status_code=201, tags=["templates"])
+    def add_template(body: StatsTemplate, u: Owner) -> TemplateInfo:
+        return dom.policy.templates.add(body, reviewer=u.name)
+
+    @r.post("/templates/{name}/approve", response_model=TemplateInfo, tags=["templates"])
+    def approve_template(name: str, u: Owner) -> TemplateInfo:
+        return dom.policy.templates.approve(name, reviewer=u.name)
+
+    @r.delete("/templates/{name}", status_code=204, response_class=Response, tags=["templates"])
+    def remove_template(name: str, u: Owner) -> Response:
+        dom.policy.templates.remove(name, reviewer=u.name)
+        return Response(status_code=204)
 
     @r.post("/runs/{run_id}/release", response_model=RunInfo)
     def release(run_id: str, u: Owner) -> RunInfo:

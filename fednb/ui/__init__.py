@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fednb.ui._models import BudgetModel, ConsoleModel, Gauge, InboxModel, ResultsModel
+from fednb.ui._console import ConsoleModel
+from fednb.ui._models import BudgetModel, Gauge, InboxModel, ResultsModel
 
 if TYPE_CHECKING:
     from fednb.ui._widgets import BudgetMeter, Inbox, ResultsViewer

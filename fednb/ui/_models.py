@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fednb.client import DomainClient
-from fednb.client._html import budget_html, esc, request_html, run_html, svg_lines, table_html
+from fednb.client._html import CSS, budget_html, esc, request_html, run_html, svg_lines, table_html
 from fednb.client._review import Review, review_of
 from fednb.errors import FednbError, InvalidInput
 from fednb.protocol import BudgetInfo, ReleaseMode, RequestInfo, RunInfo
 from fednb.scientist import History
 from fednb.ui._review_html import decision_html, review_body_html, review_html
 
-__all__ = ["BudgetModel", "ConsoleModel", "InboxModel", "ResultsModel"]
+__all__ = ["BudgetModel", "InboxModel", "ResultsModel"]
 
 Listener = Callable[[], None]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,6 +59,12 @@ def _label(text: str, limit: int = 60) -> str:
     """A one-line plain-text label (request text is untrusted: views show it as text)."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _empty(text: str) -> str:
+    """An empty state: a muted line in the review's place."""
+    return (f"<div class='fednb-ui fednb-empty'>{CSS}<div class='fednb-card fednb-muted' "
+            f"style='border-style:dashed'>{esc(text)}</div></div>")
 
 
 def plural(n: int, word: str) -> str:
@@ -157,19 +163,17 @@ class InboxModel(_Observable):
 
     def detail_html(self) -> str:
         if self.selected is None:
-            return (
-                "<i>Select a pending request to review it.</i>"
-                if self.pending
-                else "<i>Nothing to review.</i>"
-            )
+            return _empty("Select a pending request to review it: what it runs, on which data, what "
+                          "each run releases and what it costs." if self.pending else "Nothing to review.")
         return request_html(self.selected)
 
     def run_html(self) -> str:
         """The selected held result: its review (the decision first), then the run's facts."""
         if self.selected_run is None:
-            return "<i>Select a held result.</i>" if self.held else "<i>No results are held.</i>"
+            return _empty("Select a held result." if self.held else "No results are held.")
         top = (review_html(self.review) if self.review is not None
-               else f"<div class='fednb-error' style='color:#d62728'>{esc(self.review_error)}</div>")
+               else f"<div class='fednb-error' role='alert' style='color:#cf222e'>"
+                    f"{esc(self.review_error)}</div>")
         return top + run_html(self.selected_run)
 
     def decision_html(self) -> str:
@@ -382,47 +386,3 @@ class ResultsModel(_Observable):
             ("domains in the last round", f"{sum(s == 'succeeded' for s in status)} of {len(status)}")
         )
         return table_html(("", f"round {h.num_rounds - 1}"), cells, _label(repr(h), 120))
-
-
-class ConsoleModel(_Observable):
-    """The owner's console (``fednb dashboard``): the inbox and budgets, plus users and the
-    audit log with its chain status."""
-
-    def __init__(self, owner: DomainClient) -> None:
-        super().__init__()
-        self.client = _owner(owner, "the console")
-        self.inbox = InboxModel(owner)
-        self.budget = BudgetModel(owner)
-
-    def refresh(self) -> bool:
-        a = self.inbox.refresh()
-        b = self.budget.refresh()
-        return a or b
-
-    def users_html(self) -> str:
-        return table_html(
-            ("user", "role", "since", "revoked"),
-            [
-                (u.name, u.role, u.created.strftime("%Y-%m-%d %H:%M"), "yes" if u.revoked else "")
-                for u in self.client.users()
-            ],
-            "Users",
-        )
-
-    def audit_html(self, limit: int = 50) -> str:
-        a = self.client.audit(limit)
-        ok = bool(a.get("ok"))
-        badge = (
-            "<div class='fednb-audit-ok' style='color:#2ca02c'><b>audit chain verifies</b></div>"
-            if ok
-            else "<div class='fednb-audit-bad' style='color:#d62728'><b>audit chain BROKEN: "
-            + esc("; ".join(map(str, a.get("problems", []))))
-            + "</b></div>"
-        )
-        rows = [
-            (e["seq"], e["ts"], e["actor"], e["action"], _label(str(e["details"]), 120))
-            for e in a.get("entries", [])
-        ]
-        return badge + table_html(
-            ("#", "time", "actor", "action", "details"), rows, "Audit log (newest first)"
-        )

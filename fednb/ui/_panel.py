@@ -21,7 +21,8 @@ from fednb.client import connect, is_loopback
 from fednb.client._html import esc
 from fednb.errors import FednbError, InsecureSetting, InvalidInput
 from fednb.scientist import History
-from fednb.ui._models import ConsoleModel, ResultsModel
+from fednb.ui._console import ConsoleModel
+from fednb.ui._models import ResultsModel
 
 __all__ = ["console_app", "federation_app", "serve"]
 
@@ -69,12 +70,31 @@ def _typed(field: pn.widgets.TextInput | pn.widgets.PasswordInput) -> str:
         time.sleep(0.02)
 
 
-_BAND = {"background": "#f6f8fa", "border-bottom": "1px solid #d0d7de", "padding": "6px 12px"}
-_HELD_HELP = (
-    "<div style='color:#57606a'>Results of runs without differential privacy wait here. Pick "
-    "one: its exact values, metrics and parameters, and what changed since the previous "
-    "release, show before anything leaves the hospital.</div>"
+# The console's look: the palette of fednb.client._html.CSS (GitHub Primer's colours).
+_NAVY, _MUTED = "#0b3d62", "#57606a"
+_HEADER = {"background": _NAVY, "color": "#fff", "padding": "10px 18px", "border-radius": "0 0 8px 8px"}
+_TOOLBAR = {"background": "#f6f8fa", "border": "1px solid #d0d7de", "border-radius": "8px",
+            "padding": "4px 8px", "margin": "6px 10px 0", "align-items": "center"}
+_LIST_CSS = (
+    "select{font:13px system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1f2328;"
+    "border:1px solid #d0d7de;border-radius:8px;padding:4px;background:#fff}"
+    "select option{padding:5px 8px;border-radius:4px}"
+    "select option:checked{background:#ddf4ff linear-gradient(#ddf4ff,#ddf4ff);color:#0a3069}"
+    "label{font:600 12px system-ui,sans-serif;color:#57606a;text-transform:uppercase;letter-spacing:.04em}"
 )
+# Panel's default success and warning colours carry white text at under 3:1; these pass AA
+_BUTTON_CSS = (
+    ".bk-btn{font-weight:600;border-radius:6px}"
+    ".bk-btn-success{background-color:#1a7f37!important;border-color:#116329!important;color:#fff!important}"
+    ".bk-btn-danger{background-color:#cf222e!important;border-color:#a40e26!important;color:#fff!important}"
+    ".bk-btn-warning{background-color:#fff!important;border-color:#9a6700!important;color:#7d4e00!important}"
+    ".bk-btn:disabled,.bk-btn[disabled]{opacity:.45}"
+)
+_HELP = "<div class='fednb-ui' style='color:#57606a;margin:2px 0 4px'>{}</div>"
+_HELD_HELP = _HELP.format(
+    "Results of runs without differential privacy wait here. Pick one: its exact values, "
+    "metrics and parameters, and what changed since the previous release, show before "
+    "anything leaves the hospital.")
 
 
 def _options(pairs: list[tuple[str, str]], none: str) -> dict[str, str]:
@@ -83,26 +103,62 @@ def _options(pairs: list[tuple[str, str]], none: str) -> dict[str, str]:
     return {none: "", **dict(pairs)}  # labels end with the full id: unique
 
 
+_WIDTH = 1080  # the review's width (fednb.client._html.CSS): lists and toolbars line up with it
+
+
+def _html(cls: str) -> pn.pane.HTML:
+    return pn.pane.HTML(sizing_mode="stretch_width", css_classes=[cls], margin=(0, 10))
+
+
+def _list(name: str, cls: str) -> pn.widgets.Select:
+    return pn.widgets.Select(name=name, size=6, sizing_mode="stretch_width", max_width=_WIDTH,
+                             css_classes=[cls], stylesheets=[_LIST_CSS])
+
+
+def _toolbar(*items: Any) -> pn.Row:
+    return pn.Row(*items, styles=_TOOLBAR, sizing_mode="stretch_width", max_width=_WIDTH - 20)
+
+
+def _header(model: ConsoleModel, out: pn.widgets.Button) -> pn.Row:
+    info = model.client.info
+    return pn.Row(
+        pn.pane.HTML(
+            "<div style='font:13px system-ui,sans-serif;color:#fff'>"
+            f"<div style='font-size:22px;font-weight:600'>{esc(info.name)}</div>"
+            f"<div style='color:#d0e4f5'>owner console · signed in as <b>{esc(model.client.me.name)}</b>"
+            f" at {esc(model.client.url)}</div></div>"
+        ),
+        pn.layout.HSpacer(),
+        out,
+        styles=_HEADER,
+        sizing_mode="stretch_width",
+        css_classes=["fednb-header"],
+    )
+
+
 def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewable.Viewable:
     inbox = model.inbox
-    info = model.client.info
-    requests = pn.widgets.Select(
-        name="Pending requests", size=8, sizing_mode="stretch_width", css_classes=["fednb-pending"]
-    )
-    detail = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["fednb-detail"])
-    release = pn.widgets.RadioButtonGroup(name="release", options=["manual", "auto"], value="manual")
-    approve = pn.widgets.Button(name="Approve", button_type="success", css_classes=["fednb-approve"])
-    reason = pn.widgets.TextInput(placeholder="reason to deny (the scientist sees it)", width=360)
-    deny = pn.widgets.Button(name="Deny", button_type="danger", css_classes=["fednb-deny"])
-    held = pn.widgets.Select(name="Held results", size=10, width=380, css_classes=["fednb-held-list"])
-    decision = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["fednb-decision-pane"])
-    run = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["fednb-held-detail"])
-    release_btn = pn.widgets.Button(name="Release", button_type="success", css_classes=["fednb-release"])
-    withhold_btn = pn.widgets.Button(name="Withhold", button_type="warning", css_classes=["fednb-withhold"])
-    budgets = pn.pane.HTML(sizing_mode="stretch_width")
-    users = pn.pane.HTML(sizing_mode="stretch_width")
-    audit = pn.pane.HTML(sizing_mode="stretch_width")
-    status = pn.pane.HTML(css_classes=["fednb-status"])
+    requests = _list("Pending requests", "fednb-pending")
+    detail = _html("fednb-detail")
+    release = pn.widgets.RadioButtonGroup(
+        name="release", options={"manual release": "manual", "auto release": "auto"}, value="manual",
+        button_type="primary", button_style="outline")
+    approve = pn.widgets.Button(name="Approve", button_type="success", css_classes=["fednb-approve"],
+                                width=110, stylesheets=[_BUTTON_CSS])
+    reason = pn.widgets.TextInput(placeholder="reason to deny (the scientist sees it)", width=380)
+    deny = pn.widgets.Button(name="Deny", button_type="danger", css_classes=["fednb-deny"], width=110,
+                             stylesheets=[_BUTTON_CSS])
+    held = _list("Held results", "fednb-held-list")
+    decision = _html("fednb-decision-pane")
+    run = _html("fednb-held-detail")
+    release_btn = pn.widgets.Button(name="Release", button_type="success", css_classes=["fednb-release"],
+                                    min_width=160, stylesheets=[_BUTTON_CSS])
+    withhold_btn = pn.widgets.Button(name="Withhold", button_type="warning", css_classes=["fednb-withhold"],
+                                     width=110, stylesheets=[_BUTTON_CSS])
+    budgets = _html("fednb-budgets")
+    users = _html("fednb-users")
+    audit = _html("fednb-audit")
+    status = pn.pane.HTML(css_classes=["fednb-status"], sizing_mode="stretch_width", margin=(4, 10))
     syncing = [False]
 
     def draw() -> None:
@@ -120,10 +176,12 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
         to = inbox.selected_run.scientist if inbox.selected_run else ""
         release_btn.name = f"Release to {to}" if to else "Release"
         budgets.object = model.budget.html()
-        status.object = f"<i>{esc(inbox.message)}</i>" if inbox.message else ""
+        status.object = (
+            "<div role='status' style='font:13px system-ui,sans-serif;background:#ddf4ff;color:#0a3069;"
+            f"border:1px solid #54aeff;border-radius:6px;padding:6px 12px'>{esc(inbox.message)}</div>"
+            if inbox.message else "")
         approve.disabled = deny.disabled = inbox.selected is None
         release_btn.disabled = withhold_btn.disabled = inbox.selected_run is None
-
     def draw_slow() -> None:
         users.object = model.users_html()
         audit.object = model.audit_html()
@@ -178,31 +236,33 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
 
     out = pn.widgets.Button(name="Log out", button_type="light", width=90, css_classes=["fednb-logout"])
     out.on_click(on_logout)
-    header = pn.Row(
-        pn.pane.HTML(
-            f"<div style='font-size:22px;font-weight:600;color:#0b3d62'>{esc(info.name)}</div>"
-            f"<div style='color:#57606a'>owner console · signed in as <b>{esc(model.client.me.name)}</b>"
-            f" at {esc(model.client.url)}</div>"
-        ),
-        pn.layout.HSpacer(),
-        out,
-        styles=_BAND,
+    # each tab: its list, then the actions, then the decision and what follows from it
+    requests_tab = pn.Column(
+        requests,
+        _toolbar(release, approve),
+        _toolbar(reason, deny),
+        detail,
         sizing_mode="stretch_width",
     )
-    held_tab = pn.Row(
-        pn.Column(pn.pane.HTML(_HELD_HELP, width=380), held),
-        pn.Column(decision, pn.Row(release_btn, withhold_btn), run, sizing_mode="stretch_width"),
+    held_tab = pn.Column(
+        pn.pane.HTML(_HELD_HELP, sizing_mode="stretch_width", margin=(0, 10)),
+        held,
+        decision,
+        _toolbar(release_btn, withhold_btn),
+        run,
         sizing_mode="stretch_width",
     )
     tabs = pn.Tabs(
-        ("Requests", pn.Column(requests, pn.Row(release, approve), pn.Row(reason, deny), detail)),
+        ("Pending requests", requests_tab),
         ("Held results", held_tab),
         ("Budgets", budgets),
         ("Users", users),
         ("Audit log", audit),
         dynamic=False,
+        sizing_mode="stretch_width",
     )
-    return pn.Column(header, status, tabs, sizing_mode="stretch_width", css_classes=["fednb-console"])
+    return pn.Column(_header(model, out), status, tabs, sizing_mode="stretch_width",
+                     css_classes=["fednb-console"])
 
 
 def console_app(domain_url: str, *, insecure: bool = False) -> Callable[[], pn.viewable.Viewable]:
@@ -210,19 +270,27 @@ def console_app(domain_url: str, *, insecure: bool = False) -> Callable[[], pn.v
 
     def make() -> pn.viewable.Viewable:
         token = pn.widgets.PasswordInput(
-            name="Owner token", placeholder="fednb_…", width=420, css_classes=["fednb-token"]
+            name="Owner token", placeholder="fednb_…", width=440, css_classes=["fednb-token"]
         )
-        login = pn.widgets.Button(name="Log in", button_type="primary", css_classes=["fednb-login"])
+        login = pn.widgets.Button(name="Log in", button_type="primary", css_classes=["fednb-login"],
+                                  width=120)
         error = pn.pane.HTML(css_classes=["fednb-login-error"])
         form = pn.Column(
             pn.pane.HTML(
-                f"<h2>fednb owner console</h2><div>Domain: {esc(domain_url)}</div>"
-                "<div>Log in with the domain owner's token.</div>"
+                "<div style='font:14px system-ui,sans-serif;color:#1f2328'>"
+                f"<div style='font-size:22px;font-weight:600;color:{_NAVY}'>fednb owner console</div>"
+                f"<div style='color:{_MUTED};margin:6px 0 2px'>Domain: <b>{esc(domain_url)}</b></div>"
+                f"<div style='color:{_MUTED}'>Log in with the domain owner's token. It stays in this "
+                "browser session's server-side state and is dropped when you log out.</div></div>"
             ),
             token,
             login,
             error,
             css_classes=["fednb-login-form"],
+            styles={"border": "1px solid #d0d7de", "border-top": f"6px solid {_NAVY}",
+                    "border-radius": "8px", "padding": "12px 16px", "background": "#fff"},
+            width=480,
+            margin=(40, 20),
         )
         page = pn.Column(form, sizing_mode="stretch_width")
 
@@ -237,18 +305,19 @@ def console_app(domain_url: str, *, insecure: bool = False) -> Callable[[], pn.v
             secret = _typed(token)
             token.value = token.value_input = ""  # the field keeps nothing
             if not secret:
-                error.object = "<span style='color:#d62728'>enter a token</span>"
+                error.object = "<span role='alert' style='color:#cf222e'>enter a token</span>"
                 return
             try:
                 model = ConsoleModel(connect(domain_url, secret, insecure=insecure))
             except (InvalidInput, InsecureSetting) as exc:
-                error.object = f"<span style='color:#d62728'>{esc(exc)}</span>"
+                error.object = f"<span role='alert' style='color:#cf222e'>{esc(exc)}</span>"
                 return
             except FednbError:
-                error.object = "<span style='color:#d62728'>the domain refused this token</span>"
+                error.object = "<span role='alert' style='color:#cf222e'>the domain refused this token</span>"
                 return
             except OSError:
-                error.object = f"<span style='color:#d62728'>cannot reach {esc(domain_url)}</span>"
+                error.object = f"<span role='alert' style='color:#cf222e'>cannot reach {esc(domain_url)}"\
+                    "</span>"
                 return
             error.object = ""
             page[:] = [_console_view(model, logout)]

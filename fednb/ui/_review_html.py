@@ -1,22 +1,20 @@
 """The review of a held result (:mod:`fednb.client._review`) as HTML, for the Inbox widget
 and the Panel console: the decision and its consequences first (what leaves, to whom,
-from which dataset, at what epsilon), then the values (small arrays in full, large ones
-summarised with a histogram), the metrics, the parameters and the change since the
-previous release. No script; every string from the request goes through ``esc``.
+from which dataset, at what epsilon, each released array's shape and summary and whether
+it copies private values), then the values (small arrays in full, large ones summarised
+with a histogram), the metrics and the change since the previous release. No script;
+every string from the request goes through ``esc``. The lab extension draws the same
+review with the same words and colours (``labextension/src/review.ts``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fednb.client._html import esc
-from fednb.client._review import Review, epsilon_text, fmt, params_text, released_text
+from fednb.client._html import CSS, TONE, badge, card, esc, facts_html
+from fednb.client._review import Review, epsilon_text, fmt, nearest_text, params_text, released_text
 
 __all__ = ["decision_html", "histogram_svg", "review_body_html", "review_html"]
-
-_CELL = "padding:2px 8px;text-align:right;font-family:var(--jp-code-font-family,monospace)"
-_HEAD = "padding:2px 8px;text-align:left;color:#555;font-weight:600"
-_CARD = "border:1px solid #d0d7de;border-radius:6px;padding:8px 12px;margin:8px 0;background:#fff"
 
 
 def histogram_svg(hist: dict[str, Any], width: int = 320, height: int = 90) -> str:
@@ -27,24 +25,27 @@ def histogram_svg(hist: dict[str, Any], width: int = 320, height: int = 90) -> s
     plot_h = height - 18
     bars = "".join(
         f"<rect x='{4 + i * bar_w:.1f}' y='{plot_h - plot_h * c / top:.1f}' width='{max(bar_w - 1, 1):.1f}' "
-        f"height='{plot_h * c / top:.1f}' fill='#3b6ea8'><title>{esc(fmt(edges[i]))} to "
+        f"height='{plot_h * c / top:.1f}' fill='#0969da'><title>{esc(fmt(edges[i]))} to "
         f"{esc(fmt(edges[i + 1]))}: {c}</title></rect>"
         for i, c in enumerate(counts)
     )
     return (
         f"<svg xmlns='http://www.w3.org/2000/svg' class='fednb-histogram' width='{width}' height='{height}' "
-        f"style='font:10px sans-serif'>{bars}"
-        f"<line x1='4' y1='{plot_h}' x2='{width - 4}' y2='{plot_h}' stroke='#999'/>"
+        f"role='img' aria-label='histogram of {len(counts)} bins from {esc(fmt(edges[0]))} to "
+        f"{esc(fmt(edges[-1]))}' style='font:11px sans-serif;fill:#57606a'>{bars}"
+        f"<line x1='4' y1='{plot_h}' x2='{width - 4}' y2='{plot_h}' stroke='#8c959f'/>"
         f"<text x='4' y='{height - 4}'>{esc(fmt(edges[0]))}</text>"
         f"<text x='{width - 4}' y='{height - 4}' text-anchor='end'>{esc(fmt(edges[-1]))}</text></svg>"
     )
 
 
 def _row(cells: list[str], head: bool = False) -> str:
-    tag, style = ("th", _HEAD) if head else ("td", _CELL)
-    return "<tr>" + "".join(
-        f"<{tag} style='{style}{';text-align:left' if i == 0 else ''}'>{esc(c)}</{tag}>"
-        for i, c in enumerate(cells)) + "</tr>"
+    tag = "th" if head else "td"
+    return "<tr>" + "".join(f"<{tag}>{esc(c)}</{tag}>" for c in cells) + "</tr>"
+
+
+def _table(rows: str, cls: str = "") -> str:
+    return f"<table class='fednb-table {cls}'>{rows}</table>"
 
 
 def _nested(v: Any) -> str:
@@ -59,41 +60,102 @@ def _values_html(t: dict[str, Any]) -> str:
         rows = _row(["", *map(str, range(shape[1]))], head=True) + "".join(
             _row([str(i), *map(fmt, r)]) for i, r in enumerate(v))
     else:
-        return f"<code class='fednb-values'>{esc(_nested(v))}</code>"
-    return f"<table class='fednb-values' style='border-collapse:collapse'>{rows}</table>"
+        return f"<code class='fednb-values fednb-mono'>{esc(_nested(v))}</code>"
+    return _table(rows, "fednb-values fednb-numbers")
+
+
+_STATS = (("min", "min"), ("max", "max"), ("mean", "mean"), ("std", "std"), ("NaN", "nan"), ("Inf", "inf"))
 
 
 def _summary_html(t: dict[str, Any]) -> str:
     s = t["summary"]
-    cells = [("min", s["min"]), ("max", s["max"]), ("mean", s["mean"]), ("std", s["std"]),
-             ("NaN", s["nan"]), ("Inf", s["inf"])]
-    table = ("<table class='fednb-summary' style='border-collapse:collapse'>"
-             + _row([k for k, _ in cells], head=True) + _row([fmt(v) for _, v in cells]) + "</table>")
+    table = _table(_row([k for k, _ in _STATS], head=True) + _row([fmt(s[k]) for _, k in _STATS]),
+                   "fednb-summary fednb-numbers")
     plot = histogram_svg(s["histogram"]) if s["histogram"] else "<i>no finite values</i>"
-    return f"<div style='display:flex;gap:16px;align-items:flex-end;flex-wrap:wrap'>{table}{plot}</div>"
+    return f"<div style='display:flex;gap:20px;align-items:flex-end;flex-wrap:wrap'>{table}{plot}</div>"
 
 
-def _tensor_html(t: dict[str, Any]) -> str:
-    head = (f"<div><b>{esc(t['name'])}</b> <span style='color:#555'>{esc(t['dtype'])} "
-            f"{esc(tuple(t['shape']))}, {t['size']} value{'s' * (t['size'] != 1)}</span></div>")
+def _checks(review: Review) -> dict[str, dict[str, Any]]:
+    report = review.get("nearest")
+    return {} if report is None else {t["name"]: t for t in report["tensors"]}
+
+
+def _check_html(check: dict[str, Any] | None, short: bool = False) -> str:
+    """A released array's memorisation check: a badge, and (unless ``short``) its line."""
+    if check is None:
+        return ""
+    tone = "danger" if check["rare_matches"] else "raw" if check["matches"] else "ok"
+    label = {"danger": "copies private values", "raw": "common private values",
+             "ok": "no private values"}[tone]
+    text = "" if short else f"<span class='fednb-muted'>{esc(nearest_text(check))}</span>"
+    return f"<div class='fednb-check' data-check='{tone}'>{badge(label, tone)}{text}</div>"
+
+
+def _shape(t: dict[str, Any]) -> str:
+    return "(" + ", ".join(map(str, t["shape"])) + ")"
+
+
+def _tensor_html(t: dict[str, Any], check: dict[str, Any] | None) -> str:
+    head = (f"<div><b class='fednb-mono'>{esc(t['name'])}</b> <span class='fednb-muted'>{esc(t['dtype'])} "
+            f"{esc(_shape(t))}, {t['size']} value{'s' * (t['size'] != 1)}</span></div>")
     body = _values_html(t) if t["values"] is not None else _summary_html(t)
-    return f"<div class='fednb-tensor' data-tensor='{esc(t['name'])}' style='margin:6px 0'>{head}{body}</div>"
+    return (f"<div class='fednb-tensor' data-tensor='{esc(t['name'])}' style='margin:8px 0 12px'>"
+            f"{head}{_check_html(check)}{body}</div>")
+
+
+def _short(t: dict[str, Any]) -> str:
+    """A released array in one cell: its values when few, else its range and mean."""
+    if t["values"] is not None:
+        text = _nested(t["values"])
+        return text if len(text) <= 48 else text[:47] + "…"
+    s = t["summary"]
+    return f"{fmt(s['min'])} … {fmt(s['max'])}, mean {fmt(s['mean'])}"
+
+
+def _released_table(review: Review) -> str:
+    checks = _checks(review)
+    rows = "".join(
+        f"<tr><td class='fednb-mono'>{esc(t['name'])}</td><td>{esc(t['dtype'])} {esc(_shape(t))}</td>"
+        f"<td class='fednb-mono'>{esc(_short(t))}</td>"
+        + (f"<td>{_check_html(checks.get(t['name']), short=True)}</td>" if checks else "") + "</tr>"
+        for t in review["tensors"])
+    head = "<th>released</th><th>dtype and shape</th><th>values</th>" + (
+        "<th>private values</th>" if checks else "")
+    return (f"<table class='fednb-table fednb-released'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>"
+            "</table>") if rows else ""
+
+
+def _check_fact(review: Review) -> tuple[str, str]:
+    report = review.get("nearest")
+    if report is None:
+        return "Private values", "<span class='fednb-muted'>not checked by this domain</span>"
+    if report["warning"]:
+        names = ", ".join(t["name"] for t in report["tensors"] if t["rare_matches"])
+        return "Private values", (badge("warning", "danger") + f"<b>{esc(names)}</b> hold values equal to "
+                                  "private values few entries share: the code may copy patients' data")
+    return "Private values", badge("checked", "ok") + "no released value equals a rare private value"
 
 
 def decision_html(review: Review) -> str:
     """The decision and its consequences: what leaves, to whom, from where, at what ε."""
     run, req = review["run"], review["request"]
     dp = run["epsilon"] is not None
-    colour, tint = ("#1f6feb", "#eef5ff") if dp else ("#b45309", "#fff7ed")
+    warn = bool((review.get("nearest") or {}).get("warning"))
+    tone = "danger" if warn else "dp" if dp else "raw"
+    made = (f"<span class='fednb-mono'>{esc(req['function_name'])}</span> ({esc(req['kind'])}) · "
+            f"parameters {esc(params_text(run['params']))} · sha256 "
+            f"<span class='fednb-mono'>{esc(req['code_hash'][:16])}…</span> · run {esc(run['id'])}")
+    facts = [
+        ("Dataset", f"{esc(run['dataset'])} ({esc(fmt(run['num_examples']))} examples)"),
+        ("ε charged", badge("DP" if dp else "no DP", tone="dp" if dp else "raw")
+         + esc(epsilon_text(run["epsilon"]))),
+        ("Produced by", made),
+        _check_fact(review),
+    ]
     return (
-        f"<div class='fednb-decision' style='border-left:5px solid {colour};background:{tint};"
-        "padding:8px 12px;border-radius:4px'>"
-        f"<div style='font-size:15px'><b>Releasing sends</b> {esc(released_text(review))}</div>"
-        f"<div>from dataset <b>{esc(run['dataset'])}</b> ({esc(fmt(run['num_examples']))} examples) · "
-        f"ε charged: <b>{esc(epsilon_text(run['epsilon']))}</b></div>"
-        f"<div style='color:#555'>{esc(req['function_name'])} ({esc(req['kind'])}) · parameters "
-        f"{esc(params_text(run['params']))} · sha256 {esc(req['code_hash'][:16])}… · run {esc(run['id'])}"
-        "</div></div>"
+        f"<div class='fednb-ui'>{CSS}<div class='fednb-decision {TONE[tone]}'>"
+        f"<div class='fednb-headline'>Releasing sends <span>{esc(released_text(review))}</span></div>"
+        f"{facts_html(facts)}{_released_table(review)}</div></div>"
     )
 
 
@@ -108,27 +170,27 @@ def _diff_html(review: Review) -> str:
         rows.append(_row([d["name"], d["status"], fmt(d["max_abs_diff"]), changed]))
     rows += [_row([f"metric {m['name']}", "changed", "", f"{fmt(m['before'])} → {fmt(m['after'])}"])
              for m in diff["metrics"]]
-    return (f"<div class='fednb-diff'><div style='color:#555'>against run {esc(prev['id'])} "
+    return (f"<div class='fednb-diff'><div class='fednb-muted'>against run {esc(prev['id'])} "
             f"(parameters {esc(params_text(prev['params']))}), released before</div>"
-            f"<table style='border-collapse:collapse'>{''.join(rows)}</table></div>")
+            f"{_table(''.join(rows))}</div>")
 
 
 def review_html(review: Review) -> str:
     """The whole review as one HTML block (class ``fednb-result-review``)."""
-    return (f"<div class='fednb-result-review' style='max-width:980px'>{decision_html(review)}"
+    return (f"<div class='fednb-ui fednb-result-review'>{decision_html(review)}"
             f"{review_body_html(review)}</div>")
 
 
 def review_body_html(review: Review) -> str:
     """The values, metrics and the change since the previous release (no decision line)."""
-    metrics = review["metrics"]
-    metrics_html = ("<table style='border-collapse:collapse'>" + _row(list(metrics), head=True)
-                    + _row([fmt(v) for v in metrics.values()]) + "</table>") if metrics else "<i>none</i>"
-    tensors = "".join(map(_tensor_html, review["tensors"])) or "<i>no tensors</i>"
+    metrics, checks = review["metrics"], _checks(review)
+    metrics_html = (_table(_row(list(metrics), head=True) + _row([fmt(v) for v in metrics.values()]),
+                           "fednb-numbers") if metrics else "<i>none</i>")
+    tensors = "".join(_tensor_html(t, checks.get(t["name"])) for t in review["tensors"])
     return (
-        f"<div class='fednb-review-body' style='max-width:980px'><div style='{_CARD}'>"
-        f"<h4 style='margin:2px 0'>What will be released</h4>{tensors}"
-        f"<div style='margin-top:6px'><b>Metrics</b> {metrics_html}</div></div>"
-        f"<div style='{_CARD}'><h4 style='margin:2px 0'>Change since the previous release</h4>"
-        f"{_diff_html(review)}</div></div>"
+        f"<div class='fednb-ui fednb-review-body'>{CSS}"
+        + card("What will be released", (tensors or "<i>no tensors</i>")
+               + "<h5 style='margin:8px 0 2px;font-size:13px'>Metrics</h5>" + metrics_html)
+        + card("Change since the previous release", _diff_html(review))
+        + "</div>"
     )

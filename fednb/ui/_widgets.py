@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import ipywidgets as w
 
 from fednb.client import DomainClient
-from fednb.client._html import esc
+from fednb.client._html import CSS, esc
 from fednb.errors import FednbError
 from fednb.scientist import History
 from fednb.ui._models import BudgetModel, InboxModel, ResultsModel, plural
@@ -66,6 +66,16 @@ class _Poller:
         self._stop.set()
 
 
+def _button(text: str, colour: str, icon: str = "", *, outline: bool = False) -> w.Button:
+    """A button in the colours of the console and the lab (white on ``colour``, or
+    ``colour`` on white), which pass AA contrast where ipywidgets' defaults do not."""
+    b = w.Button(description=text, icon=icon)
+    b.style.button_color = "#ffffff" if outline else colour
+    b.style.text_color = colour if outline else "#ffffff"
+    b.style.font_weight = "600"
+    return b
+
+
 class Inbox(w.VBox):
     """Pending requests and held results of a domain, for its owner.
 
@@ -85,15 +95,15 @@ class Inbox(w.VBox):
         self._release = w.ToggleButtons(
             options=[("manual release", "manual"), ("auto release", "auto")], value="manual"
         )
-        self._approve = w.Button(description="Approve", button_style="success", icon="check")
+        self._approve = _button("Approve", "#1a7f37", "check")
         self._reason = w.Text(
             placeholder="reason to deny (the scientist sees it)", layout=w.Layout(width="40%")
         )
-        self._deny = w.Button(description="Deny", button_style="danger", icon="times")
+        self._deny = _button("Deny", "#cf222e", "times")
         self._held = w.Select(options=[], rows=6, layout=w.Layout(width="100%"))
         self._run = w.HTML()
-        self._release_btn = w.Button(description="Release", button_style="success")
-        self._withhold_btn = w.Button(description="Withhold", button_style="warning")
+        self._release_btn = _button("Release", "#1a7f37")
+        self._withhold_btn = _button("Withhold", "#7d4e00", outline=True)
         self._status = w.HTML()
         self._title = w.HTML()
         review = w.VBox(
@@ -153,13 +163,20 @@ class Inbox(w.VBox):
             self._held.value = m.selected_run.id if m.selected_run else None
         finally:
             self._syncing = False
-        self._title.value = (f"<b>{esc(self._name)}</b>: {len(m.pending)} pending, "
-                             f"{plural(len(m.held), 'result')} held")
+        self._title.value = (
+            f"<div class='fednb-ui'>{CSS}<div style='background:#0b3d62;color:#fff;padding:8px 14px;"
+            f"border-radius:8px'><b style='font-size:16px'>{esc(self._name)}</b> · owner inbox"
+            f"<span style='float:right;color:#d0e4f5'>{len(m.pending)} pending · "
+            f"{plural(len(m.held), 'result')} held</span></div></div>")
         self._tabs.set_title(0, f"Pending requests ({len(m.pending)})")
         self._tabs.set_title(1, f"Held results ({len(m.held)})")
         self._detail.value = m.detail_html()
         self._run.value = m.run_html()
-        self._status.value = f"<i>{esc(m.message)}</i>" if m.message else ""
+        self._status.value = (
+            f"<div role='status' style='background:#ddf4ff;color:#0a3069;border:1px solid #54aeff;"
+            f"border-radius:6px;padding:4px 10px'>{esc(m.message)}</div>" if m.message else "")
+        to = m.selected_run.scientist if m.selected_run else ""
+        self._release_btn.description = f"Release to {to}" if to else "Release"
         self._approve.disabled = self._deny.disabled = m.selected is None
         self._release_btn.disabled = self._withhold_btn.disabled = m.selected_run is None
 

@@ -133,6 +133,28 @@ export interface IReviewRun {
   finished: string | null;
 }
 
+/** One released array's memorisation check (fednb.domain._nearest, owner only). */
+export interface INearestTensor {
+  name: string;
+  checked: number;
+  matches: number;
+  rare_matches: number;
+  variables: string[];
+  examples: { index: number[]; value: Num; variable: string; holders: number }[];
+  nearest: { index: number[]; value: Num; private: Num; variable: string; distance: Num } | null;
+}
+
+/** Released values equal to private values of the run's dataset, checked by the domain. */
+export interface INearestReport {
+  version: number;
+  rtol: number;
+  rare: number;
+  skipped: string[];
+  checked_variables: string[];
+  warning: boolean;
+  tensors: INearestTensor[];
+}
+
 /** A result as its owner reviews it before release (fednb.client._review). */
 export interface IResultReview {
   version: number;
@@ -158,6 +180,8 @@ export interface IResultReview {
     metrics: { name: string; before: Num | null; after: Num | null }[];
     num_examples: [number | null, number | null];
   } | null;
+  /** The domain's memorisation check; absent or null where the domain does not offer it. */
+  nearest?: INearestReport | null;
 }
 
 /** An error the server extension (or the domain behind it) answered. */

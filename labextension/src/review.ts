@@ -5,8 +5,9 @@
  * and the change since the previous release. The pure helpers are tested under jest
  * (test/review.spec.ts); the DOM builders put every string in as text (dom.ts).
  */
-import { IResultReview, ITensorReview, Nested, Num } from './api';
+import { INearestTensor, IResultReview, ITensorReview, Nested, Num } from './api';
 import { el, table } from './dom';
+import { badge, card, factsList, Tone } from './request';
 
 /** A review number as people read it: ints as ints, floats to 6 significant digits. */
 export function fmtNum(v: Num | null | undefined): string {
@@ -82,17 +83,23 @@ function svg(tag: string, attrs: Record<string, string | number>, text?: string)
 
 /** Bars of a histogram, its range under them; each bar's tooltip gives its bin and count. */
 export function histogramSvg(h: { edges: Num[]; counts: number[] }, width = 320, height = 90): SVGElement {
-  const root = svg('svg', { class: 'fednb-histogram', width, height, style: 'font: 10px sans-serif' });
+  const root = svg('svg', {
+    class: 'fednb-histogram',
+    width,
+    height,
+    role: 'img',
+    'aria-label': `histogram of ${h.counts.length} bins from ${fmtNum(h.edges[0])} to ${fmtNum(h.edges[h.edges.length - 1])}`
+  });
   const top = Math.max(1, ...h.counts);
   const barW = (width - 8) / h.counts.length;
   const plotH = height - 18;
   h.counts.forEach((c, i) => {
     const bh = (plotH * c) / top;
-    const bar = svg('rect', { x: 4 + i * barW, y: plotH - bh, width: Math.max(barW - 1, 1), height: bh, fill: '#3b6ea8' });
+    const bar = svg('rect', { x: 4 + i * barW, y: plotH - bh, width: Math.max(barW - 1, 1), height: bh, fill: '#0969da' });
     bar.appendChild(svg('title', {}, `${fmtNum(h.edges[i])} to ${fmtNum(h.edges[i + 1])}: ${c}`));
     root.appendChild(bar);
   });
-  root.appendChild(svg('line', { x1: 4, y1: plotH, x2: width - 4, y2: plotH, stroke: '#999' }));
+  root.appendChild(svg('line', { x1: 4, y1: plotH, x2: width - 4, y2: plotH, stroke: '#8c959f' }));
   root.appendChild(svg('text', { x: 4, y: height - 4 }, fmtNum(h.edges[0])));
   root.appendChild(svg('text', { x: width - 4, y: height - 4, 'text-anchor': 'end' }, fmtNum(h.edges[h.edges.length - 1])));
   return root;
@@ -104,17 +111,17 @@ function valuesView(t: ITensorReview): HTMLElement {
     return table(
       v.map((_, i) => String(i)),
       [v.map(x => nestedText(x))],
-      'fednb-table fednb-values'
+      'fednb-table fednb-values fednb-numbers'
     );
   }
   if (t.shape.length === 2 && Array.isArray(v)) {
     return table(
       ['', ...Array.from({ length: t.shape[1] }, (_, j) => String(j))],
       v.map((row, i) => [String(i), ...(row as Nested[]).map(nestedText)]),
-      'fednb-table fednb-values'
+      'fednb-table fednb-values fednb-numbers'
     );
   }
-  return el('code', { cls: 'fednb-values', text: nestedText(v) });
+  return el('code', { cls: 'fednb-values fednb-mono', text: nestedText(v) });
 }
 
 function summaryView(t: ITensorReview): HTMLElement {
@@ -127,55 +134,152 @@ function summaryView(t: ITensorReview): HTMLElement {
     ['NaN', s.nan],
     ['Inf', s.inf]
   ];
-  const box = el('div', { cls: 'fednb-summary-box', attrs: { style: 'display:flex;gap:16px;align-items:flex-end;flex-wrap:wrap' } }, [
+  const box = el('div', { cls: 'fednb-summary-box' }, [
     table(
       cells.map(c => c[0]),
       [cells.map(c => fmtNum(c[1]))],
-      'fednb-table fednb-summary'
+      'fednb-table fednb-summary fednb-numbers'
     )
   ]);
   box.appendChild(s.histogram ? (histogramSvg(s.histogram) as unknown as HTMLElement) : el('i', { text: 'no finite values' }));
   return box;
 }
 
-function tensorView(t: ITensorReview): HTMLElement {
-  return el('div', { cls: 'fednb-tensor', attrs: { 'data-tensor': t.name, style: 'margin: 6px 0' } }, [
+/** One released array's memorisation check in words (the same as the CLI and the console). */
+export function nearestText(t: INearestTensor): string {
+  if (!t.checked) {
+    return 'no finite values to check';
+  }
+  if (!t.matches) {
+    const n = t.nearest;
+    return 'no value equals a private value' + (n ? `; the nearest, ${fmtNum(n.value)}, is ${fmtNum(n.distance)} from a value of ${n.variable}` : '');
+  }
+  const what = `${t.matches} of ${t.checked} values equal private values of ${t.variables.join(', ')}`;
+  if (!t.rare_matches) {
+    return `${what} (values many entries share)`;
+  }
+  const where = t.examples.map(e => `[${e.index.join(', ')}] ${fmtNum(e.value)}`).join('; ');
+  return `${what}; ${t.rare_matches} held by few entries, e.g. ${where}`;
+}
+
+/** The check's badge: red when it copies rare private values, amber for common ones. */
+export function checkBadge(t: INearestTensor): { tone: Tone; label: string } {
+  if (t.rare_matches) {
+    return { tone: 'danger', label: 'copies private values' };
+  }
+  return t.matches ? { tone: 'raw', label: 'common private values' } : { tone: 'ok', label: 'no private values' };
+}
+
+function checks(r: IResultReview): Map<string, INearestTensor> {
+  return new Map((r.nearest?.tensors ?? []).map(t => [t.name, t]));
+}
+
+function checkView(t: INearestTensor | undefined, short = false): HTMLElement | null {
+  if (!t) {
+    return null;
+  }
+  const b = checkBadge(t);
+  return el('div', { cls: 'fednb-check', attrs: { 'data-check': b.tone } }, [
+    badge(b.label, b.tone),
+    short ? null : el('span', { cls: 'fednb-request-meta', text: nearestText(t) })
+  ]);
+}
+
+function shapeText(t: ITensorReview): string {
+  return `(${t.shape.join(', ')})`;
+}
+
+function tensorView(t: ITensorReview, check: INearestTensor | undefined): HTMLElement {
+  return el('div', { cls: 'fednb-tensor', attrs: { 'data-tensor': t.name } }, [
     el('div', {}, [
-      el('b', { text: t.name }),
-      el('span', { cls: 'fednb-request-meta', text: ` ${t.dtype} (${t.shape.join(', ')}), ${plural(t.size, 'value')}` })
+      el('b', { cls: 'fednb-mono', text: t.name }),
+      el('span', { cls: 'fednb-request-meta', text: ` ${t.dtype} ${shapeText(t)}, ${plural(t.size, 'value')}` })
     ]),
+    checkView(check),
     t.values !== null ? valuesView(t) : summaryView(t)
   ]);
 }
 
-const CARD = 'border:1px solid var(--jp-border-color2);border-radius:6px;padding:8px 12px;margin:8px 0';
+/** A released array in one cell: its values when few, else its range and mean. */
+export function shortValues(t: ITensorReview): string {
+  if (t.values !== null) {
+    const text = nestedText(t.values);
+    return text.length <= 48 ? text : `${text.slice(0, 47)}…`;
+  }
+  return `${fmtNum(t.summary.min)} … ${fmtNum(t.summary.max)}, mean ${fmtNum(t.summary.mean)}`;
+}
 
-/** The decision line: what leaves, to whom, from where, at what ε. */
+/** The tone of a held result's decision: red on a memorisation warning, blue with DP, amber without. */
+export function resultTone(r: IResultReview): Tone {
+  return r.nearest?.warning ? 'danger' : r.run.epsilon !== null ? 'dp' : 'raw';
+}
+
+function checkFact(r: IResultReview): HTMLElement {
+  if (!r.nearest) {
+    return el('span', { cls: 'fednb-request-meta', text: 'not checked by this domain' });
+  }
+  if (r.nearest.warning) {
+    const names = r.nearest.tensors.filter(t => t.rare_matches).map(t => t.name).join(', ');
+    return el('span', {}, [
+      badge('warning', 'danger'),
+      el('b', { text: names }),
+      el('span', { text: " hold values equal to private values few entries share: the code may copy patients' data" })
+    ]);
+  }
+  return el('span', {}, [badge('checked', 'ok'), el('span', { text: 'no released value equals a rare private value' })]);
+}
+
+function releasedTable(r: IResultReview): HTMLElement | null {
+  if (!r.tensors.length) {
+    return null;
+  }
+  const byName = checks(r);
+  const head = ['released', 'dtype and shape', 'values', ...(r.nearest ? ['private values'] : [])];
+  return el('table', { cls: 'fednb-table fednb-released' }, [
+    el('thead', {}, [el('tr', {}, head.map(h => el('th', { text: h })))]),
+    el(
+      'tbody',
+      {},
+      r.tensors.map(t =>
+        el('tr', {}, [
+          el('td', { cls: 'fednb-mono', text: t.name }),
+          el('td', { text: `${t.dtype} ${shapeText(t)}` }),
+          el('td', { cls: 'fednb-mono', text: shortValues(t) }),
+          r.nearest ? el('td', {}, [checkView(byName.get(t.name), true)]) : null
+        ])
+      )
+    )
+  ]);
+}
+
+/** The decision: what leaves, to whom, from where, at what ε, and whether it copies private values. */
 export function decisionView(r: IResultReview): HTMLElement {
   const dp = r.run.epsilon !== null;
-  const style = `border-left:5px solid ${dp ? '#1f6feb' : '#b45309'};background:${dp ? 'rgba(31,111,235,0.08)' : 'rgba(180,83,9,0.08)'};padding:8px 12px;border-radius:4px`;
-  return el('div', { cls: 'fednb-decision', attrs: { style } }, [
-    el('div', { attrs: { style: 'font-size: 1.15em' } }, [el('b', { text: 'Releasing sends ' }), el('span', { text: releasedText(r) })]),
-    el('div', {
-      text: `from dataset ${r.run.dataset} (${fmtNum(r.run.num_examples)} examples) · ε charged: ${epsilonText(r.run.epsilon)}`
-    }),
-    el('div', {
-      cls: 'fednb-request-meta',
-      text: `${r.request.function_name} (${r.request.kind}) · parameters ${paramsText(r.run.params)} · sha256 ${r.request.code_hash.slice(0, 16)}… · run ${r.run.id}`
-    })
+  return el('div', { cls: `fednb-decision fednb-tone-${resultTone(r)}` }, [
+    el('div', { cls: 'fednb-headline' }, [el('span', { text: 'Releasing sends ' }), el('span', { text: releasedText(r) })]),
+    factsList([
+      ['Dataset', `${r.run.dataset} (${fmtNum(r.run.num_examples)} examples)`],
+      ['ε charged', el('span', {}, [badge(dp ? 'DP' : 'no DP', dp ? 'dp' : 'raw'), el('span', { text: epsilonText(r.run.epsilon) })])],
+      [
+        'Produced by',
+        `${r.request.function_name} (${r.request.kind}) · parameters ${paramsText(r.run.params)} · sha256 ${r.request.code_hash.slice(0, 16)}… · run ${r.run.id}`
+      ],
+      ['Private values', checkFact(r)]
+    ]),
+    releasedTable(r)
   ]);
 }
 
 /** Values, metrics and the change since the previous release. */
 export function reviewBodyView(r: IResultReview): HTMLElement {
   const metrics = Object.entries(r.metrics);
-  const released = el('div', { cls: 'fednb-card', attrs: { style: CARD } }, [
-    el('h3', { text: 'What will be released' }),
-    ...(r.tensors.length ? r.tensors.map(tensorView) : [el('i', { text: 'no tensors' })]),
-    el('h4', { text: 'Metrics' }),
-    metrics.length ? table(metrics.map(m => m[0]), [metrics.map(m => fmtNum(m[1]))]) : el('i', { text: 'none' })
+  const byName = checks(r);
+  const released = card('What will be released', [
+    ...(r.tensors.length ? r.tensors.map(t => tensorView(t, byName.get(t.name))) : [el('i', { text: 'no tensors' })]),
+    el('h5', { text: 'Metrics' }),
+    metrics.length ? table(metrics.map(m => m[0]), [metrics.map(m => fmtNum(m[1]))], 'fednb-table fednb-numbers') : el('i', { text: 'none' })
   ]);
-  const diff = el('div', { cls: 'fednb-card fednb-result-diff', attrs: { style: CARD } }, [el('h3', { text: 'Change since the previous release' })]);
+  const diff = card('Change since the previous release', [], 'fednb-result-diff');
   if (r.diff && r.previous) {
     diff.appendChild(el('div', { cls: 'fednb-request-meta', text: `against run ${r.previous.id} (parameters ${paramsText(r.previous.params)}), released before` }));
     diff.appendChild(table(['', 'change', 'max |difference|', 'changed values'], diffRows(r)));

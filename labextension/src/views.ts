@@ -9,6 +9,7 @@ import { Widget } from '@lumino/widgets';
 import { FednbApiError, IDomainSummary, IRequestInfo, IResultReview, IRunInfo } from './api';
 import { button, clear, el, factsTable, table } from './dom';
 import { budgetFraction, budgetLine, diffLines, FednbModel, formatEpsilon, requestFacts, signedIn } from './model';
+import { card, requestDecisionView, specView } from './request';
 import { decisionView, reviewBodyView } from './review';
 
 export interface IOpeners {
@@ -75,14 +76,23 @@ export class Sidebar extends Widget {
     block.appendChild(el('div', { cls: 'fednb-subhead', text: owner ? `${requests.length} pending` : 'your requests' }));
     const list = el('ul', { cls: 'fednb-requests' });
     for (const r of requests) {
-      const item = el('li', { cls: 'fednb-request-item', attrs: { 'data-request': r.id } }, [
-        el('span', { cls: 'fednb-request-title', text: `${r.function_name} (${r.kind})` }),
-        el('span', {
+      const dp = r.dp || r.kind !== 'update';
+      const item = el('li', { cls: 'fednb-request-item', attrs: { 'data-request': r.id, tabindex: '0', role: 'button' } }, [
+        el('div', {}, [
+          el('span', { cls: 'fednb-request-title', text: `${r.function_name} (${r.kind})` }),
+          el('span', { cls: `fednb-badge fednb-tone-${dp ? 'dp' : 'raw'}`, text: dp ? 'DP' : 'no DP' })
+        ]),
+        el('div', {
           cls: 'fednb-request-meta',
-          text: ` ${r.scientist} · ${r.datasets.join(', ')} · ${r.runs} run${r.runs === 1 ? '' : 's'}${owner ? '' : ` · ${r.status}`}`
+          text: `${r.scientist} · ${r.datasets.join(', ')} · ${r.runs} run${r.runs === 1 ? '' : 's'}${owner ? '' : ` · ${r.status}`}`
         })
       ]);
       item.addEventListener('click', () => this.openers.openRequest(d, r.id));
+      item.addEventListener('keydown', e => {
+        if (e.key === 'Enter' || e.key === ' ') {
+          this.openers.openRequest(d, r.id);
+        }
+      });
       list.appendChild(item);
     }
     block.appendChild(list);
@@ -160,16 +170,17 @@ export class ReviewPanel extends Widget {
     const owner = this.domain.role === 'owner';
     this.node.appendChild(el('h2', { text: `${r.function_name} from ${r.scientist} on ${this.domain.title}` }));
     if (this._message) {
-      this.node.appendChild(el('div', { cls: 'fednb-message', text: this._message }));
+      this.node.appendChild(el('div', { cls: 'fednb-message', text: this._message, attrs: { role: 'status' } }));
     }
+    this.node.appendChild(requestDecisionView(r));
     if (owner && r.status === 'pending') {
-      const release = el('select', { cls: 'fednb-release' }, [
+      const release = el('select', { cls: 'fednb-release', attrs: { 'aria-label': 'release mode' } }, [
         el('option', { text: 'manual release', attrs: { value: 'manual' } }),
         el('option', { text: 'auto release', attrs: { value: 'auto' } })
       ]);
       const reason = el('input', {
         cls: 'jp-mod-styled fednb-reason',
-        attrs: { placeholder: 'reason to deny (the scientist sees it)', type: 'text' }
+        attrs: { placeholder: 'reason to deny (the scientist sees it)', type: 'text', 'aria-label': 'reason to deny' }
       });
       this.node.appendChild(
         el('div', { cls: 'fednb-actions' }, [
@@ -180,45 +191,51 @@ export class ReviewPanel extends Widget {
         ])
       );
     }
-    this.node.appendChild(factsTable(requestFacts(r)));
+    this.node.appendChild(card('Request', [factsTable(requestFacts(r))]));
     const params = Object.entries(r.params);
     if (params.length) {
-      this.node.appendChild(el('h3', { text: 'Parameters the scientist may set' }));
       this.node.appendChild(
-        table(
-          ['parameter', 'type', 'low', 'high', 'choices'],
-          params.map(([k, p]) => [k, p.type, String(p.low ?? ''), String(p.high ?? ''), (p.choices ?? []).join(', ')])
-        )
+        card('Parameters the scientist may set', [
+          table(
+            ['parameter', 'type', 'low', 'high', 'choices'],
+            params.map(([k, p]) => [k, p.type, String(p.low ?? ''), String(p.high ?? ''), (p.choices ?? []).join(', ')])
+          )
+        ])
       );
     }
+    const outputs: HTMLElement[] = [];
     if (r.weights) {
-      this.node.appendChild(el('h3', { text: 'Weights in and out' }));
-      this.node.appendChild(
-        table(
-          ['tensor', 'shape', 'dtype'],
-          Object.entries(r.weights).map(([k, t]) => [k, `(${t.shape.join(', ')})`, t.dtype])
-        )
-      );
+      outputs.push(el('h5', { text: 'Weights in and out' }));
+      outputs.push(table(['tensor', 'shape', 'dtype'], Object.entries(r.weights).map(([k, t]) => [k, `(${t.shape.join(', ')})`, t.dtype])));
     }
-    this.node.appendChild(el('h3', { text: 'Source' }));
-    this.node.appendChild(this.sourceView(r.source));
+    const metrics = Object.entries(r.metrics ?? {});
+    if (metrics.length) {
+      outputs.push(el('h5', { text: 'Metrics (clipped)' }));
+      outputs.push(table(['metric', 'low', 'high'], metrics.map(([k, [lo, hi]]) => [k, String(lo), String(hi)])));
+    }
+    if (outputs.length) {
+      this.node.appendChild(card('What each run returns', outputs));
+    }
+    this.node.appendChild(specView(r) ?? card('Source', [this.sourceView(r.source)]));
     if (r.diff) {
-      this.node.appendChild(el('h3', { text: 'Diff against the last approved version' }));
       this.node.appendChild(
-        el(
-          'pre',
-          { cls: 'fednb-diff' },
-          diffLines(r.diff).map(l => el('div', { cls: `fednb-diff-${l.kind}`, text: l.text }))
-        )
+        card('Diff against the last approved version', [
+          el(
+            'pre',
+            { cls: 'fednb-diff' },
+            diffLines(r.diff).map(l => el('div', { cls: `fednb-diff-${l.kind}`, text: l.text }))
+          )
+        ])
       );
     }
     if (this._runs.length) {
-      this.node.appendChild(el('h3', { text: 'Runs' }));
       this.node.appendChild(
-        table(
-          ['run', 'dataset', 'status', 'reason', 'release', 'ε'],
-          this._runs.map(u => [u.id, u.dataset, u.status, u.reason ?? '', u.release_state ?? '', formatEpsilon(u.epsilon)])
-        )
+        card('Runs', [
+          table(
+            ['run', 'dataset', 'status', 'reason', 'release', 'ε'],
+            this._runs.map(u => [u.id, u.dataset, u.status, u.reason ?? '', u.release_state ?? '', formatEpsilon(u.epsilon)])
+          )
+        ])
       );
     }
   }
@@ -304,15 +321,21 @@ export class HeldPanel extends Widget {
   private render(): void {
     clear(this.node);
     this.node.appendChild(el('h2', { text: `Held results of ${this.domain.title}` }));
+    this.node.appendChild(
+      el('div', {
+        cls: 'fednb-request-meta',
+        text: 'Results of runs without differential privacy wait here: pick one to see exactly what releasing it sends, before anything leaves the hospital.'
+      })
+    );
     if (this._message) {
-      this.node.appendChild(el('div', { cls: 'fednb-message', text: this._message }));
+      this.node.appendChild(el('div', { cls: 'fednb-message', text: this._message, attrs: { role: 'status' } }));
     }
     if (!this._runs.length) {
-      this.node.appendChild(el('div', { text: 'No results are held.' }));
+      this.node.appendChild(el('div', { cls: 'fednb-card fednb-empty', text: 'No results are held.' }));
       return;
     }
     const rows = this._runs.map(r => {
-      const row = el('tr', { cls: 'fednb-held-row', attrs: { 'data-run': r.id } }, [
+      const row = el('tr', { cls: 'fednb-held-row', attrs: { 'data-run': r.id, tabindex: '0' } }, [
         el('td', { text: r.id }),
         el('td', { text: r.scientist }),
         el('td', { text: r.dataset }),
@@ -324,17 +347,22 @@ export class HeldPanel extends Widget {
         row.classList.add('fednb-selected');
       }
       row.addEventListener('click', () => void this.select(r.id));
+      row.addEventListener('keydown', e => {
+        if (e.key === 'Enter' || e.key === ' ') {
+          void this.select(r.id);
+        }
+      });
       return row;
     });
     this.node.appendChild(
-      el('table', { cls: 'fednb-table' }, [
+      el('table', { cls: 'fednb-table fednb-held-list' }, [
         el('thead', {}, [el('tr', {}, ['run', 'scientist', 'dataset', 'status', 'ε', 'finished'].map(h => el('th', { text: h })))]),
         el('tbody', {}, rows)
       ])
     );
     const sel = this._runs.find(r => r.id === this._selected);
     if (!sel) {
-      this.node.appendChild(el('div', { cls: 'fednb-request-meta', text: 'Pick a result to see exactly what releasing it sends.' }));
+      this.node.appendChild(el('div', { cls: 'fednb-card fednb-empty', text: 'Pick a result to see exactly what releasing it sends.' }));
       return;
     }
     const review = this._review?.run.id === sel.id ? this._review : null;
@@ -353,8 +381,7 @@ export class HeldPanel extends Widget {
       this.node.appendChild(reviewBodyView(review));
     }
     if (sel.owner_log) {
-      this.node.appendChild(el('h3', { text: 'Log (owner only)' }));
-      this.node.appendChild(el('pre', { cls: 'fednb-log', text: sel.owner_log }));
+      this.node.appendChild(card('Log (owner only)', [el('pre', { cls: 'fednb-log', text: sel.owner_log })]));
     }
   }
 
@@ -408,11 +435,13 @@ export class BudgetPanel extends Widget {
         this.node.appendChild(el('div', { text: 'Nothing spent yet.' }));
       }
       for (const b of rows) {
-        const bar = el('div', { cls: 'fednb-bar' }, [
-          el('div', { cls: 'fednb-bar-fill', attrs: { style: `width: ${(100 * budgetFraction(b)).toFixed(1)}%` } })
+        const fraction = budgetFraction(b);
+        const level = fraction < 0.5 ? 'low' : fraction < 0.9 ? 'mid' : 'high';
+        const bar = el('div', { cls: 'fednb-bar', attrs: { role: 'img', 'aria-label': `${(100 * fraction).toFixed(0)}% of the budget` } }, [
+          el('span', { cls: `fednb-bar-spent fednb-level-${level}`, attrs: { style: `width: ${(100 * fraction).toFixed(1)}%` } })
         ]);
         this.node.appendChild(
-          el('div', { cls: 'fednb-budget-row' }, [el('div', { text: `${b.scientist} on ${b.dataset}: ${budgetLine(b)}` }), bar])
+          el('div', { cls: 'fednb-budget-row fednb-card' }, [el('div', { text: `${b.scientist} on ${b.dataset}: ${budgetLine(b)}` }), bar])
         );
       }
       const perDataset = new Map(rows.map(b => [b.dataset, b]));

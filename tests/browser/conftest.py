@@ -92,6 +92,18 @@ def tail(log: Path, chars: int = 4000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
+def no_news(lab_url: str, token: str) -> None:
+    """Answer JupyterLab's "notified about official Jupyter news?" question with "never"
+    before a page opens, so its toast does not cover the views in the screenshots."""
+    resp = httpx.put(
+        f"{lab_url}/lab/api/settings/@jupyterlab/apputils-extension:notification",
+        json={"raw": '{"fetchNews": "false"}'},
+        headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )
+    assert resp.status_code in (200, 204), resp.text
+
+
 def shot(page: Any, name: str) -> Path:
     """Save a screenshot under tests/browser/artifacts (kept by CI)."""
     ARTIFACTS.mkdir(exist_ok=True)

@@ -86,6 +86,23 @@ def test_the_console_shows_nothing_before_a_login_then_approves(
     wait_until(lambda: other.refresh().info.status == "denied")
     assert other.info.review_reason == "one run tells us nothing"
 
+    # a query is data, not code: its spec shows as a table, never as a JSON dump, with the
+    # projected epsilon against the budget left at the top
+    query = fednb.Query(fednb.Query.count(), fednb.Query.mean("x"), fednb.Query.histogram("y", 2),
+                        noise_multiplier=2.0).request(hospital.alice(), "breast-cancer", runs=2)
+    label = wait_until(
+        lambda: next((o for o in select.locator("option").all_inner_texts() if query.id in o), None)
+    )
+    select.select_option(label=label)
+    spec = page.locator(".fednb-spec")
+    spec.get_by_role("cell", name="2:histogram:y", exact=True).wait_for()
+    spec.get_by_text("noise multiplier", exact=True).wait_for()
+    assert page.get_by_text('"aggregations"').count() == 0
+    decision = page.locator(".fednb-request-decision")
+    decision.get_by_text(f"ε {query.info.projected_epsilon:.4g} for 2 runs").wait_for()
+    decision.get_by_text("this request would take").first.wait_for()
+    shot(page, "console-query-review")
+
     # log out: back to the form, nothing of the domain left on the page
     page.get_by_role("button", name="Log out").click()
     page.get_by_role("button", name="Log in").wait_for()

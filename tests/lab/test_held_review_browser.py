@@ -13,7 +13,7 @@ import numpy as np
 
 import fednb
 from fednb.client._review import fmt
-from tests.browser.conftest import browser, dashboard, shot  # noqa: F401  (fixtures)
+from tests.browser.conftest import browser, dashboard, no_news, shot  # noqa: F401  (fixtures)
 from tests.browser.conftest import wait_until as _wait_until
 from tests.conftest import breast_cancer_dataset
 from tests.lab.conftest import Lab
@@ -49,6 +49,7 @@ def test_the_owner_sees_values_and_the_diff_before_releasing_in_jupyterlab_and_t
     held(second)
 
     # -- JupyterLab: the held view shows the values and the diff from the first release
+    no_news(lab.url, lab.token)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{lab.url}/lab?token={lab.token}")

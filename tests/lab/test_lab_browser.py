@@ -6,7 +6,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from tests.browser.conftest import browser, shot  # noqa: F401  (the fixture)
+import fednb
+from tests.browser.conftest import browser, no_news, shot  # noqa: F401  (the fixture)
 from tests.browser.conftest import wait_until as _wait_until
 from tests.lab.conftest import Lab
 from tests.lab.test_server_extension import DP, W, fixed_update
@@ -27,7 +28,10 @@ def test_review_approve_deny_and_release_in_jupyterlab(lab: Lab, browser: Any) -
     h.owner().requests.get(held_req.id).approve(release="manual")
     held_run = held_req.run(scale=1.0)
     assert held_run.wait(120).release_state == "held"
+    query = fednb.Query(fednb.Query.count(), fednb.Query.histogram("y", 2), noise_multiplier=2.0).request(
+        alice, "breast-cancer", runs=2)
 
+    no_news(lab.url, lab.token)
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{lab.url}/lab?token={lab.token}")
@@ -44,6 +48,10 @@ def test_review_approve_deny_and_release_in_jupyterlab(lab: Lab, browser: Any) -
     review = page.locator(".fednb-review").filter(has_text=approve_me.info.code_hash)
     review.wait_for()
     review.get_by_text("<b>not bold</b>").wait_for()  # untrusted text stays text
+    # the decision first: what each run releases and the privacy cost against the budgets
+    decision = review.locator(".fednb-request-decision")
+    decision.get_by_text("w float64 (4)").wait_for()
+    decision.get_by_text(f"ε {approve_me.info.projected_epsilon:.4g} for 2 runs", exact=False).wait_for()
     source = review.locator(".cm-content")  # the source in a read-only CodeMirror
     source.get_by_text("def fixed_update").wait_for()
     before = source.inner_text()
@@ -61,6 +69,13 @@ def test_review_approve_deny_and_release_in_jupyterlab(lab: Lab, browser: Any) -
     review.locator(".fednb-deny").click()
     wait_until(lambda: deny_me.refresh().info.status == "denied")
     assert deny_me.info.review_reason == "one run tells us nothing"
+
+    # a query is data: its spec is a table, not JSON
+    owner_block.locator(f'li[data-request="{query.id}"]').click()
+    spec = page.locator(".fednb-review").filter(has_text=query.id).locator(".fednb-spec")
+    spec.get_by_role("cell", name="1:histogram:y", exact=True).wait_for()
+    assert spec.get_by_text('"aggregations"').count() == 0
+    shot(page, "lab-query-review")
 
     owner_block.locator(".fednb-open-held").click()
     held = page.locator(".fednb-held")

@@ -7,6 +7,7 @@ STAMP := $(VENV)/.fednb-installed
 
 $(STAMP): pyproject.toml scripts/setup.sh labextension/package.json labextension/yarn.lock
 	bash scripts/setup.sh
+	$(BIN)/python -m fednb.kernels --precompile  # robust strategies' kernels, once, not in a user's first round
 	@touch $(STAMP)
 
 install: $(STAMP)

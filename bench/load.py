@@ -75,7 +75,7 @@ def make_home(path: Path, scientists: int, tight: int) -> Home:
     dom.policy.update(dp_slot_s=0.2, dataset_epsilon_cap=None)
     dom.add_dataset("bc", dataset(), bounds={"x": (0.0, 5000.0), "y": (0.0, 1.0)})
     delta = dom.ledger.delta(dom.card("bc"))
-    tight_eps = QUERY.preview_epsilon(delta, runs=TIGHT_RUNS) * 1.0001
+    tight_eps = QUERY.preview_epsilon(delta=delta, runs=TIGHT_RUNS) * 1.0001
     few = set(range(scientists - tight, scientists))
     tokens = [dom.add_user(f"sci{i:02d}", epsilon=tight_eps if i in few else 1e6) for i in range(scientists)]
     dom.close()

@@ -147,6 +147,9 @@ class RemoteRun:
         """
         deadline = time.monotonic() + timeout
         info = self.wait(timeout)
+        if info.status not in _DONE:  # still queued or running when the time was up
+            raise ResultNotReady(f"run {self.id} is still {info.status} after {timeout:g} s; call "
+                                 "result() again (or wait()) to keep waiting")
         if info.status != "succeeded":
             raise RunFailed(f"run {self.id} ended {info.status} (reason: {info.reason})")
         while True:

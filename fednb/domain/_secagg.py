@@ -32,7 +32,8 @@ from fednb.protocol import (
     encode_message,
 )
 from fednb.runtime import SecAggInput, secagg_input
-from fednb.secagg import Roster, SecAggMember, SecAggRefused
+from fednb.secagg import Identity, Roster, SecAggMember, SecAggRefused
+from fednb.secagg import public_key as secagg_public_key
 from fednb.strategies import flatten
 from fednb.typing import FloatArray
 
@@ -62,10 +63,10 @@ class PeerBook:
                 row.value = peers
             tx.log(actor, action, peer=label, key=key)
 
-    def trust(self, label: str, public_key: str, *, actor: str = "owner") -> None:
-        """Put a peer domain's identity (its ``/info`` ``identity``) on the roster."""
-        key = public_key.strip().lower()
-        Roster({key: key})  # checks it is an Ed25519 public key
+    def trust(self, label: str, public_key: str | Identity, *, actor: str = "owner") -> None:
+        """Put a peer domain's identity (its ``/info`` ``identity``, or its :class:`Identity`)
+        on the roster."""
+        key = secagg_public_key(public_key.strip() if isinstance(public_key, str) else public_key)
         if key == self._d.identity.public:
             raise InvalidInput("that is this domain's own identity")
         if not label.strip():

@@ -18,6 +18,8 @@ quantile draw (the domain runs queries in its own process, so they use the probe
 backend), and the weighted sum of the FedAvg family (one pass over the updates whatever their number,
 accumulated in float64, its finiteness checked on the way; the reference is a BLAS axpy
 per update, on one thread: :func:`one_blas_thread`).
+Numba compiles each kernel on first use and caches it: :func:`precompile` (``python -m
+fednb.kernels --precompile``) does it at install, and a first call that compiles says so.
 Sandboxed workers run the NumPy references (``FEDNB_BACKEND=numpy``): no JIT compiler
 beside untrusted code; the workers of GPU jobs run the CuPy kernels where CuPy finds the
 GPU (the job has CuPy's compiler anyway).
@@ -35,12 +37,13 @@ from fednb.errors import InvalidInput
 from fednb.kernels import _reference
 from fednb.kernels._backend import BACKENDS, backend
 from fednb.kernels._blas import all_finite, one_blas_thread, other_threads_in_blas, usable_cores
+from fednb.kernels._compile import first_use, precompile
 from fednb.kernels._memory import keep_freed_memory
 from fednb.typing import FloatArray
 
 __all__ = ["BACKENDS", "all_finite", "backend", "box_muller", "clipped_histogram", "clipped_sum",
            "coordinate_median", "keep_freed_memory", "one_blas_thread", "other_threads_in_blas",
-           "quantile_pick", "sq_distances",
+           "precompile", "quantile_pick", "sq_distances",
            "stochastic_round", "trimmed_mean", "usable_cores", "weighted_sum", "weighted_sum_checked"]
 
 
@@ -110,7 +113,8 @@ def weighted_sum_checked(vectors: Sequence[FloatArray], weights: Sequence[float]
         except ImportError:
             pass
         else:
-            return _sum.weighted_sum(vectors, weights, out)
+            with first_use("weighted_sum", out, *sorted(d.str for d in dtypes), what="the weighted sum"):
+                return _sum.weighted_sum(vectors, weights, out)
     total = _reference.weighted_sum(vectors, weights, out)
     return total, all_finite(total)
 
@@ -118,7 +122,9 @@ def weighted_sum_checked(vectors: Sequence[FloatArray], weights: Sequence[float]
 def coordinate_median(stacked: FloatArray) -> FloatArray:
     """The coordinate-wise median of the rows of ``stacked`` (N, P), float64."""
     _check(stacked)
-    return _module(stacked.shape[0]).coordinate_median(stacked)  # type: ignore[no-any-return]
+    n = stacked.shape[0]
+    with first_use("median", n, stacked.dtype.str, what=f"the median network of {n} rows"):
+        return _module(n).coordinate_median(stacked)  # type: ignore[no-any-return]
 
 
 def trimmed_mean(stacked: FloatArray, k: int) -> FloatArray:
@@ -127,7 +133,9 @@ def trimmed_mean(stacked: FloatArray, k: int) -> FloatArray:
     _check(stacked)
     if not 0 <= 2 * k < stacked.shape[0]:
         raise InvalidInput(f"trimming {k} from each end leaves nothing of {stacked.shape[0]} updates")
-    return _module(stacked.shape[0]).trimmed_mean(stacked, k)  # type: ignore[no-any-return]
+    n = stacked.shape[0]
+    with first_use("trimmed", n, k, stacked.dtype.str, what=f"the trimmed-mean network of {n} rows"):
+        return _module(n).trimmed_mean(stacked, k)  # type: ignore[no-any-return]
 
 
 def sq_distances(rows: Sequence[FloatArray], *, exact: bool = False) -> tuple[FloatArray, FloatArray]:
@@ -140,8 +148,10 @@ def sq_distances(rows: Sequence[FloatArray], *, exact: bool = False) -> tuple[Fl
         raise InvalidInput("sq_distances takes one or more flat vectors of one length")
     module = _reference if backend() == "numpy" else _cpu_module()
     if exact or not all(r.dtype == np.float32 for r in rows):
-        return getattr(module, "sq_distances_exact", module.sq_distances)(rows)  # type: ignore[no-any-return]
-    return module.sq_distances(rows)  # type: ignore[no-any-return]
+        with first_use("distances", "exact", what="Krum's float64 distances"):
+            return getattr(module, "sq_distances_exact", module.sq_distances)(rows)  # type: ignore[no-any-return]
+    with first_use("distances", "gram", what="Krum's float32 Gram kernel"):
+        return module.sq_distances(rows)  # type: ignore[no-any-return]
 
 
 def stochastic_round(x: FloatArray, scale: float, bound: float, bits: np.ndarray) -> np.ndarray:

@@ -87,10 +87,6 @@ class OutputPolicy:
         distributed noise allowed: clip the update but add no noise to it here;
         :func:`fednb.runtime.secagg_input` adds the round's distributed share, or this
         full noise if the round cannot carry it. Metrics are noised here all the same.
-    check_finite
-        False only in ``simulate``, without ``dp``, where the round's mean checks the
-        values of the update for NaN and infinity instead (one pass fewer over each update);
-        a domain always checks them here.
     fallback
         A DP request: a missing or rejected result is replaced by the default release
         (:func:`release`). Implied (forced True) by ``dp``; the ``dp-sgd`` kind sets it
@@ -102,13 +98,9 @@ class OutputPolicy:
     max_bytes: int = 64 << 20
     dp: ClientDP | None = None
     defer_noise: bool = False
-    check_finite: bool = True
     fallback: bool = False
 
     def __post_init__(self) -> None:
-        if not self.check_finite and (self.dp is not None or self.fallback):
-            raise ValueError("a DP output policy checks the values itself: clipping NaN spreads it, "
-                             "and a NaN it let through would be released")
         if self.dp is not None and self.weights is None:
             raise ValueError(NEEDS_WEIGHT_SPEC)
         if self.dp is not None:
@@ -132,7 +124,7 @@ def _check_weights(update: Update, policy: OutputPolicy) -> dict[str, np.ndarray
                 raise OutputRejected("shape_mismatch", f"tensor {name!r} has another shape")
             with np.errstate(over="ignore"):  # a value beyond the dtype becomes Inf: refused below
                 arr = arr.astype(spec.dtype, copy=False)
-        if policy.check_finite and arr.dtype.kind == "f" and not all_finite(arr):
+        if arr.dtype.kind == "f" and not all_finite(arr):  # every caller, no exception
             raise OutputRejected("nonfinite_output", f"tensor {name!r} holds NaN or Inf")
         out[name] = np.asarray(arr, order="C")
     if sum(a.nbytes for a in out.values()) > policy.max_bytes:

@@ -22,11 +22,12 @@ from fednb.scientist._driver import Driver, SerialExecutor
 from fednb.scientist._history import History
 from fednb.scientist._participants import LocalParticipant, Participant, RemoteParticipant
 from fednb.scientist._remote import RemoteFunction
+from fednb.scientist._spec import TrainingSpec, default_secure_bound
 from fednb.secagg import Identity, Roster
-from fednb.strategies import FedAvg, FedBuff, FedProx, MeanStrategy, Strategy, compose_check
+from fednb.strategies import Strategy
 from fednb.typing import Weights
 
-__all__ = ["Federation", "card_differences", "simulate"]
+__all__ = ["Federation", "card_differences", "default_secure_bound", "simulate"]
 
 AUTO_MIN_VALUES = 1 << 18
 """``workers="auto"`` runs hospitals on threads from this many model values: below it a
@@ -53,14 +54,6 @@ def card_differences(cards: Mapping[str, DatasetCard]) -> list[str]:
             if ref.get(key) != other.get(key):
                 out.append(f"{key}: {names[0]} has {ref.get(key)}, {n} has {other.get(key)}")
     return out
-
-
-def _check_params(fn: RemoteFunction, strategy: Strategy, params: Mapping[str, Any]) -> None:
-    needed = set(params) | ({"mu"} if isinstance(strategy, FedProx) else set())
-    missing = sorted(needed - set(fn.params))
-    if missing:
-        raise InvalidInput(f"{fn.name} must declare the parameters {missing} in @fednb.remote(params=...)"
-                           " so the hospitals can approve their bounds")
 
 
 class Federation:
@@ -106,47 +99,57 @@ class Federation:
         ``"fp16"`` or ``"int8"`` (stochastic rounding) shrinks updates on the wire; bytes
         per round are in ``history.rounds.bytes``.
     checkpoint
-        Directory for checkpoints (default ``.fednb/federations/<id>``; None: off). A
-        Federation built again with the same arguments resumes from it.
+        A directory to checkpoint into after every round (created if missing; None, the
+        default: no checkpoints). A Federation built again with the same arguments and
+        directory resumes from it, and says so (a warning naming the round).
     slot_s
         With ``dp``: the release slot each domain's runs are filed with, seconds (each DP
         result appears this long after its run started; the owners approve it; default:
         each domain's ``dp_slot_s``). A round takes at least this long.
+
+    Raises
+    ------
+    InvalidInput
+        For settings that do not go together (see :class:`~fednb.scientist.TrainingSpec`),
+        checked here, before any request is filed.
     """
 
     def __init__(self, domains: Mapping[str, DomainClient], fn: RemoteFunction, *, dataset: str,
                  initial: Weights, params: Mapping[str, Any] | None = None, strategy: Strategy | None = None,
                  rounds: int = 10, dp: ClientDP | None = None, secure_aggregation: bool = False,
                  asynchronous: bool | None = None, min_domains: int | None = None, timeout: float = 600.0,
-                 checkpoint: str | Path | bool | None = True, progress: bool = True,
+                 checkpoint: str | Path | None = None, progress: bool = True,
                  compression: Compression = "none", secure_bound: float | None = None,
                  distributed_noise: bool = False, slot_s: float | None = None) -> None:
         self.domains, self.fn, self.dataset = dict(domains), fn, dataset
         self.slot_s = slot_s
-        self.secure_noise = _secure_noise(distributed_noise, secure_aggregation, dp)
-        self.compression = compression
-        self.strategy = strategy or FedAvg()
-        self.asynchronous = isinstance(self.strategy, FedBuff) if asynchronous is None else asynchronous
-        compose_check(self.strategy, secure_aggregation=secure_aggregation, asynchronous=self.asynchronous,
-                      dp=dp is not None)
-        if secure_aggregation and compression != "none":
-            raise InvalidInput("secure aggregation runs without compression (it quantises the updates "
-                               "itself)")
-        self.secure_bound = (None if not secure_aggregation else
-                             secure_bound if secure_bound is not None else default_secure_bound(dp))
-        self.params, self.initial, self.rounds, self.dp = dict(params or {}), initial, rounds, dp
-        _check_params(fn, self.strategy, self.params)
-        self.min_domains = min_domains or max(1, len(self.domains) - 1)
-        self.timeout, self.progress = timeout, progress
-        key = json.dumps([sorted(self.domains), fn.code_hash, dataset, repr(self.strategy), rounds,
-                          None if dp is None else dp.model_dump(), sorted(self.params.items()),
-                          self.secure_bound, *(["distributed-noise"] if distributed_noise else [])],
+        self.spec = TrainingSpec.build(
+            fn, list(self.domains), initial=initial, params=params, strategy=strategy, rounds=rounds, dp=dp,
+            asynchronous=asynchronous, min_domains=min_domains or max(1, len(self.domains) - 1),
+            secure_aggregation=secure_aggregation, secure_bound=secure_bound,
+            distributed_noise=distributed_noise, compression=compression, timeout=timeout,
+            checkpoint=_checkpoint_dir(checkpoint), progress=progress)
+        spec = self.spec
+        key = json.dumps([sorted(self.domains), fn.code_hash, dataset, repr(spec.strategy), rounds,
+                          None if dp is None else dp.model_dump(), sorted(spec.params.items()),
+                          spec.secure_bound, *(["distributed-noise"] if distributed_noise else [])],
                          default=str)
         self.id = "fed-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-        self.checkpoint = (Path(".fednb") / "federations" / self.id if checkpoint is True
-                           else None if checkpoint in (False, None) else Path(str(checkpoint)))
         self.requests: dict[str, RemoteRequest] = {}
         self.history = History()  # filled by run(); watch it for a live view (fednb.ui.ResultsViewer)
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.spec.strategy
+
+    @property
+    def rounds(self) -> int:
+        return self.spec.rounds
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint directory, or None."""
+        return self.spec.checkpoint
 
     def check_cards(self) -> None:
         """Refuse before round 1 when the domains' dataset cards differ (and say how)."""
@@ -158,10 +161,11 @@ class Federation:
     def request(self) -> dict[str, RemoteRequest]:
         """File one request per domain (idempotent: a second call finds the same requests)."""
         self.check_cards()
-        runs = self.rounds * (2 if self.asynchronous else 1) + 1
+        spec = self.spec
+        runs = spec.rounds * (2 if spec.asynchronous else 1) + 1
         for name, client in self.domains.items():
             self.requests[name] = self.fn.request(
-                client, self.dataset, runs=runs, weights=self.initial, dp=self.dp, slot_s=self.slot_s,
+                client, self.dataset, runs=runs, weights=spec.initial, dp=spec.dp, slot_s=self.slot_s,
                 request_id=f"{self.id}-{hashlib.sha256(name.encode()).hexdigest()[:8]}",
                 description=f"federated training {self.id}, {self.rounds} rounds, {self.strategy!r}")
         return self.requests
@@ -190,18 +194,26 @@ class Federation:
         waiting = self.pending()
         if waiting:
             raise InvalidInput(f"waiting for approval by {waiting}; call wait_for_approval() first")
+        spec = self.spec
         participants: dict[str, Participant] = {
-            n: RemoteParticipant(n, r, self.dataset, self.compression, secure=self.secure_bound is not None)
+            n: RemoteParticipant(n, r, self.dataset, spec.compression, secure=spec.secure)
             for n, r in self.requests.items()}
-        driver = Driver(participants, self.strategy, self.initial, self.params, self.rounds,
-                        run_prefix=self.id, min_domains=self.min_domains, timeout=self.timeout,
-                        checkpoint=self.checkpoint, asynchronous=self.asynchronous, progress=self.progress,
-                        secure_bound=self.secure_bound, history=self.history, secure_noise=self.secure_noise,
-                        settings={"federation": self.id, "strategy": repr(self.strategy),
-                                  "dataset": self.dataset,
-                                  "secure_aggregation": self.secure_bound is not None,
-                                  "dp": None if self.dp is None else self.dp.model_dump()})
+        driver = Driver(participants, spec, run_prefix=self.id, history=self.history,
+                        settings={"federation": self.id, "strategy": repr(spec.strategy),
+                                  "dataset": self.dataset, "secure_aggregation": spec.secure,
+                                  "dp": None if spec.dp is None else spec.dp.model_dump()})
         return driver.run()
+
+
+def _checkpoint_dir(checkpoint: object) -> Path | None:
+    """The checkpoint directory the scientist named, or None (False and None: none)."""
+    if checkpoint is None or checkpoint is False:
+        return None
+    if checkpoint is True or not isinstance(checkpoint, (str, Path)):
+        raise InvalidInput(f"checkpoint takes a directory (str or Path) to checkpoint into, or None, "
+                           f"not {checkpoint!r}: name where the rounds are kept, e.g. "
+                           "checkpoint=Path('federations') / 'breast-cancer'")
+    return Path(checkpoint)
 
 
 def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initial: Weights,
@@ -243,31 +255,24 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
     ``history``: an (empty) :class:`History` to fill, e.g. one a live
     ``fednb.ui.ResultsViewer`` already shows; by default a new one.
     """
-    strategy = strategy or FedAvg()
-    is_async = isinstance(strategy, FedBuff) if asynchronous is None else asynchronous
-    compose_check(strategy, secure_aggregation=secure_aggregation, asynchronous=is_async, dp=dp is not None)
-    _check_params(fn, strategy, dict(params or {}))
-    secure_noise = _secure_noise(distributed_noise, secure_aggregation, dp)
     if backend not in ("local", "dask"):
         raise InvalidInput(f"backend must be 'local' or 'dask', not {backend!r}")
-    threads = _workers(workers, initial, len(partitions), backend=backend, asynchronous=is_async)
-    parts: dict[str, Participant] = {}
+    if secure_aggregation and backend != "local":
+        raise InvalidInput("secure aggregation runs with backend='local'")
+    spec = TrainingSpec.build(
+        fn, list(partitions), initial=initial, params=params, strategy=strategy, rounds=rounds, dp=dp,
+        asynchronous=asynchronous, min_domains=min_domains, secure_aggregation=secure_aggregation,
+        secure_bound=secure_bound, distributed_noise=distributed_noise, compression=compression,
+        timeout=float("inf"), checkpoint=_checkpoint_dir(checkpoint), progress=progress)
+    threads = _workers(workers, initial, len(partitions), backend=backend, asynchronous=spec.asynchronous)
+    parts: dict[str, LocalParticipant] = {}
     for name, data in partitions.items():
         dim = example_dim or str(next(iter(data.data_vars.values())).dims[0])
         parts[name] = LocalParticipant(name, fn.source, fn.name, data, dim, dp=dp, metrics=fn.metrics,
                                        compression=compression)
-    if not is_async and getattr(strategy.aggregate, "__func__", None) is MeanStrategy.aggregate:
-        for part in parts.values():  # the FedAvg family's aggregate checks the mean for NaN/Inf
-            assert isinstance(part, LocalParticipant)
-            part.defer_finite_check = True
-    bound = None
-    if secure_aggregation:
-        if backend != "local":
-            raise InvalidInput("secure aggregation runs with backend='local'")
-        bound = secure_bound if secure_bound is not None else default_secure_bound(dp)
+    if spec.secure:
         ids = {n: Identity.generate() for n in parts}
         for n, p in parts.items():
-            assert isinstance(p, LocalParticipant)
             p.join_secure_aggregation(ids[n], Roster({o: i.public for o, i in ids.items() if o != n}),
                                       distributed_noise=distributed_noise)
     with contextlib.ExitStack() as stack:
@@ -275,21 +280,19 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
         # virtual hospitals run one after another in-process unless threads were asked for
         # (faster for small models: no GIL contention); asynchronous rounds need real
         # concurrency, so they keep the driver's pool
-        executor: Executor | None = None if is_async else SerialExecutor()
+        executor: Executor | None = None if spec.asynchronous else SerialExecutor()
         if threads > 1:
-            stack.enter_context(other_threads_in_blas())  # the driver checks updates as they come
+            stack.enter_context(other_threads_in_blas())  # hospitals' policies check updates at once
             executor = ThreadPoolExecutor(threads, thread_name_prefix="fednb-hospital")
             # on an error or Ctrl-C, hospitals not yet started are not run
             stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         if backend == "dask":
             executor = stack.enter_context(_dask_executor(dask_client))
-        driver = Driver(parts, strategy, initial, dict(params or {}), rounds, run_prefix="sim",
-                        min_domains=min_domains, timeout=float("inf"), checkpoint=checkpoint,
-                        asynchronous=is_async, progress=progress, executor=executor, secure_bound=bound,
-                        history=history, secure_noise=secure_noise,
-                        settings={"simulated": True, "strategy": repr(strategy), "backend": backend,
-                                  "secure_aggregation": secure_aggregation,
-                                  "workers": threads if backend == "local" and not is_async else None})
+        driver = Driver(parts, spec, run_prefix="sim", executor=executor, history=history,
+                        settings={"simulated": True, "strategy": repr(spec.strategy), "backend": backend,
+                                  "secure_aggregation": spec.secure,
+                                  "workers": threads if backend == "local" and not spec.asynchronous
+                                  else None})
         return driver.run()
 
 
@@ -312,21 +315,6 @@ def _workers(workers: object, initial: Weights, hospitals: int, *, backend: str,
         raise InvalidInput("workers applies to synchronous rounds; asynchronous rounds already run "
                            "each hospital on its own thread")
     return int(workers)
-
-
-def _secure_noise(distributed_noise: bool, secure_aggregation: bool, dp: ClientDP | None) -> float | None:
-    """The client-level noise z C that distributed noise is sized to, or None without it."""
-    if not distributed_noise:
-        return None
-    if not secure_aggregation or dp is None:
-        raise InvalidInput("distributed_noise needs secure_aggregation=True and dp=ClientDP(...): it "
-                           "is the secure sum that carries the noise")
-    return dp.noise_multiplier * dp.clip
-
-
-def default_secure_bound(dp: ClientDP | None) -> float:
-    """Where secure aggregation clips coordinates unless told: past the DP noise, or 1000."""
-    return 1000.0 if dp is None else dp.clip * (1 + 6 * dp.noise_multiplier)
 
 
 @contextlib.contextmanager

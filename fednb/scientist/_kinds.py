@@ -8,9 +8,11 @@ recomputes and charges the epsilon where the noise is added.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from fednb.client import DomainClient, RemoteRequest
+from fednb.errors import InvalidInput
 from fednb.privacy import ComposedEvent, RepeatedEvent, accountant_for
 from fednb.protocol import Aggregation, QuerySpec, RequestCreate, Update, code_hash
 from fednb.protocol._dpsgd import DPSGDSpec
@@ -18,7 +20,7 @@ from fednb.runtime._dpsgd import dpsgd_event
 from fednb.runtime._query import check_query, query_events, run_query
 from fednb.typing import Weights
 
-__all__ = ["DPSGD", "Query"]
+__all__ = ["DPSGD", "DPSGDSpec", "Query"]
 
 
 def _file(client: DomainClient, kind: str, name: str, source: str, dataset: str | list[str],
@@ -70,7 +72,7 @@ class Query:
     def quantile(variable: str, quantiles: list[float]) -> Aggregation:
         return Aggregation(op="quantile", variable=variable, quantiles=quantiles)
 
-    def preview_epsilon(self, delta: float = 1e-6, runs: int = 1) -> float:
+    def preview_epsilon(self, *, runs: int = 1, delta: float = 1e-6) -> float:
         """Epsilon of ``runs`` runs at ``delta`` (the domain uses its own delta and charges)."""
         return float(accountant_for("pld").epsilon(
             [RepeatedEvent(ComposedEvent(tuple(query_events(self.spec))), runs)], delta))
@@ -96,14 +98,22 @@ class Query:
 class DPSGD:
     """A model trained with DP-SGD inside the hospital, sent as data (layers, loss, settings).
 
-    Takes the fields of :class:`fednb.protocol._dpsgd.DPSGDSpec` as keyword arguments.
+    Parameters
+    ----------
+    spec
+        A :class:`fednb.scientist.DPSGDSpec` (the public name of the spec type), or a dict
+        of its fields; or leave it out and pass the fields as keyword arguments:
+        ``DPSGD(features=[...], label="y", ...)``. ``DPSGDSpec.model_fields`` lists them
+        with their defaults; a wrong one is refused with the field named.
     """
 
-    def __init__(self, **spec: Any) -> None:
-        self.spec = DPSGDSpec.model_validate(spec)
+    def __init__(self, spec: DPSGDSpec | Mapping[str, Any] | None = None, /, **fields: Any) -> None:
+        if spec is not None and fields:
+            raise InvalidInput("DPSGD takes a spec or its fields as keywords, not both")
+        self.spec = spec if isinstance(spec, DPSGDSpec) else DPSGDSpec.model_validate(dict(spec or fields))
         self.source = self.spec.model_dump_json(indent=1)
 
-    def preview_epsilon(self, num_examples: int, delta: float = 1e-6, runs: int = 1) -> float:
+    def preview_epsilon(self, num_examples: int, *, runs: int = 1, delta: float = 1e-6) -> float:
         """Epsilon of ``runs`` trainings on ``num_examples`` examples at ``delta`` (replace-one,
         as the domain charges it)."""
         return float(accountant_for("pld").epsilon(

@@ -11,7 +11,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import xarray as xr
@@ -31,11 +31,11 @@ from fednb.runtime import (
     update_event,
 )
 from fednb.runtime import weight_specs as _specs
-from fednb.secagg import Identity, LocalPeer, Roster, SecAggMember
+from fednb.secagg import Identity, LocalPeer, Roster, SecAggMember, SecAggPeer
 from fednb.strategies import flatten
 from fednb.typing import FloatArray, Weights
 
-__all__ = ["LocalParticipant", "Outcome", "Participant", "RemoteParticipant"]
+__all__ = ["LocalParticipant", "Outcome", "Participant", "RemoteParticipant", "SecureParticipant"]
 
 
 @dataclass
@@ -49,19 +49,44 @@ class Outcome:
     bytes_up: int = 0
     bytes_down: int = 0
     epsilon: float | None = None  # the domain's ledger after this run (this dataset, this scientist)
-    # the update's values were found finite by an output policy in this process (a virtual
-    # hospital, uncompressed), so the driver need not scan them again; never for the wire
-    checked: bool = False
-    # nobody scanned the values: a virtual hospital whose policy leaves that to the round's
-    # mean (LocalParticipant.defer_finite_check); the driver scans them if the mean is refused
-    deferred: bool = False
+    # what the scientist's own code raised, in this process (a virtual hospital): never from a
+    # domain, whose owner alone sees why a run failed
+    error: BaseException | None = None
 
 
+@runtime_checkable
 class Participant(Protocol):
+    """A hospital as the round driver sees it: one run per round (or per restart)."""
+
     name: str
 
     def run(self, weights: Weights, params: dict[str, Any], run_id: str, timeout: float) -> Outcome:
         """Run once on ``weights`` with ``params``; never raises for a failed run."""
+        ...
+
+
+@runtime_checkable
+class SecureParticipant(Participant, Protocol):
+    """A participant that can take part in secure aggregation: its run's update stays with
+    it and leaves only masked, through a SecAgg+ round the driver orchestrates."""
+
+    @property
+    def secagg_id(self) -> str:
+        """Its name in secure rounds: a domain's identity key over HTTP."""
+        ...
+
+    def secagg_peer(self, run_id: str) -> SecAggPeer:
+        """Its side of the secure round that sums the run ``run_id``."""
+        ...
+
+    def charged(self, run_id: str, epsilon: float | None) -> float | None:
+        """Epsilon after the run ``run_id``'s round (a distributed-noise charge may replace
+        the full one); ``epsilon`` when it cannot tell."""
+        ...
+
+    def discard(self, run_id: str, round_id: str | None = None) -> None:
+        """Forget the kept update of ``run_id`` (which no secure round took, or one did) and,
+        with ``round_id``, that round's keys and seeds."""
         ...
 
 
@@ -80,7 +105,11 @@ class RemoteParticipant:
                  compression: Compression = "none", secure: bool = False) -> None:
         self.name, self.request, self.dataset, self.compression = name, request, dataset, compression
         self.secure = secure
-        self.secagg_id = request.client.info.identity if secure else None
+
+    @property
+    def secagg_id(self) -> str:
+        """The domain's identity key (its ``/info``): its name in secure rounds."""
+        return self.request.client.info.identity or self.name
 
     def secagg_peer(self, run_id: str) -> RemoteSecAggPeer:
         """This domain's side of the secure round that sums the run ``run_id``."""
@@ -93,6 +122,10 @@ class RemoteParticipant:
             return self.request.client.runs.get(run_id).info.epsilon
         except FednbError:
             return epsilon
+
+    def discard(self, run_id: str, round_id: str | None = None) -> None:
+        """Nothing to forget here: the domain forgets a round's keys when it ends, and keeps a
+        secure run's result until it expires."""
 
     def _kept(self, run: RemoteRun, t0: float, timeout: float) -> Outcome:
         """Wait until a secure run's result is kept for the round (the owner may hold it)."""
@@ -146,12 +179,11 @@ class LocalParticipant:
         self._charges: dict[str, Event] = {}  # run id -> its DP event, as a domain's ledger holds them
         self.distributed = False  # set by join_secure_aggregation
         self.delta = min(1e-6, 1.0 / (10 * self.num_examples))  # a domain's default delta
-        self.defer_finite_check = False
-        """Set by ``simulate`` when the strategy's aggregate checks the mean of the updates
-        for NaN and infinity (the FedAvg family, synchronous) and nothing happens to an update
-        between the policy and the mean (no DP, no compression, no secure aggregation): the
-        policy then does not scan the values, and the driver drops an update holding NaN or
-        infinity as ``nonfinite_output`` if the mean is refused, as the policy would have."""
+
+    @property
+    def secagg_id(self) -> str:
+        """Its name in secure rounds: its own (virtual hospitals have no identity service)."""
+        return self.name
 
     def epsilon(self) -> float | None:
         """Epsilon spent by this hospital's releases so far (PLD accountant, as a domain's)."""
@@ -171,16 +203,11 @@ class LocalParticipant:
         if policy is None:
             try:
                 policy = OutputPolicy(weights=_specs(weights) if weights else None, metrics=self.metrics,
-                                      dp=self.dp, defer_noise=self.distributed and self.dp is not None,
-                                      check_finite=not self._defers())
+                                      dp=self.dp, defer_noise=self.distributed and self.dp is not None)
             except ValueError as exc:  # DP without initial weights: no approved structure to release
                 raise InvalidInput(str(exc)) from None
             self._policies[key] = policy
         return policy
-
-    def _defers(self) -> bool:
-        return (self.defer_finite_check and self.dp is None and self.compression == "none"
-                and self.member is None)
 
     def join_secure_aggregation(self, identity: Identity, roster: Roster, *,
                                 distributed_noise: bool = False) -> None:
@@ -191,9 +218,12 @@ class LocalParticipant:
         self._policies.clear()
         self.noise = self.noise or SecureNoise()  # the round's noise share
 
-    def discard(self, run_id: str) -> None:
-        """Forget a held update that no secure round took."""
+    def discard(self, run_id: str, round_id: str | None = None) -> None:
+        """Forget a held update (which no secure round took, or one did) and, with
+        ``round_id``, that round's keys and seeds."""
         self._held.pop(run_id, None)
+        if round_id is not None and self.member is not None:
+            self.member.forget(round_id)
 
     def secagg_peer(self, run_id: str) -> LocalPeer:
         """This hospital's side of the secure round that sums the run ``run_id``."""
@@ -263,8 +293,11 @@ class LocalParticipant:
                 out = apply_output_policy(raw, policy, self.noise)
             except OutputRejected as rej:
                 return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
-            except Exception:  # the code failed: a fixed category, as in a domain
-                return Outcome("failed", "exception", seconds=time.monotonic() - t0)
+            except Exception as exc:  # the code failed: a fixed category, as in a domain
+                # your own code on your own data: its traceback is yours to see
+                warnings.warn(f"virtual hospital {self.name!r}: the run raised (recorded as failed, "
+                              f"'exception'):\n{traceback.format_exc()}", RuntimeWarning, stacklevel=2)
+                return Outcome("failed", "exception", seconds=time.monotonic() - t0, error=exc)
         if self.dp is not None:
             self._charges[run_id] = update_event(self.dp, bool(self.metrics))
         if self.member is not None:  # secure aggregation: the update leaves only masked
@@ -279,9 +312,8 @@ class LocalParticipant:
             return Outcome("failed", "compression_overflow", seconds=time.monotonic() - t0,
                            epsilon=self.epsilon())
         update = Update(decompress(sent, meta), out.metrics, num_examples=self.num_examples)
-        deferred = not policy.check_finite
         return Outcome("succeeded", reason, update, time.monotonic() - t0, _nbytes(sent), _nbytes(weights),
-                       self.epsilon(), checked=self.compression == "none" and not deferred, deferred=deferred)
+                       self.epsilon())
 
 
 def _no_uniform(n: int) -> Any:

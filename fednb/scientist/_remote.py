@@ -88,7 +88,8 @@ class RemoteFunction:
         ``data`` is an ``xarray.Dataset``. It may use ``np``, ``xr`` and ``fednb`` without
         importing them; everything else it imports itself.
     kind
-        ``"update"`` (the only kind until the privacy ledger lands).
+        ``"update"``, the one kind of request that is code. Queries and DP-SGD trainings
+        are filed as data, not code: :class:`fednb.Query` and :class:`fednb.DPSGD`.
     params
         The parameters a run may pass, with types and bounds (see :func:`parse_params`).
     metrics
@@ -102,7 +103,10 @@ class RemoteFunction:
                  metrics: Mapping[str, tuple[float, float]] | None = None,
                  source: str | None = None) -> None:
         if kind != "update":
-            raise InvalidInput(f"kind {kind!r} is not available yet; use kind='update'")
+            others = {"query": "fednb.Query(...)", "dp-sgd": "fednb.DPSGD(...)"}
+            hint = (f"a {kind!r} request is filed as data, not code: use {others[kind]}" if kind in others
+                    else "use kind='update' (the default)")
+            raise InvalidInput(f"remote functions are of kind 'update', not {kind!r}: {hint}")
         self.fn, self.kind, self.name = fn, kind, fn.__name__
         self.params = parse_params(params)
         self.metrics = {k: (float(lo), float(hi)) for k, (lo, hi) in (metrics or {}).items()}
@@ -145,7 +149,11 @@ class RemoteFunction:
         return Update(out.weights, out.metrics, num_examples=handle.card.num_examples)
 
     def preview_epsilon(self, dp: ClientDP, *, runs: int = 1, delta: float = 1e-6) -> float:
-        """Epsilon of ``runs`` runs under ``dp`` at ``delta``: a preview; the domain charges."""
+        """Epsilon of ``runs`` runs under ``dp`` at ``delta``: a preview; the domain charges.
+
+        Every kind previews the same way: what the epsilon depends on first (here ``dp``),
+        then ``runs`` and ``delta`` by keyword (as ``Query.preview_epsilon`` and
+        ``DPSGD.preview_epsilon``)."""
         from fednb.privacy import RepeatedEvent, accountant_for
 
         event = update_event(dp, bool(self.metrics))
@@ -210,7 +218,10 @@ def remote(fn: Callable[..., Any] | None = None, /, *, kind: str = "update",
            params: Mapping[str, Any] | None = None,
            metrics: Mapping[str, tuple[float, float]] | None = None,
            ) -> RemoteFunction | Callable[[Callable[..., Any]], RemoteFunction]:
-    """Decorator: ``@fednb.remote`` or ``@fednb.remote(kind="update", params={"lr": (float, 1e-4, 1.0)})``."""
+    """Decorator: ``@fednb.remote`` or ``@fednb.remote(params={"lr": (float, 1e-4, 1.0)})``.
+
+    ``kind`` is ``"update"`` (the default and the only kind of code; queries and DP-SGD are
+    :class:`fednb.Query` and :class:`fednb.DPSGD`); see :class:`RemoteFunction`."""
     def wrap(f: Callable[..., Any]) -> RemoteFunction:
         return RemoteFunction(f, kind=kind, params=params, metrics=metrics)
 

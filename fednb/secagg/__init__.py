@@ -20,7 +20,7 @@ members drop out mid-round and even if it lies about who takes part:
 same class in-process); :func:`secure_sum` is the orchestrator's, in the round driver.
 """
 
-from fednb.secagg._identity import Identity, Roster
+from fednb.secagg._identity import Identity, Roster, public_key
 from fednb.secagg._local import LocalPeer
 from fednb.secagg._masks import MaskStream, default_degree, dequantise, neighbours, quantise, scale_for
 from fednb.secagg._member import SecAggMember, SecAggRefused, encode
@@ -43,6 +43,7 @@ __all__ = [
     "encode",
     "neighbours",
     "propose",
+    "public_key",
     "quantise",
     "round_id",
     "scale_for",

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fednb.errors import InvalidInput
 
-__all__ = ["Identity", "Roster", "canonical"]
+__all__ = ["Identity", "Roster", "canonical", "public_key"]
 
 
 def canonical(*parts: object) -> bytes:
@@ -52,6 +52,27 @@ class Identity:
         return f"Identity(public={self.public[:16]}...)"
 
 
+def public_key(identity: str | Identity) -> str:
+    """The Ed25519 public key (hex, lower case) of ``identity``: an :class:`Identity`, or
+    the key itself in hex, checked.
+
+    Raises
+    ------
+    InvalidInput
+        If it is neither an Identity nor an Ed25519 public key in hex (64 digits).
+    """
+    key = identity.public if isinstance(identity, Identity) else identity
+    if not isinstance(key, str):
+        raise InvalidInput(f"a peer's identity is an Identity or its public key in hex, not "
+                           f"{type(identity).__name__}")
+    key = key.strip().lower()
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
+    except ValueError:
+        raise InvalidInput(f"{key!r} is not an Ed25519 public key in hex (64 digits)") from None
+    return key
+
+
 def verify(public_hex: str, message: bytes, signature_hex: str) -> bool:
     """True when ``signature_hex`` is the holder of ``public_hex``'s signature of ``message``."""
     try:
@@ -70,12 +91,10 @@ class Roster:
         for name, key in (peers or {}).items():
             self.trust(name, key)
 
-    def trust(self, name: str, public: str) -> None:
-        try:
-            Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
-        except ValueError:
-            raise InvalidInput(f"{public!r} is not an Ed25519 public key in hex (64 digits)") from None
-        self._peers[name] = public
+    def trust(self, name: str, public: str | Identity) -> None:
+        """Put ``name`` on the roster with its key: an :class:`Identity` (a domain's
+        ``dom.identity``) or its public key in hex (``/info``'s ``identity``)."""
+        self._peers[name] = public_key(public)
 
     def forget(self, name: str) -> None:
         self._peers.pop(name, None)

@@ -5,7 +5,8 @@ client updates (:meth:`Strategy.aggregate`, or :meth:`Strategy.aggregate_sum` fr
 secure sum) and keeps its server-optimiser state (:meth:`Strategy.state_dict`). It owns
 no loop and no transport: the round driver shared by ``Federation`` and ``simulate``
 does, together with DP and secure aggregation. :func:`flatten` and :func:`unflatten`
-convert named weights; :func:`compose_check` refuses combinations DESIGN.md rules out.
+convert named weights; :func:`compose_check` refuses combinations DESIGN.md rules out;
+:func:`admit` is the one finiteness check every aggregated update goes through.
 
 ========================  ===============================================  ============
 strategy                  paper                                            secure sum
@@ -15,6 +16,7 @@ strategy                  paper                                            secur
 :class:`FedAdam`,         Reddi et al. 2021                                yes
 :class:`FedYogi`,
 :class:`FedAdagrad`
+:class:`FedAdamW`         Loshchilov and Hutter 2019 (on FedAdam)          yes
 :class:`FedBuff`          Nguyen et al. 2022 (asynchronous)                yes
 :class:`Median`           Yin et al. 2018                                  no (robust)
 :class:`TrimmedMean`      Yin et al. 2018                                  no (robust)
@@ -24,6 +26,7 @@ strategy                  paper                                            secur
 A leaf package: it imports nothing of fednb but ``fednb.errors`` and ``fednb.typing``.
 """
 
+from fednb.strategies._admit import RoundUpdates, admit
 from fednb.strategies._base import (
     ClientUpdate,
     MeanStrategy,
@@ -33,6 +36,7 @@ from fednb.strategies._base import (
     Strategy,
 )
 from fednb.strategies._compose import compose_check
+from fednb.strategies._fedadamw import FedAdamW
 from fednb.strategies._fedavg import FedAvg
 from fednb.strategies._fedbuff import FedBuff, StalenessFunction
 from fednb.strategies._fedopt import FedAdagrad, FedAdam, FedYogi
@@ -53,6 +57,7 @@ __all__ = [
     "ClientUpdate",
     "FedAdagrad",
     "FedAdam",
+    "FedAdamW",
     "FedAvg",
     "FedBuff",
     "FedProx",
@@ -63,10 +68,12 @@ __all__ = [
     "Median",
     "ParamValue",
     "RoundConfig",
+    "RoundUpdates",
     "StalenessFunction",
     "StateDict",
     "Strategy",
     "TrimmedMean",
+    "admit",
     "compose_check",
     "coordinate_median",
     "flatten",

@@ -6,7 +6,8 @@ weights into that vector (:mod:`fednb.strategies._layout`) and calls the hooks o
 
 1. :meth:`Strategy.configure_round` before a round: the parameters every client function
    receives (FedProx adds ``mu``);
-2. :meth:`Strategy.aggregate` after it, on the single client updates; or, under secure
+2. :meth:`Strategy.aggregate` after it, on the single client updates, every one of them
+   admitted by the one finiteness check (:func:`fednb.strategies.admit`); or, under secure
    aggregation, :meth:`Strategy.aggregate_sum` on the masked sum alone, whose terms the
    driver weights with :meth:`Strategy.weight`;
 3. :meth:`Strategy.state_dict` / :meth:`Strategy.load_state_dict` to checkpoint the
@@ -21,7 +22,7 @@ import abc
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 from fednb import kernels
 from fednb.errors import InvalidInput
 from fednb.kernels import one_blas_thread
+from fednb.strategies._admit import RoundUpdates, admit
 from fednb.typing import FloatArray
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "RoundConfig",
     "StateDict",
     "Strategy",
+    "as_flat",
     "check_flat",
     "check_global",
     "check_int",
@@ -88,6 +91,24 @@ def check_int(name: str, value: object, low: int) -> int:
     return int(cast(int, value))
 
 
+def as_flat(vec: object, what: str) -> FloatArray:
+    """``vec`` as a 1-D float32 or float64 array, its values not scanned (float32 and float64
+    stay as they are, uncopied; other real dtypes become float64).
+
+    Raises
+    ------
+    InvalidInput
+        If ``vec`` is not a 1-D array of real numbers.
+    """
+    arr = np.asarray(vec)
+    if arr.ndim != 1 or arr.dtype.kind not in "fiu":
+        raise InvalidInput(
+            f"{what} must be a flat (1-D) array of real numbers, got shape {arr.shape} and dtype "
+            f"{arr.dtype}; flatten named weights with fednb.strategies.flatten"
+        )
+    return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
+
+
 def check_flat(vec: object, what: str, *, keep_float32: bool = False) -> FloatArray:
     """``vec`` as a 1-D finite float64 array (no copy when it already is one; with
     ``keep_float32``, a float32 array stays float32, uncopied).
@@ -97,15 +118,10 @@ def check_flat(vec: object, what: str, *, keep_float32: bool = False) -> FloatAr
     InvalidInput
         If ``vec`` is not a 1-D array of real numbers, or holds NaN or infinity.
     """
-    arr = np.asarray(vec)
-    if arr.ndim != 1 or arr.dtype.kind not in "fiu":
-        raise InvalidInput(
-            f"{what} must be a flat (1-D) array of real numbers, got shape {arr.shape} and dtype "
-            f"{arr.dtype}; flatten named weights with fednb.strategies.flatten"
-        )
+    arr = as_flat(vec, what)
     out = arr if keep_float32 and arr.dtype == np.float32 else arr.astype(np.float64, copy=False)
     if not kernels.all_finite(out):
-        raise InvalidInput(f"{what} holds NaN or infinity; the driver must drop such updates")
+        raise InvalidInput(f"{what} holds NaN or infinity")
     return out
 
 
@@ -133,14 +149,10 @@ class ClientUpdate:
         Rounds since the global weights the client started from; 0 in synchronous runs.
     metrics
         Released metrics of the run (loss, accuracy ...), by name.
-    checked
-        True only when the caller has itself just found every value of ``vector`` finite,
-        in this process (a virtual hospital's output policy in ``simulate``), or when the
-        scan is left to the strategy's own check of the mean (``simulate`` with the
-        FedAvg family: :meth:`MeanStrategy.aggregate` refuses a mean that is not finite,
-        and the driver then scans the updates and drops those holding NaN or infinity);
-        the O(P) scan is then skipped, the other checks are not. Never for updates decoded
-        from the wire.
+
+    The values are not scanned here: the round driver admits a round's updates through
+    :func:`fednb.strategies.admit`, the one finiteness check, before any strategy sees
+    them, and a strategy given a plain list admits it itself.
     """
 
     vector: FloatArray
@@ -148,15 +160,9 @@ class ClientUpdate:
     domain: str
     staleness: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-    checked: InitVar[bool] = False
 
-    def __post_init__(self, checked: bool) -> None:
-        what = f"the update of {self.domain!r}"
-        vec = np.asarray(self.vector)
-        if checked and vec.ndim == 1 and vec.dtype in (np.float32, np.float64):
-            object.__setattr__(self, "vector", vec)
-        else:
-            object.__setattr__(self, "vector", check_flat(vec, what, keep_float32=True))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vector", as_flat(self.vector, f"the update of {self.domain!r}"))
         check_int("num_examples", self.num_examples, 1)
         if not isinstance(self.domain, str):
             raise InvalidInput(f"domain must be a domain name (str), got {self.domain!r}")
@@ -210,18 +216,39 @@ def weighted_sum(vectors: Sequence[FloatArray], weights: Sequence[float]) -> Flo
     return kernels.weighted_sum(list(vectors), weights)
 
 
-def check_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> None:
-    """Refuse an empty round, anything not a ClientUpdate, and vectors of another size."""
+def check_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> RoundUpdates:
+    """``updates`` admitted (:func:`fednb.strategies.admit`, the one finiteness check;
+    updates the driver admitted already pass as they are), after refusing an empty round,
+    anything not a ClientUpdate and vectors of another size.
+
+    Raises
+    ------
+    InvalidInput
+        Naming the update at fault: of another size, or holding NaN or infinity.
+    """
+    if isinstance(updates, RoundUpdates) and updates:
+        if updates[0].vector.shape != global_vec.shape:
+            _refuse_size(global_vec, updates[0])
+        return updates
     if not updates:
         raise InvalidInput("no client updates to aggregate; the driver needs at least one per round")
     for u in updates:
         if not isinstance(u, ClientUpdate):
             raise InvalidInput(f"strategies aggregate ClientUpdate objects, got {type(u).__name__}")
         if u.vector.shape != global_vec.shape:
-            raise InvalidInput(
-                f"the update of {u.domain!r} has {u.vector.size} parameters, the global model "
-                f"{global_vec.size}; every domain must train the same architecture"
-            )
+            _refuse_size(global_vec, u)
+    admitted, refused = admit(updates)
+    if refused:
+        raise InvalidInput(f"the updates of {[u.domain for u in refused]} hold NaN or infinity; the round "
+                           "driver drops such updates before a strategy sees them")
+    return admitted
+
+
+def _refuse_size(global_vec: FloatArray, u: ClientUpdate) -> None:
+    raise InvalidInput(
+        f"the update of {u.domain!r} has {u.vector.size} parameters, the global model "
+        f"{global_vec.size}; every domain must train the same architecture"
+    )
 
 
 def stack_updates(global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
@@ -356,8 +383,11 @@ class MeanStrategy(Strategy):
     """Base of the FedAvg family: a server step on the weighted mean of the updates.
 
     Everything is computed from ``sum_i weight(u_i) * u_i.vector`` and the totals, so
-    :meth:`aggregate` and :meth:`aggregate_sum` are one code path and secure aggregation
-    composes. A subclass defines only :meth:`server_step`.
+    secure aggregation composes. Two entries, one step: :meth:`aggregate` (single
+    updates, admitted by the driver's finiteness check) and :meth:`aggregate_sum` (a
+    secure sum) both hand the round's weighted mean to :meth:`aggregate_mean`, which every
+    round goes through. A subclass defines only :meth:`server_step`; one that logs or
+    alters rounds extends :meth:`aggregate_mean` (or :meth:`server_step`).
     """
 
     secure_aggregation = True
@@ -368,26 +398,22 @@ class MeanStrategy(Strategy):
 
     def aggregate(self, global_vec: FloatArray, updates: Sequence[ClientUpdate]) -> FloatArray:
         g = check_global(global_vec)
-        check_updates(g, updates)  # the same clear errors as the robust strategies
-        # positive weights: a weight of 0 would let BLAS (the reference path) skip a NaN
+        ups = check_updates(g, updates)  # the same clear errors as the robust strategies
+        # positive weights: a weight of 0 would let BLAS (the reference path) skip a value
         weights = [check_real(f"the weight of {u.domain!r}", self.weight(u), 0.0, open_low=True)
-                   for u in updates]
-        t, n = float(sum(weights)), float(sum(u.num_examples for u in updates))
-        # A subclass that extends aggregate_sum (the hook before aggregate_mean) still sees
-        # every round, through the sum; otherwise the mean itself, weights / n. Either is one
-        # pass over the updates accumulated in float64: a mean of finite values is finite (no
-        # sum is stored to overflow), so the kernel's check on the way catches any NaN or
-        # infinity of an update that no one scanned (``checked=True`` in simulate), before a
-        # server optimiser's state moves.
-        via_sum = type(self).aggregate_sum is not MeanStrategy.aggregate_sum
-        divisor = 1.0 if via_sum else n
-        vec, finite = kernels.weighted_sum_checked([u.vector for u in updates],
-                                                   [w / divisor for w in weights], dtype=np.float64)
-        if not finite:
-            raise InvalidInput("the weighted mean of the updates holds NaN or infinity: so does an update")
-        if via_sum:
-            return self.aggregate_sum(g, vec, t, total_examples=n)
-        return self.aggregate_mean(g, vec, t, total_examples=n)
+                   for u in ups]
+        t, n = float(sum(weights)), float(sum(u.num_examples for u in ups))
+        # the admission check computed the example-weighted mean: it is this round's mean
+        # unless weight() is not the example count (FedBuff's staleness)
+        by_examples = all(w == u.num_examples for w, u in zip(weights, ups, strict=True))
+        mean = ups.take_mean() if by_examples else None
+        if mean is None:  # one pass, accumulated in float64
+            mean, finite = kernels.weighted_sum_checked([u.vector for u in ups], [w / n for w in weights],
+                                                        dtype=np.float64)
+            if not finite:  # the updates are finite (admitted): only weights this large overflow
+                raise InvalidInput(f"the weighted mean overflows: {type(self).__name__}.weight() gives "
+                                   f"weights up to {max(weights):g} for {n:g} examples")
+        return self.aggregate_mean(g, mean, t, total_examples=n)
 
     def aggregate_sum(
         self,
@@ -410,9 +436,8 @@ class MeanStrategy(Strategy):
                        total_examples: float) -> FloatArray:
         """The new global vector from a round's weighted mean: the one step every round goes
         through, from single updates (:meth:`aggregate`) or a secure sum
-        (:meth:`aggregate_sum`); a subclass that logs or alters rounds extends this. (A
-        subclass that extends :meth:`aggregate_sum` instead, the hook before this one, also
-        sees every round: :meth:`aggregate` then goes through it, one pass slower.)
+        (:meth:`aggregate_sum`); a subclass that logs or alters rounds extends this
+        (extending :meth:`aggregate_sum` sees secure rounds only).
 
         Parameters
         ----------

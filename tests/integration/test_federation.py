@@ -469,7 +469,7 @@ def test_only_the_scientist_whose_run_it_is_drives_its_secure_round(sites: dict[
 
 
 def test_an_abandoned_secure_round_leaves_the_model_and_the_next_round_goes_on() -> None:
-    from fednb.scientist import Driver
+    from fednb.scientist import Driver, TrainingSpec
     from fednb.scientist._participants import LocalParticipant
     from fednb.secagg import Identity, Roster
 
@@ -494,8 +494,9 @@ def test_an_abandoned_secure_round_leaves_the_model_and_the_next_round_goes_on()
     for n in ("h1", "h2"):
         original = local[n].secagg_peer
         local[n].secagg_peer = lambda run_id, f=original: Vanishing(f(run_id))  # type: ignore[method-assign]
-    driver = Driver(dict(local), fednb.strategies.FedAvg(), W0, PARAMS, 3, run_prefix="abandon",
-                    progress=False, secure_bound=50.0, min_domains=2)
+    spec = TrainingSpec.build(train, list(local), initial=W0, params=PARAMS, rounds=3, min_domains=2,
+                              secure_aggregation=True, secure_bound=50.0, progress=False)
+    driver = Driver(local, spec, run_prefix="abandon")
     with pytest.warns(RuntimeWarning, match="abandoned"):
         history = driver.run()
     m = history.metrics

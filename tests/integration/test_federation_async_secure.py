@@ -13,7 +13,7 @@ import xarray as xr
 
 import fednb
 from fednb.errors import InvalidInput
-from fednb.scientist import Driver, dirichlet_split
+from fednb.scientist import Driver, TrainingSpec, dirichlet_split
 from fednb.scientist._participants import LocalParticipant
 from fednb.secagg import Identity, Roster
 from fednb.strategies import ClientUpdate, FedBuff, flatten, unflatten
@@ -143,12 +143,16 @@ def secure_hospitals(vanish: dict[str, tuple[str, ...]], n: int = 3) -> dict[str
     return local
 
 
+def secure_spec(local: dict[str, LocalParticipant], strategy: FedBuff, rounds: int) -> TrainingSpec:
+    return TrainingSpec.build(train, list(local), initial=W0, params=PARAMS, strategy=strategy, rounds=rounds,
+                              secure_aggregation=True, secure_bound=50.0, progress=False)
+
+
 def test_an_abandoned_buffer_leaves_the_model_and_async_training_goes_on() -> None:
     _, xte, yte = split()
     # buffers of 2: in round a1 at least one member is h1 or h2, which vanish; 1 < 2 left
     local = secure_hospitals({"h1": ("a1",), "h2": ("a1",)})
-    driver = Driver(dict(local), FedBuff(buffer_size=2), W0, PARAMS, 5, run_prefix="abandon-async",
-                    asynchronous=True, progress=False, secure_bound=50.0)
+    driver = Driver(local, secure_spec(local, FedBuff(buffer_size=2), 5), run_prefix="abandon-async")
     models: list[np.ndarray] = []
     driver.history.watch(lambda h: models.append(driver.vec.copy()))
     with pytest.warns(RuntimeWarning, match="secure round a1 abandoned"):
@@ -175,8 +179,7 @@ def test_a_straggler_still_running_at_the_end_keeps_nothing_behind() -> None:
         return run0(*a, **k)
 
     local["h0"].run = late  # type: ignore[method-assign]
-    driver = Driver(dict(local), FedBuff(buffer_size=2), W0, PARAMS, 2, run_prefix="straggler-async",
-                    asynchronous=True, progress=False, secure_bound=50.0)
+    driver = Driver(local, secure_spec(local, FedBuff(buffer_size=2), 2), run_prefix="straggler-async")
     driver.history.watch(lambda h: h.num_rounds == 2 and last_summed.set())
     history = driver.run()
     assert history.num_rounds == 2
@@ -188,8 +191,7 @@ def test_a_member_dropping_from_a_buffer_round_is_recorded_and_the_rest_summed()
     # buffers of all 4: h2 vanishes while masking in round a1, three of four survive (t = 2;
     # with 3 members t = 2 too, but one dropout leaves each survivor's secret with one share)
     local = secure_hospitals({"h2": ("a1",)}, n=4)
-    driver = Driver(dict(local), FedBuff(buffer_size=4), W0, PARAMS, 3, run_prefix="drop-async",
-                    asynchronous=True, progress=False, secure_bound=50.0)
+    driver = Driver(local, secure_spec(local, FedBuff(buffer_size=4), 3), run_prefix="drop-async")
     models: list[np.ndarray] = []
     driver.history.watch(lambda h: models.append(driver.vec.copy()))
     history = driver.run()

@@ -89,8 +89,6 @@ def test_a_dp_policy_needs_the_approved_weight_spec() -> None:
     assert not OutputPolicy(weights=spec).fallback
     with pytest.raises(ValueError, match="default release"):
         OutputPolicy(fallback=True)
-    with pytest.raises(ValueError, match="checks the values itself"):
-        OutputPolicy(weights=spec, fallback=True, check_finite=False)
 
 
 def _on_grid(values: np.ndarray, sensitivity: float, d: int) -> bool:

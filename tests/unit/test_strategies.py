@@ -22,6 +22,7 @@ from fednb.strategies import (
     ClientUpdate,
     FedAdagrad,
     FedAdam,
+    FedAdamW,
     FedAvg,
     FedBuff,
     FedProx,
@@ -44,6 +45,7 @@ STRATEGIES: dict[str, tuple[Callable[[], Strategy], bool]] = {
     "FedAdam": (FedAdam, False),
     "FedYogi": (lambda: FedYogi(eta=0.05, tau=1e-2), False),
     "FedAdagrad": (FedAdagrad, False),
+    "FedAdamW": (lambda: FedAdamW(weight_decay=0.05), False),
     "FedBuff": (lambda: FedBuff(buffer_size=N), True),
     "FedBuff-hinge": (lambda: FedBuff(buffer_size=N, staleness="hinge", a=2.0, b=1, server_lr=0.7), False),
     "Median": (Median, True),
@@ -345,6 +347,30 @@ def test_server_optimisers_follow_reddi_et_al(kind: str, cls: type[Strategy]) ->
     assert s.state_dict()["steps"] == 4
 
 
+def test_fedadamw_is_fedadam_with_decoupled_weight_decay() -> None:
+    # Loshchilov and Hutter (2019): theta = theta - eta * (m / (sqrt(v) + tau) + lambda * theta)
+    rng = np.random.default_rng(18)
+    eta, b1, b2, tau, wd = 0.3, 0.8, 0.95, 1e-2, 0.4
+    s = FedAdamW(eta=eta, beta1=b1, beta2=b2, tau=tau, weight_decay=wd)
+    g = rng.normal(size=P)
+    m, v, expected = np.zeros(P), np.zeros(P), g.copy()
+    for _ in range(4):
+        ups = random_updates(rng)
+        d = sum(u.num_examples * u.vector for u in ups) / sum(u.num_examples for u in ups) - expected
+        m = b1 * m + (1 - b1) * d
+        v = b2 * v + (1 - b2) * d**2
+        expected = expected - eta * (-m / (np.sqrt(v) + tau) + wd * expected)
+        g = s.aggregate(g, ups)
+    np.testing.assert_allclose(g, expected, rtol=1e-10)
+    plain, decayed = FedAdam(), FedAdamW(weight_decay=0.0)
+    ups = random_updates(rng)
+    np.testing.assert_array_equal(decayed.aggregate(g, ups), plain.aggregate(g, ups))
+    with pytest.raises(InvalidInput, match="eta \\* weight_decay"):
+        FedAdamW(eta=2.0, weight_decay=1.0)
+    with pytest.raises(InvalidInput, match="weight_decay"):
+        FedAdamW(weight_decay=-1.0)
+
+
 def test_fedadam_with_large_tau_and_no_momentum_is_fedavg_with_server_lr() -> None:
     # beta1 = 0 makes m the mean update; tau >> sqrt(v) makes the step eta / tau * delta.
     rng = np.random.default_rng(16)
@@ -391,22 +417,48 @@ def test_fedbuff_discounts_stale_updates() -> None:
         FedBuff(buffer_size=4).aggregate(g, ups)
 
 
-@pytest.mark.parametrize("cls", [FedAvg, FedAdam])
-def test_a_non_finite_mean_is_refused_before_the_server_state_moves(cls: type[Strategy]) -> None:
-    # The FedAvg family checks the mean instead of every input: an update whose NaN no one
-    # scanned (checked=True, as simulate defers it) must still be refused, and the server
-    # optimiser's state must not move.
+@pytest.mark.parametrize("cls", [FedAvg, FedAdam, Median, Krum])
+def test_a_non_finite_update_is_refused_before_the_server_state_moves(cls: type[Strategy]) -> None:
+    # a strategy called with a plain list admits it itself (the one check, fednb.strategies.admit):
+    # an update holding NaN or infinity is refused by name, and a server optimiser's state stays
     strategy = cls()
-    strategy.aggregate(np.zeros(4), [ClientUpdate(np.ones(4, np.float32), 1, "a")])  # state to keep
+    ok = [ClientUpdate(np.full(4, float(i), np.float32), 1 + i, f"h{i}") for i in range(5)]
+    strategy.aggregate(np.zeros(4), ok)  # state to keep
     before = {k: np.array(v, copy=True) for k, v in strategy.state_dict().items()}
-    bad = np.array([1.0, np.nan, 2.0, 3.0], np.float32)
-    for vec in (bad, np.array([np.inf, 0, 0, 0])):
-        with pytest.raises(InvalidInput, match="NaN or infinity"):
-            strategy.aggregate(np.zeros(4), [ClientUpdate(np.ones(4, np.float32), 3, "a"),
-                                             ClientUpdate(vec, 1, "b", checked=True)])
+    for vec in (np.array([1.0, np.nan, 2.0, 3.0], np.float32), np.array([np.inf, 0, 0, 0])):
+        with pytest.raises(InvalidInput, match=r"\['bad'\] hold NaN or infinity"):
+            strategy.aggregate(np.zeros(4), [*ok, ClientUpdate(vec, 1, "bad")])
     after = strategy.state_dict()
     assert sorted(after) == sorted(before)
     assert all(np.array_equal(v, after[k]) for k, v in before.items())
+
+
+def test_admit_splits_finite_from_non_finite_updates_in_one_pass() -> None:
+    ups = [ClientUpdate(np.array([1.0, 2.0]), 1, "a"), ClientUpdate(np.array([np.nan, 0.0]), 2, "b"),
+           ClientUpdate(np.array([3.0, 4.0], np.float32), 3, "c"),
+           ClientUpdate(np.array([0.0, -np.inf]), 4, "d")]
+    admitted, refused = S.admit(ups)
+    assert [u.domain for u in admitted] == ["a", "c"] and [u.domain for u in refused] == ["b", "d"]
+    np.testing.assert_allclose(admitted.take_mean(), [2.5, 3.5])  # the example-weighted mean of a, c
+    assert admitted.take_mean() is None  # handed over once: the taker may change it in place
+    every, none = S.admit(ups[:1] + ups[2:3])
+    assert len(every) == 2 and none == []
+    empty, no = S.admit([])
+    assert len(empty) == 0 and no == []
+    with pytest.raises(TypeError, match="admit"):  # only the check makes the proof that it ran
+        S.RoundUpdates(tuple(ups), None, object())
+    # a RoundUpdates passes the strategies' checks as it is; the mean it holds is the round's
+    np.testing.assert_allclose(FedAvg().aggregate(np.zeros(2), S.admit(ups[::2])[0]), [2.5, 3.5])
+
+
+def test_updates_are_not_scanned_where_they_are_made() -> None:
+    # a ClientUpdate checks shape and dtype; its values wait for admit(), the one check
+    with pytest.raises(InvalidInput, match="flat"):
+        ClientUpdate(np.zeros((2, 2)), 1, "a")
+    vec = np.ones(3, np.float32)
+    assert ClientUpdate(vec, 1, "a").vector is vec
+    assert ClientUpdate(np.arange(3), 1, "a").vector.dtype == np.float64
+    assert not np.isfinite(ClientUpdate(np.array([np.nan]), 1, "a").vector).any()
 
 
 def test_finite_float32_updates_near_the_largest_float32_average_exactly() -> None:
@@ -414,17 +466,6 @@ def test_finite_float32_updates_near_the_largest_float32_average_exactly() -> No
     big = np.full(4, 3e38, np.float32)
     out = FedAvg().aggregate(np.zeros(4), [ClientUpdate(big, 1, "a"), ClientUpdate(big, 3, "b")])
     np.testing.assert_allclose(out, np.float64(np.float32(3e38)), rtol=1e-15)
-
-
-def test_checked_skips_only_the_scan_of_values() -> None:
-    # checked=True is the in-process output policy's word that the values are finite; the
-    # shape and dtype checks still hold.
-    with pytest.raises(InvalidInput, match="flat"):
-        ClientUpdate(np.zeros((2, 2)), 1, "a", checked=True)
-    with pytest.raises(InvalidInput, match="NaN"):
-        ClientUpdate(np.array([np.nan]), 1, "a")
-    vec = np.ones(3, np.float32)
-    assert ClientUpdate(vec, 1, "a", checked=True).vector is vec
 
 
 def test_sums_run_blas_on_one_thread_and_restore_it() -> None:
@@ -467,7 +508,8 @@ def test_every_round_goes_through_aggregate_mean_and_returns_a_plain_array() -> 
         assert mean.dtype == np.float64
         np.testing.assert_allclose(mean, 0.4)
     np.testing.assert_allclose(FedAvg().aggregate(np.zeros(3), ups), 0.4)
-    # a subclass that extends aggregate_sum, the hook before aggregate_mean, sees plain rounds too
+    # aggregate_sum is the secure sums' entry: extending it sees those, and single updates go
+    # straight to aggregate_mean (no detection of which hooks a subclass overrides)
     sums: list[tuple[float, np.ndarray]] = []
 
     class Summed(FedAdam):
@@ -478,8 +520,10 @@ def test_every_round_goes_through_aggregate_mean_and_returns_a_plain_array() -> 
                                          total_examples=total_examples)
 
     np.testing.assert_allclose(Summed().aggregate(np.zeros(3), ups), Logged().aggregate(np.zeros(3), ups))
+    assert sums == []
+    np.testing.assert_allclose(Summed().aggregate_sum(np.zeros(3), np.full(3, 2.0), 5.0),
+                               Logged().aggregate(np.zeros(3), ups))
     assert len(sums) == 1 and sums[0][0] == 5.0
-    np.testing.assert_allclose(sums[0][1], 2.0)  # 2 * 1 + 3 * 0
 
 
 def test_a_mean_strategy_refuses_weights_that_are_not_positive() -> None:

@@ -5,7 +5,10 @@ on how long anything took."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +22,8 @@ from fednb.domain.runner import JobSpec, WorkerPool
 from fednb.domain.runner._sandbox import SandboxMode
 from fednb.protocol import decode_message
 from tests.adversarial.conftest import require_sandbox
+
+REPO = Path(__file__).resolve().parents[2]
 
 SOURCE = '''
 import os
@@ -190,3 +195,174 @@ def test_hold_until_keeps_the_slot_after_the_run(pool: WorkerPool, datasets: dic
     out = pool.run(j, "alpha", {}, None, 300.0, hold_until=time.monotonic() - 1)  # passed: freed now
     assert out.status == "succeeded" and pool._slots.acquire(blocking=False)
     pool._slots.release()
+
+
+# -- a domain running as an ordinary user, with no pids cgroup (issue 18) -----------------
+NPROC_SOURCE = '''
+import os
+import signal
+
+
+def f(data, mode=0):
+    if mode == 1:  # a fork bomb: fork until refused, keep them all, then stop for the test to see
+        n = 0
+        while True:
+            try:
+                pid = os.fork()
+            except OSError:
+                break
+            if pid == 0:
+                signal.pause()
+                os._exit(0)
+            n += 1
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return np.asarray(float(n))
+    got = 0
+    for _ in range(5):
+        try:
+            pid = os.fork()
+        except OSError:
+            continue
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        got += 1
+    return np.asarray(float(got))
+'''
+
+NPROC_SCENARIO = '''
+import json, os, sys, threading, time
+from pathlib import Path
+from fednb.domain.runner import JobSpec, Limits, WorkerPool
+from tests.integration.test_worker_isolation import NPROC_SOURCE, states_under
+
+max_procs, work = int(sys.argv[1]), Path(sys.argv[2])
+# the domain's user already runs more tasks than a sandbox may: they must not count against one
+idle = threading.Event()
+for _ in range(max_procs + 8):
+    threading.Thread(target=idle.wait, daemon=True).start()
+pool = WorkerPool("bubblewrap", Limits(max_procs=max_procs), max_concurrent=2)
+jobs = {k: JobSpec(k, NPROC_SOURCE, "f", {"d": work / "d.zarr"}, work / k) for k in ("a", "b")}
+
+def run(k, mode):
+    out = pool.run(jobs[k], "d", {"mode": mode}, None, 600.0)
+    return float(out.update.weights["result"][()]) if out.status == "succeeded" else out.log[-400:]
+
+seen = {"warm": [run("a", 0), run("b", 0)]}
+seen["pids_cgroups"] = [bool(w.proc.cgroup.caps_pids) for w in pool._workers.values()]
+a_pid = next(w.pid for w in pool.workers() if w.request_id == "a")
+bomber = threading.Thread(target=run, args=("a", 1))
+bomber.start()
+deadline = time.monotonic() + 300
+while "T" not in states_under(a_pid).values() and time.monotonic() < deadline:
+    time.sleep(0.05)
+seen["a_processes"] = len(states_under(a_pid))
+seen["b_during_the_bomb"] = run("b", 0)
+pool.discard("a")
+bomber.join()
+pool.shutdown()
+print(json.dumps(seen))
+'''
+
+REACHABLE = '''
+import json, os, subprocess, sys
+from pathlib import Path
+
+spec = json.loads(sys.argv[1])
+paths = [Path(p) for p in spec["paths"]]
+# directories the uid cannot enter on the way to what it needs (root's home, pytest's 0700
+# base): in this private mount namespace, a 0755 tmpfs over each, what is needed bound back
+# from the directory underneath (held open: the tmpfs hides its path)
+done = set()
+for path in paths:
+    for depth in range(1, len(path.parts)):
+        d = Path(*path.parts[:depth])
+        if d in done or os.stat(d).st_mode & 0o001:
+            continue
+        done.add(d)
+        under = os.open(d, os.O_PATH | os.O_DIRECTORY)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(d)], check=True)
+        for name in sorted({p.parts[depth] for p in paths if p.parts[:depth] == path.parts[:depth]}):
+            (d / name).mkdir()
+            subprocess.run(["mount", "--no-canonicalize", "--bind", f"/proc/self/fd/{under}/{name}",
+                            str(d / name)], check=True, pass_fds=(under,))
+        os.close(under)
+os.setgroups([])
+os.setgid(spec["uid"])
+os.setuid(spec["uid"])
+os.execv(spec["argv"][0], spec["argv"])
+'''
+
+
+def states_under(pid: int) -> dict[int, str]:
+    """The process states (``R``, ``S``, ``T`` ...) of ``pid``'s descendants on this host."""
+    parent, state = {}, {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            continue
+        state[int(p)], parent[int(p)] = fields[0], int(fields[1])
+    return {p: s for p, s in state.items() if p != pid and _ancestor(p, pid, parent)}
+
+
+def _ancestor(p: int, pid: int, parent: dict[int, int]) -> bool:
+    for _ in range(64):
+        p = parent.get(p, 0)
+        if p == pid:
+            return True
+        if p <= 1:
+            return False
+    return False
+
+
+def as_ordinary_user(argv: list[str], work: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as a uid other than root (this one, or, for a root test process, a spare
+    uid in a private mount namespace where it can reach Python, the checkout and ``work``)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "PYTHONPATH": str(REPO),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    if os.geteuid() != 0:
+        return subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True, timeout=600)
+    uid = 60000 + os.getpid() % 5000  # one no other process of the machine runs as
+    for p in (work, *work.rglob("*")):
+        os.chown(p, uid, uid)
+    paths = sorted({str(Path(p).resolve()) for p in (sys.base_prefix, sys.prefix, sys.executable,
+                                                       REPO, work)})
+    spec = {"uid": uid, "paths": paths, "argv": argv}
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-s",
+                           "-c", REACHABLE, json.dumps(spec)],
+                          env=env, cwd=work, capture_output=True, text=True, timeout=600)
+
+
+def test_a_fork_bomb_leaves_the_other_workers_of_an_unprivileged_domain_room(tmp_path: Path) -> None:
+    """A domain running as an ordinary user, with no pids cgroup: RLIMIT_NPROC counted all
+    its user's tasks, so one worker's fork bomb left the others no fork at all, and a user
+    already running more tasks than ``max_procs`` could start no worker. Each sandbox now
+    counts its own (the zygote sets ``max_procs`` on itself; Linux counts it per user
+    namespace), under a backstop over the whole uid."""
+    require_sandbox()
+    work = tmp_path / "work"
+    work.mkdir()
+    xr.Dataset({"x": ("patient", np.ones(4))}).to_zarr(work / "d.zarr")
+    out = as_ordinary_user([sys.executable, "-s", "-c", NPROC_SCENARIO, "24", str(work)], work)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["pids_cgroups"] == [False, False]  # the case at hand: no cgroup caps them
+    assert seen["warm"] == [5.0, 5.0], seen  # both start beside the user's many tasks
+    assert 0 < seen["a_processes"] <= 24, seen  # the bomb stops at its own sandbox's cap
+    assert seen["b_during_the_bomb"] == 5.0, seen  # and the other sandbox forks freely
+
+
+def test_the_sandboxs_own_process_cap_needs_a_kernel_that_counts_per_user_namespace() -> None:
+    """Linux 5.14 moved RLIMIT_NPROC to per-user-namespace counts: before it, a sandbox's cap
+    is a share of its host uid's count (the uid's tasks now plus ``max_procs``)."""
+    from fednb.domain.runner import _nproc
+
+    assert [_nproc.per_userns_count(r) for r in ("4.18.0-553.el8_10.x86_64", "5.10.0-28-amd64",
+                                                 "5.13.19", "5.14.0-427.el9", "6.18.44-fc-v1252")] \
+        == [False, False, False, True, True]
+    assert _nproc.sandbox_limit(24, os.getuid(), own_userns=True, per_userns=True) == 24
+    for own, per in ((True, False), (False, True)):
+        assert _nproc.sandbox_limit(24, os.getuid(), own_userns=own, per_userns=per) > 24
+    assert _nproc.host_limit(24, os.getuid()) >= 24 * 64

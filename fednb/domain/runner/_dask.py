@@ -42,6 +42,7 @@ from fednb.domain.runner._pool import (
     release_at,
 )
 from fednb.domain.runner._sandbox import Limits, SandboxMode, bwrap_available
+from fednb.domain.runner._warm import MAX_WARM
 from fednb.errors import FednbError, InsecureSetting, InvalidInput
 from fednb.protocol import REASON_CODES, RUN_STATUSES, decode_message, encode_message
 from fednb.typing import Weights
@@ -170,7 +171,7 @@ class DaskPool:
     """
 
     def __init__(self, address: str, mode: SandboxMode, limits: Limits | None = None,
-                 max_concurrent: int = 2, max_warm: int = 8, max_output: int = 64 << 20,
+                 max_concurrent: int = 2, max_warm: int = MAX_WARM, max_output: int = 64 << 20,
                  domain: str = "") -> None:
         try:
             from distributed import Client

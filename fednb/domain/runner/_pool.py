@@ -2,261 +2,32 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import re
-import sys
 import threading
 import time
 import weakref
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-from fednb.domain.runner._frames import (
-    FrameError,
-    FrameTimeout,
-    read_frame,
-    write_frame,
-)
-from fednb.domain.runner._sandbox import (
-    Limits,
-    SandboxedProcess,
-    SandboxMode,
-    SandboxSpec,
-    launch,
-    oom_kill_count,
-    oom_killed,
-    sweep_once,
-)
-from fednb.errors import FednbError, SandboxUnavailable
-from fednb.protocol import (
-    REASON_CODES,
-    ReasonCode,
-    RunStatus,
-    Update,
-    decode_message,
-    encode_message,
+from fednb.domain.runner import _warm
+from fednb.domain.runner._sandbox import Limits, SandboxMode, sweep_once
+from fednb.domain.runner._zygote import (
+    START_TIMEOUT,
+    JobSpec,
+    Key,
+    RawOutcome,
+    Worker,
+    WorkerOutcome,
+    one_dataset,
+    parse_outcome,
 )
 from fednb.typing import Weights
 
 __all__ = ["JobRunner", "JobSpec", "RawOutcome", "WorkerInfo", "WorkerOutcome", "WorkerPool",
            "parse_outcome", "release_at"]
 
-_LOG_KEEP = 20_000
-_START_TIMEOUT = 120.0
-# beyond a run's own limit, which the zygote enforces: its kill of the run and clean-up on a
-# busy machine. A zygote silent past that is stopped.
-_GRACE = 30.0
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-_Key = tuple[str, str]  # (request id, dataset)
-# what the zygote saw of a run that sent no reply: the status and reason codes of old,
-# when a run's death was its worker's
-_VERDICTS: dict[str, tuple[RunStatus, ReasonCode]] = {
-    "timeout": ("timeout", "wall_clock"),
-    "too_large": ("failed", "output_too_large"),
-    "signal": ("killed", "worker_crashed"),
-    "exit": ("failed", "worker_crashed"),
-    "no_fork": ("failed", "process_limit"),
-}
-# the device a run used, as its worker reports it: "cpu" or "cuda:<device name>" (printable
-# ASCII, 32 characters in all); anything else is recorded as None
-_BACKEND = re.compile(r"cpu|cuda(:[ -~]{1,27})?")
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One approved request as the runner needs it. A worker mounts one of ``datasets``
-    only, the one its runs are charged to."""
-
-    request_id: str
-    source: str
-    function_name: str
-    datasets: dict[str, Path]
-    workdir: Path
-
-
-@dataclass
-class WorkerOutcome:
-    """What came back from one run, before the output policy. ``update`` is untrusted."""
-
-    status: RunStatus
-    reason: ReasonCode
-    update: Update | None = None
-    log: str = ""
-    backend: str | None = None  # reported by the (untrusted) worker: for the owner's eyes only
-
-
-@dataclass
-class RawOutcome:
-    """What the trusted launcher saw of one run: the worker's reply frame, undecoded
-    (``reply``: untrusted safetensors bytes, on ``status == "succeeded"`` only), or how the
-    exchange failed; and the owner's log. :func:`parse_outcome` decodes and checks it."""
-
-    status: RunStatus
-    reason: ReasonCode
-    reply: bytes | None = None
-    log: str = ""
-
-
-def parse_outcome(raw: RawOutcome) -> WorkerOutcome:
-    """Decode a worker's reply (safetensors and JSON only; nothing is unpickled) and check it."""
-    if raw.status != "succeeded":
-        return WorkerOutcome(raw.status, raw.reason, log=raw.log)
-    try:
-        header, tensors = decode_message(raw.reply or b"")
-        backend = header.get("backend")
-        backend = backend if isinstance(backend, str) and _BACKEND.fullmatch(backend) else None
-        if header.get("status") != "ok":
-            reason = header.get("reason")
-            return WorkerOutcome("failed", reason if reason in REASON_CODES else "exception",
-                                 log=raw.log, backend=backend)
-        metrics = {str(k): float(v) for k, v in dict(header.get("metrics") or {}).items()}
-        return WorkerOutcome("succeeded", "ok", Update(weights=tensors, metrics=metrics), raw.log,
-                             backend)
-    except (FednbError, TypeError, ValueError, AttributeError):
-        return WorkerOutcome("failed", "invalid_output", log=raw.log)
-
-
-def _subdir(dataset: str) -> str:
-    """The work directory of a dataset's worker under the request's: a name that is safe
-    as one path component whatever the dataset's name."""
-    digest = hashlib.sha256(dataset.encode()).hexdigest()[:8]
-    return f"{_UNSAFE.sub('_', dataset)[:40]}-{digest}"
-
-
-def _one_dataset(job: JobSpec, dataset: str) -> JobSpec:
-    """The job as one worker runs it: the run's dataset only, its own work directory."""
-    if list(job.datasets) == [dataset]:  # the domain made it so already
-        return job
-    return dataclasses.replace(job, datasets={dataset: job.datasets[dataset]},
-                               workdir=job.workdir / _subdir(dataset))
-
-
-class _Worker:
-    """A sandboxed zygote (``_worker``) holding one dataset of one request."""
-
-    def __init__(self, job: JobSpec, mode: SandboxMode, limits: Limits, max_output: int) -> None:
-        self.job, self.mode, self.limits, self.max_output = job, mode, limits, max_output
-        ((self.dataset, self.path),) = job.datasets.items()
-        self.proc: SandboxedProcess | None = None
-        self.runs = 0
-
-    def start(self) -> RawOutcome | None:
-        binds = [(self.path, f"/data/{self.dataset}")]
-        env = {"PYTHONPATH": str(Path(__file__).resolve().parents[3]), "HOME": "/job",
-               "OMP_NUM_THREADS": str(self.limits.cpus),
-               "OPENBLAS_NUM_THREADS": str(self.limits.cpus), "PYTHONDONTWRITEBYTECODE": "1",
-               # no JIT compiler in the sandbox (DP-SGD's noise uses the kernels): the NumPy
-               # references, no code generation or cache writes beside untrusted code
-               "FEDNB_BACKEND": "numpy", **self._gpu_env()}
-        # -P: the working directory, where runs write, is not put on the zygote's sys.path
-        argv = [sys.executable, "-s", *(["-P"] if sys.version_info >= (3, 11) else []),
-                "-m", "fednb.domain.runner._worker"]
-        spec = SandboxSpec(argv, self.job.workdir, binds, env, self.limits)
-        try:
-            self.proc = launch(spec, self.mode)
-        except SandboxUnavailable as exc:  # a GPU job where no memory cgroup caps it
-            return RawOutcome("refused", "sandbox_unavailable", log=f"{exc}\n")
-        path = f"/data/{self.dataset}" if self.mode == "bubblewrap" else str(self.path)
-        init = {"source": self.job.source, "function_name": self.job.function_name,
-                "dataset": self.dataset, "path": path, "max_output": self.max_output}
-        try:
-            assert self.proc.stdin is not None and self.proc.stdout is not None
-            write_frame(self.proc.stdin, encode_message(init))
-            header, _ = decode_message(read_frame(self.proc.stdout, 1 << 16, _START_TIMEOUT))
-        except (FrameError, OSError, FednbError):
-            return self._died()
-        if header.get("status") != "ready":
-            self.stop()
-            return RawOutcome("failed", "exception", log=self.take_log())
-        return None
-
-    def _gpu_env(self) -> dict[str, str]:
-        """What the worker's runtime reads before user code starts (``prepare_gpu``)."""
-        if not self.limits.gpu:
-            return {}
-        env = {"FEDNB_GPU": "1"}
-        if self.limits.gpu_memory_bytes is not None:
-            cap = str(self.limits.gpu_memory_bytes)
-            # CuPy reads this when it makes its pool, in case code swaps the default pool
-            env.update(FEDNB_GPU_MEMORY_BYTES=cap, CUPY_GPU_MEMORY_LIMIT=cap)
-        return env
-
-    def run(self, params: dict[str, Any], weights: Weights | None, timeout: float) -> RawOutcome:
-        """One run: the child's reply frame, undecoded, or what the zygote saw of it. The
-        zygote enforces ``timeout``; the worker is stopped only when the zygote itself does
-        not answer within ``_GRACE`` beyond it, or died."""
-        assert self.proc is not None and self.proc.stdin and self.proc.stdout
-        msg = encode_message({"dataset": self.dataset, "params": params,
-                              "weights": weights is not None}, weights or {})
-        self.runs += 1
-        oom = oom_kill_count(self._cgroup_dirs())
-        try:  # the zygote's frame (the run's limit), then the child's request
-            write_frame(self.proc.stdin, json.dumps({"timeout": timeout}).encode())
-            write_frame(self.proc.stdin, msg)
-            verdict = json.loads(read_frame(self.proc.stdout, 1 << 10, timeout + _GRACE))
-            kind = verdict["verdict"]
-            if kind == "reply":
-                data = read_frame(self.proc.stdout, self.max_output + (1 << 20), _GRACE)
-                return RawOutcome("succeeded", "ok", reply=data, log=self.take_log())
-        except FrameTimeout:
-            self.stop()
-            return RawOutcome("timeout", "wall_clock", log=self.take_log())
-        except (FrameError, OSError, ValueError, TypeError, KeyError):
-            return self._died()
-        if oom_kill_count(self._cgroup_dirs()) > oom:
-            return RawOutcome("killed", "memory_limit", log=self.take_log())
-        status, reason = _VERDICTS.get(kind, ("failed", "worker_crashed"))
-        return RawOutcome(status, reason, log=self.take_log())
-
-    def _died(self) -> RawOutcome:
-        oom = self._oom_seen()  # read the cgroup before stop() removes it
-        rc = self.stop()
-        # the OOM killer's victim was the zygote, pid 1 of its namespace: bubblewrap, which
-        # this process waits for, then exits with a status, not by the signal
-        if oom or (rc is not None and rc < 0):
-            return RawOutcome("killed", "memory_limit" if oom else "worker_crashed",
-                              log=self.take_log())
-        return RawOutcome("failed", "worker_crashed", log=self.take_log())
-
-    def _cgroup_dirs(self) -> list[Path]:
-        return self.proc.cgroup.dirs if self.proc is not None else []
-
-    def _oom_seen(self) -> bool:
-        return oom_killed(self._cgroup_dirs())
-
-    def take_log(self) -> str:
-        path = self.job.workdir / "log.txt"
-        try:
-            with open(path, "rb") as f:
-                f.seek(0, 2)
-                size = f.tell()
-                f.seek(max(0, size - _LOG_KEEP))
-                text = f.read().decode("utf-8", "replace")
-            path.write_bytes(b"")
-        except OSError:
-            return ""
-        return text
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> int | None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.kill()
-        rc = proc.wait()
-        for s in (proc.stdin, proc.stdout):
-            if s is not None:
-                s.close()
-        proc.cleanup()
-        return rc
-
+_Worker = Worker  # its name before it moved to ._zygote (tests/unit/test_gpu_binds.py)
 
 @dataclass(frozen=True)
 class WorkerInfo:
@@ -310,13 +81,18 @@ def _cut(where: str) -> RawOutcome:
     return RawOutcome("timeout", "wall_clock", log=f"fednb: the run's schedule passed while {where}\n")
 
 
+
 class WorkerPool:
-    """Keeps up to ``max_warm`` workers warm and runs at most ``max_concurrent`` jobs.
+    """Keeps warm workers within their caps and runs at most ``max_concurrent`` jobs.
 
     A worker is one sandboxed zygote per (request, dataset): it holds that one dataset,
     and forks a fresh process for every run, after which nothing of the run is left (see
     ``fednb.domain.runner._worker``). A run that failed, timed out or was killed leaves its
-    worker warm; a worker is stopped only when its zygote itself fails.
+    worker warm. A worker is stopped when its zygote fails, when it was idle for ``idle_s``,
+    or when it is the least recently used beyond ``max_warm`` or beyond the process's cap
+    over every pool (:func:`fednb.domain.runner.set_process_max_warm`); never while a run
+    uses it or a DP run that made it warm (:meth:`ensure_warm`) has yet to take it (see
+    ``fednb.domain.runner._warm``). A stopped worker starts again at its next run.
 
     Parameters
     ----------
@@ -327,48 +103,61 @@ class WorkerPool:
     max_concurrent
         Jobs running at once across the domain (default 2).
     max_warm
-        Warm workers kept, each one (request, dataset) (least recently used are stopped
-        first; default 8).
+        Warm workers this pool keeps, each one (request, dataset) (default 4).
     max_output
         Cap on one result, bytes (default 64 MiB).
+    idle_s
+        Seconds a worker stays warm unused (default 300; None: until a cap or ``discard``
+        stops it). A DP run's worker counts as used until the end of the run's slot.
     """
 
     def __init__(self, mode: SandboxMode, limits: Limits | None = None, max_concurrent: int = 2,
-                 max_warm: int = 8, max_output: int = 64 << 20) -> None:
+                 max_warm: int = _warm.MAX_WARM, max_output: int = 64 << 20,
+                 idle_s: float | None = _warm.IDLE_S) -> None:
+        if max_warm < 1:
+            raise ValueError(f"max_warm is at least 1, not {max_warm}")
+        if idle_s is not None and not idle_s > 0:
+            raise ValueError(f"idle_s is seconds > 0 (or None), not {idle_s}")
         self.mode, self.limits = mode, limits or Limits()
-        self.max_warm, self.max_output = max_warm, max_output
+        self.max_warm, self.max_output, self.idle_s = max_warm, max_output, idle_s
         self._slots = threading.BoundedSemaphore(max_concurrent)
-        self._workers: OrderedDict[_Key, _Worker] = OrderedDict()
-        self._locks: dict[_Key, threading.Lock] = {}
+        self._workers: OrderedDict[Key, Worker] = OrderedDict()
+        self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
         self._closed = False  # shut down: a worker a late prewarm or run starts is stopped at once
         self._starting = 0  # workers being started now: shutdown() waits for them
         self._started = threading.Condition(self._guard)
+        self._stopping: set[Future[None]] = set()  # evicted workers the stopper still stops
         # cgroups of workers a domain killed with kill -9 left behind, once per process
         sweep_once()
         # a pool dropped without shutdown() (or still open at exit) stops its workers and
         # removes their cgroups all the same
         weakref.finalize(self, _stop_all, self._workers, self._guard)
+        _warm.register(self)
 
-    def _lock(self, key: _Key) -> threading.Lock:
+    def _lock(self, key: Key) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def _worker(self, job: JobSpec) -> tuple[_Worker, RawOutcome | None]:
-        """The warm worker of a one-dataset ``job`` (see :func:`_one_dataset`), started if need be."""
+    def _worker(self, job: JobSpec, scheduled: bool = False) -> tuple[Worker, RawOutcome | None]:
+        """The warm worker of a one-dataset ``job`` (see :func:`one_dataset`), started if need
+        be; ``scheduled``: a DP run takes it, and the pin its ``ensure_warm`` left goes."""
         key = (job.request_id, next(iter(job.datasets)))
         with self._guard:
             w = self._workers.pop(key, None)
         if w is not None and w.job != job:  # same id, other code, data or home: never reuse
             w.stop()
             w = None
+        started = False
         if w is not None and w.alive():
             failure = None
         else:
+            pins = w.use.pins if w is not None else []  # runs that await a zygote that died
             with self._guard:
                 self._starting += 1
             try:
-                w = _Worker(job, self.mode, self.limits, self.max_output)
+                w = Worker(job, self.mode, self.limits, self.max_output)
+                w.use.pins, started = pins, True
                 failure = w.start()
                 with self._guard:
                     closed = self._closed
@@ -384,32 +173,79 @@ class WorkerPool:
             if self._closed:
                 w.stop()
                 return w, RawOutcome("failed", "worker_crashed", log="fednb: the domain is stopping\n")
+            w.use.taken = w.use.idle_from = time.monotonic()
+            if scheduled:
+                w.use.unpin()
             self._workers[key] = w
-        with self._guard:
-            while len(self._workers) > self.max_warm:
-                _, old = self._workers.popitem(last=False)
-                old.stop()
+        if started:  # one more warm worker: the caps may now take another
+            _warm.trim()
         return w, failure
 
-    def ensure_warm(self, job: JobSpec) -> None:
-        """Start the job's worker for each of its datasets now, unless it is warm; returns
-        when they are up (or failed to start, which the next run reports), at most after
-        the start timeout. A DP run's schedule starts after this, so it is not spent on a
-        worker's start."""
-        for dataset in job.datasets:
-            one, key = _one_dataset(job, dataset), (job.request_id, dataset)
+    def entries(self) -> list[tuple[Key, Worker]]:
+        """The warm set, least recently used first (for ``_warm``)."""
+        with self._guard:
+            return list(self._workers.items())
+
+    def evict(self, key: Key, worker: Worker, now: float) -> bool:
+        """Take ``worker`` out of the warm set and stop it on the stopper thread, unless a run
+        or a start holds it or a DP run pinned it (at ``now``, ``time.monotonic()``); True
+        when it was taken out."""
+        lock = self._lock(key)
+        if not lock.acquire(blocking=False):
+            return False
+        try:
             with self._guard:
-                w = self._workers.get(key)
-            if w is not None and w.job == one and w.alive():
+                if self._workers.get(key) is not worker or worker.use.pinned(now):
+                    return False
+                del self._workers[key]
+        finally:
+            lock.release()
+        fut = _warm.stop_later(worker)
+        with self._guard:
+            self._stopping.add(fut)
+        fut.add_done_callback(self._stopped)
+        return True
+
+    def _stopped(self, fut: Future[None]) -> None:
+        with self._guard:
+            self._stopping.discard(fut)
+            self._started.notify_all()
+
+    def _pin(self, key: Key, job: JobSpec) -> bool:
+        """Pin ``key``'s warm worker for a DP run to come; False when none is warm."""
+        with self._guard:
+            w = self._workers.get(key)
+            if w is None or w.job != job or not w.alive():
+                return False
+            w.use.pins.append(time.monotonic() + _warm.PIN_S)
+            return True
+
+    def _unpin(self, key: Key) -> None:
+        with self._guard:
+            w = self._workers.get(key)
+            if w is not None:
+                w.use.unpin()
+
+    def ensure_warm(self, job: JobSpec) -> None:
+        """Start the job's worker for each of its datasets now, unless it is warm, and keep
+        it from eviction until a run with a schedule (``cut_at``) takes it, for at most
+        ``_warm.PIN_S``; returns when they are up (or failed to start, which the next run
+        reports), at most after the start timeout. A DP run's schedule starts after this, so
+        it is not spent on a worker's start."""
+        for dataset in job.datasets:
+            one, key = one_dataset(job, dataset), (job.request_id, dataset)
+            if self._pin(key, one):
                 continue
-            until = time.monotonic() + _START_TIMEOUT
+            until = time.monotonic() + START_TIMEOUT
             lock = self._lock(key)
             if not _acquire(lock, until):
                 continue
             try:
-                if _acquire(self._slots, until):
+                if not self._pin(key, one) and _acquire(self._slots, until):
                     try:
-                        self._worker(one)
+                        w, _ = self._worker(one)
+                        with self._guard:
+                            w.use.pins.append(time.monotonic() + _warm.PIN_S)
                     finally:
                         self._slots.release()
             finally:
@@ -421,7 +257,7 @@ class WorkerPool:
 
         def go() -> None:
             for dataset in job.datasets:
-                one = _one_dataset(job, dataset)
+                one = one_dataset(job, dataset)
                 with self._lock((job.request_id, dataset)), self._slots:
                     self._worker(one)
 
@@ -443,7 +279,8 @@ class WorkerPool:
         cut_at
             A ``time.monotonic()`` moment by which the run must have ended, waiting for
             the job slot and the worker's start included (a DP run's schedule): past it the
-            run is cut, or never started, with ``timeout``/``wall_clock``.
+            run is cut, or never started, with ``timeout``/``wall_clock``. A worker stopped
+            since :meth:`ensure_warm` starts again inside this schedule.
         """
         return self._run(job, dataset, params, weights, timeout, hold_until, cut_at)[1]
 
@@ -458,21 +295,26 @@ class WorkerPool:
         if dataset not in job.datasets:
             raw = RawOutcome("failed", "exception", log=f"fednb: {dataset!r} is not a dataset of this job\n")
             return raw, parse_outcome(raw)
-        one = _one_dataset(job, dataset)
-        lock = self._lock((job.request_id, dataset))
+        one, key = one_dataset(job, dataset), (job.request_id, dataset)
+        lock = self._lock(key)
         if not _acquire(lock, cut_at):
+            self._unpin(key)
             return _cut("waiting for its worker"), parse_outcome(_cut("waiting for its worker"))
         try:
             if not _acquire(self._slots, cut_at):
+                self._unpin(key)
                 return _cut("waiting for a job slot"), parse_outcome(_cut("waiting for a job slot"))
+            worker: Worker | None = None
             try:
-                worker, failure = self._worker(one)
+                worker, failure = self._worker(one, scheduled=cut_at is not None)
                 if failure is None and cut_at is not None:
                     timeout = min(timeout, cut_at - time.monotonic())
                 raw = failure or (worker.run(params, weights, timeout) if timeout > 0
                                   else _cut("waiting for its worker to start"))
             finally:
                 release_at(self._slots, hold_until)
+                if worker is not None:  # a DP run's worker is idle from the end of its slot only
+                    worker.use.idle_from = time.monotonic() if hold_until is None else hold_until
         finally:
             lock.release()
         return raw, parse_outcome(raw)
@@ -497,16 +339,19 @@ class WorkerPool:
             w.stop()
 
     def shutdown(self) -> None:
-        """Stop every worker, and any a prewarm or a run still starts."""
+        """Stop every worker, and any a prewarm or a run still starts; returns when the
+        workers the caps took out are stopped too."""
         with self._guard:
             self._closed = True
             # a worker still starting (a prewarm) is stopped by its starter once it is up:
             # wait for that, or its cgroup would outlive a domain that exits right after
-            self._started.wait_for(lambda: self._starting == 0, timeout=_START_TIMEOUT)
+            self._started.wait_for(lambda: self._starting == 0, timeout=START_TIMEOUT)
         _stop_all(self._workers, self._guard)
+        with self._guard:
+            self._started.wait_for(lambda: not self._stopping, timeout=START_TIMEOUT)
 
 
-def _stop_all(workers: OrderedDict[_Key, _Worker], guard: threading.Lock) -> None:
+def _stop_all(workers: OrderedDict[Key, Worker], guard: threading.Lock) -> None:
     with guard:
         stopping = list(workers.values())
         workers.clear()

@@ -24,8 +24,9 @@ opens that with the sandbox's credentials.
 Resource caps:
 
 - rlimits always: address space, file size, open files, CPU seconds, and processes
-  (``RLIMIT_NPROC`` binds only where the domain runs as a non-root user: the kernel
-  exempts processes whose real uid maps to root);
+  (``RLIMIT_NPROC``: a backstop over the sandbox's host uid on bubblewrap, and the
+  sandbox's own ``max_procs``, which the zygote sets on itself and which the kernel counts
+  per sandbox from Linux 5.14, see :mod:`._nproc`);
 - cgroups where the machine lets the domain write them: ``pids.max``, ``memory.max``
   and ``memory.swap.max=0`` (cgroup v2: under the domain's own cgroup where that is
   delegated to it, see :func:`delegated_parent`, else under the hierarchy's root) or
@@ -74,6 +75,7 @@ from pathlib import Path
 from typing import Literal
 
 from fednb.domain.runner._gpu import gpu_binds
+from fednb.domain.runner._nproc import host_limit
 from fednb.domain.runner._seccomp import SeccompUnsupported, filter_fd
 from fednb.errors import SandboxUnavailable
 
@@ -205,6 +207,12 @@ def _bwrap_disables_userns() -> bool:
 
 def _as_root() -> bool:
     return os.geteuid() == 0
+
+
+def host_uid(mode: SandboxMode) -> int:
+    """The host uid a worker's tasks are counted under: ``SANDBOX_UID`` where the domain is
+    root and bubblewrap runs the worker, else the domain's own."""
+    return SANDBOX_UID if mode == "bubblewrap" and _as_root() else os.getuid()
 
 
 def _parents(dests: list[str], made: set[str]) -> list[str]:
@@ -644,10 +652,6 @@ def sweep_once() -> None:
     sweep_stale_cgroups()
 
 
-_NPROC_WORKERS = 64
-"""With per-worker pids cgroups, RLIMIT_NPROC (per host uid) allows this many workers' caps."""
-
-
 class _Cgroup:
     """A per-worker cgroup (v2, under the domain's delegated cgroup or the root; or v1
     pids+memory, each under the domain's own cgroup or the controller's root), where
@@ -756,17 +760,14 @@ def memory_cgroup_works() -> bool:
     return cgroup.caps_memory
 
 
-def _preexec(limits: Limits, cgroup: _Cgroup, drop_groups: bool) -> None:
+def _preexec(limits: Limits, cgroup: _Cgroup, drop_groups: bool, nproc: int) -> None:
     cgroup.enter()
     if drop_groups:
         _drop_groups()
     caps = {
-        # RLIMIT_NPROC counts every process of the real uid, and every worker runs as the
-        # same host uid (SANDBOX_UID): with a pids cgroup of its own per worker, it is only
-        # a host-wide backstop (a per-worker value would let one sandbox's processes stop
-        # another's from forking, across runs and scientists)
-        resource.RLIMIT_NPROC: (max(limits.max_procs * _NPROC_WORKERS, 4096) if cgroup.caps_pids
-                                else limits.max_procs),
+        # a backstop over the sandbox's host uid (see ._nproc): the zygote sets its sandbox's
+        # own cap on itself before any run
+        resource.RLIMIT_NPROC: nproc,
         resource.RLIMIT_CPU: limits.cpu_seconds,
         resource.RLIMIT_FSIZE: limits.file_bytes,
         resource.RLIMIT_NOFILE: limits.open_files,
@@ -809,16 +810,17 @@ def _launch(spec: SandboxSpec, mode: SandboxMode) -> SandboxedProcess:
     spec.workdir.mkdir(parents=True, exist_ok=True)
     cgroup = _Cgroup(spec.limits)
     try:
+        nproc = host_limit(spec.limits.max_procs, host_uid(mode))
         if mode != "bubblewrap":
-            return _start(spec, spec.argv, {**spec.env, "PATH": "/usr/bin:/bin"}, cgroup)
+            return _start(spec, spec.argv, {**spec.env, "PATH": "/usr/bin:/bin"}, cgroup, nproc)
         with _host_side(spec) as (argv, fds):
-            return _start(spec, argv, {"PATH": "/usr/bin:/bin"}, cgroup, fds)
+            return _start(spec, argv, {"PATH": "/usr/bin:/bin"}, cgroup, nproc, fds)
     except BaseException:  # refused, or the fork or exec failed: no worker in the cgroup
         cgroup.remove()
         raise
 
 
-def _start(spec: SandboxSpec, argv: list[str], env: dict[str, str], cgroup: _Cgroup,
+def _start(spec: SandboxSpec, argv: list[str], env: dict[str, str], cgroup: _Cgroup, nproc: int,
            pass_fds: tuple[int, ...] = ()) -> SandboxedProcess:
     if spec.limits.gpu and not cgroup.caps_memory and not spec.limits.host_memory_uncapped_ok:
         raise SandboxUnavailable(
@@ -837,7 +839,8 @@ def _start(spec: SandboxSpec, argv: list[str], env: dict[str, str], cgroup: _Cgr
             stderr=log,  # bubblewrap's own errors reach the owner's log
             cwd=spec.workdir,
             env=env,
-            preexec_fn=functools.partial(_preexec, spec.limits, cgroup, bool(pass_fds) and _as_root()),
+            preexec_fn=functools.partial(_preexec, spec.limits, cgroup, bool(pass_fds) and _as_root(),
+                                         nproc),
             close_fds=True,
             pass_fds=pass_fds,  # bubblewrap reads the seccomp filter and user namespace from these
         )

@@ -1,7 +1,7 @@
 """The worker: a zygote inside the sandbox that forks one fresh process per run.
 
-The zygote imports NumPy, xarray and ``fednb.runtime`` (and PyTorch for code that uses
-it) and loads its one dataset once, so a run starts warm; it never executes the approved
+The zygote imports NumPy, xarray and ``fednb.runtime`` (and PyTorch only for code that
+uses it) and loads its one dataset once, so a run starts warm; it never executes the approved
 source. For each run it forks a child that compiles the source (module-level code runs
 there, per run), calls the function and sends its reply frame up a pipe; the zygote
 forwards it to the domain behind a verdict frame of its own (``reply``, ``timeout``,
@@ -88,14 +88,20 @@ def _preload(init: dict[str, Any]) -> Any:
         if init["function_name"] == "__fednb_dpsgd__":
             with contextlib.suppress(ImportError):
                 import fednb.runtime._dpsgd  # noqa: F401
-    # no thread pool may exist when the zygote forks: dask's threaded scheduler (xarray's
-    # default for zarr) left one whose threads a child would wait on for ever, so dask runs
-    # synchronously here and in every run's child (it inherits the setting)
-    with contextlib.suppress(ImportError):
-        import dask
-
-        dask.config.set(scheduler="synchronous")
+    # no thread pool may exist when the zygote forks: dask's threaded scheduler left one whose
+    # threads a child would wait on for ever. The data is loaded without dask, and dask is
+    # not imported here (6 MB a worker); DASK_SCHEDULER=synchronous in the worker's
+    # environment holds for any run that imports it
     return xr.open_zarr(init["path"], chunks=None).load()
+
+
+def _cap_processes(init: dict[str, Any]) -> None:
+    """Set the sandbox's own ``RLIMIT_NPROC`` (``init["max_procs"]``, see ``._nproc``) before
+    any thread or child exists beside the zygote: every run's processes inherit it, and
+    without capabilities none can raise it again."""
+    cap = init.get("max_procs")
+    if isinstance(cap, int) and cap > 0:
+        resource.setrlimit(resource.RLIMIT_NPROC, (cap, cap))
 
 
 def _scratch() -> list[str]:
@@ -431,6 +437,7 @@ def _serve(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
 
     init, _ = decode_message(read_frame(proto_in, _MAX_IN))
     try:
+        _cap_processes(init)
         data = _preload(init)
     except BaseException:
         traceback.print_exc()

@@ -14,6 +14,9 @@ fi
 if ! command -v tinyproxy >/dev/null 2>&1; then
   missing+=(tinyproxy)
 fi
+if ! command -v ip >/dev/null 2>&1; then
+  missing+=(iproute2)
+fi
 if [ "${#missing[@]}" = 0 ]; then
   exit 0
 fi

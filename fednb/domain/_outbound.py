@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from fednb.domain._server import Server
 from fednb.errors import InvalidInput
@@ -41,6 +41,8 @@ __all__ = ["Outbound", "RelayedServer", "relay_name_of", "write_certificate"]
 
 log = logging.getLogger("fednb.domain.outbound")
 _CHUNK = 1 << 18  # bytes per data message (under the relay's 1 MiB cap)
+# a relay that accepts the WebSocket but never answers must not hold the connector
+_REGISTER_TIMEOUT_S = 30.0
 _WS: dict[str, Any] = {"compression": None, "max_size": 1 << 20, "open_timeout": 10,
                        "ping_interval": 20}
 
@@ -101,6 +103,7 @@ class Outbound:
         self.last_error: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fednb-outbound-{name}", daemon=True)
 
     def start(self) -> Outbound:
@@ -112,6 +115,7 @@ class Outbound:
         return self.registered.wait(timeout)
 
     def stop(self) -> None:
+        self._stopping.set()  # a stop before the thread made its task cancels it there
         loop, main = self._loop, self._main
         if loop is not None and main is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
@@ -121,6 +125,8 @@ class Outbound:
     def _run(self) -> None:
         loop = self._loop = asyncio.new_event_loop()
         self._main = loop.create_task(self._control_forever())
+        if self._stopping.is_set():
+            self._main.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             loop.run_until_complete(self._main)
         loop.close()
@@ -135,15 +141,16 @@ class Outbound:
                         await self._register(ws)
                         pause = self.backoff_s[0]
                         async for msg in ws:
-                            conn_id = str(json.loads(msg).get("open", ""))
-                            if re.fullmatch(r"[0-9a-f]{32}", conn_id):
+                            conn_id = _open_id(msg)
+                            if conn_id is not None:
                                 task = asyncio.create_task(self._bridge(conn_id))
                                 bridges.add(task)
                                 task.add_done_callback(bridges.discard)
                         self._lost(f"the relay closed the control channel ({ws.close_code} "
                                    f"{ws.close_reason})")
-                except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError,
-                        ValueError, KeyError) as exc:
+                except Exception as exc:
+                    # the relay is untrusted: a malformed message or a proxy's refusal must
+                    # not end the connector, only this connection
                     self._lost(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(pause * random.uniform(0.5, 1.0))  # noqa: S311 (jitter spreads domains out)
                 pause = min(pause * 2, self.backoff_s[1])
@@ -159,10 +166,14 @@ class Outbound:
         self.last_error = why
 
     async def _register(self, ws: ClientConnection) -> None:
-        challenge = str(json.loads(await ws.recv())["challenge"])
+        hello = json.loads(await asyncio.wait_for(ws.recv(), _REGISTER_TIMEOUT_S))
+        challenge = hello.get("challenge") if isinstance(hello, dict) else None
+        if not isinstance(challenge, str) or not re.fullmatch(r"[0-9a-f]{32}", challenge):
+            raise ValueError("the relay sent no challenge to sign")
         signature = self.identity.sign(registration_payload(self.name, challenge))
         await ws.send(json.dumps({"identity": self.identity.public, "signature": signature}))
-        if json.loads(await ws.recv()).get("registered") != self.name:
+        answer = json.loads(await asyncio.wait_for(ws.recv(), _REGISTER_TIMEOUT_S))
+        if not isinstance(answer, dict) or answer.get("registered") != self.name:
             raise ValueError("the relay did not confirm the registration")
         self.registered.set()
         self.last_error = None
@@ -176,8 +187,17 @@ class Outbound:
                     await _splice(ws, reader, writer)
                 finally:
                     writer.close()
-        except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+        except (OSError, ConnectionClosed, InvalidHandshake, asyncio.TimeoutError) as exc:
             log.info("data connection %s… ended: %s", conn_id[:8], exc)
+
+
+def _open_id(msg: str | bytes) -> str | None:
+    """The connection id in the relay's ``{"open": id}``; None for anything else."""
+    try:
+        conn_id = json.loads(msg).get("open")
+    except (ValueError, AttributeError):
+        return None
+    return conn_id if isinstance(conn_id, str) and re.fullmatch(r"[0-9a-f]{32}", conn_id) else None
 
 
 async def _splice(ws: ClientConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

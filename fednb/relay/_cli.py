@@ -28,6 +28,18 @@ def _allow(path: str | None) -> dict[str, str] | None:
     return {str(k): v for k, v in allow.items()}
 
 
+def _token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise InvalidInput(f"--metrics-token-file {path}: not readable ({exc})") from None
+    if len(token) < 16:
+        raise InvalidInput(f"--metrics-token-file {path}: the token needs at least 16 characters")
+    return token
+
+
 def cmd_relay_serve(args: argparse.Namespace) -> int:
     """Serve a relay in the foreground until Ctrl-C or SIGTERM."""
     if (args.certfile is None) != (args.keyfile is None):
@@ -36,7 +48,7 @@ def cmd_relay_serve(args: argparse.Namespace) -> int:
                     client_connections=args.max_client_connections,
                     domain_bytes_per_s=args.domain_rate, client_bytes_per_s=args.client_rate)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    relay = Relay(limits=limits, allow=_allow(args.allow))
+    relay = Relay(limits=limits, allow=_allow(args.allow), metrics_token=_token(args.metrics_token_file))
     srv = RelayServer.start(args.host, args.port, relay=relay, certfile=args.certfile,
                             keyfile=args.keyfile, background=False)
     with contextlib.suppress(KeyboardInterrupt):
@@ -62,6 +74,9 @@ def add_relay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--allow", metavar="FILE",
                    help='JSON {"domain-name": "<identity hex>"}: only these domains, with these '
                         "keys, may register (default: any domain may take a free name)")
+    p.add_argument("--metrics-token-file", metavar="FILE",
+                   help="a file holding the bearer token /metrics asks for (default: /metrics "
+                        "answers clients on this machine only)")
     p.add_argument("--max-domain-connections", type=int, default=256, metavar="N",
                    help="open connections per domain (default 256)")
     p.add_argument("--max-client-connections", type=int, default=64, metavar="N",

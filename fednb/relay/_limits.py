@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Limits", "Metrics", "RateLimiter"]
@@ -45,22 +46,46 @@ class Limits:
 
 
 class RateLimiter:
-    """A token bucket holding one second of ``rate`` bytes; ``take`` waits for tokens."""
+    """A token bucket of ``rate`` bytes per second holding at most one second's worth.
 
-    def __init__(self, rate: float) -> None:
+    A chunk larger than what the bucket holds is let through after a wait for its whole
+    debt (``debit`` says how long), so traffic waits rather than fails.
+
+    Parameters
+    ----------
+    rate
+        Bytes per second.
+    clock
+        Seconds on a monotonic clock (default ``time.monotonic``; tests pass their own).
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
+        self._clock = clock
         self._tokens = rate
-        self._stamp = time.monotonic()
+        self._stamp = clock()
         self._lock = asyncio.Lock()
 
-    async def take(self, n: int) -> None:
+    def debit(self, n: int) -> float:
+        """Take ``n`` bytes from the bucket; return the seconds the caller must wait before
+        sending them (0.0 when the bucket held them)."""
+        now = self._clock()
+        self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= n
+        return -self._tokens / self.rate if self._tokens < 0 else 0.0
+
+    def idle(self) -> bool:
+        """True once the bucket is full again: forgetting it then forgives no debt."""
+        return self._tokens + (self._clock() - self._stamp) * self.rate >= self.rate
+
+    async def take(self, n: int) -> float:
+        """Wait until ``n`` bytes may pass; returns the seconds waited (the computed delay)."""
         async with self._lock:  # one waiter at a time keeps the order of a splice's chunks
-            now = time.monotonic()
-            self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self._tokens -= n
-            if self._tokens < 0:  # a chunk larger than the bucket waits for its whole debt
-                await asyncio.sleep(-self._tokens / self.rate)
+            delay = self.debit(n)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return delay
 
 
 @dataclass
@@ -72,6 +97,8 @@ class Metrics:
     connections_total: int = 0
     bytes_total: Counter[str] = field(default_factory=Counter)
     refused_total: Counter[str] = field(default_factory=Counter)
+    throttled_seconds_total: defaultdict[str, float] = field(
+        default_factory=lambda: defaultdict(float))
 
     def render(self) -> str:
         lines = [
@@ -88,4 +115,8 @@ class Metrics:
         lines.append("# TYPE fednb_relay_refused_total counter")
         for reason, n in sorted(self.refused_total.items()):
             lines.append(f'fednb_relay_refused_total{{reason="{reason}"}} {n}')
+        lines.append("# TYPE fednb_relay_throttled_seconds_total counter")
+        for scope in ("domain", "client"):
+            lines.append(f'fednb_relay_throttled_seconds_total{{scope="{scope}"}} '
+                         f"{self.throttled_seconds_total[scope]:.6f}")
         return "\n".join(lines) + "\n"

@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hmac
+import ipaddress
 import json
 import logging
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Literal
@@ -28,12 +31,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from fednb.relay._limits import Limits, Metrics, RateLimiter
-from fednb.relay._wire import NAME_RE, registration_payload
+from fednb.relay._wire import NAME_RE, registration_payload, weak_ed25519
 
 __all__ = ["Direction", "Relay"]
 
 log = logging.getLogger("fednb.relay")
 Direction = Literal["to_domain", "to_client"]
+Scope = Literal["domain", "client"]
 # close codes (4000-4999 are the application's): the client's error names the reason
 _GONE, _REFUSED, _BUSY = 4404, 4403, 1013
 
@@ -44,7 +48,6 @@ class _Domain:
     identity: str
     control: ServerConnection
     open: int = 0
-    rate: RateLimiter | None = None
 
 
 @dataclass
@@ -54,6 +57,7 @@ class _Conn:
     client: str
     accepted: asyncio.Future[ServerConnection] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+    buckets: list[tuple[Scope, str]] = field(default_factory=list)
 
 
 class Relay:
@@ -67,18 +71,28 @@ class Relay:
         ``{domain name: Ed25519 public key (hex)}``: only these domains may register, each
         with its key. None (default): any domain may take a free name, proving its key;
         the clients' pins, not the relay, decide whom they trust.
+    metrics_token
+        The bearer token ``/metrics`` asks for. None (default): ``/metrics`` answers
+        clients on the relay's own machine (loopback) only.
 
     Subclasses may override :meth:`route` and :meth:`forward` (the tests' dishonest relays).
     """
 
-    def __init__(self, limits: Limits | None = None, allow: Mapping[str, str] | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, allow: Mapping[str, str] | None = None,
+                 metrics_token: str | None = None) -> None:
         self.limits = limits or Limits()
+        self.metrics_token = metrics_token
         self.allow = dict(allow) if allow is not None else None
         self.metrics = Metrics()
         self._domains: dict[str, _Domain] = {}
         self._pending: dict[str, _Conn] = {}
+        self._closing: set[asyncio.Future[None]] = set()
         self._clients: collections.Counter[str] = collections.Counter()
-        self._client_rates: dict[str, RateLimiter] = {}
+        # buckets by (scope, domain name or client address): they outlive a connection
+        # while in debt, so closing and reopening one does not refill them
+        self._buckets: dict[tuple[Scope, str], RateLimiter] = {}
+        self._bucket_users: collections.Counter[tuple[Scope, str]] = collections.Counter()
+        self._clock: Callable[[], float] = time.monotonic  # the buckets' clock (tests set theirs)
 
     # -- hooks ----------------------------------------------------------------------
     def route(self, name: str) -> str:
@@ -95,10 +109,22 @@ class Relay:
         if request.path == "/health":
             return conn.respond(HTTPStatus.OK, "ok\n")
         if request.path == "/metrics":
+            if not self._may_read_metrics(conn, request):
+                return conn.respond(HTTPStatus.UNAUTHORIZED, "/metrics needs the relay's metrics "
+                                    "token (Authorization: Bearer ...) or a client on loopback\n")
             return conn.respond(HTTPStatus.OK, self.metrics.render())
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return conn.respond(HTTPStatus.NOT_FOUND, "not found\n")
         return None
+
+    def _may_read_metrics(self, conn: ServerConnection, request: Request) -> bool:
+        if self.metrics_token is None:
+            host = str(conn.remote_address[0]) if conn.remote_address else ""
+            with contextlib.suppress(ValueError):
+                return ipaddress.ip_address(host).is_loopback
+            return False
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(given.encode(), self.metrics_token.encode())
 
     async def handle(self, conn: ServerConnection) -> None:
         """Route one WebSocket by its path."""
@@ -119,13 +145,15 @@ class Relay:
         if ident is None:
             return
         dom = _Domain(name, ident, conn)
-        if self.limits.domain_bytes_per_s is not None:
-            dom.rate = RateLimiter(self.limits.domain_bytes_per_s)
         old = self._domains.get(name)
         self._domains[name] = dom
         self.metrics.domains = len(self._domains)
         if old is not None:  # the same key reconnecting: its old channel is stale
-            await old.control.close(1000, "replaced by a newer connection")
+            # closed aside: a half-open old channel would hold the new one up for the
+            # whole closing handshake's timeout
+            closing = asyncio.ensure_future(old.control.close(1000, "replaced by a newer connection"))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         await conn.send(json.dumps({"registered": name}))
         log.info("domain %s registered (identity %s…)", name, ident[:16])
         try:
@@ -145,9 +173,11 @@ class Relay:
         try:
             hello = json.loads(await asyncio.wait_for(conn.recv(), self.limits.open_timeout_s))
             ident, sig = str(hello["identity"]), bytes.fromhex(str(hello["signature"]))
+            if weak_ed25519(bytes.fromhex(ident)):  # a key anyone can sign for proves nothing
+                raise ValueError("a small-order Ed25519 key")
             Ed25519PublicKey.from_public_bytes(bytes.fromhex(ident)).verify(
                 sig, registration_payload(name, challenge))
-        except (ValueError, KeyError, TypeError, InvalidSignature, TimeoutError, ConnectionClosed):
+        except (ValueError, KeyError, TypeError, InvalidSignature, asyncio.TimeoutError, ConnectionClosed):
             self.metrics.refused_total["bad_registration"] += 1
             await conn.close(_REFUSED, "registration needs the domain's signature of the challenge")
             return None
@@ -187,7 +217,7 @@ class Relay:
         try:
             await dom.control.send(json.dumps({"open": conn.id}))
             upstream = await asyncio.wait_for(conn.accepted, self.limits.open_timeout_s)
-        except (TimeoutError, ConnectionClosed):
+        except (asyncio.TimeoutError, ConnectionClosed):  # not TimeoutError before Python 3.11
             self.metrics.refused_total["domain_unreachable"] += 1
             await client.close(_GONE, f"domain {asked!r} did not answer through this relay")
             self._release(conn)
@@ -212,15 +242,30 @@ class Relay:
         self._clients[conn.client] -= 1
         if self._clients[conn.client] <= 0:
             del self._clients[conn.client]
-            self._client_rates.pop(conn.client, None)
         self.metrics.open_connections -= 1
+        for key in conn.buckets:
+            self._bucket_users[key] -= 1
+            if self._bucket_users[key] <= 0:
+                del self._bucket_users[key]
+        # an unused full bucket is what a new one would be: forgetting it forgives nothing
+        for key in [k for k, b in self._buckets.items() if k not in self._bucket_users and b.idle()]:
+            del self._buckets[key]
 
-    def _rates(self, conn: _Conn) -> list[RateLimiter]:
-        rates = [conn.domain.rate] if conn.domain.rate is not None else []
-        if self.limits.client_bytes_per_s is not None:
-            rates.append(self._client_rates.setdefault(
-                conn.client, RateLimiter(self.limits.client_bytes_per_s)))
-        return rates
+    def _rates(self, conn: _Conn) -> list[tuple[Scope, RateLimiter]]:
+        """The buckets a connection's bytes are taken from: its domain's and its client's."""
+        out: list[tuple[Scope, RateLimiter]] = []
+        scopes: tuple[tuple[Scope, str, float | None], ...] = (
+            ("domain", conn.domain.name, self.limits.domain_bytes_per_s),
+            ("client", conn.client, self.limits.client_bytes_per_s))
+        for scope, key, rate in scopes:
+            if rate is not None:
+                bucket = self._buckets.get((scope, key))
+                if bucket is None:
+                    bucket = self._buckets[scope, key] = RateLimiter(rate, self._clock)
+                self._bucket_users[scope, key] += 1
+                conn.buckets.append((scope, key))
+                out.append((scope, bucket))
+        return out
 
     async def _splice(self, client: ServerConnection, upstream: ServerConnection, conn: _Conn) -> None:
         rates = self._rates(conn)
@@ -235,13 +280,13 @@ class Relay:
             await asyncio.gather(client.close(), upstream.close(), return_exceptions=True)
 
     async def _pump(self, src: ServerConnection, dst: ServerConnection, conn_id: str,
-                    direction: Direction, rates: list[RateLimiter]) -> None:
+                    direction: Direction, rates: list[tuple[Scope, RateLimiter]]) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for msg in src:
                 if isinstance(msg, str):  # a byte stream carries no text frames
                     return
                 data = self.forward(msg, conn_id, direction)
-                for rate in rates:
-                    await rate.take(len(data))
+                for scope, bucket in rates:
+                    self.metrics.throttled_seconds_total[scope] += await bucket.take(len(data))
                 self.metrics.bytes_total[direction] += len(data)
                 await dst.send(data)

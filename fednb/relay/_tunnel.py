@@ -26,7 +26,7 @@ from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
 from fednb.errors import ChannelTampered, IdentityMismatch, InvalidInput
-from fednb.relay._wire import check_name, ws_url
+from fednb.relay._wire import check_name, weak_ed25519, ws_url
 
 __all__ = ["ChannelTampered", "IdentityMismatch", "Pin", "PinnedBackend", "relay_url"]
 
@@ -53,6 +53,8 @@ class Pin:
     def __init__(self, expected: str | None, label: str, remember: str | None = None) -> None:
         if expected is not None:
             try:
+                if weak_ed25519(bytes.fromhex(expected)):
+                    raise ValueError("a small-order key anyone can sign for")
                 Ed25519PublicKey.from_public_bytes(bytes.fromhex(expected))
             except ValueError:
                 raise InvalidInput(f"identity={expected!r} is not an Ed25519 public key in hex (64 "
@@ -69,6 +71,10 @@ class Pin:
     def check(self, der: bytes | None) -> None:
         """Raise :class:`IdentityMismatch` unless the certificate ``der`` carries the pin."""
         got = _ed25519_of(der)
+        if got is not None and weak_ed25519(bytes.fromhex(got)):
+            raise IdentityMismatch(
+                f"{self.label} answered with the identity {got}, a degenerate key anyone can sign "
+                "for: the relay or the path is impersonating it; nothing was sent")
         if self.expected is None and got is not None and self.remember is not None:
             _remember(self.remember, got)
             warnings.warn(f"pinned {self.label} to identity {got} on first use: check it with the "

@@ -280,7 +280,9 @@ def _review_line(r: RequestInfo) -> str:
     if r.status == "pending":
         return "pending review"
     how = f"release {r.release}" if r.status == "approved" else f"reason: {r.review_reason}"
-    return f"{r.status} by {r.reviewed_by} at {_when(r.reviewed)} ({how})"
+    who = (r.reviewed_by or "").removeprefix("template:")
+    by = f"template {who}" if who != r.reviewed_by else r.reviewed_by
+    return f"{r.status} by {by} at {_when(r.reviewed)} ({how})"
 
 
 def _privacy_lines(r: RequestInfo) -> list[str]:
@@ -397,6 +399,42 @@ def cmd_runs(dom: Domain, args: argparse.Namespace) -> int:
         table(headers, map(_run_row, dom.runs.list(request_id=args.request)), "no runs")
         return 0
     print(dom.runs.owner_view(args.log).owner_log or "(the log is empty)")
+    return 0
+
+
+# --------------------------------------------------------------------------- stats templates
+
+
+def cmd_templates_list(dom: Domain, args: argparse.Namespace) -> int:
+    from fednb.client._templates import template_row
+
+    rows = [tuple(template_row(i).values()) for i in dom.policy.templates.list()]
+    headers = ("name", "functions", "datasets", "scientists", "limits", "protection", "reviewers", "state")
+    table(headers, rows, "no stats templates: add one with `fednb domain templates add FILE.json`")
+    return 0
+
+
+def cmd_templates_add(dom: Domain, args: argparse.Namespace) -> int:
+    try:
+        body = json.loads(Path(args.file).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read template {args.file}: {exc}") from None
+    info = dom.policy.templates.add(body, reviewer=args.reviewer)
+    state = "active" if info.active else "waiting for a second owner's `fednb domain templates approve`"
+    print(f"added template {info.template.name!r} ({state})")
+    return 0
+
+
+def cmd_templates_approve(dom: Domain, args: argparse.Namespace) -> int:
+    info = dom.policy.templates.approve(args.name, reviewer=args.reviewer)
+    print(f"{args.reviewer} approved template {args.name!r} "
+          f"({'active' if info.active else 'still waiting'})")
+    return 0
+
+
+def cmd_templates_remove(dom: Domain, args: argparse.Namespace) -> int:
+    dom.policy.templates.remove(args.name, reviewer=args.reviewer)
+    print(f"removed template {args.name!r}")
     return 0
 
 

@@ -261,6 +261,24 @@ def _add_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
 
 
+def _add_templates(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tpl = _group(sub, "templates", "stats templates: approve a kind of stats request once, run many")
+    _leaf(tpl, "list", cd.on_domain(cd.cmd_templates_list), "list templates, active or waiting")
+    p = _leaf(tpl, "add", cd.on_domain(cd.cmd_templates_add),
+              "add a template from a JSON file (docs/stats-domain.md); you approve it first")
+    p.add_argument("file", metavar="FILE.json")
+    p.add_argument("--reviewer", default=cd.ACTOR,
+                   help=f"who adds it (default {cd.ACTOR}; a two-reviewer template needs an owner account)")
+    p = _leaf(tpl, "approve", cd.on_domain(cd.cmd_templates_approve),
+              "a second owner's approval of a two-reviewer template")
+    p.add_argument("name")
+    p.add_argument("--reviewer", required=True, help="the approving owner account (not the one who added it)")
+    p = _leaf(tpl, "remove", cd.on_domain(cd.cmd_templates_remove),
+              "remove a template; requests it approved keep their approval")
+    p.add_argument("name")
+    p.add_argument("--reviewer", default=cd.ACTOR, help=f"who removes it (default {cd.ACTOR})")
+
+
 def _add_review(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = _leaf(sub, "requests", cd.on_domain(cd.cmd_requests), "list code requests (pending by default)")
     p.add_argument("--all", action="store_true", help="every request, whatever its status")
@@ -323,6 +341,7 @@ def _add_domain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _add_users(dom)
     _add_datasets(dom)
     _add_policy(dom)
+    _add_templates(dom)
     _add_review(dom)
     _add_results(dom)
 

@@ -12,6 +12,7 @@ import xarray as xr
 from fednb.client._handles import RemoteRequest, RemoteRun
 from fednb.client._html import budget_html, card_html
 from fednb.client._http import Transport
+from fednb.client._templates import Templates
 from fednb.errors import InvalidInput, NotFound
 from fednb.protocol import (
     BudgetInfo,
@@ -173,6 +174,11 @@ class DomainClient:
     def budget(self) -> Budgets:
         """Epsilon spent, reserved and left per dataset (a scientist: their own; owner: all)."""
         return Budgets(BudgetInfo.model_validate(b) for b in self._t.json("GET", "/budget"))
+
+    @property
+    def templates(self) -> Templates:
+        """(Owner) the domain's ``stats`` templates: ``list``/``add``/``approve``/``remove``."""
+        return Templates(self)
 
     @property
     def info(self) -> DomainInfo:

@@ -1,13 +1,28 @@
 """The model behind the owner's console (``fednb dashboard``): the inbox and the budgets
-of :mod:`fednb.ui._models`, plus users and the audit log with its chain status."""
+of :mod:`fednb.ui._models`, plus users, stats templates with the disclosure refusals, and
+the audit log with its chain status."""
 
 from __future__ import annotations
 
+import json
+
 from fednb.client import DomainClient
 from fednb.client._html import CSS, esc, table_html
+from fednb.client._templates import template_row
 from fednb.ui._models import BudgetModel, InboxModel, _label, _Observable, _owner
 
-__all__ = ["ConsoleModel"]
+__all__ = ["ConsoleModel", "approved_by"]
+
+_TEMPLATE = "template:"
+"""A template-approved request's ``reviewed_by`` prefix (fednb.domain._templates)."""
+
+
+def approved_by(reviewed_by: str | None) -> str:
+    """Who approved a request, as the console says it: ``approved by template <name>`` for
+    one approved by a stats template, with no owner action."""
+    if reviewed_by and reviewed_by.startswith(_TEMPLATE):
+        return f"approved by template {reviewed_by[len(_TEMPLATE):]}"
+    return f"approved by {reviewed_by or '-'}"
 
 
 class ConsoleModel(_Observable):
@@ -54,3 +69,34 @@ class ConsoleModel(_Observable):
         return f"<div class='fednb-ui'>{CSS}" + badge + table_html(
             ("#", "time", "actor", "action", "details"), rows, "Audit log (newest first)"
         ) + "</div>"
+
+    def templates_html(self, limit: int = 500) -> str:
+        """The stats templates (limits, protection, reviewers, active or waiting), the
+        requests they approved, and the disclosure refusals among the newest ``limit``
+        audit entries."""
+        t_rows = [tuple(template_row(i).values()) for i in self.client.templates.list()]
+        templates = table_html(
+            ("template", "functions", "datasets", "scientists", "limits", "protection", "reviewers", "state"),
+            t_rows, "Stats templates (approve once, run many)")
+        if not t_rows:
+            templates += ("<div class='fednb-templates-empty'>no stats templates: add one with "
+                          "<code>fednb domain templates add FILE.json</code></div>")
+        by_template = [r for r in self.client.requests.list("approved")
+                       if (r.info.reviewed_by or "").startswith(_TEMPLATE)]
+        approved = table_html(
+            ("request", "scientist", "function", "datasets", "runs", "approval"),
+            [(r.id, r.info.scientist, r.info.function_name, ", ".join(r.info.datasets),
+              f"{r.info.runs_used}/{r.info.runs}", approved_by(r.info.reviewed_by))
+             for r in by_template[-50:]],
+            "Requests approved by a template")
+        refused = []
+        for e in self.client.audit(limit).get("entries", []):
+            if e["action"] != "stats.refused":
+                continue
+            d = e["details"] if isinstance(e["details"], dict) else json.loads(e["details"])
+            refused.append((e["ts"][:19].replace("T", " "), e["actor"], d.get("request", ""),
+                            d.get("dataset", ""), _label(str(d.get("refusal", "")), 240)))
+        refusals = table_html(("time", "scientist", "request", "dataset", "rule and message"), refused,
+                              "Disclosure refusals (newest first)")
+        return (f"<div class='fednb-ui fednb-templates'>{CSS}{templates}{approved}"
+                f"<div class='fednb-refusals'>{refusals}</div></div>")

@@ -96,6 +96,11 @@ _HELD_HELP = _HELP.format(
     "metrics and parameters, and what changed since the previous release, show before "
     "anything leaves the hospital.")
 
+_TEMPLATES_HELP = _HELP.format(
+    "A stats request within an active template's limits is approved on submission, with no "
+    "review here; change templates with <code>fednb domain templates</code>. Refusals are "
+    "exact statistics the disclosure rules stopped before anything was released.")
+
 
 def _options(pairs: list[tuple[str, str]], none: str) -> dict[str, str]:
     """Select options with a placeholder first: a rendered Select cannot hold "nothing", so
@@ -157,6 +162,7 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
                                      width=110, stylesheets=[_BUTTON_CSS])
     budgets = _html("fednb-budgets")
     users = _html("fednb-users")
+    templates = _html("fednb-templates-pane")
     audit = _html("fednb-audit")
     status = pn.pane.HTML(css_classes=["fednb-status"], sizing_mode="stretch_width", margin=(4, 10))
     syncing = [False]
@@ -184,6 +190,7 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
         release_btn.disabled = withhold_btn.disabled = inbox.selected_run is None
     def draw_slow() -> None:
         users.object = model.users_html()
+        templates.object = model.templates_html()
         audit.object = model.audit_html()
 
     def on_select(event: Any) -> None:
@@ -256,6 +263,8 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
         ("Pending requests", requests_tab),
         ("Held results", held_tab),
         ("Budgets", budgets),
+        ("Templates", pn.Column(pn.pane.HTML(_TEMPLATES_HELP, sizing_mode="stretch_width", margin=(0, 10)),
+                                templates, sizing_mode="stretch_width")),
         ("Users", users),
         ("Audit log", audit),
         dynamic=False,

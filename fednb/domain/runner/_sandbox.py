@@ -332,10 +332,14 @@ def _drop_groups() -> None:
 def _unshare_user() -> None:
     """In the namespace holder before it executes: a new user namespace in which no further
     one can be made (what ``--disable-userns`` does where bubblewrap makes the namespace)."""
-    if _LIBC.unshare(_CLONE_NEWUSER) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
-    with open("/proc/sys/user/max_user_namespaces", "w") as f:
-        f.write("0")
+    try:
+        if _LIBC.unshare(_CLONE_NEWUSER) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+        with open("/proc/sys/user/max_user_namespaces", "w") as f:
+            f.write("0")
+    except OSError as exc:  # subprocess reports only "Exception occurred in preexec_fn"
+        os.write(2, f"{exc}".encode())
+        raise
 
 
 def _sandbox_userns(tries: int = 3) -> int:
@@ -357,11 +361,18 @@ def _make_userns() -> int:
     ``setgroups`` denied, ``user.max_user_namespaces`` 0 inside. A short-lived ``cat`` holds
     it while the maps are written; the descriptor keeps it alive after."""
     cat = shutil.which("cat", path="/usr/bin:/bin") or "/bin/cat"
+    why_r, why_w = os.pipe()  # the holder's stderr: what failed in its pre-exec step
     try:
         holder = subprocess.Popen([cat], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, preexec_fn=_unshare_user, close_fds=True)
+                                  stderr=why_w, preexec_fn=_unshare_user, close_fds=True)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise SandboxUnavailable(f"cannot make the sandbox's user namespace: {exc}") from exc
+        os.close(why_w)
+        with os.fdopen(why_r, "rb") as why:
+            detail = why.read(500).decode(errors="replace").strip()
+        raise SandboxUnavailable(f"cannot make the sandbox's user namespace: {exc}"
+                                 + (f" ({detail})" if detail else "")) from exc
+    os.close(why_w)
+    os.close(why_r)
     try:
         maps = f"0 0 1\n{_INSIDE_UID} {SANDBOX_UID} 1\n"
         for name, text in (("setgroups", "deny"), ("uid_map", maps), ("gid_map", maps)):

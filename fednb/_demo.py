@@ -4,11 +4,14 @@ Three hospitals by default (``--hospitals``), each with its part of the Wisconsi
 cancer set (a case-mix shift), the diabetes set and a few DICOM scans
 (:mod:`fednb._demo_data`). The state lives under ``--home`` and is reused by the next
 start; the URLs and tokens go to ``tokens.json`` there (0600), which the tutorials read
-(:mod:`fednb.demo`).
+(:mod:`fednb.demo`), with the sandbox the hospitals run code in: bubblewrap, or, where it
+is missing or unusable, insecure-demo mode, which the demo announces and the tutorials
+repeat in their first cell.
 
 ``--headless`` plays both roles end to end instead (:mod:`fednb._demo_scenario`) and exits.
-Without it the domains stay up, with JupyterLab on ``notebooks/`` when JupyterLab is
-installed, until Ctrl-C.
+Without it the domains stay up, with JupyterLab on the tutorials (``notebooks/`` of the
+current directory, else of the checkout fednb runs from; the demo prints which) opened on
+the first one when JupyterLab is installed, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from typing import Any
 import fednb
 from fednb._demo_data import NAMES, create
 from fednb.client import DomainClient
+from fednb.demo import INSECURE_NOTICE
 from fednb.domain import Domain, Server
 from fednb.domain.runner import bwrap_available
 
@@ -77,6 +82,8 @@ def start(home: Path, n: int, port_base: int = 0) -> list[Site]:
         toks["url"] = server.url
         sites.append(Site(name, server, fednb.connect(server.url, token=toks["owner"]),
                           fednb.connect(server.url, token=toks["scientist"])))
+    # what fednb.demo.sandbox_notice reads: the tutorials say it in their first cell
+    state["sandbox"] = sites[0].server.domain.sandbox_mode if sites else None
     _write_private(tok_file, state)
     owners = [{"name": name, "url": toks["url"], "token": toks["owner"]}
               for name, toks in state["hospitals"].items()]
@@ -93,26 +100,47 @@ def _lab_settings(sites: list[Site]) -> dict[str, Any]:
             "tokens_file": str((home / LAB_TOKENS).resolve())}
 
 
-def _notebooks_dir() -> Path:
-    """``notebooks/`` of a source checkout, else of the current directory."""
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (base / "notebooks").is_dir():
-            return base / "notebooks"
-    return Path.cwd()
+def _tutorials(folder: Path) -> list[Path]:
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _notebooks_dir() -> Path | None:
+    """The tutorials to serve: those of the current directory's checkout (``notebooks/``
+    here, or here itself), else those of the checkout fednb is installed from (editable);
+    None when neither has them (an installed wheel, run elsewhere)."""
+    here = Path.cwd()
+    for folder in (here / "notebooks", here, Path(__file__).resolve().parent.parent / "notebooks"):
+        if _tutorials(folder):
+            return folder.resolve()
+    return None
+
+
+def _lab_command(notebooks: Path | None) -> list[str]:
+    """JupyterLab on ``notebooks``, opened on the first tutorial rather than the Launcher."""
+    cmd = [sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1"]
+    if notebooks is not None:
+        cmd.append(f"--notebook-dir={notebooks}")
+        cmd.append(str(_tutorials(notebooks)[0]))  # jupyter_server's file_to_run: opened at start
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # a container's only user; JupyterLab refuses root otherwise
+    return cmd
 
 
 def _start_lab(sites: list[Site], home: Path) -> subprocess.Popen[bytes] | None:
     """JupyterLab on the tutorials, its kernels pointed at this demo; None without JupyterLab."""
+    notebooks = _notebooks_dir()
+    if notebooks is None:
+        print("no tutorials here nor in the checkout fednb is installed from: run `fednb demo` "
+              "in a fednb checkout (its notebooks/)", flush=True)
+    where = f"the tutorials in {notebooks}" if notebooks is not None else f"{Path.cwd()}"
     if importlib.util.find_spec("jupyterlab") is None:
-        print("JupyterLab is not installed (pip install jupyterlab): open the tutorials in "
-              f"notebooks/ with FEDNB_DEMO_HOME={home}")
+        print(f"JupyterLab is not installed (pip install jupyterlab): open {where} in a Jupyter "
+              f"of your own with FEDNB_DEMO_HOME={home}", flush=True)
         return None
     settings = _lab_settings(sites)
     env = dict(os.environ, FEDNB_DEMO_HOME=str(home), FEDNB_LAB_TOKENS=settings["tokens_file"])
-    cmd = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={_notebooks_dir()}", "--ip=127.0.0.1"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-root")  # a container's only user; JupyterLab refuses root otherwise
-    print("starting JupyterLab on the tutorials: " + " ".join(cmd[2:]), flush=True)
+    cmd = _lab_command(notebooks)
+    print(f"starting JupyterLab on {where}: " + " ".join(cmd[2:]), flush=True)
     return subprocess.Popen(cmd, env=env)
 
 
@@ -148,6 +176,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"{s.name:8s} {s.server.url}")
         print(f"sandbox: {mode}" + ("  (INSECURE DEMO: jobs run without bubblewrap)"
                                     if mode == "insecure-demo" else ""))
+        if mode == "insecure-demo":
+            print("\n" + "!" * 78 + "\n" + textwrap.fill("WARNING: " + INSECURE_NOTICE, 78)
+                  + "\n" + "!" * 78 + "\n", file=sys.stderr, flush=True)
         print(f"tokens: {home / 'tokens.json'} (readable only by you)", flush=True)
         if args.headless:
             return _headless(sites)

@@ -1,7 +1,10 @@
 """Helpers for the tutorials: reach the hospitals ``fednb demo`` started, and play their owners.
 
 ``fednb demo`` writes every hospital's URL and its owner's and scientist's tokens to
-``tokens.json`` (mode 0600) in its home, ``$FEDNB_DEMO_HOME`` or ``.fednb-demo``.
+``tokens.json`` (mode 0600) in its home, ``$FEDNB_DEMO_HOME`` or ``.fednb-demo``, with the
+sandbox its hospitals run code in: where bubblewrap is missing (as on most Binder hosts)
+the demo runs them in insecure-demo mode, and :func:`hospitals` says so with an
+:class:`InsecureDemoWarning` (:func:`sandbox_notice`).
 
 >>> from fednb.demo import hospitals, ReleaseDesk             # doctest: +SKIP
 >>> scientist = hospitals("scientist")                       # doctest: +SKIP
@@ -15,19 +18,36 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
 
 from fednb.client import DomainClient, RemoteRequest, connect
 
-__all__ = ["SEED", "ReleaseDesk", "approve", "breast_cancer", "demo_home", "hospitals"]
+__all__ = ["INSECURE_NOTICE", "SEED", "InsecureDemoWarning", "ReleaseDesk", "approve", "breast_cancer",
+           "demo_home", "hospitals", "sandbox_notice"]
 
 SEED = 20261123
+
+INSECURE_NOTICE = (
+    "the demo's hospitals run submitted code WITHOUT the bubblewrap sandbox: bubblewrap is "
+    "missing on this machine or cannot create its namespaces (as on most Binder hosts), so "
+    "`fednb demo` started them in insecure-demo mode. A function an owner approves runs as "
+    "this user, with this user's files and network: it could read every hospital's private "
+    "data and tokens, so the privacy guarantees these tutorials show hold only for honest "
+    "code. Everything else works the same. Fine for the demo's public sample data, never for "
+    "real patients: install bubblewrap (apt install bubblewrap) and restart `fednb demo`.")
+
+_noticed: set[Path] = set()  # demo homes whose insecure mode this process has announced
+
+
+class InsecureDemoWarning(UserWarning):
+    """The demo's hospitals run code without the bubblewrap sandbox (insecure-demo mode)."""
 
 
 def breast_cancer() -> tuple[xr.Dataset, xr.Dataset]:
@@ -62,22 +82,60 @@ def demo_home() -> Path:
     return Path(".fednb-demo")
 
 
+def _state(home: str | os.PathLike[str] | None) -> tuple[Path, dict[str, Any]]:
+    path = Path(home) if home is not None else demo_home()
+    tokens = path / "tokens.json"
+    if not tokens.exists():
+        raise FileNotFoundError(f"no {tokens}: start the hospitals first with `fednb demo` "
+                                "(or set FEDNB_DEMO_HOME to the demo's --home)")
+    return path, json.loads(tokens.read_text())
+
+
+def sandbox_notice(home: str | os.PathLike[str] | None = None) -> str | None:
+    """The sandbox the demo's hospitals run code in, said plainly when there is none.
+
+    Where the demo runs in insecure-demo mode this warns (:class:`InsecureDemoWarning`,
+    once per process and demo) with :data:`INSECURE_NOTICE`: what that mode means and how
+    to leave it. :func:`hospitals` does the same; a tutorial's first cell shows it.
+
+    Returns
+    -------
+    str or None
+        ``"bubblewrap"`` or ``"insecure-demo"``, as ``fednb demo`` recorded it in its
+        ``tokens.json``; None where no demo has run in ``home``.
+    """
+    try:
+        path, state = _state(home)
+    except FileNotFoundError:
+        return None
+    return _announce(path, state)
+
+
+def _announce(path: Path, state: dict[str, Any]) -> str | None:
+    mode = state.get("sandbox")
+    key = path.resolve()
+    if mode == "insecure-demo" and key not in _noticed:
+        _noticed.add(key)
+        # stacklevel 3: the notebook line that called sandbox_notice() or hospitals()
+        warnings.warn(INSECURE_NOTICE, InsecureDemoWarning, stacklevel=3)
+    return None if mode is None else str(mode)
+
+
 def hospitals(role: Literal["scientist", "owner"] = "scientist",
               home: str | os.PathLike[str] | None = None) -> dict[str, DomainClient]:
     """A client of every demo hospital, as its scientist or its owner.
+
+    Warns once (:class:`InsecureDemoWarning`) where the hospitals run without the
+    bubblewrap sandbox (:func:`sandbox_notice`).
 
     Raises
     ------
     FileNotFoundError
         No demo has run in ``home``: start one with ``fednb demo``.
     """
-    path = Path(home) if home is not None else demo_home()
-    tokens = path / "tokens.json"
-    if not tokens.exists():
-        raise FileNotFoundError(f"no {tokens}: start the hospitals first with `fednb demo` "
-                                "(or set FEDNB_DEMO_HOME to the demo's --home)")
-    state = json.loads(tokens.read_text())["hospitals"]
-    return {name: connect(h["url"], token=h[role]) for name, h in state.items()}
+    path, state = _state(home)
+    _announce(path, state)
+    return {name: connect(h["url"], token=h[role]) for name, h in state["hospitals"].items()}
 
 
 def approve(owners: Mapping[str, DomainClient], requests: Mapping[str, RemoteRequest],

@@ -23,8 +23,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "==> installing fednb and its dev tools into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-# torch first, pinned: a CPU build; letting a dependency pick torch pulls GBs of CUDA
-"$VENV/bin/python" -m pip install -q "torch==2.13.0"
+# torch first, pinned, and the CPU build: PyTorch's CPU index serves 2.13.0+cpu (which
+# satisfies the pin of fednb[dpsgd] below), where PyPI's default build pulls GBs of CUDA
+"$VENV/bin/python" -m pip install -q --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
 echo "==> ready: $VENV/bin/fednb"
 

@@ -134,7 +134,12 @@ class RemoteParticipant:
             if info.release_state == "secagg":
                 return Outcome("succeeded", "ok", Update({}, {}, num_examples=info.num_examples),
                                time.monotonic() - t0, epsilon=info.epsilon)
-            if info.release_state in ("withheld", "masked") or time.monotonic() - t0 > timeout:
+            if info.release_state == "masked":
+                # its result already left, masked, in an earlier secure round: a hospital masks a
+                # kept result for one round only, and this run id (derived from the federation's
+                # id) came again from a Federation rebuilt with the same arguments
+                return Outcome("failed", "result_already_summed", seconds=time.monotonic() - t0)
+            if info.release_state == "withheld" or time.monotonic() - t0 > timeout:
                 return Outcome("failed", f"result_{info.release_state}", seconds=time.monotonic() - t0)
             time.sleep(0.2)
 

@@ -76,6 +76,21 @@ def _first_error(outcomes: Mapping[str, Outcome]) -> BaseException | None:
     return next((o.error for o in outcomes.values() if o.error is not None), None)
 
 
+def _too_few(rnd: int, counts: Mapping[str, int], answers: Mapping[str, Outcome], min_domains: int) -> str:
+    """Why a secure round could not be summed: each missing domain's reason, and what to do
+    when the runs' results were summed already (a rebuilt federation without its checkpoint)."""
+    why = {n: o.reason or o.status for n, o in sorted(answers.items()) if n not in counts}
+    text = (f"round {rnd}: {len(counts)} of {len(answers)} domains answered, fewer than "
+            f"min_domains={min_domains} (secure aggregation needs 2): "
+            + ", ".join(f"{n} {r}" for n, r in why.items()))
+    if "result_already_summed" in why.values():
+        text += ("; those runs' results were summed in an earlier secure round of this federation "
+                 "(its id, and so its run ids, is a hash of its arguments) and a hospital masks a "
+                 "result for one round only: resume from the federation's checkpoint "
+                 "(Federation(checkpoint=DIRECTORY)) or change an argument to train anew")
+    return text
+
+
 class PlainSumming:
     """Summing that sees the single updates (no secure aggregation)."""
 
@@ -179,9 +194,8 @@ class SecureSumming:
             else:
                 d.record(rnd, name, out)
         if len(counts) < max(2, d.spec.min_domains):
-            raise RoundFailed(f"round {rnd}: {len(counts)} of {len(futures)} domains answered, fewer than "
-                              f"min_domains={d.spec.min_domains} (secure aggregation needs 2)"
-                              ) from _first_error({n: f.result() for n, f in futures.items()})
+            answers = {n: f.result() for n, f in futures.items()}
+            raise RoundFailed(_too_few(rnd, counts, answers, d.spec.min_domains)) from _first_error(answers)
         runs = {n: d.run_id(f"r{rnd}", n) for n in counts}
         total = self._sum(d, pool, f"r{rnd}", counts, runs)
         self._records(d, rnd, {n: (runs[n], futures[n].result(), 0) for n in counts}, total)

@@ -23,9 +23,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "==> installing fednb and its dev tools into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-# torch first, pinned, and the CPU build: PyTorch's CPU index serves 2.13.0+cpu (which
-# satisfies the pin of fednb[dpsgd] below), where PyPI's default build pulls GBs of CUDA
-"$VENV/bin/python" -m pip install -q --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+# torch first, pinned to 2.13.0 so that no dependency picks another. Which build that is
+# depends on pip's index: PyPI's Linux wheel is the CUDA build (GBs); for the CPU build set
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (2.13.0+cpu satisfies fednb[dpsgd]'s
+# pin). This project's machines carry a CPU build in their own index, so it is not forced here:
+# an index a machine cannot reach would fail the install.
+"$VENV/bin/python" -m pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
 echo "==> ready: $VENV/bin/fednb"
 

@@ -4,7 +4,8 @@
 
     fednb --version
     fednb demo [--hospitals N] [--headless] [--no-lab] [--home DIR] [--port-base P]
-    fednb dashboard [--domain URL] [--history DIR] [--address A] [--port P] [--show]
+    fednb dashboard [--domain URL | --relay URL --relay-name NAME [--identity HEX]]
+                    [--history DIR] [--address A] [--port P] [--show]
     fednb domain [--home PATH] ...          (or FEDNB_HOME; default ./domain)
         init --name NAME [--store-url URL] [--dask-address ADDR]
         serve [--host H] [--port P] [--certfile F --keyfile F] [--insecure] [--insecure-demo]
@@ -371,13 +372,16 @@ def _dashboard(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.address}: anyone who reaches it sees the login page, and tokens "
               "travel in clear unless a TLS proxy sits in front", file=sys.stderr)
     where = f"http://{args.address}:{args.port}"
-    if args.domain:
+    # $FEDNB_DOMAIN is a default, not a choice: --relay replaces it
+    domain = args.domain or (None if args.relay else os.environ.get("FEDNB_DOMAIN"))
+    if domain or args.relay:
         print(f"owner console: {where}/console (log in with the owner's token)", flush=True)
     if args.history:
         print(f"federation view: {where}/federation", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        panel_app.serve(args.domain, address=args.address, port=args.port, history=args.history,
-                        insecure=args.insecure, show=args.show)
+        panel_app.serve(domain, address=args.address, port=args.port, history=args.history,
+                        insecure=args.insecure, show=args.show, relay=args.relay,
+                        relay_name=args.relay_name, identity=args.identity)
     return 0
 
 
@@ -394,8 +398,12 @@ def _add_apps(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p = sub.add_parser("dashboard", help="the Panel console (login required) and federation view")
     p.set_defaults(func=_dashboard)
-    p.add_argument("--domain", metavar="URL", default=os.environ.get("FEDNB_DOMAIN"),
+    p.add_argument("--domain", metavar="URL",
                    help="the domain the owner console manages (default: $FEDNB_DOMAIN)")
+    p.add_argument("--relay", metavar="URL", help="a relay the console's domain sits behind (no --domain)")
+    p.add_argument("--relay-name", metavar="NAME", help="the domain's name on the relay")
+    p.add_argument("--identity", metavar="HEX",
+                   help="the domain's Ed25519 key to pin (`fednb domain peers`; default: the key seen first)")
     p.add_argument("--history", metavar="DIR", help="a saved History (History.save) for /federation")
     p.add_argument("--address", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=_int_in(1, 65535), default=5006, help="port (default 5006)")

@@ -14,41 +14,76 @@ from typing import Any
 from traitlets import Bool, Dict, Float, List, Unicode
 from traitlets.config import Configurable
 
-from fednb.errors import InsecureSetting, InvalidInput
+from fednb.errors import FednbError, InsecureSetting, InvalidInput
+from fednb.relay import check_name
 
 __all__ = ["DomainEntry", "FednbLab", "load_tokens_file"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_IDENTITY = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 @dataclass(frozen=True)
 class DomainEntry:
-    """One domain the sidebar shows. ``token`` never leaves the server."""
+    """One domain the sidebar shows. ``token`` never leaves the server.
+
+    A domain is reached at ``url``, or, behind a relay, as ``relay_name`` on ``relay``
+    (``url`` is then empty). ``identity`` (64 hex digits) pins the domain's TLS key:
+    through a relay None pins the key seen first (see :class:`fednb.relay.Pin`); with an
+    https ``url`` it replaces the CA check.
+    """
 
     name: str
     url: str
     token: str = ""
+    relay: str | None = None
+    relay_name: str | None = None
+    identity: str | None = None
+
+    @property
+    def address(self) -> str:
+        """Where the domain is reached, as the sidebar shows it."""
+        return f"{self.relay_name} via {self.relay}" if self.relay else self.url
 
     def __repr__(self) -> str:  # never print a token
-        return f"DomainEntry({self.name!r}, {self.url!r})"
+        return f"DomainEntry({self.name!r}, {self.address!r})"
+
+
+def _entry(d: Any, i: int, where: str) -> DomainEntry:
+    if not isinstance(d, dict) or not {"name", "token"} <= set(d) or ("url" in d) == ("relay" in d):
+        raise InvalidInput(f"{where}: domain {i} needs 'name', 'token', and 'url' or 'relay' (not both)")
+    name, token = str(d["name"]), str(d["token"])
+    if not _NAME.match(name):
+        raise InvalidInput(f"{where}: domain name {name[:64]!r} is not a valid name")
+    identity = None if d.get("identity") is None else str(d["identity"])
+    if identity is not None and not _IDENTITY.match(identity):
+        raise InvalidInput(f"{where}: domain {name!r}: 'identity' must be the domain's Ed25519 "
+                           "public key, 64 hex digits (`fednb domain peers` shows it)")
+    if "url" in d:
+        if "relay_name" in d:
+            raise InvalidInput(f"{where}: domain {name!r}: 'relay_name' goes with 'relay', not 'url'")
+        return DomainEntry(name, str(d["url"]), token, identity=identity)
+    relay, relay_name = str(d["relay"]), str(d.get("relay_name") or name)
+    try:
+        check_name(relay_name)
+    except FednbError as exc:
+        raise InvalidInput(f"{where}: domain {name!r}: {exc.message}") from None
+    return DomainEntry(name, "", token, relay=relay, relay_name=relay_name, identity=identity)
 
 
 def _entries(raw: Any, where: str) -> list[DomainEntry]:
     if not isinstance(raw, list):
         raise InvalidInput(f"{where}: 'domains' must be a list of {{name, url, token}}")
-    out: list[DomainEntry] = []
-    for i, d in enumerate(raw):
-        if not isinstance(d, dict) or not {"name", "url", "token"} <= set(d):
-            raise InvalidInput(f"{where}: domain {i} needs 'name', 'url' and 'token'")
-        name, url, token = str(d["name"]), str(d["url"]), str(d["token"])
-        if not _NAME.match(name):
-            raise InvalidInput(f"{where}: domain name {name[:64]!r} is not a valid name")
-        out.append(DomainEntry(name, url, token))
-    return out
+    return [_entry(d, i, where) for i, d in enumerate(raw)]
 
 
 def load_tokens_file(path: str | os.PathLike[str]) -> list[DomainEntry]:
-    """Read ``{"domains": [{"name", "url", "token"}]}``; refuse a file others may read."""
+    """Read ``{"domains": [{"name", "url", "token"}]}``; refuse a file others may read.
+
+    A domain behind a relay has ``"relay"`` (the relay's URL) instead of ``"url"``, and
+    optionally ``"relay_name"`` (its name on the relay; default ``name``) and
+    ``"identity"`` (its Ed25519 public key in hex, pinned).
+    """
     p = Path(path).expanduser()
     mode = p.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -68,8 +103,10 @@ class FednbLab(Configurable):
         default_value=[],
         help="""Domains to show: a list of {"name": ..., "url": ..., "token": ...}. The token is
         the owner's (the review desk) or a scientist's (their own requests, runs and
-        budgets); it stays on the server. Prefer tokens_file, so tokens stay out of
-        config files others may read.""",
+        budgets); it stays on the server. A domain behind a relay has "relay" (the relay's
+        URL) instead of "url", and "relay_name" (its name there; default "name") and
+        "identity" (its Ed25519 key in hex, pinned). Prefer tokens_file, so tokens stay out
+        of config files others may read.""",
     ).tag(config=True)
 
     tokens_file = Unicode(

@@ -49,7 +49,9 @@ class Lab:
         with self._lock:
             if entry not in self._transports:
                 self._transports[entry] = Transport(
-                    entry.url, entry.token, insecure=self.config.insecure, timeout=self.config.timeout
+                    None if entry.relay else entry.url, entry.token, insecure=self.config.insecure,
+                    timeout=self.config.timeout, relay=entry.relay, domain=entry.relay_name,
+                    identity=entry.identity,
                 )
             return self._transports[entry]
 
@@ -108,7 +110,7 @@ class DomainsHandler(_Base):
     """The configured domains, who we are on each, and the counts the status bar shows."""
 
     async def _one(self, e: DomainEntry) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": e.name, "url": e.url}
+        out: dict[str, Any] = {"name": e.name, "url": e.address}
         try:
             me = await self.domain(e.name, "GET", "/me")
             info = await self.domain(e.name, "GET", "/info")

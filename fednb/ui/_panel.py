@@ -19,7 +19,7 @@ import panel as pn
 
 from fednb.client import connect, is_loopback
 from fednb.client._html import esc
-from fednb.errors import FednbError, InsecureSetting, InvalidInput
+from fednb.errors import ConnectionFailed, FednbError, InsecureSetting, InvalidInput
 from fednb.scientist import History
 from fednb.ui._console import ConsoleModel
 from fednb.ui._models import ResultsModel
@@ -274,8 +274,12 @@ def _console_view(model: ConsoleModel, logout: Callable[[], None]) -> pn.viewabl
                      css_classes=["fednb-console"])
 
 
-def console_app(domain_url: str, *, insecure: bool = False) -> Callable[[], pn.viewable.Viewable]:
-    """A function building one session of the owner's console for ``domain_url``."""
+def console_app(domain_url: str | None, *, insecure: bool = False, relay: str | None = None,
+                relay_name: str | None = None,
+                identity: str | None = None) -> Callable[[], pn.viewable.Viewable]:
+    """A function building one session of the owner's console for ``domain_url``, or for
+    the domain named ``relay_name`` behind ``relay`` (its key pinned to ``identity``)."""
+    where = f"{relay_name} via {relay}" if relay else str(domain_url)
 
     def make() -> pn.viewable.Viewable:
         token = pn.widgets.PasswordInput(
@@ -288,7 +292,7 @@ def console_app(domain_url: str, *, insecure: bool = False) -> Callable[[], pn.v
             pn.pane.HTML(
                 "<div style='font:14px system-ui,sans-serif;color:#1f2328'>"
                 f"<div style='font-size:22px;font-weight:600;color:{_NAVY}'>fednb owner console</div>"
-                f"<div style='color:{_MUTED};margin:6px 0 2px'>Domain: <b>{esc(domain_url)}</b></div>"
+                f"<div style='color:{_MUTED};margin:6px 0 2px'>Domain: <b>{esc(where)}</b></div>"
                 f"<div style='color:{_MUTED}'>Log in with the domain owner's token. It stays in this "
                 "browser session's server-side state and is dropped when you log out.</div></div>"
             ),
@@ -317,15 +321,19 @@ def console_app(domain_url: str, *, insecure: bool = False) -> Callable[[], pn.v
                 error.object = "<span role='alert' style='color:#cf222e'>enter a token</span>"
                 return
             try:
-                model = ConsoleModel(connect(domain_url, secret, insecure=insecure))
+                model = ConsoleModel(connect(domain_url, secret, insecure=insecure, relay=relay,
+                                             domain=relay_name, identity=identity))
             except (InvalidInput, InsecureSetting) as exc:
                 error.object = f"<span role='alert' style='color:#cf222e'>{esc(exc)}</span>"
+                return
+            except ConnectionFailed as exc:  # through a relay: also a key that is not the pinned one
+                error.object = f"<span role='alert' style='color:#cf222e'>{esc(exc.message)}</span>"
                 return
             except FednbError:
                 error.object = "<span role='alert' style='color:#cf222e'>the domain refused this token</span>"
                 return
             except OSError:
-                error.object = f"<span role='alert' style='color:#cf222e'>cannot reach {esc(domain_url)}"\
+                error.object = f"<span role='alert' style='color:#cf222e'>cannot reach {esc(where)}"\
                     "</span>"
                 return
             error.object = ""
@@ -393,17 +401,28 @@ def serve(
     history: str | None = None,
     insecure: bool = False,
     show: bool = False,
+    relay: str | None = None,
+    relay_name: str | None = None,
+    identity: str | None = None,
 ) -> None:
-    """Serve the console (``/console``) and, given a saved history, ``/federation``; blocks."""
-    if domain_url is None and history is None:
+    """Serve the console (``/console``) and, given a saved history, ``/federation``; blocks.
+
+    The console's domain is ``domain_url``, or ``relay_name`` behind ``relay``."""
+    if relay is not None and (domain_url is not None or relay_name is None):
+        raise InvalidInput("through a relay, give --relay URL and --relay-name NAME, and no --domain")
+    if identity is not None and relay is None and domain_url is None:
+        raise InvalidInput("--identity pins the console's domain: give --domain or --relay too")
+    if domain_url is None and relay is None and history is None:
         raise InvalidInput(
-            "give --domain URL (the owner console), --history DIR (a federation view), or both"
+            "give --domain URL (the owner console), --history DIR (a federation view), or both; "
+            "for a domain behind a relay, --relay URL --relay-name NAME instead of --domain"
         )
     if history is not None and not is_loopback(address):
         raise InsecureSetting("the federation view has no login: serve it on loopback only")
     apps: dict[str, Any] = {}
-    if domain_url is not None:
-        apps["console"] = console_app(domain_url, insecure=insecure)
+    if domain_url is not None or relay is not None:
+        apps["console"] = console_app(domain_url, insecure=insecure, relay=relay,
+                                      relay_name=relay_name, identity=identity)
     if history is not None:
         apps["federation"] = federation_app(history)
     pn.config.nthreads = 4  # type: ignore[misc]  # callbacks call domains: keep a slow one off the loop

@@ -152,8 +152,10 @@ class RemoteRun:
                                  "result() again (or wait()) to keep waiting")
         if info.status != "succeeded":
             raise RunFailed(f"run {self.id} ended {info.status} (reason: {info.reason})")
-        while True:
+        state = self.info.release_state
+        if state != "released":  # released is for good: only another state may have moved since
             state = self.refresh().info.release_state
+        while True:
             if state == "released":
                 body = self.client._t.call("GET", f"/runs/{self.id}/result").content
                 header, tensors = decode_message(body)
@@ -166,6 +168,7 @@ class RemoteRun:
                 raise ResultNotReady(f"run {self.id} succeeded; its result is {state} for the "
                                      "owner's release")
             time.sleep(poll)
+            state = self.refresh().info.release_state
 
     def held_result(self) -> Update:
         """(Owner) the result exactly as releasing it would hand it over, while it is held

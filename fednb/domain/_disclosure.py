@@ -31,6 +31,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import threading
+import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +59,8 @@ if TYPE_CHECKING:
     from fednb.domain._domain import Domain
 
 __all__ = ["ACCEPTS", "ExactStats", "SubsetMemory", "check_cells", "check_stats_request", "dp_arrays",
-           "prepare_exact_stats", "public_metrics", "refusal", "settle_exact", "stats_event", "stats_facts",
-           "subset_masks", "suppress_noisy_cells"]
+           "prepare_exact_stats", "public_metrics", "refusal", "settle_exact", "stats_data", "stats_event",
+           "stats_facts", "subset_masks", "suppress_noisy_cells"]
 
 ACCEPTS: dict[str, tuple[StatsProtection, ...]] = {
     "disclosure": ("disclosure", "both"), "dp": ("dp", "both"), "both": ("both",)}
@@ -111,7 +115,7 @@ def check_stats_request(policy: Policy, spec: StatsSpec, cards: list[DatasetCard
         check_variables(rules, spec, card.name)
         check_stats(spec, card)
         try:
-            part = default(spec, card)  # the release's structure, from the card alone
+            part = default(spec, _one_row(card))  # the release's structure, from the card alone
         except FednbError:
             raise
         except Exception as exc:  # a formula the parser refuses, say: the scientist's own text
@@ -120,6 +124,14 @@ def check_stats_request(policy: Policy, spec: StatsSpec, cards: list[DatasetCard
         _check_params(rules, part.n_params, card.num_examples, whole=True)
         n_params = max(n_params, part.n_params)
     return n_params
+
+
+def _one_row(card: DatasetCard) -> DatasetCard:
+    """``card`` with one row: every row of :func:`default`'s input is the same (all values
+    missing), so one row gives the names, shapes, model parameters and refusals of n rows,
+    without building an n-row design for every step of a model at submission."""
+    dims = {**card.dims, card.example_dim: 1}
+    return card.model_copy(update={"num_examples": 1, "dims": dims})
 
 
 def stats_event(spec: StatsSpec, card: DatasetCard) -> Event | None:
@@ -276,6 +288,46 @@ def suppress_noisy_cells(noised: Weights, structure: StatsPart, rules: Disclosur
     return out
 
 
+# -- the private values a stats step reads --------------------------------------------
+_CACHED_DATASETS = 8
+_cache: OrderedDict[str, tuple[tuple[int, int, int], dict[str, xr.DataArray]]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def stats_data(dom: Domain, dataset: str, names: list[str]) -> xr.Dataset:
+    """The private variables ``names`` of ``dataset`` (those it has), for a stats step.
+
+    A model's every Newton/IRLS step reads the same variables, so the values read are kept
+    (read-only, in this trusted process, for the last few datasets) while the stored Zarr
+    is unchanged: a replaced dataset is a new ``.zmetadata`` (another inode, time or size)
+    and is read afresh.
+    """
+    path = dom.private_path(dataset)
+    try:
+        st = os.stat(path / ".zmetadata")
+    except OSError:  # not a consolidated store: read as the domain always does
+        full = dom.private(dataset)
+        return xr.Dataset({n: full[n] for n in names if n in full.data_vars})
+    stamp, key = (st.st_ino, st.st_mtime_ns, st.st_size), str(path)
+    with _cache_lock:
+        entry = _cache.get(key)
+        if entry is None or entry[0] != stamp:
+            entry = _cache[key] = (stamp, {})
+        _cache.move_to_end(key)
+        while len(_cache) > _CACHED_DATASETS:
+            _cache.popitem(last=False)
+        held = entry[1]
+        if any(n not in held for n in names):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with xr.open_zarr(path, consolidated=True, chunks=None) as stored:
+                    for n in names:
+                        if n not in held and n in stored.data_vars:
+                            held[n] = stored[n].load()
+                            held[n].values.flags.writeable = False  # shared by every later step
+        return xr.Dataset({n: held[n] for n in names if n in held})
+
+
 # -- the domain's exact runs ------------------------------------------------------------
 def public_metrics(dom: Domain, dataset: str) -> dict[str, float]:
     """What every stats release carries besides its arrays: the policy's minimum number of
@@ -308,7 +360,7 @@ def prepare_exact_stats(dom: Domain, req: RequestRow, dataset: str) -> ExactStat
     all but differencing (:func:`settle_exact`, inside the run's transaction)."""
     spec, card = StatsSpec.model_validate_json(req.source), dom.card(dataset)
     try:
-        data = dom.private(dataset)
+        data = stats_data(dom, dataset, spec.variables)
         part = compute(spec, data, card)
         masks = subset_masks(spec, data, card)
     except Exception as exc:  # a non-DP run: its scientist sees it failed, the owner why

@@ -222,7 +222,7 @@ def _run_stats_dp(dom: Domain, req: RequestRow, dataset: str) -> WorkerOutcome:
     log = json.dumps({"stats": spec.op, "protection": spec.protection})
     part: StatsPart | None = None
     try:
-        part = compute(spec, dom.private(dataset), dom.card(dataset))
+        part = compute(spec, dc.stats_data(dom, dataset, spec.variables), dom.card(dataset))
     except Exception as exc:  # whatever the data: the default is released, the reason logged
         log = f"{log}\ndomain error: {exc!r}"
     return _stats_outcome(dom, spec, dataset, part, log)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import fednb
-from fednb._demo_data import NAMES, create
+from fednb._demo_data import NAMES, create, upgrade
 from fednb.client import DomainClient
 from fednb.demo import INSECURE_NOTICE
 from fednb.domain import Domain, Server
@@ -74,6 +74,8 @@ def start(home: Path, n: int, port_base: int = 0) -> list[Site]:
             if (home / name).exists():
                 raise SystemExit(f"{home} holds a demo of another size; remove it or use --home")
         state = {"hospitals": create(home, n)}
+    else:
+        upgrade(home, list(state["hospitals"]))
     insecure = not bwrap_available()
     sites = []
     for i, (name, toks) in enumerate(state["hospitals"].items()):

@@ -286,3 +286,22 @@ def test_compute_refuses_what_the_card_rules_out(gbsg2: tuple[list[pd.DataFrame]
                                  family="binomial", beta=[0.0]), "coefficients")):
         with pytest.raises(InvalidInput, match=msg):
             sites.run(spec)
+
+
+@pytest.mark.parametrize("protection", ["disclosure", "dp"])
+@pytest.mark.parametrize("fields", SPECS, ids=lambda f: f["op"] + "-" + str(f.get("family", "")))
+def test_the_submission_check_on_one_row_sees_what_n_rows_give(
+        fields: dict[str, object], protection: str,
+        gbsg2: tuple[list[pd.DataFrame], pd.DataFrame]) -> None:
+    """The domain builds a request's release structure from one row of the card (every row of
+    the default's input is the same): names, shapes, parameter count and sensitivities must be
+    those of the whole dataset's default."""
+    from fednb.domain._disclosure import _one_row
+
+    spec = StatsSpec(**fields, levels={k: v for k, v in GBSG2_LEVELS.items() if k in fields["variables"]},
+                     protection=protection, noise_multiplier=1.0 if protection == "dp" else None)
+    card = sites_of([gbsg2[0][0]], BOUNDS).card("h0")
+    full, one = default(spec, card), default(spec, _one_row(card))
+    assert {k: v.shape for k, v in one.arrays.items()} == {k: v.shape for k, v in full.arrays.items()}
+    assert one.n_params == full.n_params
+    assert one.sensitivity == full.sensitivity

@@ -23,6 +23,13 @@ fednb.kernels --precompile``) does it at install, and a first call that compiles
 Sandboxed workers run the NumPy references (``FEDNB_BACKEND=numpy``): no JIT compiler
 beside untrusted code; the workers of GPU jobs run the CuPy kernels where CuPy finds the
 GPU (the job has CuPy's compiler anyway).
+
+Process-wide settings (see docs/federated.md, "Process-wide settings"): BLAS's thread
+count is limited only inside :func:`one_blas_thread` and put back on exit; Numba's
+threading layer and thread count are read, never set; glibc's ``mallopt`` thresholds,
+which cannot be put back, change only inside :func:`keep_freed_memory`, which ``simulate``
+enters only with ``FEDNB_KEEP_FREED_MEMORY=1``. The CPU kernels use Numba internals
+and check first that Numba is in the tested range (:mod:`._compat`).
 """
 
 from __future__ import annotations
@@ -38,11 +45,12 @@ from fednb.kernels import _reference
 from fednb.kernels._backend import BACKENDS, backend
 from fednb.kernels._blas import all_finite, one_blas_thread, other_threads_in_blas, usable_cores
 from fednb.kernels._compile import first_use, precompile
-from fednb.kernels._memory import keep_freed_memory
+from fednb.kernels._memory import keep_freed_memory, keep_freed_memory_if_asked
 from fednb.typing import FloatArray
 
 __all__ = ["BACKENDS", "all_finite", "backend", "box_muller", "clipped_histogram", "clipped_sum",
-           "coordinate_median", "keep_freed_memory", "one_blas_thread", "other_threads_in_blas",
+           "coordinate_median", "keep_freed_memory", "keep_freed_memory_if_asked", "one_blas_thread",
+           "other_threads_in_blas",
            "precompile", "quantile_pick", "sq_distances",
            "stochastic_round", "trimmed_mean", "usable_cores", "weighted_sum", "weighted_sum_checked"]
 

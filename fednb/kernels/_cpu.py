@@ -7,12 +7,17 @@ a blocked Gram matrix in :mod:`._gram`; the rest are one fused pass each over th
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
 
-from fednb.kernels._gram import sq_distances, sq_distances_exact
-from fednb.kernels._launch import serialised_on_workqueue
-from fednb.kernels._select import coordinate_median, trimmed_mean
-from fednb.typing import FloatArray
+from fednb.kernels._compat import require_tested_numba
+
+require_tested_numba()  # a clear error on an untested Numba, before any kernel compiles
+
+from numba import njit, prange  # noqa: E402
+
+from fednb.kernels._gram import sq_distances, sq_distances_exact  # noqa: E402
+from fednb.kernels._launch import serialised_on_workqueue  # noqa: E402
+from fednb.kernels._select import coordinate_median, trimmed_mean  # noqa: E402
+from fednb.typing import FloatArray  # noqa: E402
 
 __all__ = ["box_muller", "clipped_histogram", "clipped_sum", "coordinate_median", "quantile_pick",
            "sq_distances", "sq_distances_exact", "stochastic_round", "trimmed_mean"]

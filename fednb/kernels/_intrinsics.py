@@ -23,10 +23,14 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from llvmlite import ir  # type: ignore[import-untyped]
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from fednb.kernels._compat import require_tested_numba
+
+require_tested_numba()  # before the internals below: a clear error on an untested Numba
+
+from llvmlite import ir  # type: ignore[import-untyped]  # noqa: E402
+from numba import types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 __all__ = ["prefer_wide_vectors", "prefetch"]
 

@@ -13,6 +13,12 @@ What it does not do: arrays above 32 MiB (glibc's ceiling for the mmap threshold
 still mapped afresh each time; memory freed during the run stays in the process until it
 ends (a function's one-off large temporaries too); and after the first run glibc's own
 dynamic thresholds stay off for the process (they are left where that rule would put them).
+
+It cannot be undone: glibc has no call that reads the thresholds back, and no call that
+turns its dynamic rule on again once ``mallopt`` has set one. So it is made only where
+asked for: ``simulate`` (the user's notebook kernel) enters :func:`keep_freed_memory_if_asked`,
+which does nothing unless ``FEDNB_KEEP_FREED_MEMORY=1`` (``bench/rounds.py``, or a
+scientist who accepts the process-wide change for faster large-model rounds).
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import platform
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["KEEP_FREED_MEMORY_ENV", "keep_freed_memory", "keep_freed_memory_if_asked"]
+
+KEEP_FREED_MEMORY_ENV = "FEDNB_KEEP_FREED_MEMORY"
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic threshold on 64-bit systems
@@ -75,3 +84,14 @@ def keep_freed_memory() -> Iterator[bool]:
             if _active == 0:  # nested or concurrent runs: only the last one out gives memory back
                 libc.mallopt(_M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
                 libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def keep_freed_memory_if_asked() -> Iterator[bool]:
+    """:func:`keep_freed_memory` where ``FEDNB_KEEP_FREED_MEMORY=1`` (read on entry), else a
+    context that changes nothing and yields False: the process's allocator stays as it was."""
+    if os.environ.get(KEEP_FREED_MEMORY_ENV) != "1":
+        yield False
+        return
+    with keep_freed_memory() as kept:
+        yield kept

@@ -40,12 +40,17 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
-from numba import carray, njit, types  # type: ignore[attr-defined]
-from numba.core import cgutils
-from numba.extending import intrinsic
 
-from fednb.kernels._blas import usable_cores
-from fednb.typing import FloatArray
+from fednb.kernels._compat import require_tested_numba
+
+require_tested_numba()  # before the internals below: a clear error on an untested Numba
+
+from numba import carray, njit, types  # type: ignore[attr-defined]  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+from fednb.kernels._blas import usable_cores  # noqa: E402
+from fednb.typing import FloatArray  # noqa: E402
 
 __all__ = ["MAX_THREADS", "PARALLEL_MIN", "weighted_sum"]
 

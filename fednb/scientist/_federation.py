@@ -16,7 +16,7 @@ import xarray as xr
 
 from fednb.client import DomainClient, RemoteRequest
 from fednb.errors import InvalidInput
-from fednb.kernels import keep_freed_memory, other_threads_in_blas, usable_cores
+from fednb.kernels import keep_freed_memory_if_asked, other_threads_in_blas, usable_cores
 from fednb.protocol import ClientDP, Compression, DatasetCard
 from fednb.scientist._driver import Driver, SerialExecutor
 from fednb.scientist._history import History
@@ -276,7 +276,9 @@ def simulate(fn: RemoteFunction, partitions: Mapping[str, xr.Dataset], *, initia
             p.join_secure_aggregation(ids[n], Roster({o: i.public for o, i in ids.items() if o != n}),
                                       distributed_noise=distributed_noise)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(keep_freed_memory())  # no page faults for the same arrays every round
+        # FEDNB_KEEP_FREED_MEMORY=1: no page faults for the same arrays every round (glibc
+        # mallopt: process-wide and permanent, so never made in a user's process unasked)
+        stack.enter_context(keep_freed_memory_if_asked())
         # virtual hospitals run one after another in-process unless threads were asked for
         # (faster for small models: no GIL contention); asynchronous rounds need real
         # concurrency, so they keep the driver's pool

@@ -366,3 +366,33 @@ def test_the_sandboxs_own_process_cap_needs_a_kernel_that_counts_per_user_namesp
     for own, per in ((True, False), (False, True)):
         assert _nproc.sandbox_limit(24, os.getuid(), own_userns=own, per_userns=per) > 24
     assert _nproc.host_limit(24, os.getuid()) >= 24 * 64
+
+
+def test_a_domain_that_shares_its_process_with_torch_still_makes_sandboxes() -> None:
+    """PyTorch's at-fork handler starts a thread in every fork of a process that used its
+    thread pool, and unshare(CLONE_NEWUSER) refuses a multithreaded caller (EINVAL): made in
+    a pre-exec step, every sandbox of such a domain was refused ("Exception occurred in
+    preexec_fn"), as in an xdist worker after the DP-SGD unit tests. The namespace holder is
+    a fresh interpreter now."""
+    require_sandbox()
+    code = """
+import os, torch
+from fednb.domain.runner import _sandbox
+torch.set_num_threads(2)
+x = torch.randn(256, 256)
+x @ x  # the intra-op pool is up: a fork of this process is multithreaded
+pid = os.fork()
+if pid == 0:
+    threads = [l for l in open("/proc/self/status") if l.startswith("Threads")][0].split()[1]
+    os.write(1, f"threads-in-fork {threads}\\n".encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+if _sandbox._as_root():
+    os.close(_sandbox._sandbox_userns())
+print("sandbox namespace made")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    threads = int(out.stdout.split("threads-in-fork ")[1].split()[0])
+    assert threads > 1, "the precondition: a fork of this process is multithreaded"
+    assert "sandbox namespace made" in out.stdout

@@ -55,7 +55,6 @@ which each process runs once when it starts a worker pool.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import os
@@ -106,9 +105,7 @@ SANDBOX_UID = 65534
 """The host uid and gid (nobody, nogroup) of the sandbox's uid 65534 where the domain runs as
 root; elsewhere the sandbox maps to the domain's own user."""
 _INSIDE_UID = "65534"
-_CLONE_NEWUSER = 0x10000000
 _SHIM_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")  # what setpriv needs to drop to 65534
-_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -329,17 +326,29 @@ def _drop_groups() -> None:
     os.setgroups([])
 
 
-def _unshare_user() -> None:
-    """In the namespace holder before it executes: a new user namespace in which no further
-    one can be made (what ``--disable-userns`` does where bubblewrap makes the namespace)."""
-    try:
-        if _LIBC.unshare(_CLONE_NEWUSER) != 0:
-            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
-        with open("/proc/sys/user/max_user_namespaces", "w") as f:
-            f.write("0")
-    except OSError as exc:  # subprocess reports only "Exception occurred in preexec_fn"
-        os.write(2, f"{exc}".encode())
-        raise
+# The namespace holder: a fresh interpreter, not a pre-exec step in a fork of this process.
+# A fork of a process whose libraries registered at-fork handlers that start a thread in the
+# child (PyTorch's thread pool does) is multithreaded, and unshare(CLONE_NEWUSER) refuses a
+# multithreaded caller with EINVAL: every sandbox of a domain that shares its process with
+# torch was refused. It makes the namespace in which no further one can be made (what
+# ``--disable-userns`` does where bubblewrap makes the namespace), says "ready", and holds
+# it until its stdin closes.
+_HOLDER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000) != 0:
+    sys.stderr.write("unshare(CLONE_NEWUSER): " + os.strerror(ctypes.get_errno()))
+    sys.exit(1)
+try:
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")
+except OSError as exc:
+    sys.stderr.write("user.max_user_namespaces: " + str(exc))
+    sys.exit(1)
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
 
 
 def _sandbox_userns(tries: int = 3) -> int:
@@ -358,22 +367,19 @@ def _sandbox_userns(tries: int = 3) -> int:
 def _make_userns() -> int:
     """A user namespace for a sandbox of a domain running as root (see the module's
     docstring), as an open descriptor: 0 is 0 (bubblewrap's setup), 65534 is ``SANDBOX_UID``,
-    ``setgroups`` denied, ``user.max_user_namespaces`` 0 inside. A short-lived ``cat`` holds
-    it while the maps are written; the descriptor keeps it alive after."""
-    cat = shutil.which("cat", path="/usr/bin:/bin") or "/bin/cat"
-    why_r, why_w = os.pipe()  # the holder's stderr: what failed in its pre-exec step
+    ``setgroups`` denied, ``user.max_user_namespaces`` 0 inside. A short-lived holder
+    (:data:`_HOLDER`) keeps it while the maps are written; the descriptor keeps it alive after."""
     try:
-        holder = subprocess.Popen([cat], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  stderr=why_w, preexec_fn=_unshare_user, close_fds=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        os.close(why_w)
-        with os.fdopen(why_r, "rb") as why:
-            detail = why.read(500).decode(errors="replace").strip()
-        raise SandboxUnavailable(f"cannot make the sandbox's user namespace: {exc}"
-                                 + (f" ({detail})" if detail else "")) from exc
-    os.close(why_w)
-    os.close(why_r)
+        holder = subprocess.Popen([sys.executable, "-I", "-S", "-c", _HOLDER], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)
+    except OSError as exc:
+        raise SandboxUnavailable(f"cannot make the sandbox's user namespace: {exc}") from exc
+    assert holder.stdin is not None and holder.stdout is not None and holder.stderr is not None
     try:
+        if holder.stdout.readline() != b"ready\n":  # it exited: its stderr says why
+            holder.wait()
+            why = holder.stderr.read(500).decode(errors="replace").strip() or f"exit {holder.returncode}"
+            raise SandboxUnavailable(f"cannot make the sandbox's user namespace: {why}")
         maps = f"0 0 1\n{_INSIDE_UID} {SANDBOX_UID} 1\n"
         for name, text in (("setgroups", "deny"), ("uid_map", maps), ("gid_map", maps)):
             with open(f"/proc/{holder.pid}/{name}", "w") as f:
@@ -382,9 +388,10 @@ def _make_userns() -> int:
     except OSError as exc:
         raise SandboxUnavailable(f"cannot map the sandbox's user namespace: {exc}") from exc
     finally:
-        assert holder.stdin is not None
         holder.stdin.close()
         holder.wait()
+        holder.stdout.close()
+        holder.stderr.close()
 
 
 @contextlib.contextmanager

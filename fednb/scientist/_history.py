@@ -129,10 +129,13 @@ class History:
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         payload = {"settings": self.settings, "records": [r.__dict__ for r in self.records]}
-        tmp = out / "records.json.tmp"
-        tmp.write_text(json.dumps(payload, default=str))
-        tmp.replace(out / "records.json")
-        (out / "weights.safetensors").write_bytes(encode_message({}, self.weights))
+        # each file whole or not at all: a notebook killed mid-save (a checkpoint after every
+        # round) must leave the previous files, never a truncated one to resume from
+        for name, data in (("weights.safetensors", encode_message({}, self.weights)),
+                           ("records.json", json.dumps(payload, default=str).encode())):
+            tmp = out / f"{name}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(out / name)
         return out
 
     @classmethod

@@ -216,7 +216,9 @@ def _check(pair: tuple[DPDomain, DPDomain], fn: fednb.RemoteFunction, real_b: se
     assert_same_view(a, b)
     assert {s.real_status for s in a} == {"succeeded"}, "the attack must run cleanly on patient 20.57"
     real = {f"{s.real_status}/{s.real_reason}" for s in b}
-    assert real <= real_b, real
+    # on a loaded machine the failing neighbour's run (or its worker's start) may overrun
+    # the slot and be cut instead: another failure, released alike (the views above hold)
+    assert real <= real_b | {"timeout/wall_clock"}, real
     return a, b
 
 

@@ -32,7 +32,7 @@ import xarray as xr
 
 from fednb.demo import SEED, breast_cancer
 from fednb.domain import Domain
-from fednb.protocol._templates import DisclosureRules
+from fednb.protocol import DisclosureRules
 
 __all__ = ["GBSG2_LEVELS", "NAMES", "add_study", "case_mix_split", "create", "dicom_files", "gbsg2",
            "gbsg2_split", "has_gbsg2", "upgrade"]

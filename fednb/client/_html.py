@@ -222,8 +222,7 @@ def spec_rows(info: RequestInfo) -> tuple[list[str], list[list[str]], dict[str, 
     rows and the settings beside it; None for code or a spec that does not parse."""
     from pydantic import ValidationError
 
-    from fednb.protocol import QuerySpec
-    from fednb.protocol._dpsgd import DPSGDSpec
+    from fednb.protocol import DPSGDSpec, QuerySpec
 
     try:
         if info.kind == "query":

@@ -6,7 +6,7 @@ import builtins
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from fednb.protocol._templates import StatsTemplate, TemplateInfo
+from fednb.protocol import StatsTemplate, TemplateInfo
 
 if TYPE_CHECKING:
     from fednb.client._client import DomainClient

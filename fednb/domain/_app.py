@@ -57,12 +57,13 @@ from fednb.protocol import (
     SecAggShare,
     SecAggSignature,
     SecAggSurvivors,
+    StatsTemplate,
+    TemplateInfo,
     TensorSpec,
     UserInfo,
     dataset_to_bytes,
     decode_message,
 )
-from fednb.protocol._templates import StatsTemplate, TemplateInfo
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain

@@ -48,9 +48,7 @@ from fednb.domain._store import RequestRow, SettingRow
 from fednb.domain.runner import WorkerOutcome
 from fednb.errors import DisclosureRefused, FednbError, InvalidInput, RunRefused
 from fednb.privacy import GRID_SLACK, ComposedEvent, Event, GaussianEvent, SecureNoise, grid_gaussian
-from fednb.protocol import DatasetCard, Update
-from fednb.protocol._stats import StatsProtection, StatsSpec
-from fednb.protocol._templates import DisclosureRules
+from fednb.protocol import DatasetCard, DisclosureRules, StatsProtection, StatsSpec, Update
 from fednb.runtime._gpu import kernels_device
 from fednb.runtime._stats import StatsPart, check_stats, compute, default
 from fednb.typing import Array, Weights

@@ -21,9 +21,16 @@ from fednb.domain._store import RequestRow
 from fednb.domain.runner import WorkerOutcome
 from fednb.errors import InvalidInput
 from fednb.privacy import ComposedEvent, Event, accountant_for
-from fednb.protocol import ClientDP, DatasetCard, QuerySpec, RequestCreate, TensorSpec, Update
-from fednb.protocol._dpsgd import DPSGDSpec
-from fednb.protocol._stats import StatsSpec
+from fednb.protocol import (
+    ClientDP,
+    DatasetCard,
+    DPSGDSpec,
+    QuerySpec,
+    RequestCreate,
+    StatsSpec,
+    TensorSpec,
+    Update,
+)
 from fednb.runtime import OutputPolicy, update_event
 from fednb.runtime._dpsgd import dpsgd_event
 from fednb.runtime._gpu import kernels_device
@@ -43,7 +50,7 @@ scientist's, no sandbox, no worker."""
 Spec = QuerySpec | DPSGDSpec | StatsSpec
 
 _DPSGD_SOURCE = '''def __fednb_dpsgd__(data, weights=None):
-    from fednb.protocol._dpsgd import DPSGDSpec
+    from fednb.protocol import DPSGDSpec
     from fednb.runtime._dpsgd import train_dpsgd
 
     spec = DPSGDSpec.model_validate_json({spec!r})

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fednb.errors import InvalidInput
-from fednb.protocol._stats import StatsProtection
-from fednb.protocol._templates import DisclosureRules
+from fednb.protocol import DisclosureRules, StatsProtection
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain

@@ -25,9 +25,7 @@ from sqlalchemy.orm import Session
 
 from fednb.domain._store import RequestRow, SettingRow, UserRow, utcnow
 from fednb.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from fednb.protocol import RequestCreate
-from fednb.protocol._stats import StatsSpec
-from fednb.protocol._templates import StatsTemplate, TemplateInfo, template_ops
+from fednb.protocol import RequestCreate, StatsSpec, StatsTemplate, TemplateInfo, template_ops
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain

@@ -2,6 +2,7 @@
 
 from fednb.protocol._codec import ALLOWED_DTYPES, decode_message, encode_message, peek_header
 from fednb.protocol._compress import Compression, compress, decompress
+from fednb.protocol._dpsgd import DPSGDSpec, LayerSpec
 from fednb.protocol._models import (
     NAME_PATTERN,
     REASON_CODES,
@@ -41,6 +42,8 @@ from fednb.protocol._secagg import (
     SecAggSignature,
     SecAggSurvivors,
 )
+from fednb.protocol._stats import STATS_OPS, Comparison, StatsProtection, StatsSpec
+from fednb.protocol._templates import DisclosureRules, StatsTemplate, TemplateInfo, template_ops
 from fednb.protocol._update import Update, as_update
 from fednb.protocol._version import API_PREFIX, API_VERSION, FEDNB_VERSION
 from fednb.protocol._xarray import dataset_from_bytes, dataset_to_bytes
@@ -54,14 +57,19 @@ __all__ = [
     "NAME_PATTERN",
     "REASON_CODES",
     "RUN_STATUSES",
+    "STATS_OPS",
     "Aggregation",
     "ApproveDecision",
     "BudgetInfo",
     "ClientDP",
+    "Comparison",
     "Compression",
+    "DPSGDSpec",
     "DatasetCard",
     "DenyDecision",
+    "DisclosureRules",
     "DomainInfo",
+    "LayerSpec",
     "MockInfo",
     "ParamSpec",
     "QuerySpec",
@@ -82,6 +90,10 @@ __all__ = [
     "SecAggShare",
     "SecAggSignature",
     "SecAggSurvivors",
+    "StatsProtection",
+    "StatsSpec",
+    "StatsTemplate",
+    "TemplateInfo",
     "TensorSpec",
     "Update",
     "UserInfo",
@@ -95,4 +107,5 @@ __all__ = [
     "decompress",
     "encode_message",
     "peek_header",
+    "template_ops",
 ]

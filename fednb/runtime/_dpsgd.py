@@ -67,7 +67,7 @@ from fednb.privacy import (
     SecureNoise,
     grid_gaussian,
 )
-from fednb.protocol._dpsgd import DPSGDSpec, LayerSpec
+from fednb.protocol import DPSGDSpec, LayerSpec
 from fednb.runtime._query import missing_rule
 from fednb.typing import Array, Weights
 

@@ -27,8 +27,7 @@ import pandas as pd
 import xarray as xr
 
 from fednb.errors import InvalidInput
-from fednb.protocol import DatasetCard
-from fednb.protocol._stats import StatsSpec
+from fednb.protocol import DatasetCard, StatsSpec
 from fednb.runtime._query import missing_rule
 from fednb.typing import Array
 

@@ -21,8 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fednb.errors import InvalidInput
-from fednb.protocol import DatasetCard
-from fednb.protocol._stats import StatsSpec
+from fednb.protocol import DatasetCard, StatsSpec
 from fednb.runtime._stats import StatsPart
 from fednb.runtime._stats_glm import design
 from fednb.runtime._stats_tables import survival_columns

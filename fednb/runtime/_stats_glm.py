@@ -23,8 +23,7 @@ import pandas as pd
 from formulaic import Formula, model_matrix
 
 from fednb.errors import InvalidInput
-from fednb.protocol import DatasetCard
-from fednb.protocol._stats import StatsSpec
+from fednb.protocol import DatasetCard, StatsSpec
 from fednb.runtime._stats import StatsPart, bounds_of
 from fednb.typing import Array
 

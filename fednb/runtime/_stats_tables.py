@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fednb.errors import InvalidInput
-from fednb.protocol import DatasetCard
-from fednb.protocol._stats import StatsSpec
+from fednb.protocol import DatasetCard, StatsSpec
 from fednb.runtime._stats import StatsPart, bounds_of, group_codes
 from fednb.typing import Array
 

@@ -14,8 +14,7 @@ from typing import Any
 from fednb.client import DomainClient, RemoteRequest
 from fednb.errors import InvalidInput
 from fednb.privacy import ComposedEvent, RepeatedEvent, accountant_for
-from fednb.protocol import Aggregation, QuerySpec, RequestCreate, Update, code_hash
-from fednb.protocol._dpsgd import DPSGDSpec
+from fednb.protocol import Aggregation, DPSGDSpec, QuerySpec, RequestCreate, Update, code_hash
 from fednb.runtime._dpsgd import dpsgd_event
 from fednb.runtime._query import check_query, query_events, run_query
 from fednb.typing import Weights

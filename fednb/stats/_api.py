@@ -18,7 +18,7 @@ import pandas as pd
 from formulaic import Formula
 
 from fednb.errors import InvalidInput
-from fednb.protocol._stats import Comparison, StatsSpec
+from fednb.protocol import Comparison, StatsSpec
 from fednb.stats import _combine
 from fednb.stats._models import fit_cox, fit_glm
 from fednb.stats._results import CoxResult, GLMResult, KaplanMeier

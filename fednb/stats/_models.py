@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fednb.errors import InvalidInput
-from fednb.protocol._stats import StatsSpec
+from fednb.protocol import StatsSpec
 from fednb.runtime._stats_cox import efron
 from fednb.runtime._stats_glm import design_columns
 from fednb.stats._combine import total

@@ -21,8 +21,7 @@ import xarray as xr
 
 from fednb.client import DomainClient
 from fednb.errors import RequestNotApproved
-from fednb.protocol import DatasetCard, MockInfo, RequestCreate, VariableCard, code_hash
-from fednb.protocol._stats import StatsSpec
+from fednb.protocol import DatasetCard, MockInfo, RequestCreate, StatsSpec, VariableCard, code_hash
 from fednb.runtime._stats import compute
 from fednb.typing import Weights
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,35 @@ def test_two_domains_on_one_cluster_never_share_a_warm_worker(
         assert results == [1.0, 2.0]
     finally:
         other.server.stop()
+
+
+def test_a_worker_made_warm_for_a_dp_run_is_pinned_on_its_dask_worker_until_the_run(
+        tmp_path: Path, cluster: tuple[Any, ResultTypes]) -> None:
+    """``ensure_warm`` before a DP run's slot returns once the request's worker is up on its
+    Dask worker and pinned there (others starting meanwhile cannot evict it), as with the
+    local pool; the run, carrying its schedule, takes the pin. (It was a fire-and-forget
+    prewarm: nothing pinned, and the slot could be spent on a worker's start.)"""
+    from fednb.domain.runner import JobSpec
+    from fednb.domain.runner._dask import DaskPool, pinned_requests
+    from tests.conftest import breast_cancer_dataset
+
+    data = tmp_path / "bc.zarr"
+    breast_cancer_dataset().to_zarr(data)
+    source = "def mean(data, col=0):\n    return np.asarray(data.x.values[:, col].mean())\n"
+    job = JobSpec("req-pin", source, "mean", {"bc": data}, tmp_path / "work" / "req-pin")
+    pool = DaskPool(cluster[0].scheduler_address, "bubblewrap", domain="pin-test")
+    client = pool._client
+
+    def pinned() -> list[str]:
+        return sorted(r for rs in client.run(pinned_requests).values() for r in rs)
+
+    try:
+        assert pinned() == []
+        pool.ensure_warm(job)
+        assert pinned() == ["req-pin"]  # up and pinned when ensure_warm returned
+        now = time.monotonic()
+        out = pool.run(job, "bc", {"col": 0}, None, RUN_LIMIT_S, hold_until=now + 0.5, cut_at=now + 300)
+        assert out.status == "succeeded", out.log
+        assert pinned() == []  # the scheduled run took its pin
+    finally:
+        pool.shutdown()

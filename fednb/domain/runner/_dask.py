@@ -43,11 +43,12 @@ from fednb.domain.runner._pool import (
 )
 from fednb.domain.runner._sandbox import Limits, SandboxMode, bwrap_available
 from fednb.domain.runner._warm import MAX_WARM
+from fednb.domain.runner._zygote import START_TIMEOUT
 from fednb.errors import FednbError, InsecureSetting, InvalidInput
 from fednb.protocol import REASON_CODES, RUN_STATUSES, decode_message, encode_message
 from fednb.typing import Weights
 
-__all__ = ["DaskPool", "run_job", "warm_requests"]
+__all__ = ["DaskPool", "pinned_requests", "run_job", "warm_requests"]
 
 _SLACK_S = 150.0  # beyond the run's own timeout: a worker's start, the scheduler's queue
 _POOLS: dict[str, WorkerPool] = {}  # on a Dask worker: one pool per domain configuration
@@ -130,7 +131,15 @@ def run_job(spec: bytes) -> bytes:
         if header.get("prewarm"):
             pool.prewarm(job)
             return encode_raw(RawOutcome("succeeded", "ok"))
-        raw = pool.run_raw(job, header["dataset"], header["params"], weights, header["timeout"])
+        if header.get("ensure_warm"):
+            pool.ensure_warm(job)
+            return encode_raw(RawOutcome("succeeded", "ok"))
+        # a DP run's schedule crosses machines as the seconds left (clocks differ): its
+        # cut here, and the pin its ensure_warm left goes with it
+        cut_in = header.get("cut_in")
+        cut_at = None if cut_in is None else time.monotonic() + float(cut_in)
+        raw = pool.run_raw(job, header["dataset"], header["params"], weights, header["timeout"],
+                           cut_at=cut_at)
         return encode_raw(raw)
     except Exception:  # a launcher failure travels as a reason code, never as an exception
         return encode_raw(RawOutcome("failed", "worker_crashed",
@@ -142,6 +151,14 @@ def warm_requests() -> list[str]:
     with _POOLS_GUARD:
         pools = list(_POOLS.values())
     return sorted({rid for p in pools for rid in p.warm()})
+
+
+def pinned_requests() -> list[str]:
+    """The requests whose warm worker on this Dask worker waits for a DP run
+    (``client.run`` it)."""
+    with _POOLS_GUARD:
+        pools = list(_POOLS.values())
+    return sorted({rid for p in pools for rid in p.pinned()})
 
 
 def discard_request(request_id: str) -> None:
@@ -218,7 +235,9 @@ class DaskPool:
         stops waiting for the answer then (the cluster's queue and the worker's start
         included) and the run ends ``timeout``.
         """
-        spec = self._spec(job, dataset=dataset, params=params, weights=weights, timeout=timeout)
+        cut_in = None if cut_at is None else cut_at - time.monotonic()
+        spec = self._spec(job, dataset=dataset, params=params, weights=weights, timeout=timeout,
+                          cut_in=cut_in)
         self._slots.acquire()
         try:
             future = self._submit(job, spec)
@@ -241,9 +260,15 @@ class DaskPool:
         return parse_outcome(raw)
 
     def ensure_warm(self, job: JobSpec) -> None:
-        """Start the request's worker on its Dask worker (in the background: this domain
-        cannot see the cluster's workers; the first DP run's slot covers its start)."""
-        self.prewarm(job)
+        """Start the request's workers on its Dask worker and pin them there for the DP run
+        to come, as :meth:`WorkerPool.ensure_warm` does; returns when they are up (a failure
+        to start is the next run's to report), so a DP run's schedule is not spent on a
+        worker's start, and other requests' workers starting meanwhile do not evict it."""
+        future = self._submit(job, self._spec(job, ensure_warm=True))
+        try:
+            future.result(timeout=START_TIMEOUT + _SLACK_S)
+        except Exception:  # the cluster failed or is slow: the run starts it within its schedule
+            future.cancel()
 
     def prewarm(self, job: JobSpec) -> None:
         """Start the request's worker on its Dask worker, in the background."""

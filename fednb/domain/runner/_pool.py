@@ -324,6 +324,12 @@ class WorkerPool:
         with self._guard:
             return sorted({rid for (rid, _), w in self._workers.items() if w.alive()})
 
+    def pinned(self) -> list[str]:
+        """The requests with a warm worker that a scheduled (DP) run is still to take."""
+        now = time.monotonic()
+        with self._guard:
+            return sorted({rid for (rid, _), w in self._workers.items() if w.alive() and w.use.pinned(now)})
+
     def workers(self) -> list[WorkerInfo]:
         """The warm workers, least recently used first."""
         with self._guard:

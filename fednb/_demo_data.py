@@ -157,8 +157,8 @@ def dicom_files() -> list[Path]:
 
 
 def _imaging(files: list[Path]) -> xr.Dataset:
-    """One hospital's images through the domain's DICOM folder loader."""
-    from fednb.domain._loaders import load_dicom_folder
+    """One hospital's images through the DICOM folder loader a domain uses."""
+    from fednb.loaders import load_dicom_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:

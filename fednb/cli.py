@@ -32,13 +32,13 @@ import argparse
 import contextlib
 import importlib
 import os
-import shlex
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from fednb import _cli_domain as cd
-from fednb.errors import Conflict, FednbError, InsecureSetting, InvalidInput
+from fednb import _cli_review as cr
+from fednb import _cli_serve as cs
+from fednb.errors import FednbError
 
 __all__ = ["build_parser", "main"]
 
@@ -51,102 +51,6 @@ _HOME.add_argument(
     metavar="PATH",
     help="the domain's home directory (default: $FEDNB_HOME, else ./domain)",
 )
-
-
-# ----------------------------------------------------------- init, serve: the domain process
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    """``fednb domain init``: create a domain home."""
-    from fednb.domain import Domain
-
-    home = cd.home_of(args)
-    try:
-        dom = Domain.create(home, name=args.name, store_url=args.store_url, dask_address=args.dask_address)
-    except Conflict:
-        raise Conflict(f"{home} already holds a domain: use it as it is, or pick another --home") from None
-    dom.close()
-    quoted = shlex.quote(str(dom.home))
-    print(
-        f"created domain {dom.name!r} in {dom.home}\n\nnext steps:\n"
-        f"  export FEDNB_HOME={quoted}\n"
-        "  fednb domain user add olivia --role owner   # you, for the notebook side\n"
-        "  fednb domain user add alice                 # a scientist; the token shows once\n"
-        "  fednb domain dataset add NAME FILE --bounds VAR=LO:HI ...\n"
-        "  fednb domain serve"
-    )
-    return 0
-
-
-def _check_transport(args: argparse.Namespace) -> bool:
-    """Refuse unsafe listening settings before anything binds; True when tokens would
-    travel in clear over a network (allowed with ``--insecure``)."""
-    from fednb.client import is_loopback
-
-    if (args.certfile is None) != (args.keyfile is None):
-        raise InvalidInput("TLS needs both --certfile and --keyfile")
-    for f in (args.certfile, args.keyfile):
-        if f is not None and not Path(f).is_file():
-            raise InvalidInput(f"no such file: {f}")
-    tls = args.certfile is not None
-    if not tls and not is_loopback(args.host) and not args.insecure:
-        raise InsecureSetting(
-            f"refusing to serve plain HTTP on {args.host}: tokens would travel in clear. Give "
-            "--certfile and --keyfile, listen on 127.0.0.1 behind a TLS proxy, or pass "
-            "--insecure if you accept that anyone on the network can read them"
-        )
-    return not tls and not is_loopback(args.host)
-
-
-def _announce(name: str, url: str, mode: str | None, in_clear: bool) -> None:
-    print(f"domain {name!r} serving at {url}  (Ctrl-C stops)", flush=True)
-    print(f"sandbox: {mode or 'none'}", flush=True)
-    if in_clear:
-        print("WARNING: plain HTTP on a non-loopback address: tokens travel in clear", file=sys.stderr)
-    if mode == "insecure-demo":
-        print(
-            "\n" + "!" * 78 + "\nWARNING: --insecure-demo: submitted code runs WITHOUT any "
-            "sandbox, as this user,\nwith this user's files and network. Use it only for "
-            "demos on synthetic data,\nnever with real patient data.\n" + "!" * 78 + "\n",
-            file=sys.stderr,
-            flush=True,
-        )
-    elif mode is None:
-        print(
-            "private runs will be refused: bubblewrap is not available. Install it "
-            "(e.g. `apt install bubblewrap`) and restart, or restart with --insecure-demo "
-            "for a demo on synthetic data.",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """``fednb domain serve``: serve in the foreground until Ctrl-C."""
-
-    in_clear = False if args.relay else _check_transport(args)
-    dom = cd.open_domain(args)
-    try:
-        server = dom.serve(
-            args.host, args.port, insecure_demo=args.insecure_demo, certfile=args.certfile,
-            keyfile=args.keyfile, background=False, relay=args.relay, relay_name=args.relay_name,
-        )
-        mode = dom.sandbox_mode
-    except OSError as exc:
-        dom.close()
-        raise InvalidInput(
-            f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); pick another --port or --host"
-        ) from None
-    except BaseException:
-        dom.close()
-        raise
-    _announce(dom.name, server.url, mode, in_clear)
-    if args.relay:
-        cd.announce_relay(server)
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down, then re-raises SIGINT
-        server.run_forever()
-    print("stopped", flush=True)
-    return 0
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -178,7 +82,7 @@ def _leaf(
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = _leaf(sub, "serve", cmd_serve, "serve the domain's API in the foreground (Ctrl-C stops)")
+    p = _leaf(sub, "serve", cs.cmd_serve, "serve the domain's API in the foreground (Ctrl-C stops)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_int_in(0, 65535), default=8000, help="port (default 8000; 0: any)")
     p.add_argument("--certfile", help="TLS certificate (PEM); needs --keyfile")
@@ -281,13 +185,13 @@ def _add_templates(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _add_review(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = _leaf(sub, "requests", cd.on_domain(cd.cmd_requests), "list code requests (pending by default)")
+    p = _leaf(sub, "requests", cd.on_domain(cr.cmd_requests), "list code requests (pending by default)")
     p.add_argument("--all", action="store_true", help="every request, whatever its status")
     p.add_argument("--status", choices=("pending", "approved", "denied"))
     _leaf(
-        sub, "show", cd.on_domain(cd.cmd_show), "one request in full: source, hash, schemas, diff"
+        sub, "show", cd.on_domain(cr.cmd_show), "one request in full: source, hash, schemas, diff"
     ).add_argument("request_id")
-    p = _leaf(sub, "approve", cd.on_domain(cd.cmd_approve), "approve a request's exact source")
+    p = _leaf(sub, "approve", cd.on_domain(cr.cmd_approve), "approve a request's exact source")
     p.add_argument("request_id")
     p.add_argument(
         "--release",
@@ -298,22 +202,22 @@ def _add_review(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--slot", type=float, default=None, metavar="SECONDS",
                    help="a DP request's release slot: each run's result appears this long after "
                         "the run was created (default: the scientist's proposal, else policy dp_slot_s)")
-    p = _leaf(sub, "deny", cd.on_domain(cd.cmd_deny), "deny a request with a reason")
+    p = _leaf(sub, "deny", cd.on_domain(cr.cmd_deny), "deny a request with a reason")
     p.add_argument("request_id")
     p.add_argument("--reason", required=True, help="what the scientist should change")
 
 
 def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = _leaf(sub, "results", cd.on_domain(cd.cmd_results), "results held for your release")
+    p = _leaf(sub, "results", cd.on_domain(cr.cmd_results), "results held for your release")
     shows = p.add_subparsers(dest="results_command", metavar="COMMAND")
-    _leaf(shows, "show", cd.on_domain(cd.cmd_result_show),
+    _leaf(shows, "show", cd.on_domain(cr.cmd_result_show),
           "one result as it would be released: values or summary, metrics, params, the change since "
           "the previous release").add_argument("run_id")
-    _leaf(sub, "release", cd.on_domain(cd.cmd_release), "release a held result").add_argument("run_id")
-    _leaf(sub, "withhold", cd.on_domain(cd.cmd_withhold), "withhold a held result for good").add_argument(
+    _leaf(sub, "release", cd.on_domain(cr.cmd_release), "release a held result").add_argument("run_id")
+    _leaf(sub, "withhold", cd.on_domain(cr.cmd_withhold), "withhold a held result for good").add_argument(
         "run_id"
     )
-    p = _leaf(sub, "runs", cd.on_domain(cd.cmd_runs), "list runs with their status and reason")
+    p = _leaf(sub, "runs", cd.on_domain(cr.cmd_runs), "list runs with their status and reason")
     p.add_argument("--request", metavar="ID", help="only runs of this request")
     p.add_argument("--log", metavar="RUN_ID", help="print the owner-only log of one run")
     p = _leaf(sub, "audit", cd.on_domain(cd.cmd_audit), "the audit log, or --verify its chain")
@@ -332,7 +236,7 @@ def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _add_domain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dom = _group(sub, "domain", "run and administer a hospital's domain")
-    p = _leaf(dom, "init", cmd_init, "create a domain home")
+    p = _leaf(dom, "init", cs.cmd_init, "create a domain home")
     p.add_argument("--name", required=True, help='the hospital\'s name, e.g. "St Mary"')
     p.add_argument("--store-url", help="SQLAlchemy URL of the store (default: SQLite in the home)")
     p.add_argument("--dask-address", metavar="ADDR",
@@ -361,7 +265,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _dashboard(args: argparse.Namespace) -> int:
     try:
-        panel_app = importlib.import_module("fednb.ui._panel")
+        dashboard = importlib.import_module("fednb.ui.dashboard")
     except ModuleNotFoundError as exc:
         print(f"error: the dashboard needs Panel ({exc.name} is missing): pip install 'fednb[ui]'",
               file=sys.stderr)
@@ -379,7 +283,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     if args.history:
         print(f"federation view: {where}/federation", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        panel_app.serve(domain, address=args.address, port=args.port, history=args.history,
+        dashboard.serve(domain, address=args.address, port=args.port, history=args.history,
                         insecure=args.insecure, show=args.show, relay=args.relay,
                         relay_name=args.relay_name, identity=args.identity)
     return 0
@@ -423,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_domain(sub)
     _add_apps(sub)
-    from fednb.relay._cli import add_relay_parser
+    from fednb.relay import add_relay_parser
 
     add_relay_parser(sub)
     return parser

@@ -20,8 +20,8 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from fednb.client._http import Transport
-from fednb.client._review import fetch_review
+from fednb.client import Transport
+from fednb.client.review import fetch_review
 from fednb.errors import AuthenticationError, FednbError
 from fednb.lab._config import DomainEntry, FednbLab
 
@@ -197,7 +197,7 @@ class ReleaseHandler(_Base):
 
 
 class ResultReviewHandler(_Base):
-    """A run's result as the owner reviews it before release (fednb.client._review): values
+    """A run's result as the owner reviews it before release (fednb.client.review): values
     or summaries, metrics, parameters, the change since the previous release."""
 
     @web.authenticated

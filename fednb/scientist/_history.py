@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from fednb.client._html import esc, svg_lines, table_html
+from fednb.client.html import esc, svg_lines, table_html
 from fednb.protocol import decode_message, encode_message
 from fednb.typing import Weights
 

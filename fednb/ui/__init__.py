@@ -3,7 +3,8 @@ and the Panel console behind ``fednb dashboard``.
 
 The widgets are thin views over the models (``InboxModel``, ``BudgetModel``,
 ``ResultsModel``, ``ConsoleModel``), which are plain Python and tested without a browser.
-The views need the ``ui`` extra (``pip install fednb[ui]``: ipywidgets, Panel).
+The views need the ``ui`` extra (``pip install fednb[ui]``: ipywidgets, Panel); the
+Panel apps are in :mod:`fednb.ui.dashboard`.
 """
 
 from __future__ import annotations

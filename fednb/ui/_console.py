@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 
-from fednb.client import DomainClient
-from fednb.client._html import CSS, esc, table_html
-from fednb.client._templates import template_row
+from fednb.client import DomainClient, template_row
+from fednb.client.html import CSS, esc, table_html
 from fednb.ui._models import BudgetModel, InboxModel, _label, _Observable, _owner
 
 __all__ = ["ConsoleModel", "approved_by"]

@@ -3,7 +3,7 @@ or a ``History``, tested without a browser. Views (ipywidgets, Panel) only draw 
 model says and call its actions.
 
 Everything a request carries is untrusted: the models hand views escaped HTML
-(``fednb.client._html``) and plain-text labels, never raw request text as markup.
+(``fednb.client.html``) and plain-text labels, never raw request text as markup.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fednb.client import DomainClient
-from fednb.client._html import CSS, budget_html, esc, request_html, run_html, svg_lines, table_html
-from fednb.client._review import Review, review_of
+from fednb.client import DomainClient, budget_html, request_html, run_html
+from fednb.client.html import CSS, esc, svg_lines, table_html
+from fednb.client.review import Review, review_of
 from fednb.errors import FednbError, InvalidInput
 from fednb.protocol import BudgetInfo, ReleaseMode, RequestInfo, RunInfo
 from fednb.scientist import History
@@ -84,7 +84,7 @@ class InboxModel(_Observable):
     ``refresh()`` reads the domain; ``select()`` picks a request (its full view, with the
     diff and the projected epsilon, is fetched then); ``approve``/``deny`` act on the
     selected request; ``release``/``withhold`` on a held run. ``select_run()`` fetches the
-    held result's review (:mod:`fednb.client._review`: values or summaries, metrics,
+    held result's review (:mod:`fednb.client.review`: values or summaries, metrics,
     parameters, the change since the previous release), so the owner sees what leaves.
     Each action refreshes and leaves a one-line ``message``; a refused action leaves the
     domain's message instead of raising, so a view can show it.

@@ -1,4 +1,4 @@
-"""The review of a held result (:mod:`fednb.client._review`) as HTML, for the Inbox widget
+"""The review of a held result (:mod:`fednb.client.review`) as HTML, for the Inbox widget
 and the Panel console: the decision and its consequences first (what leaves, to whom,
 from which dataset, at what epsilon, each released array's shape and summary and whether
 it copies private values), then the values (small arrays in full, large ones summarised
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fednb.client._html import CSS, TONE, badge, card, esc, facts_html
-from fednb.client._review import Review, epsilon_text, fmt, nearest_text, params_text, released_text
+from fednb.client.html import CSS, TONE, badge, card, esc, facts_html
+from fednb.client.review import Review, epsilon_text, fmt, nearest_text, params_text, released_text
 
 __all__ = ["decision_html", "histogram_svg", "review_body_html", "review_html"]
 

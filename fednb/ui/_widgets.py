@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import ipywidgets as w
 
 from fednb.client import DomainClient
-from fednb.client._html import CSS, esc
+from fednb.client.html import CSS, esc
 from fednb.errors import FednbError
 from fednb.scientist import History
 from fednb.ui._models import BudgetModel, InboxModel, ResultsModel, plural

@@ -474,13 +474,18 @@ def test_load_rejects(tmp_path: Path, cancer_csv: Path) -> None:
         load(tmp_path / "absent.csv")
 
 
-def test_the_old_module_still_serves_the_same_loaders(tmp_path: Path, cancer_csv: Path) -> None:
-    from fednb.domain import _loaders as old
+def test_a_dicom_folder_loads_the_same_by_name_and_through_the_registry(tmp_path: Path) -> None:
+    """The demo (fednb._demo_data) reads its images with ``load_dicom_folder``, header
+    fields and a size; ``load(format="dicom")``, which the domain uses, gives the same."""
+    from fednb import loaders
 
-    xr.testing.assert_identical(old.load(cancer_csv), load(cancer_csv))
-    assert old.load_dicom_folder is load_dicom_folder and old.load_zarr is load_zarr
-    assert set(old.FORMATS) <= set(formats())
-    assert old.max_load_bytes() > 0
+    folder = _dicom_folder(tmp_path / "mr", MR_SAME_SHAPE)
+    opts: dict[str, Any] = {"fields": ["Modality", "PatientSex"], "size": (32, 48)}
+    direct = loaders.load_dicom_folder(folder, **opts)
+    xr.testing.assert_identical(load(folder, format="dicom", **opts), direct)
+    assert direct["pixels"].shape == (3, 32, 48)
+    assert list(direct["Modality"].values) == ["MR"] * 3
+    assert loaders.max_load_bytes() > 0
 
 
 # -- what registration tells the owner, and what a synthesised mock carries --------------

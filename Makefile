@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fednb-installed
 
-.PHONY: test-busy install labextension demo demo-headless test check lint typecheck imports bench clean
+.PHONY: test-busy install labextension demo demo-headless test check lint lint-ts typecheck imports bench clean
 
 $(STAMP): pyproject.toml scripts/setup.sh labextension/package.json labextension/yarn.lock
 	bash scripts/setup.sh
@@ -35,13 +35,17 @@ test: install
 lint: install
 	$(BIN)/ruff check fednb tests bench
 
+# the JupyterLab extension's TypeScript: prettier and eslint (labextension/eslint.config.mjs)
+lint-ts: install
+	cd labextension && PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/jlpm lint:check
+
 typecheck: install
 	$(BIN)/mypy
 
 imports: install
 	$(BIN)/lint-imports
 
-check: lint typecheck imports
+check: lint lint-ts typecheck imports
 
 bench: install
 	$(BIN)/python bench/latency.py

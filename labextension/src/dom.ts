@@ -54,11 +54,23 @@ export function factsTable(facts: [string, string][], cls = 'fednb-facts'): HTML
 /** A table with a header row; every cell is text. */
 export function table(header: string[], rows: string[][], cls = 'fednb-table'): HTMLTableElement {
   return el('table', { cls }, [
-    el('thead', {}, [el('tr', {}, header.map(h => el('th', { text: h })))]),
+    el('thead', {}, [
+      el(
+        'tr',
+        {},
+        header.map(h => el('th', { text: h }))
+      )
+    ]),
     el(
       'tbody',
       {},
-      rows.map(r => el('tr', {}, r.map(c => el('td', { text: c }))))
+      rows.map(r =>
+        el(
+          'tr',
+          {},
+          r.map(c => el('td', { text: c }))
+        )
+      )
     )
   ]);
 }

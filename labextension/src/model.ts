@@ -1,37 +1,47 @@
 /**
- * The sidebar's model: the configured domains and their pending/held counts, polled
- * with back-off, and the pure helpers the views use (facts of a request, diff lines).
- * No DOM and no JupyterLab here, so it is tested under jest (test/model.spec.ts).
+ * The sidebar's model: the configured domains and their pending/held counts, polled by
+ * JupyterLab's own `Poll` (@lumino/polling: back-off on failure, standby while the page
+ * is hidden), and the pure helpers the views use (facts of a request, diff lines).
+ * No DOM and no JupyterLab application here, so it is tested under jest (test/model.spec.ts).
  */
+import { IDisposable } from '@lumino/disposable';
+import { IPoll, Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { FednbApi, IBudget, IDomainSummary, IRequestInfo } from './api';
 
-export interface IClock {
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-const realClock: IClock = {
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: h => clearTimeout(h as ReturnType<typeof setTimeout>)
-};
+/** The API as the models and controllers use it: `FednbApi`, or anything answering alike. */
+export type IFednbApi = Pick<FednbApi, keyof FednbApi>;
 
 export interface IPollOptions {
   /** Milliseconds between polls while the server answers. */
   interval: number;
-  /** The longest wait after repeated failures (the wait doubles up to it). */
+  /** The longest wait after repeated failures. */
   maxInterval: number;
-  clock?: IClock;
+  /** How much the wait may grow after each failure (Poll randomises within it); 2 by default. */
+  backoff?: number;
+  /** When the poll stands by: 'when-hidden' (the default) skips ticks while the page is hidden. */
+  standby?: Poll.Standby;
 }
 
-export class FednbModel {
+function frequency(o: IPollOptions): IPoll.Frequency {
+  return { interval: o.interval, max: Math.max(o.interval, o.maxInterval), backoff: o.backoff ?? 2 };
+}
+
+export class FednbModel implements IDisposable {
   constructor(
-    readonly api: FednbApi,
-    private options: IPollOptions = { interval: 10_000, maxInterval: 300_000 }
+    readonly api: IFednbApi,
+    options: IPollOptions = { interval: 10_000, maxInterval: 300_000 }
   ) {
-    this._clock = options.clock ?? realClock;
-    this._delay = options.interval;
+    this._poll = new Poll<IDomainSummary[], unknown>({
+      auto: false,
+      factory: () => this._read(),
+      frequency: frequency(options),
+      name: 'fednb:domains',
+      standby: options.standby ?? 'when-hidden'
+    });
+    // Poll's constructor lifts `max` to at least its default (30 s); the setter keeps ours.
+    this._poll.frequency = frequency(options);
   }
 
   /** The configured domains the settings' `domains` filter lets through (all by default). */
@@ -59,70 +69,91 @@ export class FednbModel {
     return this.domains.reduce((n, d) => n + d.held, 0);
   }
 
-  /** The wait before the next poll, in milliseconds. */
-  get delay(): number {
-    return this._delay;
+  /** The poll behind `start()`: its `state` says the phase and the wait before the next tick. */
+  get poll(): Poll<IDomainSummary[], unknown> {
+    return this._poll;
   }
 
   get changed(): ISignal<FednbModel, void> {
     return this._changed;
   }
 
-  /** Reads the domains once; on failure keeps the last list and backs off. */
-  async refresh(): Promise<boolean> {
-    try {
-      this._domains = await this.api.domains();
-      this._error = null;
-      this._delay = this.options.interval;
-      this._changed.emit();
-      return true;
-    } catch (e) {
-      this._error = e instanceof Error ? e.message : String(e);
-      this._delay = Math.min(this._delay * 2, this.options.maxInterval);
-      this._changed.emit();
-      return false;
-    }
+  get isDisposed(): boolean {
+    return this._poll.isDisposed;
   }
 
-  /** Polls until `stop()`: immediately, then every `interval` (backing off on failure). */
-  start(): void {
-    if (this._running) {
-      return;
+  /**
+   * Reads the domains now; on failure keeps the last list. While polling, this is the
+   * poll's own refresh (it restarts the schedule); resolves true when the read succeeded.
+   */
+  async refresh(): Promise<boolean> {
+    const phase = this._poll.state.phase;
+    if (phase === 'constructed' || phase === 'stopped' || phase === 'disposed') {
+      return this._read().then(
+        () => true,
+        () => false
+      );
     }
-    this._running = true;
-    void this._tick();
+    await this._poll.refresh();
+    await this._poll.tick.catch(() => undefined);
+    return this._error === null;
+  }
+
+  /** The domain of this name, reading the domains first when they were never read. */
+  async domain(name: string): Promise<IDomainSummary> {
+    let d = this._domains.find(x => x.name === name);
+    if (!d) {
+      await this.refresh();
+      d = this._domains.find(x => x.name === name);
+    }
+    if (!d) {
+      throw new Error(`no domain ${name} is configured: add it to c.FednbLab.tokens_file (see fednb docs/lab.md)`);
+    }
+    return d;
+  }
+
+  /** Polls until `stop()` or `dispose()`: now, then every `interval` (backing off on failure). */
+  start(): void {
+    void this._poll.start();
   }
 
   stop(): void {
-    this._running = false;
-    if (this._timer !== null) {
-      this._clock.clearTimeout(this._timer);
-      this._timer = null;
-    }
+    void this._poll.stop();
   }
 
-  configure(options: Partial<IPollOptions>): void {
-    this.options = { ...this.options, ...options };
-    this._delay = this.options.interval;
+  configure(options: IPollOptions): void {
+    this._poll.frequency = frequency(options);
   }
 
-  private async _tick(): Promise<void> {
-    if (!this._running) {
+  /** Stops the poll for good and disconnects every listener. */
+  dispose(): void {
+    if (this.isDisposed) {
       return;
     }
-    await this.refresh();
-    if (this._running) {
-      this._timer = this._clock.setTimeout(() => void this._tick(), this._delay);
+    this._poll.dispose();
+    Signal.clearData(this);
+  }
+
+  /** The poll's factory: it rejects on failure, which is what makes the poll back off. */
+  private async _read(): Promise<IDomainSummary[]> {
+    try {
+      this._domains = await this.api.domains();
+      this._error = null;
+      return this._domains;
+    } catch (e) {
+      this._error = e instanceof Error ? e.message : String(e);
+      throw e;
+    } finally {
+      if (!this.isDisposed) {
+        this._changed.emit();
+      }
     }
   }
 
-  private _clock: IClock;
-  private _delay: number;
   private _domains: IDomainSummary[] = [];
   private _filter: string[] = [];
   private _error: string | null = null;
-  private _running = false;
-  private _timer: unknown = null;
+  private _poll: Poll<IDomainSummary[], unknown>;
   private _changed = new Signal<FednbModel, void>(this);
 }
 

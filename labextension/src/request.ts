@@ -101,7 +101,7 @@ export function specTable(r: Pick<IRequestInfo, 'kind' | 'source'>): ISpecTable 
       rows,
       settings: [
         ['noise multiplier', String(spec.noise_multiplier)],
-        ['quantile ε', String(spec.quantile_epsilon ?? 0.1)]
+        ['quantile ε', typeof spec.quantile_epsilon === 'number' ? String(spec.quantile_epsilon) : '0.1']
       ]
     };
   }
@@ -114,7 +114,17 @@ export function specTable(r: Pick<IRequestInfo, 'kind' | 'source'>): ISpecTable 
         .map(([k, v]) => `${k}=${String(v)}`)
         .join(', ')
     ]);
-    const keep = ['loss', 'features', 'target', 'epochs', 'batch_size', 'lr', 'optimizer', 'max_grad_norm', 'noise_multiplier'];
+    const keep = [
+      'loss',
+      'features',
+      'target',
+      'epochs',
+      'batch_size',
+      'lr',
+      'optimizer',
+      'max_grad_norm',
+      'noise_multiplier'
+    ];
     return {
       header: ['#', 'layer', 'settings'],
       rows,
@@ -143,7 +153,10 @@ export function requestDecision(r: IRequestInfo): { headline: string; tone: Tone
   let tone: Tone;
   if (r.projected_epsilon === null || r.projected_epsilon === undefined) {
     tone = 'raw';
-    facts.push(['Privacy', "no DP: results are the code's exact output; every result is held for your review before it leaves"]);
+    facts.push([
+      'Privacy',
+      "no DP: results are the code's exact output; every result is held for your review before it leaves"
+    ]);
   } else {
     tone = 'dp';
     const delta = r.delta ? `, δ ${r.delta.toExponential(1)}` : '';
@@ -205,7 +218,13 @@ export function requestDecisionView(r: IRequestInfo): HTMLElement {
   const tones: Record<string, Tone> = { pending: 'raw', approved: 'ok', denied: 'danger' };
   const facts: [string, string | Node][] = d.facts.map(([k, v]) =>
     k.startsWith('Privacy')
-      ? [k, el('span', {}, [badge(k === 'Privacy' ? 'no DP' : 'DP', k === 'Privacy' ? 'raw' : 'dp'), el('span', { text: v.replace(/^no DP: /, '') })])]
+      ? [
+          k,
+          el('span', {}, [
+            badge(k === 'Privacy' ? 'no DP' : 'DP', k === 'Privacy' ? 'raw' : 'dp'),
+            el('span', { text: v.replace(/^no DP: /, '') })
+          ])
+        ]
       : [k, v]
   );
   const budgets = projections(r);
@@ -232,5 +251,9 @@ export function specView(r: IRequestInfo): HTMLElement | null {
     return null;
   }
   const settings = spec.settings.length ? table(['setting', 'value'], spec.settings) : null;
-  return card(`The ${r.kind} spec (what runs: no code)`, settings ? [table(spec.header, spec.rows), settings] : [table(spec.header, spec.rows)], 'fednb-spec');
+  return card(
+    `The ${r.kind} spec (what runs: no code)`,
+    settings ? [table(spec.header, spec.rows), settings] : [table(spec.header, spec.rows)],
+    'fednb-spec'
+  );
 }

@@ -95,13 +95,21 @@ export function histogramSvg(h: { edges: Num[]; counts: number[] }, width = 320,
   const plotH = height - 18;
   h.counts.forEach((c, i) => {
     const bh = (plotH * c) / top;
-    const bar = svg('rect', { x: 4 + i * barW, y: plotH - bh, width: Math.max(barW - 1, 1), height: bh, fill: '#0969da' });
+    const bar = svg('rect', {
+      x: 4 + i * barW,
+      y: plotH - bh,
+      width: Math.max(barW - 1, 1),
+      height: bh,
+      fill: '#0969da'
+    });
     bar.appendChild(svg('title', {}, `${fmtNum(h.edges[i])} to ${fmtNum(h.edges[i + 1])}: ${c}`));
     root.appendChild(bar);
   });
   root.appendChild(svg('line', { x1: 4, y1: plotH, x2: width - 4, y2: plotH, stroke: '#8c959f' }));
   root.appendChild(svg('text', { x: 4, y: height - 4 }, fmtNum(h.edges[0])));
-  root.appendChild(svg('text', { x: width - 4, y: height - 4, 'text-anchor': 'end' }, fmtNum(h.edges[h.edges.length - 1])));
+  root.appendChild(
+    svg('text', { x: width - 4, y: height - 4, 'text-anchor': 'end' }, fmtNum(h.edges[h.edges.length - 1]))
+  );
   return root;
 }
 
@@ -141,7 +149,9 @@ function summaryView(t: ITensorReview): HTMLElement {
       'fednb-table fednb-summary fednb-numbers'
     )
   ]);
-  box.appendChild(s.histogram ? (histogramSvg(s.histogram) as unknown as HTMLElement) : el('i', { text: 'no finite values' }));
+  box.appendChild(
+    s.histogram ? (histogramSvg(s.histogram) as unknown as HTMLElement) : el('i', { text: 'no finite values' })
+  );
   return box;
 }
 
@@ -152,7 +162,10 @@ export function nearestText(t: INearestTensor): string {
   }
   if (!t.matches) {
     const n = t.nearest;
-    return 'no value equals a private value' + (n ? `; the nearest, ${fmtNum(n.value)}, is ${fmtNum(n.distance)} from a value of ${n.variable}` : '');
+    return (
+      'no value equals a private value' +
+      (n ? `; the nearest, ${fmtNum(n.value)}, is ${fmtNum(n.distance)} from a value of ${n.variable}` : '')
+    );
   }
   const what = `${t.matches} of ${t.checked} values equal private values of ${t.variables.join(', ')}`;
   if (!t.rare_matches) {
@@ -219,14 +232,20 @@ function checkFact(r: IResultReview): HTMLElement {
     return el('span', { cls: 'fednb-request-meta', text: 'not checked by this domain' });
   }
   if (r.nearest.warning) {
-    const names = r.nearest.tensors.filter(t => t.rare_matches).map(t => t.name).join(', ');
+    const names = r.nearest.tensors
+      .filter(t => t.rare_matches)
+      .map(t => t.name)
+      .join(', ');
     return el('span', {}, [
       badge('warning', 'danger'),
       el('b', { text: names }),
       el('span', { text: " hold values equal to private values few entries share: the code may copy patients' data" })
     ]);
   }
-  return el('span', {}, [badge('checked', 'ok'), el('span', { text: 'no released value equals a rare private value' })]);
+  return el('span', {}, [
+    badge('checked', 'ok'),
+    el('span', { text: 'no released value equals a rare private value' })
+  ]);
 }
 
 function releasedTable(r: IResultReview): HTMLElement | null {
@@ -236,7 +255,13 @@ function releasedTable(r: IResultReview): HTMLElement | null {
   const byName = checks(r);
   const head = ['released', 'dtype and shape', 'values', ...(r.nearest ? ['private values'] : [])];
   return el('table', { cls: 'fednb-table fednb-released' }, [
-    el('thead', {}, [el('tr', {}, head.map(h => el('th', { text: h })))]),
+    el('thead', {}, [
+      el(
+        'tr',
+        {},
+        head.map(h => el('th', { text: h }))
+      )
+    ]),
     el(
       'tbody',
       {},
@@ -256,10 +281,19 @@ function releasedTable(r: IResultReview): HTMLElement | null {
 export function decisionView(r: IResultReview): HTMLElement {
   const dp = r.run.epsilon !== null;
   return el('div', { cls: `fednb-decision fednb-tone-${resultTone(r)}` }, [
-    el('div', { cls: 'fednb-headline' }, [el('span', { text: 'Releasing sends ' }), el('span', { text: releasedText(r) })]),
+    el('div', { cls: 'fednb-headline' }, [
+      el('span', { text: 'Releasing sends ' }),
+      el('span', { text: releasedText(r) })
+    ]),
     factsList([
       ['Dataset', `${r.run.dataset} (${fmtNum(r.run.num_examples)} examples)`],
-      ['ε charged', el('span', {}, [badge(dp ? 'DP' : 'no DP', dp ? 'dp' : 'raw'), el('span', { text: epsilonText(r.run.epsilon) })])],
+      [
+        'ε charged',
+        el('span', {}, [
+          badge(dp ? 'DP' : 'no DP', dp ? 'dp' : 'raw'),
+          el('span', { text: epsilonText(r.run.epsilon) })
+        ])
+      ],
       [
         'Produced by',
         `${r.request.function_name} (${r.request.kind}) · parameters ${paramsText(r.run.params)} · sha256 ${r.request.code_hash.slice(0, 16)}… · run ${r.run.id}`
@@ -277,11 +311,22 @@ export function reviewBodyView(r: IResultReview): HTMLElement {
   const released = card('What will be released', [
     ...(r.tensors.length ? r.tensors.map(t => tensorView(t, byName.get(t.name))) : [el('i', { text: 'no tensors' })]),
     el('h5', { text: 'Metrics' }),
-    metrics.length ? table(metrics.map(m => m[0]), [metrics.map(m => fmtNum(m[1]))], 'fednb-table fednb-numbers') : el('i', { text: 'none' })
+    metrics.length
+      ? table(
+          metrics.map(m => m[0]),
+          [metrics.map(m => fmtNum(m[1]))],
+          'fednb-table fednb-numbers'
+        )
+      : el('i', { text: 'none' })
   ]);
   const diff = card('Change since the previous release', [], 'fednb-result-diff');
   if (r.diff && r.previous) {
-    diff.appendChild(el('div', { cls: 'fednb-request-meta', text: `against run ${r.previous.id} (parameters ${paramsText(r.previous.params)}), released before` }));
+    diff.appendChild(
+      el('div', {
+        cls: 'fednb-request-meta',
+        text: `against run ${r.previous.id} (parameters ${paramsText(r.previous.params)}), released before`
+      })
+    );
     diff.appendChild(table(['', 'change', 'max |difference|', 'changed values'], diffRows(r)));
   } else {
     diff.appendChild(el('i', { text: 'No earlier released run of this request to compare with.' }));

@@ -1,41 +1,47 @@
 import { FednbApi, IBudget, IDomainSummary, IRequestInfo } from '../src/api';
-import { budgetFraction, budgetLine, diffLines, FednbModel, IClock, requestFacts, statusText } from '../src/model';
+import { budgetFraction, budgetLine, diffLines, FednbModel, requestFacts, statusText } from '../src/model';
 
 function domain(name: string, pending: number, held = 0): IDomainSummary {
-  return { name, url: `http://127.0.0.1/${name}`, title: name, user: 'olivia', role: 'owner', pending, held, error: null };
-}
-
-class ManualClock implements IClock {
-  pending: { fn: () => void; ms: number }[] = [];
-  setTimeout(fn: () => void, ms: number): unknown {
-    this.pending.push({ fn, ms });
-    return this.pending.length;
-  }
-  clearTimeout(): void {
-    this.pending = [];
-  }
-  async fire(): Promise<void> {
-    const next = this.pending.shift();
-    next?.fn();
-    await new Promise(r => setTimeout(r, 0));
-  }
-}
-
-function apiAnswering(answers: (IDomainSummary[] | Error)[]): FednbApi {
-  const api = new FednbApi(async () => ({ status: 200, json: async () => [] }));
-  api.domains = async () => {
-    const a = answers.shift();
-    if (a instanceof Error || a === undefined) {
-      throw a ?? new Error('no answer');
-    }
-    return a;
+  return {
+    name,
+    url: `http://127.0.0.1/${name}`,
+    title: name,
+    user: 'olivia',
+    role: 'owner',
+    pending,
+    held,
+    error: null
   };
-  return api;
+}
+
+/** A real FednbApi over a fetcher answering /fednb/domains from a script, counting the calls. */
+function apiAnswering(answers: (IDomainSummary[] | Error)[]): { api: FednbApi; calls: () => number } {
+  let calls = 0;
+  const api = new FednbApi(async path => {
+    expect(path).toBe('domains');
+    calls++;
+    const a = answers.length > 1 ? answers.shift() : answers[0];
+    if (a instanceof Error || a === undefined) {
+      return {
+        status: 502,
+        json: async () => ({ error: { code: 'unreachable', message: a?.message ?? 'no answer' } })
+      };
+    }
+    return { status: 200, json: async () => a };
+  });
+  return { api, calls: () => calls };
+}
+
+/** Runs the timers due within `ms` and the promise callbacks they start. */
+async function advance(ms: number): Promise<void> {
+  await jest.advanceTimersByTimeAsync(ms);
 }
 
 describe('FednbModel', () => {
+  afterEach(() => jest.useRealTimers());
+
   it('sums pending and held over the domains for the status bar', async () => {
-    const model = new FednbModel(apiAnswering([[domain('a', 2, 1), domain('b', 3)]]));
+    const model = new FednbModel(apiAnswering([[domain('a', 2, 1), domain('b', 3)]]).api);
     let changes = 0;
     model.changed.connect(() => changes++);
     expect(await model.refresh()).toBe(true);
@@ -45,31 +51,90 @@ describe('FednbModel', () => {
     expect(changes).toBe(1);
   });
 
-  it('backs off on failures up to the maximum and resets on success', async () => {
-    const clock = new ManualClock();
-    const model = new FednbModel(
-      apiAnswering([new Error('down'), new Error('down'), new Error('down'), [domain('a', 1)]]),
-      { interval: 1000, maxInterval: 3000, clock }
-    );
+  it("polls with @lumino/polling's Poll: backs off on failures up to the maximum, resets on success", async () => {
+    jest.useFakeTimers();
+    const down = new Error('down');
+    const { api, calls } = apiAnswering([down, down, down, down, [domain('a', 1)]]);
+    const model = new FednbModel(api, { interval: 1000, maxInterval: 3000 });
+    const phases: string[] = [];
+    model.poll.ticked.connect((_, state) => phases.push(state.phase));
     model.start();
-    await new Promise(r => setTimeout(r, 0));
+    await advance(0);
+    expect(calls()).toBe(1);
     expect(model.error).toBe('down');
-    expect(clock.pending[0].ms).toBe(2000);
     expect(statusText(model)).toBe('fednb: offline');
-    await clock.fire();
-    expect(clock.pending[0].ms).toBe(3000);
-    await clock.fire();
-    expect(clock.pending[0].ms).toBe(3000);
-    await clock.fire();
-    expect(model.error).toBeNull();
-    expect(clock.pending[0].ms).toBe(1000);
+    expect(model.poll.state.phase).toBe('rejected');
+    const waits: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const wait = model.poll.state.interval;
+      waits.push(wait);
+      await advance(wait - 1);
+      expect(calls()).toBe(1 + i); // not before the wait is over
+      await advance(1);
+      expect(calls()).toBe(2 + i);
+    }
+    // Poll draws each wait at random up to twice the last one, never past the maximum
+    waits.forEach(w => expect(w).toBeGreaterThan(0));
+    waits.forEach(w => expect(w).toBeLessThanOrEqual(3000));
+    expect(model.error).toBeNull(); // the fifth call answered
+    expect(model.poll.state.phase).toBe('reconnected');
+    expect(model.poll.state.interval).toBe(1000);
     expect(model.pendingTotal).toBe(1);
+    expect(phases.filter(p => p === 'rejected')).toHaveLength(4);
+    model.dispose();
+  });
+
+  it('stops polling on dispose: no call after it, however long one waits', async () => {
+    jest.useFakeTimers();
+    const { api, calls } = apiAnswering([[domain('a', 1)]]);
+    const model = new FednbModel(api, { interval: 1000, maxInterval: 3000 });
+    let changes = 0;
+    model.changed.connect(() => changes++);
+    model.start();
+    await advance(0);
+    await advance(1000);
+    expect(calls()).toBe(2);
+    model.dispose();
+    expect(model.isDisposed).toBe(true);
+    expect(model.poll.isDisposed).toBe(true);
+    await advance(60_000);
+    expect(calls()).toBe(2);
+    expect(changes).toBe(2);
+  });
+
+  it('refreshes through the poll while polling, restarting its schedule', async () => {
+    jest.useFakeTimers();
+    const { api, calls } = apiAnswering([[domain('a', 1)]]);
+    const model = new FednbModel(api, { interval: 1000, maxInterval: 3000 });
+    model.start();
+    await advance(0);
+    await advance(600);
+    const refreshed = model.refresh();
+    await advance(0);
+    expect(await refreshed).toBe(true);
+    expect(calls()).toBe(2);
+    await advance(999); // the next tick is an interval after the refresh, not after the start
+    expect(calls()).toBe(2);
+    await advance(1);
+    expect(calls()).toBe(3);
     model.stop();
-    expect(clock.pending).toHaveLength(0);
+    await advance(10_000);
+    expect(calls()).toBe(3);
+    model.dispose();
+  });
+
+  it('finds a domain by name, reading the domains when never read, and says how to fix a missing one', async () => {
+    const { api, calls } = apiAnswering([[domain('a', 1)]]);
+    const model = new FednbModel(api);
+    expect((await model.domain('a')).name).toBe('a');
+    expect(calls()).toBe(1);
+    await model.domain('a');
+    expect(calls()).toBe(1);
+    await expect(model.domain('zz')).rejects.toThrow('c.FednbLab.tokens_file');
   });
 
   it("counts only the domains the settings' filter shows", async () => {
-    const model = new FednbModel(apiAnswering([[domain('a', 2, 1), domain('b', 3)]]));
+    const model = new FednbModel(apiAnswering([[domain('a', 2, 1), domain('b', 3)]]).api);
     await model.refresh();
     model.filter = ['b'];
     expect(model.domains.map(d => d.name)).toEqual(['b']);
@@ -79,9 +144,10 @@ describe('FednbModel', () => {
   });
 
   it('keeps the last list when a refresh fails', async () => {
-    const model = new FednbModel(apiAnswering([[domain('a', 4)], new Error('timeout')]));
+    const model = new FednbModel(apiAnswering([[domain('a', 4)], new Error('timeout')]).api);
     await model.refresh();
     expect(await model.refresh()).toBe(false);
+    expect(model.error).toBe('timeout');
     expect(model.pendingTotal).toBe(4);
     expect(statusText(model)).toBe('fednb: 4 pending');
   });

@@ -86,7 +86,9 @@ describe("a request's decision", () => {
 
   it('lists what each run releases', () => {
     expect(releasesText(request())).toBe('w float64 (4) · metric loss in [0, 100]');
-    expect(releasesText(request({ weights: null, metrics: {} }))).toBe('what the function returns (no shapes declared)');
+    expect(releasesText(request({ weights: null, metrics: {} }))).toBe(
+      'what the function returns (no shapes declared)'
+    );
     expect(releasesText(request({ kind: 'query', source: QUERY, weights: null, metrics: {} }))).toBe(
       '0:count: (count) · 1:histogram:age (histogram) · 2:quantile:age (quantile)'
     );
@@ -166,8 +168,12 @@ describe("a held result's memorisation check", () => {
     expect(nearestText(copied)).toBe(
       '3 of 3 values equal private values of x; 2 held by few entries, e.g. [0] 17.99; [1] 20.57'
     );
-    expect(nearestText(clean)).toBe('no value equals a private value; the nearest, 14.1273, is 0.0027 from a value of x');
-    expect(nearestText({ ...copied, rare_matches: 0 })).toBe('3 of 3 values equal private values of x (values many entries share)');
+    expect(nearestText(clean)).toBe(
+      'no value equals a private value; the nearest, 14.1273, is 0.0027 from a value of x'
+    );
+    expect(nearestText({ ...copied, rare_matches: 0 })).toBe(
+      '3 of 3 values equal private values of x (values many entries share)'
+    );
     expect(nearestText({ ...clean, checked: 0 })).toBe('no finite values to check');
   });
 

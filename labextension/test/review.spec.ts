@@ -59,7 +59,12 @@ describe('the review of a held result', () => {
     expect(fmtNum(0.1 + 0.2)).toBe('0.3');
     expect(fmtNum('NaN')).toBe('NaN');
     expect(fmtNum(null)).toBe('-');
-    expect(nestedText([[1, 2.5], ['Infinity', 0]])).toBe('[[1, 2.5], [Infinity, 0]]');
+    expect(
+      nestedText([
+        [1, 2.5],
+        ['Infinity', 0]
+      ])
+    ).toBe('[[1, 2.5], [Infinity, 0]]');
   });
 
   it('says what leaves, to whom and at what epsilon', () => {
@@ -81,7 +86,14 @@ describe('the review of a held result', () => {
 
 describe('signedIn', () => {
   const d = (user: string | null, role: 'owner' | 'scientist' | null): IDomainSummary => ({
-    name: 'a', url: 'u', title: 'A', user, role, pending: 0, held: 0, error: null
+    name: 'a',
+    url: 'u',
+    title: 'A',
+    user,
+    role,
+    pending: 0,
+    held: 0,
+    error: null
   });
   it('says a name once when it is the role', () => {
     expect(signedIn(d('owner', 'owner'))).toBe('owner');

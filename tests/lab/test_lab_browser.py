@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import httpx
+
 import fednb
 from tests.browser.conftest import browser, no_news, shot  # noqa: F401  (the fixture)
 from tests.browser.conftest import wait_until as _wait_until
@@ -87,4 +89,22 @@ def test_review_approve_deny_and_release_in_jupyterlab(lab: Lab, browser: Any) -
 
     owner_block.locator(".fednb-open-budget").click()
     page.locator(".fednb-budget").get_by_text("Privacy budgets on St Mary").wait_for()
+
+    # the views are in a WidgetTracker with the layout restorer: once JupyterLab saved the
+    # workspace, a reload brings them back, each reading its domain again
+    views = {f"fednb:review:st-mary:{query.id}", "fednb:held:st-mary:", "fednb:budget:st-mary:"}
+    wait_until(lambda: views <= saved_views(lab))
+    page.reload()
+    page.locator(".fednb-budget").get_by_text("Privacy budgets on St Mary").wait_for()
+    # the review and the held results are restored as background tabs: there, not shown
+    page.locator(".fednb-review").filter(has_text=query.id).locator(".fednb-spec").wait_for(state="attached")
+    page.locator(".fednb-held").get_by_text("Held results of St Mary").wait_for(state="attached")
+    shot(page, "lab-restored")
     page.close()
+
+
+def saved_views(lab: Lab) -> set[str]:
+    """The fednb views JupyterLab saved in the default workspace (what a reload restores)."""
+    resp = httpx.get(f"{lab.url}/lab/api/workspaces/default", headers={"Authorization": f"token {lab.token}"})
+    resp.raise_for_status()
+    return {k for k in resp.json().get("data", {}) if k.startswith("fednb:")}

@@ -20,20 +20,32 @@ from fednb.client._html import (
 )
 from fednb.client._http import Transport, is_loopback
 from fednb.client._secagg import RemoteSecAggPeer
-from fednb.client._templates import Templates, template_limits, template_row
+from fednb.client._templates import (
+    TEMPLATE_REVIEWER,
+    Refusal,
+    Templates,
+    TemplatesOverview,
+    read_overview,
+    template_limits,
+    template_row,
+)
 
 __all__ = [
+    "TEMPLATE_REVIEWER",
     "DatasetHandle",
     "DomainClient",
+    "Refusal",
     "RemoteRequest",
     "RemoteRun",
     "RemoteSecAggPeer",
     "Templates",
+    "TemplatesOverview",
     "Transport",
     "budget_html",
     "card_html",
     "connect",
     "is_loopback",
+    "read_overview",
     "request_decision_html",
     "request_html",
     "run_html",

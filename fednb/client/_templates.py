@@ -3,15 +3,70 @@
 from __future__ import annotations
 
 import builtins
+import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from fednb.protocol import StatsTemplate, TemplateInfo
+from fednb.protocol import RequestInfo, StatsTemplate, TemplateInfo
 
 if TYPE_CHECKING:
     from fednb.client._client import DomainClient
+    from fednb.client._http import Transport
 
-__all__ = ["Templates", "template_limits", "template_row"]
+__all__ = ["TEMPLATE_REVIEWER", "Refusal", "Templates", "TemplatesOverview", "read_overview",
+           "template_limits", "template_row"]
+
+TEMPLATE_REVIEWER = "template:"
+"""The prefix of a template-approved request's ``reviewed_by`` (``template:<name>``)."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A disclosure refusal as the audit log records it (``stats.refused``); no count in it."""
+
+    time: str
+    scientist: str
+    request: str
+    dataset: str
+    refusal: str
+
+
+@dataclass(frozen=True)
+class TemplatesOverview:
+    """What an owner's review desks show of the templates: every template, the requests a
+    template approved with no owner action (newest last) and the disclosure refusals among
+    the newest audit entries (newest first)."""
+
+    templates: builtins.list[TemplateInfo]
+    approved: builtins.list[RequestInfo]
+    refusals: builtins.list[Refusal]
+
+
+def _refusal(entry: dict[str, Any]) -> Refusal | None:
+    if entry.get("action") != "stats.refused":
+        return None
+    d = entry.get("details")
+    if isinstance(d, str):
+        try:
+            d = json.loads(d)
+        except ValueError:
+            d = {}
+    d = d if isinstance(d, dict) else {}
+    return Refusal(str(entry.get("ts", ""))[:19].replace("T", " "), str(entry.get("actor", "")),
+                   str(d.get("request", "")), str(d.get("dataset", "")), str(d.get("refusal", "")))
+
+
+def read_overview(t: Transport, audit_limit: int = 500) -> TemplatesOverview:
+    """(Owner) read a domain's :class:`TemplatesOverview` over ``t``: the console, the Inbox
+    and the JupyterLab sidebar all show this one reading. A scientist's token is refused by
+    the domain."""
+    templates = [TemplateInfo.model_validate(i) for i in t.json("GET", "/templates")]
+    listed = t.json("GET", "/requests", params={"status": "approved"})
+    approved = [RequestInfo.model_validate(r) for r in listed
+                if str(r.get("reviewed_by") or "").startswith(TEMPLATE_REVIEWER)]
+    entries = t.json("GET", "/audit", params={"limit": audit_limit}).get("entries", [])
+    return TemplatesOverview(templates, approved, [x for x in map(_refusal, entries) if x is not None])
 
 
 def template_limits(t: StatsTemplate) -> str:
@@ -43,6 +98,11 @@ class Templates:
 
     def __init__(self, client: DomainClient) -> None:
         self._c = client
+
+    def overview(self, audit_limit: int = 500) -> TemplatesOverview:
+        """The templates, the requests they approved and the disclosure refusals among the
+        newest ``audit_limit`` audit entries (:func:`read_overview`)."""
+        return read_overview(self._c._t, audit_limit)
 
     def list(self) -> builtins.list[TemplateInfo]:
         """Every template, active or waiting for its second reviewer."""

@@ -24,11 +24,13 @@ from fednb.client import Transport
 from fednb.client.review import fetch_review
 from fednb.errors import AuthenticationError, FednbError
 from fednb.lab._config import DomainEntry, FednbLab
+from fednb.lab._templates import AUDIT_LIMIT, template_json, templates_overview
 
 __all__ = ["setup_handlers"]
 
 _NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})"
 _ID = r"(?P<item>[A-Za-z0-9_-]{8,64})"
+_TEMPLATE = r"(?P<template>[A-Za-z0-9][A-Za-z0-9._-]{0,47})"
 
 
 class Lab:
@@ -213,6 +215,28 @@ class BudgetHandler(_Base):
         self.reply(await self.domain(name, "GET", "/budget"))
 
 
+class TemplatesHandler(_Base):
+    """(Owner) the domain's stats templates, the requests they approved and the disclosure
+    refusals (fednb.lab._templates); a scientist's token is refused by the domain (403)."""
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self, name: str) -> None:
+        raw = self.get_query_argument("limit", str(AUDIT_LIMIT))
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            raise _Refused(400, "limit must be a whole number from 1 to 10000", "invalid_input")
+        self.reply(await self.with_transport(name, lambda t: templates_overview(t, int(raw))))
+
+
+class TemplateApproveHandler(_Base):
+    """(Owner) a second owner's approval of a two-reviewer template, which makes it active."""
+
+    @web.authenticated
+    @authorized("write")
+    async def post(self, name: str, template: str) -> None:
+        self.reply(template_json(await self.domain(name, "POST", f"/templates/{template}/approve")))
+
+
 def setup_handlers(web_app: Any, config: FednbLab, log: logging.Logger) -> None:
     base = url_path_join(web_app.settings["base_url"], "fednb")
     lab = Lab(config, log)
@@ -225,5 +249,7 @@ def setup_handlers(web_app: Any, config: FednbLab, log: logging.Logger) -> None:
         (rf"/domains/{_NAME}/runs/{_ID}/(?P<action>release|withhold)", ReleaseHandler),
         (rf"/domains/{_NAME}/runs/{_ID}/review", ResultReviewHandler),
         (rf"/domains/{_NAME}/budget", BudgetHandler),
+        (rf"/domains/{_NAME}/templates", TemplatesHandler),
+        (rf"/domains/{_NAME}/templates/{_TEMPLATE}/approve", TemplateApproveHandler),
     ]
     web_app.add_handlers(".*$", [(base + path, cls, {"lab": lab}) for path, cls in routes])

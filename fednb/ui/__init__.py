@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fednb.ui._console import ConsoleModel
+from fednb.ui._console import ConsoleModel, TemplatesModel
 from fednb.ui._models import BudgetModel, Gauge, InboxModel, ResultsModel
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ __all__ = [
     "InboxModel",
     "ResultsModel",
     "ResultsViewer",
+    "TemplatesModel",
 ]
 
 

@@ -18,6 +18,7 @@ from fednb.client import DomainClient
 from fednb.client.html import CSS, esc
 from fednb.errors import FednbError
 from fednb.scientist import History
+from fednb.ui._console import TemplatesModel
 from fednb.ui._models import BudgetModel, InboxModel, ResultsModel, plural
 
 __all__ = ["BudgetMeter", "Inbox", "ResultsViewer"]
@@ -83,11 +84,18 @@ class Inbox(w.VBox):
     against the last approved version, the parameter schema, runs, privacy parameters
     and the projected epsilon against the remaining budgets; then Approve (auto or manual
     release) or Deny with a reason. The second tab releases or withholds held results.
-    Polls the domain every ``poll`` seconds (0: only on :meth:`refresh`).
+    The third shows the stats templates (limits, protection, approval state under the
+    two-person rule), the requests they approved and the disclosure refusals, with Approve
+    for a template waiting for a second owner (``templates``, a :class:`TemplatesModel`).
+    Polls the domain every ``poll`` seconds (0: only on :meth:`refresh`); the templates
+    tab is re-read while it is shown, and when it is picked.
     """
+
+    TEMPLATES_TAB = 2
 
     def __init__(self, owner: DomainClient, poll: float = 5.0) -> None:
         self.model = InboxModel(owner)
+        self.templates = TemplatesModel(owner)
         self._name = owner.info.name  # once: a redraw should not call the domain
         self._syncing = False
         self._list = w.Select(options=[], rows=8, layout=w.Layout(width="100%"))
@@ -115,9 +123,14 @@ class Inbox(w.VBox):
             ]
         )
         held = w.VBox([self._held, w.HBox([self._release_btn, self._withhold_btn]), self._run])
-        self._tabs = w.Tab(children=[review, held])
+        self._waiting = w.Dropdown(options=[], description="waiting", layout=w.Layout(width="40%"))
+        self._approve_tpl = _button("Approve template", "#1a7f37", "check")
+        self._templates = w.HTML()
+        tpl = w.VBox([w.HBox([self._waiting, self._approve_tpl]), self._templates])
+        self._tabs = w.Tab(children=[review, held, tpl])
         self._tabs.set_title(0, "Pending requests")
         self._tabs.set_title(1, "Held results")
+        self._tabs.set_title(self.TEMPLATES_TAB, "Templates")
         super().__init__([self._title, self._tabs, self._status])
         self.add_class("fednb-inbox")
         self._list.observe(self._on_select, names="value")
@@ -126,12 +139,42 @@ class Inbox(w.VBox):
         self._deny.on_click(self._on_deny)
         self._release_btn.on_click(lambda _b: self.model.release())
         self._withhold_btn.on_click(lambda _b: self.model.withhold())
+        self._approve_tpl.on_click(self._on_approve_template)
+        self._tabs.observe(self._on_tab, names="selected_index")
         self.model.on_change(self._draw)
+        self.templates.on_change(self._draw_templates)
         self._draw()
-        self._poller = _Poller(self.model.refresh, poll, ("inbox", owner.url, owner.me.name))
+        self._draw_templates()
+        self._poller = _Poller(self._poll, poll, ("inbox", owner.url, owner.me.name))
 
     def refresh(self) -> None:
         self.model.refresh()
+        self.templates.refresh()
+
+    def _poll(self) -> None:
+        self.model.refresh()
+        if self._tabs.selected_index == self.TEMPLATES_TAB:
+            self.templates.refresh()
+
+    def _on_tab(self, change: dict[str, Any]) -> None:
+        if change["new"] == self.TEMPLATES_TAB:
+            self.templates.refresh()
+
+    def _on_approve_template(self, _b: Any) -> None:
+        if self._waiting.value:
+            self.templates.approve(self._waiting.value)
+
+    def _draw_templates(self) -> None:
+        t = self.templates
+        with t.lock:
+            waiting = t.waiting()
+            self._waiting.options = waiting
+            self._waiting.value = waiting[0] if waiting else None
+            self._approve_tpl.disabled = not waiting
+            self._tabs.set_title(self.TEMPLATES_TAB, f"Templates ({len(t.templates)})")
+            note = (f"<div role='status' class='fednb-templates-message'>{esc(t.message)}</div>"
+                    if t.message else "")
+            self._templates.value = note + t.html()
 
     # a poll redraws under the model's lock: a selection waits for it instead of being
     # taken for the redraw's own change

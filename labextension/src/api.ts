@@ -184,6 +184,52 @@ export interface IResultReview {
   nearest?: INearestReport | null;
 }
 
+/** One stats template as the owner's tools show it (fednb.client.template_row, as text). */
+export interface ITemplateRow {
+  name: string;
+  functions: string;
+  datasets: string;
+  scientists: string;
+  limits: string;
+  protection: string;
+  /** Who approved it and how many must: "olivia (1/2)". */
+  reviewers: string;
+  /** "active", or "waiting for a second owner" (the two-person rule). */
+  state: string;
+  active: boolean;
+  approved_by: string[];
+  /** Owners who must approve it before it is active: 1, or 2 (the two-person rule). */
+  needed: number;
+}
+
+/** A request a template approved with no owner action. */
+export interface ITemplateApproved {
+  request: string;
+  scientist: string;
+  function: string;
+  datasets: string;
+  /** Runs used of runs allowed: "1/3". */
+  runs: string;
+  template: string;
+}
+
+/** A stats call the domain's disclosure control refused (from its audit log). */
+export interface IDisclosureRefusal {
+  time: string;
+  scientist: string;
+  request: string;
+  dataset: string;
+  /** The rule and its message, as the domain logged it. */
+  refusal: string;
+}
+
+/** A domain's stats templates, the requests they approved and the disclosure refusals, newest first. */
+export interface ITemplatesOverview {
+  templates: ITemplateRow[];
+  approved: ITemplateApproved[];
+  refusals: IDisclosureRefusal[];
+}
+
 /** An error the server extension (or the domain behind it) answered. */
 export class FednbApiError extends Error {
   constructor(
@@ -206,6 +252,7 @@ export type Fetcher = (path: string, init: { method: 'GET' | 'POST'; body?: stri
 
 const ID = /^[A-Za-z0-9_-]{8,64}$/;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const TEMPLATE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$/;
 
 function checkName(name: string): string {
   if (!NAME.test(name)) {
@@ -219,6 +266,13 @@ function checkId(id: string): string {
     throw new FednbApiError(400, 'invalid_input', `not an id: ${id.slice(0, 64)}`);
   }
   return id;
+}
+
+function checkTemplate(name: string): string {
+  if (!TEMPLATE.test(name)) {
+    throw new FednbApiError(400, 'invalid_input', `not a template name: ${name.slice(0, 48)}`);
+  }
+  return encodeURIComponent(name);
 }
 
 export class FednbApi {
@@ -295,5 +349,15 @@ export class FednbApi {
 
   budget(domain: string): Promise<IBudget[]> {
     return this.call(`domains/${checkName(domain)}/budget`);
+  }
+
+  /** (Owner) the stats templates, the requests they approved and the disclosure refusals. */
+  templates(domain: string): Promise<ITemplatesOverview> {
+    return this.call(`domains/${checkName(domain)}/templates`);
+  }
+
+  /** (Owner) approve a two-reviewer template as its second owner, which makes it active. */
+  approveTemplate(domain: string, name: string): Promise<ITemplateRow> {
+    return this.call(`domains/${checkName(domain)}/templates/${checkTemplate(name)}/approve`, 'POST');
   }
 }

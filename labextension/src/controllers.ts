@@ -7,7 +7,16 @@
 import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { FednbApiError, IBudget, IDomainSummary, IRequestInfo, IResultReview, IRunInfo } from './api';
+import {
+  FednbApiError,
+  IBudget,
+  IDomainSummary,
+  IRequestInfo,
+  IResultReview,
+  IRunInfo,
+  ITemplateRow,
+  ITemplatesOverview
+} from './api';
 import { FednbModel, IFednbApi } from './model';
 
 /** An error as the view shows it: the server's message (never a token; the server holds those). */
@@ -253,6 +262,60 @@ export class BudgetController extends Controller {
   private _rows: IBudget[] = [];
 }
 
+/**
+ * An owner's stats templates on one domain (the sidebar's Templates section): the
+ * templates, the requests they approved and the disclosure refusals. Read when the section
+ * opens and on every sidebar refresh while it is open; a second owner approves a template
+ * waiting under the two-person rule.
+ */
+export class TemplatesController extends Controller {
+  get overview(): ITemplatesOverview | null {
+    return this._overview;
+  }
+
+  /** Whether the section is open: only an open section is read (and re-read on refresh). */
+  get open(): boolean {
+    return this._open;
+  }
+
+  /** Opens (and reads) or closes the section. */
+  async setOpen(open: boolean): Promise<void> {
+    this._open = open;
+    if (open) {
+      await this.load();
+    }
+  }
+
+  /** True for a template waiting for its second owner, when we are an owner who has not approved it. */
+  canApprove(t: ITemplateRow): boolean {
+    const me = this.domain.user;
+    return this.domain.role === 'owner' && !t.active && me !== null && !t.approved_by.includes(me);
+  }
+
+  async load(): Promise<void> {
+    try {
+      this._overview = await this.api.templates(this.domain.name);
+      this._error = '';
+    } catch (e) {
+      this._error = message(e);
+    }
+    this.emit();
+  }
+
+  async approve(name: string): Promise<void> {
+    try {
+      const t = await this.api.approveTemplate(this.domain.name, name);
+      this._message = `approved template ${t.name}: ${t.state}`;
+    } catch (e) {
+      this._message = `refused: ${message(e)}`;
+    }
+    await this.load();
+  }
+
+  private _open = false;
+  private _overview: ITemplatesOverview | null = null;
+}
+
 /** One domain's block in the sidebar: its requests, or why they could not be read. */
 export interface IDomainBlock {
   domain: IDomainSummary;
@@ -289,10 +352,30 @@ export class RequestLists implements IDisposable {
     }
     this._blocks = blocks;
     this._changed.emit();
+    const shown = new Set(blocks.filter(b => b.domain.role === 'owner' && !b.domain.error).map(b => b.domain.name));
+    const open = [...this._templates.values()].filter(c => c.open && shown.has(c.domain.name));
+    await Promise.all(open.map(c => c.load()));
+  }
+
+  /**
+   * The Templates section's controller of an owner's domain: one per domain (a new one
+   * when who we are there changed), re-read on each refresh while its section is open.
+   */
+  templates(domain: IDomainSummary): TemplatesController {
+    const old = this._templates.get(domain.name);
+    if (old && old.domain.user === domain.user && old.domain.role === domain.role) {
+      return old;
+    }
+    old?.dispose();
+    const c = new TemplatesController(this.model.api, domain);
+    this._templates.set(domain.name, c);
+    return c;
   }
 
   dispose(): void {
     this._disposed = true;
+    this._templates.forEach(c => c.dispose());
+    this._templates.clear();
     Signal.clearData(this);
   }
 
@@ -309,6 +392,7 @@ export class RequestLists implements IDisposable {
   }
 
   private _blocks: IDomainBlock[] = [];
+  private _templates = new Map<string, TemplatesController>();
   private _disposed = false;
   private _seq = 0;
   private _changed = new Signal<this, void>(this);

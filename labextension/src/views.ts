@@ -12,6 +12,7 @@ import { IDomainBlock, RequestLists, ReviewController } from './controllers';
 import { button, clear, el, factsTable, table } from './dom';
 import { diffLines, formatEpsilon, requestFacts, signedIn } from './model';
 import { card, requestDecisionView, specView } from './request';
+import { TemplatesSection } from './templates';
 
 export interface IOpeners {
   openRequest(domain: IDomainSummary, id: string): void;
@@ -28,7 +29,10 @@ export const preRenderer: SourceRenderer = (source, host) => {
   return null;
 };
 
-/** The left sidebar: per domain, its pending requests (owner) or your requests (scientist). */
+/**
+ * The left sidebar: per domain, its pending requests (owner) or your requests (scientist);
+ * an owner's domain also has a Templates section (templates.ts), kept open across refreshes.
+ */
 export class Sidebar extends Widget {
   constructor(
     readonly lists: RequestLists,
@@ -59,8 +63,21 @@ export class Sidebar extends Widget {
   }
 
   dispose(): void {
+    this._sections.forEach(s => s.dispose());
     this.lists.dispose();
     super.dispose();
+  }
+
+  /** The domain's Templates section: the same node (and open state) while its controller lasts. */
+  private templatesSection(d: IDomainSummary): HTMLElement {
+    const controller = this.lists.templates(d);
+    let section = this._sections.get(d.name);
+    if (section?.controller !== controller) {
+      section?.dispose();
+      section = new TemplatesSection(controller);
+      this._sections.set(d.name, section);
+    }
+    return section.node;
   }
 
   private domainBlock({ domain: d, requests, error }: IDomainBlock): HTMLElement {
@@ -110,10 +127,14 @@ export class Sidebar extends Widget {
     }
     links.appendChild(button('Budgets', 'fednb-open-budget', () => this.openers.openBudget(d)));
     block.appendChild(links);
+    if (owner) {
+      block.appendChild(this.templatesSection(d));
+    }
     return block;
   }
 
   private _list: HTMLElement;
+  private _sections = new Map<string, TemplatesSection>();
   private _status: HTMLElement;
 }
 

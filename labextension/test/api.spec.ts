@@ -71,6 +71,19 @@ describe('FednbApi', () => {
     expect(calls[0].path).toBe('domains/st-mary/runs?release_state=held&request_id=abcdefgh12');
   });
 
+  it("reads a domain's templates and approves one by its name", async () => {
+    const calls: ICall[] = [];
+    const api = new FednbApi(fake(200, { templates: [], approved: [], refusals: [] }, calls));
+    await api.templates('st-mary');
+    await api.approveTemplate('st-mary', 'glm.2p');
+    expect(calls).toEqual([
+      { path: 'domains/st-mary/templates', method: 'GET', body: undefined },
+      { path: 'domains/st-mary/templates/glm.2p/approve', method: 'POST', body: undefined }
+    ]);
+    expect(() => api.approveTemplate('st-mary', '../users')).toThrow(FednbApiError);
+    expect(() => api.approveTemplate('st-mary', 'x'.repeat(49))).toThrow(FednbApiError);
+  });
+
   it("turns the server's error body into a FednbApiError", async () => {
     const api = new FednbApi(fake(409, { error: { code: 'conflict', message: 'request is already denied' } }));
     await expect(api.approve('st-mary', 'abcdefgh12', 'manual')).rejects.toMatchObject({

@@ -1,6 +1,7 @@
-"""The owner's desk for stats templates: ``DomainClient.templates`` over HTTP and the
-console's "Templates" tab (templates, requests they approved, disclosure refusals),
-against a real domain on loopback holding lifelines' Rossi recidivism data."""
+"""The owner's desk for stats templates: ``DomainClient.templates`` over HTTP, the
+console's "Templates" tab and the ipywidgets Inbox's (templates, requests they approved,
+disclosure refusals), against a real domain on loopback holding lifelines' Rossi
+recidivism data."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from fednb.domain import Domain, Server
 from fednb.errors import Conflict, InvalidInput, PermissionDenied
 from fednb.protocol import RequestCreate, code_hash
 from fednb.protocol._stats import StatsSpec
-from fednb.ui import ConsoleModel, _panel
-from fednb.ui._console import approved_by
+from fednb.ui import ConsoleModel, Inbox, _panel
+from fednb.ui._console import TemplatesModel, approved_by
 
 BOUNDS = {"arrest": (0.0, 1.0), "wexp": (0.0, 1.0), "paro": (0.0, 1.0), "prio": (0.0, 20.0)}
 HOSTILE = "<script>alert(1)</script>"
@@ -121,3 +122,65 @@ def test_template_text_is_escaped_in_the_console(site: Site) -> None:
         assert HOSTILE not in page and "&lt;script&gt;" in page
     finally:
         owner.templates.remove("esc")
+
+
+def test_the_inbox_has_a_templates_tab_and_a_second_owner_approves_there(site: Site) -> None:
+    """The Inbox's third tab: the same rows as the console (template_row), the requests a
+    template approved and the refusals; a template under the two-person rule waits until
+    another owner approves it with the tab's button, and only then approves requests."""
+    owner, alice = site.owner(), site.alice()
+    oscar_token = site.dom.add_user(f"oscar-{uuid.uuid4().hex[:6]}", role="owner")
+    oscar = fednb.connect(site.server.url, token=oscar_token)
+    owner.templates.add({"name": "two.person", "functions": ["crosstab"], "datasets": ["rossi"],
+                         "scientists": ["alice"], "protection": "disclosure", "reviewers": 2})
+    try:
+        waiting = file(alice, op="table", variables=["paro"], levels={"paro": [0, 1]})
+        assert waiting.info.status == "pending"  # not active yet: reviewed as usual
+        owner.requests.get(waiting.id).deny("test: filed before the template was active")
+
+        mine = Inbox(owner, poll=0)  # the owner who added it may not approve it again
+        assert mine._tabs.get_title(Inbox.TEMPLATES_TAB) == "Templates (1)"
+        assert "waiting for a second owner" in mine._templates.value
+        assert "olivia (1/2)" in mine._templates.value
+        assert mine._waiting.options == () and mine._approve_tpl.disabled
+        mine.close()
+
+        view = Inbox(oscar, poll=0)
+        assert view._waiting.options == ("two.person",) and not view._approve_tpl.disabled
+        view._approve_tpl.click()
+        assert owner.templates.get("two.person").active
+        assert "approved template two.person: active" in view._templates.value
+        assert "(2/2)" in view._templates.value and view._waiting.options == ()
+
+        ok = file(alice, op="table", variables=["paro"], levels={"paro": [0, 1]})
+        assert ok.info.reviewed_by == "template:two.person"
+        small = file(alice, op="table", variables=["prio"], levels={"prio": list(range(19))})
+        with pytest.raises(InvalidInput, match="min_cell_count"):
+            small.run()
+        view._tabs.selected_index = Inbox.TEMPLATES_TAB  # picking the tab re-reads it
+        page = view._templates.value
+        for text in ("two.person", "crosstab", "rossi", "disclosure", "active",
+                     "approved by template two.person", ok.id, small.id, "min_cell_count"):
+            assert text in page, text
+        assert page.split("fednb-refusals", 1)[1].count(small.id) == 1
+        # the console shows the same model's page
+        assert TemplatesModel(owner).html().split("fednb-refusals")[0] in ConsoleModel(owner).templates_html()
+        view._approve_tpl.click()  # nothing waits: a click does nothing
+        view.close()
+    finally:
+        owner.templates.remove("two.person")
+
+
+def test_the_inbox_shows_a_refused_template_approval(site: Site) -> None:
+    """A second approval by someone who is not an owner account of the domain is refused
+    by the domain, and the tab says why instead of raising."""
+    owner = site.owner()
+    owner.templates.add({"name": "refused", "functions": ["describe"], "reviewers": 2})
+    try:
+        model = TemplatesModel(owner)
+        assert model.waiting() == []  # the adder's approval counts once
+        assert model.approve("refused") is False
+        assert "approve refused" in model.message and "already approved" in model.message
+        assert not owner.templates.get("refused").active
+    finally:
+        owner.templates.remove("refused")

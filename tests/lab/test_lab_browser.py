@@ -1,9 +1,12 @@
 """The JupyterLab extension in a real browser (Debian chromium + Playwright): open the
-sidebar, review and approve a request, deny another with a reason, release a held result."""
+sidebar, review and approve a request, deny another with a reason, release a held result;
+read a domain's stats templates and approve one as its second owner."""
 
 from __future__ import annotations
 
 import functools
+import json
+import uuid
 from typing import Any
 
 import httpx
@@ -101,6 +104,64 @@ def test_review_approve_deny_and_release_in_jupyterlab(lab: Lab, browser: Any) -
     page.locator(".fednb-held").get_by_text("Held results of St Mary").wait_for(state="attached")
     shot(page, "lab-restored")
     page.close()
+
+
+def test_the_sidebar_lists_templates_and_a_second_owner_approves_one(lab: Lab, browser: Any) -> None:  # noqa: F811
+    h = lab.hospital
+    owner = h.owner()
+    oscar = h.dom.add_user(f"oscar-{uuid.uuid4().hex[:6]}", role="owner")
+    good = lab.tokens_file.read_text()
+    entries = json.loads(good)
+    entries["domains"].append({"name": "st-mary-as-oscar", "url": h.url, "token": oscar})
+    lab.tokens_file.write_text(json.dumps(entries))
+    owner.templates.add({"name": "lab.tables", "functions": ["crosstab"], "datasets": ["breast-cancer"],
+                         "scientists": ["alice", "<img src=x onerror=alert(1)>"]})
+    owner.templates.add({"name": "lab.two", "functions": ["describe"], "reviewers": 2})
+    try:
+        no_news(lab.url, lab.token)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{lab.url}/lab?token={lab.token}")
+        page.locator("#jp-main-dock-panel").wait_for()
+        wait_until(lambda: sidebar_shown(page))  # the workspace may bring it back open, or not
+
+        # the owner who added them: both listed, with limits and state; no Approve for her
+        mine = page.locator('section.fednb-domain[data-domain="st-mary"] details.fednb-templates')
+        mine.locator("summary").click()
+        tables = mine.locator('li[data-template="lab.tables"]')
+        tables.get_by_text("lab.tables: crosstab").wait_for()
+        tables.get_by_text("<img src=x onerror=alert(1)>", exact=False).wait_for()  # text, not markup
+        assert tables.locator("img").count() == 0
+        tables.get_by_text("1 run(s)/request", exact=False).wait_for()
+        two = mine.locator('li[data-template="lab.two"]')
+        two.get_by_text("waiting for a second owner").wait_for()
+        assert two.locator(".fednb-approve-template").count() == 0
+        mine.get_by_text("Disclosure refusals (newest first)").wait_for()
+        shot(page, "lab-templates")
+
+        # the second owner approves it from their own block
+        theirs = page.locator('section.fednb-domain[data-domain="st-mary-as-oscar"] details.fednb-templates')
+        theirs.locator("summary").click()
+        theirs.locator('li[data-template="lab.two"] .fednb-approve-template').click()
+        wait_until(lambda: owner.templates.get("lab.two").active)
+        theirs.get_by_text("approved template lab.two: active").wait_for()
+        # the section stays open across the sidebar's refresh, and shows the new state
+        page.locator(".fednb-refresh").click()
+        state = mine.locator('li[data-template="lab.two"] .fednb-template-state')
+        state.get_by_text("active", exact=True).wait_for()
+        page.close()
+    finally:
+        lab.tokens_file.write_text(good)
+        owner.templates.remove("lab.tables")
+        owner.templates.remove("lab.two")
+
+
+def sidebar_shown(page: Any) -> bool:
+    """True when the fednb sidebar is shown; else clicks its tab (once per call) and says False."""
+    if page.locator("#fednb-sidebar").is_visible():
+        return True
+    page.locator('.jp-SideBar [title="Federated requests"]').first.click()
+    return False
 
 
 def saved_views(lab: Lab) -> set[str]:

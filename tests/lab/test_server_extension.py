@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
+import pytest
+import xarray as xr
+from lifelines.datasets import load_rossi
 
 import fednb
+from fednb.errors import InvalidInput
+from fednb.protocol import RequestCreate, StatsSpec, code_hash
 from tests.lab.conftest import Lab
 
 DP = fednb.ClientDP(clip=1.0, noise_multiplier=2.0)
@@ -171,3 +177,79 @@ def test_an_unreachable_or_misconfigured_domain_shows_its_error_and_the_others_g
         assert lab.get("domains/down/requests").status_code == 503
     finally:
         lab.tokens_file.write_text(good)
+
+
+def add_rossi(lab: Lab) -> None:
+    """lifelines' Rossi data under disclosure control, for stats requests (once per module)."""
+    dom = lab.hospital.dom
+    if "rossi" in {d.name for d in dom.datasets()}:
+        return
+    bounds = {"wexp": (0.0, 1.0), "paro": (0.0, 1.0), "prio": (0.0, 20.0)}
+    d = load_rossi().astype(np.float64)
+    dom.add_dataset("rossi", xr.Dataset({c: ("patient", d[c].to_numpy()) for c in bounds}), bounds=bounds)
+    dom.policy.update(stats_protection={"rossi": "disclosure"})
+
+
+def file_stats(client: fednb.DomainClient, **spec: object) -> fednb.RemoteRequest:
+    source = StatsSpec.model_validate(spec).model_dump_json()
+    return client.requests.submit(RequestCreate(
+        id=uuid.uuid4().hex, function_name=f"stats_{spec['op']}", kind="stats", source=source,
+        code_hash=code_hash(source), datasets=["rossi"], runs=1))
+
+
+def test_the_owner_reads_templates_approvals_and_refusals_and_a_second_owner_approves(lab: Lab) -> None:
+    h = lab.hospital
+    add_rossi(lab)
+    owner, alice = h.owner(), h.alice()
+    oscar = h.dom.add_user(f"oscar-{uuid.uuid4().hex[:6]}", role="owner")
+    good = lab.tokens_file.read_text()
+    entries = json.loads(good)
+    entries["domains"].append({"name": "st-mary-as-oscar", "url": h.url, "token": oscar})
+    lab.tokens_file.write_text(json.dumps(entries))
+    owner.templates.add({"name": "tables", "functions": ["crosstab"], "datasets": ["rossi"],
+                         "scientists": ["alice"], "protection": "disclosure"})
+    owner.templates.add({"name": "two.person", "functions": ["describe"], "reviewers": 2})
+    try:
+        ok = file_stats(alice, op="table", variables=["wexp"], levels={"wexp": [0, 1]})
+        assert ok.info.reviewed_by == "template:tables"
+        small = file_stats(alice, op="table", variables=["prio"], levels={"prio": list(range(19))})
+        with pytest.raises(InvalidInput, match="min_cell_count"):
+            small.run()
+
+        r = lab.get("domains/st-mary/templates")
+        assert r.status_code == 200, r.text
+        no_domain_token_in(lab, r.text)
+        assert oscar not in r.text
+        got = r.json()
+        rows = {t["name"]: t for t in got["templates"]}
+        assert rows["tables"]["functions"] == "crosstab" and rows["tables"]["state"] == "active"
+        assert "1 run(s)/request" in rows["tables"]["limits"] and rows["tables"]["protection"] == "disclosure"
+        assert (rows["two.person"]["active"], rows["two.person"]["needed"]) == (False, 2)
+        assert rows["two.person"]["state"] == "waiting for a second owner"
+        assert rows["two.person"]["reviewers"] == "olivia (1/2)"
+        assert [a["request"] for a in got["approved"]][:2] == [small.id, ok.id]  # newest first
+        assert got["approved"][1]["template"] == "tables" and got["approved"][1]["runs"] == "0/1"
+        refused = [x for x in got["refusals"] if x["request"] == small.id]
+        assert len(refused) == 1 and "min_cell_count" in refused[0]["refusal"]
+        assert refused[0]["scientist"] == "alice" and refused[0]["dataset"] == "rossi"
+        assert ok.id not in {x["request"] for x in got["refusals"]}
+
+        # the owner's desk only; a login is needed; the limit and the name are checked
+        assert lab.get("domains/st-mary-as-alice/templates").status_code == 403
+        assert lab.get("domains/st-mary/templates", token=None).status_code == 403
+        no_login = lab.post("domains/st-mary-as-oscar/templates/two.person/approve", token=None)
+        assert no_login.status_code == 403
+        assert lab.get("domains/st-mary/templates?limit=0").status_code == 400
+        assert lab.post("domains/st-mary/templates/..%2Fusers/approve").status_code == 404
+        # the two-person rule: the owner who added it cannot approve it again; another owner can
+        again = lab.post("domains/st-mary/templates/two.person/approve")
+        assert again.status_code == 409 and "already approved" in again.json()["error"]["message"]
+        second = lab.post("domains/st-mary-as-oscar/templates/two.person/approve")
+        assert second.status_code == 200, second.text
+        assert second.json()["state"] == "active" and second.json()["reviewers"].endswith("(2/2)")
+        assert owner.templates.get("two.person").active
+        assert lab.post("domains/st-mary/templates/nothing/approve").status_code == 404
+    finally:
+        lab.tokens_file.write_text(good)
+        owner.templates.remove("tables")
+        owner.templates.remove("two.person")

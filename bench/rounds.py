@@ -3,7 +3,8 @@
     .venv/bin/python bench/rounds.py [--rounds 15] [--flower | --no-flower]
 
 fednb's figures come from ``fednb.simulate`` (virtual hospitals in this process, through
-the same driver, output policy and execution path as a real federation): a
+the same driver, output policy and execution path as a real federation; an update's NaN
+and infinity scan is the driver's ``admit``, in the pass that sums the round): a
 ``@fednb.remote`` function returning ``weights + 1``, N one-row xarray partitions,
 ``{"w": zeros(P, float32)}``, ``fednb.strategies.FedAvg()``, ``workers="auto"`` (the
 hospitals on one thread per core from 2**18 model values, one after another below; where

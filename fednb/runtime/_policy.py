@@ -12,7 +12,10 @@ status or a reason: :func:`release` replaces a missing or rejected result by
 like any other, and hands the real reason to the caller for the owner's eyes only.
 
 The domain's parent applies it to what a sandboxed worker returned; ``run_on_mock`` and
-``simulate`` apply the very same functions to what the code returned in-process.
+``simulate`` apply the very same functions to what the code returned in-process, with one
+step moved: a virtual hospital's update without DP, compression or secure aggregation goes
+through :func:`check_structure` (everything but the scan of its values) straight into the
+driver's :func:`fednb.strategies.admit`, whose pass over the round is then its one scan.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,8 +42,8 @@ from fednb.privacy import (
 )
 from fednb.protocol import ClientDP, ReasonCode, TensorSpec, Update
 
-__all__ = ["OutputPolicy", "OutputRejected", "apply_output_policy", "default_update", "release",
-           "update_event"]
+__all__ = ["OutputPolicy", "OutputRejected", "apply_output_policy", "check_structure", "default_update",
+           "release", "update_event"]
 
 NEEDS_WEIGHT_SPEC = ("a DP output policy needs the approved weight spec: the released names, shapes and "
                      "dtypes come from it, never from the code")
@@ -110,11 +114,12 @@ class OutputPolicy:
                              "release is zeros of its shapes and dtypes")
 
 
-def _check_weights(update: Update, policy: OutputPolicy) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+def _tensors(update: Update, policy: OutputPolicy) -> Iterator[tuple[str, np.ndarray]]:
+    """The update's tensors in the spec's order (not one the code chose), each checked for
+    its name, numeric dtype and shape and cast to its approved dtype; values not scanned."""
     if policy.weights is not None and set(update.weights) != set(policy.weights):
         raise OutputRejected("shape_mismatch", "returned tensor names differ from the approved")
-    for name in policy.weights or update.weights:  # the spec's order, not one the code chose
+    for name in policy.weights or update.weights:
         arr = update.weights[name]
         if arr.dtype.kind not in "biuf":
             raise OutputRejected("invalid_output", f"tensor {name!r} is not numeric")
@@ -122,14 +127,65 @@ def _check_weights(update: Update, policy: OutputPolicy) -> dict[str, np.ndarray
             spec = policy.weights[name]
             if list(arr.shape) != spec.shape:
                 raise OutputRejected("shape_mismatch", f"tensor {name!r} has another shape")
-            with np.errstate(over="ignore"):  # a value beyond the dtype becomes Inf: refused below
+            with np.errstate(over="ignore"):  # a value beyond the dtype becomes Inf: refused by the scan
                 arr = arr.astype(spec.dtype, copy=False)
-        if arr.dtype.kind == "f" and not all_finite(arr):  # every caller, no exception
-            raise OutputRejected("nonfinite_output", f"tensor {name!r} holds NaN or Inf")
-        out[name] = np.asarray(arr, order="C")
-    if sum(a.nbytes for a in out.values()) > policy.max_bytes:
+        yield name, np.asarray(arr, order="C")
+
+
+def _capped(weights: dict[str, np.ndarray], policy: OutputPolicy) -> dict[str, np.ndarray]:
+    if sum(a.nbytes for a in weights.values()) > policy.max_bytes:
         raise OutputRejected("output_too_large", "returned tensors exceed the size cap")
-    return out
+    return weights
+
+
+def _check_weights(update: Update, policy: OutputPolicy) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, arr in _tensors(update, policy):
+        if arr.dtype.kind == "f" and not all_finite(arr):
+            raise OutputRejected("nonfinite_output", f"tensor {name!r} holds NaN or Inf")
+        out[name] = arr
+    return _capped(out, policy)
+
+
+def _checked_metrics(update: Update, policy: OutputPolicy) -> dict[str, float]:
+    """The declared metrics present, finite and clipped into their bounds."""
+    metrics: dict[str, float] = {}
+    for name, (lo, hi) in policy.metrics.items():
+        if name in update.metrics:
+            value = update.metrics[name]
+            if not math.isfinite(value):
+                raise OutputRejected("nonfinite_output", f"metric {name!r} is NaN or Inf")
+            metrics[name] = min(max(value, lo), hi)
+    return metrics
+
+
+def check_structure(update: Update, policy: OutputPolicy) -> Update:
+    """What :func:`apply_output_policy` releases under a policy without DP or fallback,
+    except for one step: the tensors' values are not scanned for NaN and infinity.
+
+    Names, numeric dtypes and shapes are checked and each tensor cast to its approved
+    dtype, the size cap applies, and the declared metrics are checked finite and clipped,
+    with the same reason codes. For an update whose values go, unchanged, straight into
+    the round's one finiteness check, :func:`fednb.strategies.admit`, in the same process:
+    a virtual hospital's in ``simulate`` without DP, compression or secure aggregation
+    (``LocalParticipant.run``). There the scan is admit's, made once in the pass that also
+    sums the round (an update it refuses is recorded ``nonfinite_output``, as a domain's
+    policy refuses it). Anything that leaves a process, is clipped, noised, compressed or
+    masked goes through :func:`apply_output_policy`.
+
+    Raises
+    ------
+    OutputRejected
+        As :func:`apply_output_policy`, but never for NaN or infinity in a tensor.
+    ValueError
+        ``policy`` has DP or a fallback: a DP release scans the values itself (clipping NaN
+        spreads it, and a default release must never carry one).
+    """
+    if policy.dp is not None or policy.fallback:
+        raise ValueError("a DP or fallback output policy goes through apply_output_policy, which scans "
+                         "the values before it clips and releases them")
+    weights = _capped(dict(_tensors(update, policy)), policy)
+    return Update(weights=weights, metrics=_checked_metrics(update, policy))
 
 
 def _noise_metrics(metrics: dict[str, float], bounds: dict[str, tuple[float, float]], z: float,
@@ -155,13 +211,7 @@ def apply_output_policy(update: Update, policy: OutputPolicy,
     The release is accounted by :func:`update_event`.
     """
     weights = _check_weights(update, policy)
-    metrics: dict[str, float] = {}
-    for name, (lo, hi) in policy.metrics.items():
-        if name in update.metrics:
-            value = update.metrics[name]
-            if not math.isfinite(value):
-                raise OutputRejected("nonfinite_output", f"metric {name!r} is NaN or Inf")
-            metrics[name] = min(max(value, lo), hi)
+    metrics = _checked_metrics(update, policy)
     if policy.dp is None:
         return Update(weights=weights, metrics=metrics)
     if noise is None:

@@ -25,6 +25,7 @@ from fednb.runtime import (
     OutputRejected,
     apply_output_policy,
     call_function,
+    check_structure,
     compile_function,
     release,
     secagg_input,
@@ -166,6 +167,15 @@ class LocalParticipant:
 
     The source is compiled from text, the output policy (with ``dp``: clipping and CSPRNG
     noise) applied, and ``num_examples`` taken from the data, as in a domain.
+
+    One step of the policy moves: without DP, compression or secure aggregation an update
+    goes from here unchanged into the driver's :func:`fednb.strategies.admit`, in this
+    process, and the scan of its values for NaN and infinity is admit's (one pass that
+    also sums the round) instead of a second one here
+    (:func:`fednb.runtime.check_structure`: names, shapes, dtypes, size cap and
+    metrics as in a domain). The driver records an update admit refuses from a virtual
+    hospital as ``nonfinite_output``, as a domain's policy refuses it
+    (``fednb.scientist._summing.nonfinite_reason``).
     """
 
     def __init__(self, name: str, source: str, function_name: str, data: xr.Dataset,
@@ -295,7 +305,12 @@ class LocalParticipant:
             try:
                 raw = call_function(self.fn, self.data, weights, params)
                 policy = self._policy(weights)
-                out = apply_output_policy(raw, policy, self.noise)
+                if self.member is None and self.compression == "none":
+                    # its values go unchanged into the driver's admit(), the one NaN/Inf scan
+                    # (an update it refuses is recorded nonfinite_output, as by a domain's policy)
+                    out = check_structure(raw, policy)
+                else:  # scanned before it is masked or compressed, as in a domain
+                    out = apply_output_policy(raw, policy, self.noise)
             except OutputRejected as rej:
                 return Outcome("failed", rej.reason, seconds=time.monotonic() - t0)
             except Exception as exc:  # the code failed: a fixed category, as in a domain

@@ -20,7 +20,7 @@ import numpy as np
 
 from fednb.errors import InvalidInput
 from fednb.protocol import MIN_STALENESS_FACTOR
-from fednb.scientist._participants import Outcome, Participant, SecureParticipant
+from fednb.scientist._participants import LocalParticipant, Outcome, Participant, SecureParticipant
 from fednb.secagg import RoundAbandoned, SecAggPeer, SecureSum, propose, round_id, secure_sum
 from fednb.strategies import ClientUpdate, admit
 from fednb.typing import FloatArray
@@ -28,7 +28,8 @@ from fednb.typing import FloatArray
 if TYPE_CHECKING:
     from fednb.scientist._driver import Driver
 
-__all__ = ["Buffered", "Flight", "PlainSumming", "RoundFailed", "SecureSumming", "examples"]
+__all__ = ["Buffered", "Flight", "PlainSumming", "RoundFailed", "SecureSumming", "examples",
+           "nonfinite_reason"]
 
 
 class RoundFailed(InvalidInput):
@@ -71,6 +72,19 @@ def _dropped(out: Outcome, reason: str) -> Outcome:
     return Outcome("failed", reason, None, out.seconds, out.bytes_up, out.bytes_down, out.epsilon)
 
 
+def nonfinite_reason(participant: Participant) -> str:
+    """Why an update that :func:`fednb.strategies.admit` refused is recorded.
+
+    A virtual hospital (:class:`LocalParticipant`) without DP, compression or secure
+    aggregation hands its update to admit unscanned: admit's scan is the one its output
+    policy would have made, so its refusal is recorded as that policy's,
+    ``nonfinite_output``, as a domain records it. Any other participant's update was
+    scanned where it was made (a domain's output policy); one that reached the driver
+    holding NaN or infinity all the same is the driver's refusal, ``nonfinite_update``.
+    """
+    return "nonfinite_output" if isinstance(participant, LocalParticipant) else "nonfinite_update"
+
+
 def _first_error(outcomes: Mapping[str, Outcome]) -> BaseException | None:
     """The scientist's own exception behind a failed answer (virtual hospitals only)."""
     return next((o.error for o in outcomes.values() if o.error is not None), None)
@@ -111,7 +125,7 @@ class PlainSumming:
                     answers[name] = _dropped(out, _unusable(out))
             admitted, refused = admit(updates)
             for u in refused:
-                answers[u.domain] = _dropped(answers[u.domain], "nonfinite_update")
+                answers[u.domain] = _dropped(answers[u.domain], nonfinite_reason(d.participants[u.domain]))
             if len(admitted) < d.spec.min_domains:
                 raise RoundFailed(f"round {rnd}: {len(admitted)} of {len(futures)} domains answered, fewer "
                                   f"than min_domains={d.spec.min_domains}; see history.metrics.status"
@@ -128,7 +142,7 @@ class PlainSumming:
         if update is None and out.status == "succeeded":
             out = _dropped(out, _unusable(out))
         elif update is not None and admit([update])[1]:
-            out, update = _dropped(out, "nonfinite_update"), None
+            out, update = _dropped(out, nonfinite_reason(d.participants[fl.name])), None
         d.record(d.done, fl.name, out, d.done - fl.version)
         return None if update is None else Buffered(fl, update.vector, out)
 

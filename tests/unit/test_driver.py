@@ -1,8 +1,9 @@
 """The round driver: the one finiteness check, the training spec, resumes and tracebacks.
 
 Participants that send NaN or infinity are test doubles of the ``Participant`` protocol
-(a domain's or a virtual hospital's output policy refuses such updates before they are
-sent, so only a participant of one's own can hand them to the driver); everything above
+(a domain's output policy refuses such updates before they are sent, so only a
+participant of one's own can hand them to the driver), or real virtual hospitals of
+``simulate``, whose plain updates the driver's ``admit`` scans for them; everything above
 them (the driver, its loops, the strategies, the kernels) is the real code.
 """
 
@@ -202,3 +203,128 @@ def test_client_update_is_admitted_once_per_round_not_where_it_is_made() -> None
     finally:
         kernels.all_finite = real
     assert refused == [] and scans == [3, 3]  # the global vector only, once per call
+
+
+@fednb.remote
+def _bad_where_x(data, weights):
+    # x = 1: a good update (weights + 1); NaN or infinity: that value in it; 1e300: a float64 update whose
+    # cast to the approved float32 overflows to infinity (the policy's cast, then the scan)
+    x = np.float64(data["x"].values[0])
+    return fednb.Update(weights={k: v + x for k, v in weights.items()})
+
+
+REFUSED = ("failed", "nonfinite_output")
+
+
+def _hospitals(*values: float) -> dict[str, xr.Dataset]:
+    return {f"h{i}": xr.Dataset({"x": ("row", np.array([v]))}) for i, v in enumerate(values)}
+
+
+def _policy_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the output policy's own NaN/Inf scans (the real scan still runs)."""
+    from fednb.runtime import _policy
+
+    scans: list[int] = []
+    real = _policy.all_finite
+    monkeypatch.setattr(_policy, "all_finite", lambda a: scans.append(a.size) or real(a))
+    return scans
+
+
+def test_a_virtual_hospitals_update_is_scanned_once_by_admit_and_refused_as_its_policy_would(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # without DP, compression or secure aggregation the update goes unchanged into admit(),
+    # whose pass that sums the round is the one scan; a refused update is recorded
+    # nonfinite_output, as a domain's output policy records it, whatever the strategy
+    scans = _policy_scans(monkeypatch)
+    parts = _hospitals(1.0, np.nan, 1.0, np.inf, -np.inf, 1e300)
+    bad = {"h1", "h3", "h4", "h5"}
+    for strategy, kw in ((FedAvg(), {}), (FedAvg(), {"workers": 2}), (Median(), {}), (OwnAggregate(), {}),
+                         (FedBuff(buffer_size=2), {})):
+        hist = fednb.simulate(_bad_where_x, parts, initial=W0, rounds=2, progress=False, strategy=strategy,
+                              **kw)
+        assert {(r.status, r.reason) for r in hist.records if r.domain in bad} == {REFUSED}, strategy
+        assert {(r.status, r.reason) for r in hist.records if r.domain not in bad} == {("succeeded", "ok")}
+        assert np.isfinite(hist.weights["w"]).all(), strategy
+        if not strategy.asynchronous:
+            np.testing.assert_array_equal(hist.weights["w"], 2.0)  # the good ones' weights + 1, twice
+    assert scans == []  # the policy scanned nothing: admit() did, once per round
+    # compressed or masked, the update is scanned by the policy before it leaves, as in a domain
+    for kw in ({"compression": "fp16"}, {"secure_aggregation": True}):
+        hist = fednb.simulate(_bad_where_x, parts, initial=W0, rounds=1, progress=False, **kw)
+        assert {(r.status, r.reason) for r in hist.records if r.domain in bad} == {REFUSED}, kw
+        np.testing.assert_allclose(hist.weights["w"], 1.0, atol=1e-5)  # secure: quantised
+    assert len(scans) == 2 * len(parts)
+
+
+def test_an_asynchronous_virtual_hospital_whose_updates_are_refused_stops_as_a_failing_domain() -> None:
+    # a refused update counts as a failed run: a hospital that only sends NaN is not restarted
+    # for ever (it would keep every buffer from filling), as a domain whose policy refuses it
+    from fednb.scientist._loops import MAX_FAILURES_IN_A_ROW
+
+    with pytest.warns(RuntimeWarning, match=r"failed 3 runs in a row \(nonfinite_output\)"), \
+            pytest.raises(RoundFailed, match="stopped after 0 of 3 aggregations"):
+        fednb.simulate(_bad_where_x, _hospitals(np.nan, np.inf), initial=W0, rounds=3, progress=False,
+                       strategy=FedBuff(buffer_size=2), history=(hist := fednb.History()))
+    for name in ("h0", "h1"):
+        assert [(r.status, r.reason) for r in hist.records if r.domain == name] == \
+            [("failed", "nonfinite_output")] * MAX_FAILURES_IN_A_ROW
+
+
+def test_check_structure_is_the_output_policy_without_the_value_scan() -> None:
+    from fednb.protocol import ClientDP
+    from fednb.runtime import OutputPolicy, OutputRejected, apply_output_policy, weight_specs
+    from fednb.runtime._policy import check_structure
+
+    policy = OutputPolicy(weights=weight_specs({"w": np.zeros(3, np.float32)}), metrics={"loss": (0.0, 1.0)},
+                          max_bytes=12)
+    out = check_structure(Update({"w": np.array([np.nan, 1.0, 1e300])}, {"loss": 5.0, "other": 1.0}), policy)
+    assert out.weights["w"].dtype == np.float32  # cast to the approved dtype
+    assert out.metrics == {"loss": 1.0}  # clipped; the undeclared one dropped
+    assert np.isnan(out.weights["w"][0]) and np.isinf(out.weights["w"][2])  # left to admit()
+    with pytest.raises(OutputRejected) as err:
+        apply_output_policy(Update({"w": np.array([np.nan, 1.0, 1.0])}), policy)
+    assert err.value.reason == "nonfinite_output"  # the full policy (a domain's) scans them
+    for update, reason in ((Update({"w": np.zeros(4)}), "shape_mismatch"),
+                           (Update({"v": np.zeros(3)}), "shape_mismatch"),
+                           (Update({"w": np.array(["a", "b", "c"])}), "invalid_output"),
+                           (Update({"w": np.zeros(3)}, {"loss": float("nan")}), "nonfinite_output")):
+        for check in (check_structure, apply_output_policy):
+            with pytest.raises(OutputRejected) as err:
+                check(update, policy)
+            assert err.value.reason == reason, (check, update)
+    small = OutputPolicy(weights=None, max_bytes=8)
+    for check in (check_structure, apply_output_policy):
+        with pytest.raises(OutputRejected, match="size cap"):
+            check(Update({"w": np.zeros(3)}), small)
+    dp = OutputPolicy(weights=policy.weights, dp=ClientDP(clip=1.0, noise_multiplier=1.0))
+    with pytest.raises(ValueError, match="apply_output_policy"):
+        check_structure(Update({"w": np.zeros(3)}), dp)
+
+
+class Remembering:
+    """Answers ``weights + 1`` and notes, as each run starts, how many of its earlier
+    updates are still alive somewhere."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.refs, self.alive = name, [], []  # type: ignore[var-annotated]
+
+    def run(self, weights: Weights, params: dict[str, Any], run_id: str, timeout: float) -> Outcome:
+        import weakref
+
+        self.alive.append(sum(r() is not None for r in self.refs))
+        w = {k: v + 1 for k, v in weights.items()}
+        self.refs.append(weakref.ref(w["w"]))
+        return Outcome("succeeded", "ok", Update(w, {}, num_examples=10))
+
+
+@pytest.mark.parametrize("serial", [True, False])
+def test_a_rounds_updates_are_freed_before_the_next_rounds_runs_start(serial: bool) -> None:
+    # held over into the next round, they doubled a round's peak memory, and the allocator
+    # gave the next round's updates memory no longer in the cache (10% of a round of 100)
+    from fednb.scientist._driver import SerialExecutor
+
+    parts = {n: Remembering(n) for n in ("a", "b", "c")}
+    spec = TrainingSpec.build(_step, list(parts), initial=W0, rounds=4, progress=False)
+    hist = Driver(parts, spec, run_prefix="t", executor=SerialExecutor() if serial else None).run()
+    np.testing.assert_array_equal(hist.weights["w"], 4.0)
+    assert all(p.alive == [0, 0, 0, 0] for p in parts.values()), {n: p.alive for n, p in parts.items()}

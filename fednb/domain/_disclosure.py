@@ -18,9 +18,10 @@ the whole dataset and the empty set included (:class:`SubsetMemory`).
 
 DP. Each array is noised on the grid with discrete Gaussian noise of standard deviation
 ``noise_multiplier`` times its replace-one L2 sensitivity (from the spec and the card
-only), one ``GaussianEvent(z, GRID_SLACK)`` per noised array, charged before the run.
+only), one ``GaussianEvent(z, GRID_SLACK)`` per noised array (``fednb.runtime.KINDS["stats"].event``),
+charged before the run.
 Nothing data-dependent is refused: the release has the structure of
-:func:`fednb.runtime._stats.default`, a failure releases that default noised alike, and
+:func:`fednb.runtime.default`, a failure releases that default noised alike, and
 differencing is simply charged. With ``"both"`` the cell rule is applied as
 post-processing of the noised release: a cell whose *noised* count is below the minimum
 is released as NaN (the scientist's library reads NaN as suppressed).
@@ -47,18 +48,17 @@ from fednb.domain._policy import Policy
 from fednb.domain._store import RequestRow, SettingRow
 from fednb.domain.runner import WorkerOutcome
 from fednb.errors import DisclosureRefused, FednbError, InvalidInput, RunRefused
-from fednb.privacy import GRID_SLACK, ComposedEvent, Event, GaussianEvent, SecureNoise, grid_gaussian
+from fednb.privacy import SecureNoise, grid_gaussian
 from fednb.protocol import DatasetCard, DisclosureRules, StatsProtection, StatsSpec, Update
-from fednb.runtime._gpu import kernels_device
-from fednb.runtime._stats import StatsPart, check_stats, compute, default
+from fednb.runtime import StatsPart, check_stats, compute, default, kernels_device, kind_of, row_mask
 from fednb.typing import Array, Weights
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain
 
 __all__ = ["ACCEPTS", "ExactStats", "SubsetMemory", "check_cells", "check_stats_request", "dp_arrays",
-           "prepare_exact_stats", "public_metrics", "refusal", "settle_exact", "stats_data", "stats_event",
-           "stats_facts", "subset_masks", "suppress_noisy_cells"]
+           "prepare_exact_stats", "public_metrics", "refusal", "settle_exact", "stats_data", "stats_facts",
+           "subset_masks", "suppress_noisy_cells"]
 
 ACCEPTS: dict[str, tuple[StatsProtection, ...]] = {
     "disclosure": ("disclosure", "both"), "dp": ("dp", "both"), "both": ("both",)}
@@ -132,16 +132,6 @@ def _one_row(card: DatasetCard) -> DatasetCard:
     return card.model_copy(update={"num_examples": 1, "dims": dims})
 
 
-def stats_event(spec: StatsSpec, card: DatasetCard) -> Event | None:
-    """The DP event of one run of ``spec`` on ``card``'s dataset; None without DP."""
-    if not spec.dp:
-        return None
-    assert spec.noise_multiplier is not None
-    noised = [s for s in default(spec, card).sensitivity.values() if s > 0]
-    return ComposedEvent(tuple(GaussianEvent(spec.noise_multiplier, sensitivity_factor=GRID_SLACK)
-                               for _ in noised))
-
-
 # -- exact releases: checked on the data ----------------------------------------------
 def check_cells(part: StatsPart, rules: DisclosureRules) -> None:
     """The subset size, the model's parameters per row used and every cell count."""
@@ -163,17 +153,9 @@ def check_cells(part: StatsPart, rules: DisclosureRules) -> None:
 def subset_masks(spec: StatsSpec, data: xr.Dataset, card: DatasetCard) -> list[Array]:
     """The sets of rows a release of ``spec`` is about, as boolean masks over the dataset:
     the filtered subset (rows with a group level, when grouped) and each group cell."""
-    from fednb.runtime._stats import _column, _holds  # the runtime's own filter semantics
-
-    n = card.num_examples
-    keep = np.ones(n, dtype=bool)
-    names = {c.variable for c in spec.where} | ({spec.group} if spec.group else set())
-    cols = {name: _column(spec, card, name, np.asarray(data[name].values).ravel()) for name in names}
-    for cond in spec.where:
-        keep &= _holds(cols[cond.variable], cond.op, cond.value)
-    if spec.group is None:
+    keep, codes = row_mask(spec, data, card)  # the runtime's own filter semantics
+    if spec.group is None or codes is None:
         return [keep]
-    codes = np.asarray(cols[spec.group].cat.codes)
     return [keep & (codes >= 0)] + [keep & (codes == g) for g in range(len(spec.levels[spec.group]))]
 
 
@@ -336,7 +318,7 @@ def public_metrics(dom: Domain, dataset: str) -> dict[str, float]:
 def stats_facts(dom: Domain, req: RequestRow, dataset: str) -> dict[str, Any]:
     """What the audit log records of a stats run: the op, its protection, and the policy's
     minimum number of sites for a pooled model."""
-    if req.kind != "stats":
+    if not kind_of(req.kind).disclosure_controlled:  # a stats step's facts
         return {}
     spec = StatsSpec.model_validate_json(req.source)
     return {"stats": {"op": spec.op, "protection": spec.protection,

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from fednb.domain import _datasets as dsets
 from fednb.domain import _users as users
 from fednb.domain._audit import AuditLog, AuditReport
-from fednb.domain._kinds import TRUSTED_KINDS
+from fednb.domain._kinds import request_kind
 from fednb.domain._ledger import Ledger
 from fednb.domain._policy import Policy, PolicyView
 from fednb.domain._requests import RequestBook
@@ -401,7 +401,7 @@ class Domain:
         # a query or stats run runs in this process (the trusted runtime): a worker would only hold a job
         # slot and push the warm workers of code requests out
         # (the first dataset's worker: a worker per dataset would hold memory for each)
-        if self.sandbox_mode is not None and row.kind not in TRUSTED_KINDS:
+        if self.sandbox_mode is not None and not request_kind(row).trusted:
             self.pool().prewarm(self.runs._job(row, row.datasets[0]))
 
     def verify_audit(self) -> AuditReport:

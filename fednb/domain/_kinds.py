@@ -1,11 +1,9 @@
-"""What differs between request kinds: ``update`` (code), ``query``, ``stats`` and
-``dp-sgd`` (data).
+"""The domain's side of the request kinds (:data:`fednb.runtime.KINDS` describes each):
+checks at submission, and the runs the trusted parent computes itself.
 
-A ``query``, ``stats`` or ``dp-sgd`` request carries its spec as JSON in ``source``, so the
-owner approves (and the audit log hashes) exactly what will run, as for code. ``query``
-and ``stats`` (:data:`TRUSTED_KINDS`) run in the domain's trusted parent, no sandbox;
-a ``stats`` request is DP or disclosure-controlled as the dataset's policy says
-(:mod:`fednb.domain._disclosure`).
+A ``query`` and a ``stats`` step (:attr:`~fednb.runtime.Kind.trusted`) run in the domain's
+trusted parent, no sandbox; a ``stats`` request is DP or disclosure-controlled as the
+dataset's policy says (:mod:`fednb.domain._disclosure`).
 """
 
 from __future__ import annotations
@@ -13,16 +11,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
 from fednb.domain import _disclosure as dc
 from fednb.domain._policy import Policy
 from fednb.domain._store import RequestRow
 from fednb.domain.runner import WorkerOutcome
 from fednb.errors import InvalidInput
-from fednb.privacy import ComposedEvent, Event, accountant_for
+from fednb.privacy import Event, accountant_for
 from fednb.protocol import (
-    ClientDP,
     DatasetCard,
     DPSGDSpec,
     QuerySpec,
@@ -31,69 +26,55 @@ from fednb.protocol import (
     TensorSpec,
     Update,
 )
-from fednb.runtime import OutputPolicy, update_event
-from fednb.runtime._dpsgd import dpsgd_event
-from fednb.runtime._gpu import kernels_device
-from fednb.runtime._query import check_query, default_query_release, query_events, run_query
-from fednb.runtime._stats import StatsPart, compute, default
+from fednb.runtime import (
+    KINDS,
+    Kind,
+    OutputPolicy,
+    RequestSpec,
+    StatsPart,
+    check_query,
+    compute,
+    default,
+    default_query_release,
+    kernels_device,
+    kind_of,
+    run_query,
+)
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain
 
-__all__ = ["TRUSTED_KINDS", "check_stats_run", "check_submission", "default_trusted", "kind_event",
-           "kind_source", "output_policy", "run_trusted", "stats_spec"]
-
-TRUSTED_KINDS = frozenset({"query", "stats"})
-"""Kinds the domain's trusted runtime computes in its own process: no code of the
-scientist's, no sandbox, no worker."""
-
-Spec = QuerySpec | DPSGDSpec | StatsSpec
-
-_DPSGD_SOURCE = '''def __fednb_dpsgd__(data, weights=None):
-    from fednb.protocol import DPSGDSpec
-    from fednb.runtime._dpsgd import train_dpsgd
-
-    spec = DPSGDSpec.model_validate_json({spec!r})
-    return fednb.Update(weights=train_dpsgd(spec, data, weights or None, bounds={bounds!r},
-                                            example_dim={example_dim!r}).weights)
-'''
+__all__ = ["check_stats_run", "check_submission", "default_trusted", "kind_event", "kind_source",
+           "output_policy", "request_kind", "request_spec", "run_trusted", "stats_spec"]
 
 
-def parse_spec(kind: str, source: str) -> Spec:
-    try:
-        if kind == "query":
-            return QuerySpec.model_validate_json(source)
-        if kind == "stats":
-            return StatsSpec.model_validate_json(source)
-        return DPSGDSpec.model_validate_json(source)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        where = ".".join(map(str, e["loc"]))
-        raise InvalidInput(f"invalid {kind} spec: {e['msg']}" + (f" ({where})" if where else "")) from None
+def request_kind(req: RequestRow) -> Kind:
+    """The kind of ``req``."""
+    return kind_of(req.kind)
+
+
+def request_spec(req: RequestRow) -> RequestSpec | None:
+    """What ``req``'s DP derives from: its spec (a data kind), its ``dp`` (an update)."""
+    return kind_of(req.kind).spec(req.source, req.dp)
 
 
 def stats_spec(req: RequestRow) -> StatsSpec:
     """The spec of a ``stats`` request."""
-    spec = parse_spec("stats", req.source)
+    spec = KINDS["stats"].parse(req.source)
     assert isinstance(spec, StatsSpec)
     return spec
 
 
-def _event(kind: str, spec: Spec | ClientDP, card: DatasetCard, has_metrics: bool = False) -> Event | None:
-    if isinstance(spec, StatsSpec):
-        return dc.stats_event(spec, card)
-    if isinstance(spec, QuerySpec):
-        return ComposedEvent(tuple(query_events(spec)))
-    if isinstance(spec, DPSGDSpec):
-        return dpsgd_event(spec, card.num_examples)
-    return update_event(spec, has_metrics)
-
-
 def kind_event(dom: Domain, req: RequestRow, dataset: str) -> Event | None:
-    """The DP event of one run of a ``query``, ``stats`` or ``dp-sgd`` request on ``dataset``
-    (a DP-SGD run's steps and sampling rate follow that dataset's size); None for a
-    disclosure-controlled ``stats`` request."""
-    return _event(req.kind, parse_spec(req.kind, req.source), dom.card(dataset))
+    """The DP event of one run of ``req`` on ``dataset`` (a DP-SGD run's steps and sampling
+    rate follow that dataset's size); None for a request without DP (code without ``dp=``,
+    a disclosure-controlled ``stats`` request)."""
+    kind = kind_of(req.kind)
+    spec = kind.spec(req.source, req.dp)
+    if not kind.is_dp(spec):
+        return None
+    card = dom.card(dataset) if kind.event_uses_card else None
+    return kind.event(spec, card, has_metrics=bool(req.metrics))
 
 
 def _floors(policy: Policy, z: float, clip: float | None, event: Event, delta: float) -> None:
@@ -114,17 +95,18 @@ def check_submission(dom: Domain, body: RequestCreate) -> int:
     parameters a ``stats`` request fits on one of its datasets (0 otherwise)."""
     policy = dom.policy.get()
     cards = [dom.card(d) for d in body.datasets]
-    spec: Spec | ClientDP
+    kind = kind_of(body.kind)
+    spec: RequestSpec
     n_params = 0
-    if body.kind == "update":
+    if kind.code:
         if body.dp is None:
             return 0
         spec, z, clip = body.dp, body.dp.noise_multiplier, body.dp.clip
     else:
-        if body.dp is not None or (body.weights is not None and body.kind in TRUSTED_KINDS) or body.params:
+        if body.dp is not None or (body.weights is not None and kind.trusted) or body.params:
             raise InvalidInput(f"a {body.kind} request takes no dp=, params= or (for queries and stats) "
                                "weights=: its spec says everything")
-        spec = parse_spec(body.kind, body.source)
+        spec = kind.parse(body.source)
         if isinstance(spec, StatsSpec):
             n_params = dc.check_stats_request(policy, spec, cards)
             if spec.noise_multiplier is None:
@@ -138,7 +120,7 @@ def check_submission(dom: Domain, body: RequestCreate) -> int:
             _check_dpsgd(spec, cards, body.weights)
             z, clip = spec.noise_multiplier, spec.max_grad_norm
     for card in cards:
-        event = _event(body.kind, spec, card, bool(body.metrics))
+        event = kind.event(spec, card, has_metrics=bool(body.metrics))
         assert event is not None
         _floors(policy, z, clip, event, dom.ledger.delta(card))
     return n_params
@@ -157,39 +139,31 @@ def _check_dpsgd(spec: DPSGDSpec, cards: list[DatasetCard], weights: dict[str, T
 def kind_source(req: RequestRow, card: DatasetCard | None = None) -> tuple[str, str]:
     """The source text and function name the worker runs for this request (on the dataset
     of ``card``: a DP-SGD run brings values into its declared bounds)."""
-    if req.kind == "dp-sgd":
-        spec = parse_spec("dp-sgd", req.source)
-        assert isinstance(spec, DPSGDSpec)
-        bounds = {} if card is None else {
-            name: card.variables[name].bounds for name in (spec.features, spec.target)
-            if name in card.variables}
-        return _DPSGD_SOURCE.format(spec=spec.model_dump_json(), bounds=bounds,
-                                    example_dim=None if card is None else card.example_dim), "__fednb_dpsgd__"
-    return req.source, req.function_name
+    return kind_of(req.kind).run_source(request_spec(req), req.source, req.function_name, card)
 
 
 def output_policy(req: RequestRow, policy: Policy) -> OutputPolicy:
     """The output policy of this request's runs."""
     weights = None if req.weights is None else {k: TensorSpec.model_validate(v)
                                                 for k, v in req.weights.items()}
-    if req.kind == "dp-sgd":  # trained by the runtime with DP-SGD's own noise; no metrics leave
-        spec = parse_spec("dp-sgd", req.source)
-        assert isinstance(spec, DPSGDSpec)
-        # the released structure is the spec's; a failed run releases the default
-        return OutputPolicy(weights=spec.weight_specs(), max_bytes=policy.max_result_bytes,
-                            fallback=True)
-    return OutputPolicy(weights=weights, max_bytes=policy.max_result_bytes,
-                        metrics={k: (float(v[0]), float(v[1])) for k, v in req.metrics.items()},
-                        dp=None if req.dp is None else ClientDP.model_validate(req.dp))
+    return kind_of(req.kind).output_policy(
+        request_spec(req), weights=weights, max_bytes=policy.max_result_bytes,
+        metrics={k: (float(v[0]), float(v[1])) for k, v in req.metrics.items()})
+
+
+def _trusted_spec(req: RequestRow) -> QuerySpec | StatsSpec:
+    spec = request_spec(req)
+    if not isinstance(spec, (QuerySpec, StatsSpec)):
+        raise TypeError(f"a {req.kind} request is not computed by the trusted runtime")
+    return spec
 
 
 def run_trusted(dom: Domain, req: RequestRow, dataset: str) -> WorkerOutcome:
     """Run a ``query`` or a DP ``stats`` request in the trusted parent (no code of the
     scientist's): noised, total on any data."""
-    if req.kind == "stats":
-        return _run_stats_dp(dom, req, dataset)
-    spec = parse_spec("query", req.source)
-    assert isinstance(spec, QuerySpec)
+    spec = _trusted_spec(req)
+    if isinstance(spec, StatsSpec):
+        return _run_stats_dp(dom, spec, dataset)
     weights = run_query(spec, dom.private(dataset), dom.card(dataset), dom.noise)
     return WorkerOutcome("succeeded", "ok", Update(weights=weights), log=json.dumps(
         {"query": [a.model_dump() for a in spec.aggregations]}), backend=kernels_device())
@@ -200,14 +174,12 @@ def default_trusted(dom: Domain, req: RequestRow, dataset: str, log: str) -> Wor
     release (the same query or step over n rows whose every value is missing, noised
     alike) for the scientist; the failure for the owner. A disclosure-controlled ``stats``
     run releases nothing."""
-    if req.kind == "stats":
-        spec = stats_spec(req)
+    spec = _trusted_spec(req)
+    if isinstance(spec, StatsSpec):
         if not spec.dp:
             return WorkerOutcome("failed", "worker_crashed", log=log)
         return _stats_outcome(dom, spec, dataset, None, log)
-    spec_q = parse_spec("query", req.source)
-    assert isinstance(spec_q, QuerySpec)
-    weights = default_query_release(spec_q, dom.card(dataset), dom.noise)
+    weights = default_query_release(spec, dom.card(dataset), dom.noise)
     return WorkerOutcome("failed", "worker_crashed", Update(weights=weights), log=log,
                          backend=kernels_device())
 
@@ -224,8 +196,7 @@ def _stats_outcome(dom: Domain, spec: StatsSpec, dataset: str, part: StatsPart |
                          log=log + ("" if ok else f"\nreleased the default: {why}"), backend=kernels_device())
 
 
-def _run_stats_dp(dom: Domain, req: RequestRow, dataset: str) -> WorkerOutcome:
-    spec = stats_spec(req)
+def _run_stats_dp(dom: Domain, spec: StatsSpec, dataset: str) -> WorkerOutcome:
     log = json.dumps({"stats": spec.op, "protection": spec.protection})
     part: StatsPart | None = None
     try:

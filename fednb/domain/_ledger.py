@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 from fednb.domain._store import BudgetRow, ChargeRow, RequestRow, utcnow
 from fednb.errors import InvalidInput, RunRefused
 from fednb.privacy import Event, accountant_for, event_from_json
-from fednb.protocol import BudgetInfo, ClientDP, DatasetCard
-from fednb.runtime import update_event
+from fednb.protocol import BudgetInfo, DatasetCard
+from fednb.runtime import kind_of
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain
@@ -48,10 +48,6 @@ class Ledger:
     def run_event(self, req: RequestRow, dataset: str | None = None) -> Event | None:
         """The DP event one run of ``req`` on ``dataset`` (default: its first) releases;
         None for a no-DP request. A DP-SGD run's event depends on the dataset's size."""
-        if req.kind == "update":
-            if req.dp is None:
-                return None
-            return update_event(ClientDP.model_validate(req.dp), bool(req.metrics))
         from fednb.domain._kinds import kind_event
 
         return kind_event(self._d, req, dataset or req.datasets[0])
@@ -181,10 +177,12 @@ class Ledger:
         return [self.info(u, c.name, owner=scientist is None) for u in users for c in self._d.datasets()]
 
     def projected(self, req: RequestRow) -> dict[str, Any]:
-        """What the owner sees at review: epsilon per run and for all approved runs."""
+        """What the owner sees at review: epsilon per run and for all approved runs; nothing
+        for a request without DP (charged nothing)."""
         from fednb.privacy import RepeatedEvent
 
-        if req.kind == "update" and req.dp is None:
+        kind = kind_of(req.kind)
+        if not kind.is_dp(kind.spec(req.source, req.dp)):
             return {}
         # the dataset where one run costs most: DP-SGD's cost depends on the dataset's size
         costs = []

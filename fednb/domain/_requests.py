@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from fednb.domain._kinds import TRUSTED_KINDS, check_submission, stats_spec
+from fednb.domain._kinds import check_submission, request_kind, stats_spec
 from fednb.domain._store import DatasetRow, RequestRow, UserRow, utcnow
 from fednb.domain._templates import TEMPLATE_REVIEWER
 from fednb.errors import Conflict, InvalidInput, NotFound
 from fednb.protocol import ReleaseMode, RequestCreate, RequestInfo, RequestStatus
+from fednb.runtime import kind_of
 
 if TYPE_CHECKING:
     from fednb.domain._domain import Domain
@@ -48,8 +49,7 @@ class RequestBook:
         if prev is not None:
             fields["previous_hash"] = prev.code_hash
             fields["diff"] = _diff(prev.source, row.source, prev.code_hash, row.code_hash)
-        if row.kind != "stats" or stats_spec(row).dp:  # exact stats are charged nothing
-            fields.update(self._d.ledger.projected(row))
+        fields.update(self._d.ledger.projected(row))  # nothing for a request without DP
         return RequestInfo.model_validate(fields)
 
     def submit(self, scientist: UserRow, body: RequestCreate) -> RequestInfo:
@@ -63,7 +63,8 @@ class RequestBook:
             for name in body.datasets:
                 if tx.s.get(DatasetRow, name) is None:
                     raise NotFound(f"no dataset called {name!r} on this domain")
-            if body.kind == "update" and body.dp is not None and body.weights is None:
+            kind = kind_of(body.kind)
+            if kind.code and body.dp is not None and body.weights is None:
                 raise InvalidInput("a DP update request needs weights= (the approved names, shapes and "
                                    "dtypes of what it returns): what is released takes its structure "
                                    "from the approved spec, never from the code")
@@ -84,7 +85,7 @@ class RequestBook:
                    function=body.function_name, code_hash=body.code_hash,
                    datasets=body.datasets, runs=body.runs,
                    dp=None if body.dp is None else body.dp.model_dump())
-            if body.kind == "stats":
+            if kind.templated:
                 self._match_template(tx, row, body, n_params)
         return self.info(row)
 
@@ -163,7 +164,7 @@ class RequestBook:
         if slot_s is not None and not (0 < slot_s <= 86_400):
             raise InvalidInput(f"slot_s is seconds in (0, 86400], not {slot_s!r}")
         row = self._review(request_id, reviewer, "approved", release, None, slot_s)
-        if row.kind not in TRUSTED_KINDS:  # computed in this process: no worker to start
+        if not request_kind(row).trusted:  # computed in this process: no worker to start
             self._d._prewarm(row)
         return self.info(row)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import threading
 import time
@@ -17,11 +18,11 @@ from fednb.domain import _lifecycle as life
 from fednb.domain._disclosure import ExactStats, prepare_exact_stats, settle_exact, stats_facts
 from fednb.domain._faults import fault
 from fednb.domain._kinds import (
-    TRUSTED_KINDS,
     check_stats_run,
     default_trusted,
     kind_source,
     output_policy,
+    request_kind,
     run_trusted,
 )
 from fednb.domain._store import RequestRow, RunRow, UserRow, utcnow
@@ -102,7 +103,8 @@ class RunBook:
             raise RequestNotApproved(f"request {req.id!r} is {req.status}; it cannot run")
         # an exact stats release is the owner's choice for the dataset (stats_protection),
         # made under its disclosure rules
-        if not dp and req.kind != "stats" and user.name not in self._d.policy.get().allow_no_dp:
+        if not dp and not request_kind(req).disclosure_controlled \
+                and user.name not in self._d.policy.get().allow_no_dp:
             raise RunRefused(f"{user.name!r} may not run code without differential privacy on "
                              "this domain; the owner can add them to policy.allow_no_dp")
         if self._d.sandbox_mode is None:
@@ -135,12 +137,13 @@ class RunBook:
         for k, w in (weights or {}).items():
             if w.dtype.kind == "f" and not np.isfinite(w).all():
                 raise InvalidInput(f"weight {k!r} holds NaN or Inf: send finite numbers")
-        if dp_event is not None and req.kind not in TRUSTED_KINDS:
+        kind = request_kind(req)
+        if dp_event is not None and not kind.trusted:
             # a DP run's slot counts from its creation: start its worker first (a fact of
             # the request and the domain, not of the data), so the slot is the run's own
             self._d.pool().ensure_warm(self._job(req, name))
         exact: ExactStats | None = None
-        if req.kind == "stats":
+        if kind.disclosure_controlled:  # today's disclosure policy, which may have changed
             check_stats_run(self._d, req, name)
             if dp_event is None:  # disclosure control: computed and checked before it is queued
                 exact = prepare_exact_stats(self._d, req, name)
@@ -221,7 +224,7 @@ class RunBook:
                  exact: ExactStats | None = None) -> WorkerOutcome:
         if exact is not None:  # computed and checked when the run was created
             return exact.outcome
-        if req.kind in TRUSTED_KINDS:  # no code: the trusted runtime computes it here, never cut
+        if request_kind(req).trusted:  # no code: the trusted runtime computes it here, never cut
             try:
                 return run_trusted(self._d, req, dataset)
             except Exception as exc:  # a fault of the domain's (trusted kinds are total on any data)
@@ -260,8 +263,9 @@ class RunBook:
                 policy = output_policy(req, self._d.policy.get())
             except Exception:
                 policy = OutputPolicy()
-            if req.kind in TRUSTED_KINDS:
-                crashed = default_trusted(self._d, req, dataset, crashed.log)
+            if request_kind(req).trusted:
+                with contextlib.suppress(Exception):  # the run is finished below whatever happens
+                    crashed = default_trusted(self._d, req, dataset, crashed.log)
             self._finish(run_id, req, dataset, crashed, policy, "none", release_at is not None, secure)
         finally:
             self.event(run_id).set()
@@ -285,7 +289,7 @@ class RunBook:
         data-independent default put through the same path (:func:`fednb.runtime.release`).
         A query or a stats step was protected by the trusted runtime (a failed DP one
         carries its default)."""
-        if req.kind in TRUSTED_KINDS:
+        if request_kind(req).trusted:
             return outcome.update, outcome
         if dp:
             ok = outcome.status == life.Run.SUCCEEDED.value
@@ -307,7 +311,8 @@ class RunBook:
         result, state = None, None
         n = self._d.card(dataset).num_examples
         # distributed noise: the update is noised in the secure round (SecAggDesk.masked)
-        defer = (secure and req.kind not in TRUSTED_KINDS and policy.dp is not None
+        kind = request_kind(req)
+        defer = (secure and not kind.trusted and policy.dp is not None
                  and self._d.policy.get().secagg_distributed_noise)
         if defer:
             policy = dataclasses.replace(policy, defer_noise=True)
@@ -320,7 +325,7 @@ class RunBook:
                 # no-DP results are always held, but for stats under the owner's disclosure
                 # rules; the others follow the approval's release mode; a released secure
                 # result is kept to leave masked (SecAggDesk)
-                auto = req.release == "auto" and (dp or req.kind == "stats")
+                auto = req.release == "auto" and (dp or kind.disclosure_controlled)
                 state = (life.Release.HELD if not auto
                          else life.Release.SECAGG if secure else life.Release.RELEASED)
             except InvalidInput as exc:  # float16 overflow: refused here, not infinity on the wire

@@ -211,7 +211,7 @@ class DPSGDSpec(_Model):
         a target of the wrong shape, and a target whose declared bounds exceed what the
         loss takes (``cross_entropy`` over k classes: within [0, k - 1], declared;
         ``bce_with_logits``: within [0, 1] when declared). Inside a run, values are then
-        brought into range by a fixed rule instead (:mod:`fednb.runtime._dpsgd`).
+        brought into range by a fixed rule instead (:func:`fednb.runtime.train_dpsgd`).
 
         Raises
         ------

@@ -29,6 +29,7 @@ __all__ = [
     "ReleaseState",
     "RequestCreate",
     "RequestInfo",
+    "RequestKind",
     "RequestStatus",
     "Role",
     "RunCreate",
@@ -49,6 +50,9 @@ _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 Role = Literal["owner", "scientist"]
 RequestStatus = Literal["pending", "approved", "denied"]
 ReleaseMode = Literal["auto", "manual"]
+RequestKind = Literal["update", "query", "dp-sgd", "stats"]
+"""The kinds of request: ``update`` is code; the others are specs sent as data
+(:mod:`fednb.runtime` describes each: ``fednb.runtime.KINDS``)."""
 RunStatus = Literal["queued", "running", "succeeded", "failed", "refused", "timeout", "killed"]
 RUN_STATUSES: tuple[str, ...] = RunStatus.__args__  # type: ignore[attr-defined]
 ReleaseState = Literal["held", "released", "withheld", "secagg", "masked"]
@@ -231,7 +235,7 @@ class RequestCreate(_Model):
 
     id: str = Field(pattern=_ID_PATTERN)
     function_name: str = Field(pattern=_IDENTIFIER)
-    kind: Literal["update", "query", "dp-sgd", "stats"] = "update"
+    kind: RequestKind = "update"
     source: str = Field(min_length=1, max_length=200_000)
     code_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     datasets: list[str] = Field(min_length=1, max_length=16)

@@ -3,7 +3,7 @@
 A :class:`StatsSpec` names one *op*, the variables it reads, an optional row filter and
 grouping, the op's parameters and the protection the scientist asks for. The domain
 computes one site's exact partial sufficient statistics for it
-(:func:`fednb.runtime._stats.compute`), applies the protection its policy sets
+(:func:`fednb.runtime.compute`), applies the protection its policy sets
 (disclosure control, DP or both) and releases the arrays; the scientist's library
 (:mod:`fednb.stats`) combines the parts of many sites into the pooled answer.
 

@@ -178,16 +178,20 @@ def train_dpsgd(spec: DPSGDSpec, data: xr.Dataset, weights: Weights | None = Non
     """
     import torch
 
-    torch.set_num_threads(min(torch.get_num_threads(), MAX_TORCH_THREADS))
-    x, y = _inputs(spec, data, bounds or {}, example_dim)
-    n = int(x.shape[0])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int.from_bytes(os.urandom(8), "little"))
-        model = build_model(spec)
-        if weights is not None:
-            _load_weights(model, weights)
-        _check_fits(spec, model, x, y)
-        _dp_steps(spec, model, x, y)
+    threads = torch.get_num_threads()  # process-wide: put back on return (a notebook's, a test's)
+    torch.set_num_threads(min(threads, MAX_TORCH_THREADS))
+    try:
+        x, y = _inputs(spec, data, bounds or {}, example_dim)
+        n = int(x.shape[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(os.urandom(8), "little"))
+            model = build_model(spec)
+            if weights is not None:
+                _load_weights(model, weights)
+            _check_fits(spec, model, x, y)
+            _dp_steps(spec, model, x, y)
+    finally:
+        torch.set_num_threads(threads)
     return DPSGDResult(
         weights={k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()},
         steps=spec.steps(n), sampling_rate=spec.sampling_rate(n),

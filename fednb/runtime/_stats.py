@@ -31,7 +31,7 @@ from fednb.protocol import DatasetCard, StatsSpec
 from fednb.runtime._query import missing_rule
 from fednb.typing import Array
 
-__all__ = ["StatsPart", "check_stats", "compute", "default", "frame", "level_labels"]
+__all__ = ["StatsPart", "check_stats", "compute", "default", "frame", "level_labels", "row_mask"]
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,20 @@ def _holds(col: pd.Series, op: str, value: object) -> Array:
         res = {"==": x == v[0], "!=": x != v[0], "<": x < v[0], "<=": x <= v[0], ">": x > v[0],
                ">=": x >= v[0], "in": np.isin(x, v)}[op]
     return np.asarray(res & present, dtype=bool)
+
+
+def row_mask(spec: StatsSpec, data: xr.Dataset, card: DatasetCard) -> tuple[Array, Array | None]:
+    """The rows of ``data`` that ``spec``'s ``where`` keeps, as a boolean mask over all of
+    them (:func:`compute`'s filter), and, when the spec is grouped, each row's group index
+    (-1: no level); None without a group."""
+    keep = np.ones(card.num_examples, dtype=bool)
+    names = {c.variable for c in spec.where} | ({spec.group} if spec.group else set())
+    cols = {name: _column(spec, card, name, np.asarray(data[name].values).ravel()) for name in names}
+    for cond in spec.where:
+        keep &= _holds(cols[cond.variable], cond.op, cond.value)
+    if spec.group is None:
+        return keep, None
+    return keep, np.asarray(cols[spec.group].cat.codes)
 
 
 def group_codes(spec: StatsSpec, df: pd.DataFrame) -> tuple[Array, int]:

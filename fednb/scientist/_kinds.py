@@ -2,7 +2,8 @@
 
 Both file their spec as canonical JSON, so the owner reviews (and the audit log hashes)
 exactly what the domain will run. ``preview_epsilon`` only previews: the domain
-recomputes and charges the epsilon where the noise is added.
+recomputes and charges the epsilon where the noise is added, from the same event
+(:meth:`fednb.runtime.Kind.event`).
 """
 
 from __future__ import annotations
@@ -13,22 +14,29 @@ from typing import Any
 
 from fednb.client import DomainClient, RemoteRequest
 from fednb.errors import InvalidInput
-from fednb.privacy import ComposedEvent, RepeatedEvent, accountant_for
+from fednb.privacy import Event, RepeatedEvent, accountant_for
 from fednb.protocol import Aggregation, DPSGDSpec, QuerySpec, RequestCreate, Update, code_hash
-from fednb.runtime._dpsgd import dpsgd_event
-from fednb.runtime._query import check_query, query_events, run_query
+from fednb.runtime import KINDS, Kind, Spec, check_query, run_query
 from fednb.typing import Weights
 
 __all__ = ["DPSGD", "DPSGDSpec", "Query"]
 
 
-def _file(client: DomainClient, kind: str, name: str, source: str, dataset: str | list[str],
+_QUERY, _DPSGD = KINDS["query"], KINDS["dp-sgd"]
+
+
+def _epsilon(event: Event | None, runs: int, delta: float) -> float:
+    assert event is not None  # a query and a DP-SGD training are always DP
+    return float(accountant_for("pld").epsilon([RepeatedEvent(event, runs)], delta))
+
+
+def _file(client: DomainClient, kind: Kind, spec: Spec, source: str, dataset: str | list[str],
           runs: int, weights: Weights | None = None, description: str = "",
           request_id: str | None = None, slot_s: float | None = None) -> RemoteRequest:
     from fednb.runtime import weight_specs
 
-    body = RequestCreate(id=request_id or uuid.uuid4().hex, function_name=name, kind=kind,
-                         source=source, code_hash=code_hash(source),
+    body = RequestCreate(id=request_id or uuid.uuid4().hex, function_name=kind.function_name(spec),
+                         kind=kind.name, source=source, code_hash=code_hash(source),
                          datasets=[dataset] if isinstance(dataset, str) else list(dataset),
                          weights=None if weights is None else weight_specs(weights), runs=runs,
                          description=description, slot_s=slot_s)
@@ -49,7 +57,7 @@ class Query:
                  quantile_epsilon: float = 0.1) -> None:
         self.spec = QuerySpec(aggregations=[Aggregation.model_validate(a) for a in aggregations],
                               noise_multiplier=noise_multiplier, quantile_epsilon=quantile_epsilon)
-        self.source = self.spec.model_dump_json(indent=1)
+        self.source = _QUERY.source(self.spec)
 
     @staticmethod
     def count() -> Aggregation:
@@ -73,8 +81,7 @@ class Query:
 
     def preview_epsilon(self, *, runs: int = 1, delta: float = 1e-6) -> float:
         """Epsilon of ``runs`` runs at ``delta`` (the domain uses its own delta and charges)."""
-        return float(accountant_for("pld").epsilon(
-            [RepeatedEvent(ComposedEvent(tuple(query_events(self.spec))), runs)], delta))
+        return _epsilon(_QUERY.event(self.spec), runs, delta)
 
     def run_on_mock(self, client: DomainClient, dataset: str) -> Update:
         """The same mechanism on the mock, here (noise included)."""
@@ -90,7 +97,7 @@ class Query:
         """File the query; re-using ``request_id`` finds the same request again. ``slot_s``
         proposes the release slot (seconds from a run's start to its result; the owner
         approves it; default: the domain's ``dp_slot_s``)."""
-        return _file(client, "query", "query", self.source, dataset, runs, description=description,
+        return _file(client, _QUERY, self.spec, self.source, dataset, runs, description=description,
                      request_id=request_id, slot_s=slot_s)
 
 
@@ -110,13 +117,12 @@ class DPSGD:
         if spec is not None and fields:
             raise InvalidInput("DPSGD takes a spec or its fields as keywords, not both")
         self.spec = spec if isinstance(spec, DPSGDSpec) else DPSGDSpec.model_validate(dict(spec or fields))
-        self.source = self.spec.model_dump_json(indent=1)
+        self.source = _DPSGD.source(self.spec)
 
     def preview_epsilon(self, num_examples: int, *, runs: int = 1, delta: float = 1e-6) -> float:
         """Epsilon of ``runs`` trainings on ``num_examples`` examples at ``delta`` (replace-one,
         as the domain charges it)."""
-        return float(accountant_for("pld").epsilon(
-            [RepeatedEvent(dpsgd_event(self.spec, num_examples), runs)], delta))
+        return _epsilon(_DPSGD.event(self.spec, num_examples=num_examples), runs, delta)
 
     def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,
                 weights: Weights | None = None, description: str = "",
@@ -125,5 +131,5 @@ class DPSGD:
         proposes the release slot: each run's result appears this long after the run
         started, and a training not done by then releases zeros -- time a run on the mock
         and leave room (the owner approves it; default: the domain's ``dp_slot_s``)."""
-        return _file(client, "dp-sgd", "dpsgd", self.source, dataset, runs, weights, description,
+        return _file(client, _DPSGD, self.spec, self.source, dataset, runs, weights, description,
                      request_id, slot_s)

@@ -16,13 +16,13 @@ from fednb.errors import InvalidInput
 from fednb.privacy import SecureNoise
 from fednb.protocol import ClientDP, ParamSpec, ReasonCode, RequestCreate, Update, code_hash
 from fednb.runtime import (
+    KINDS,
     OutputPolicy,
     apply_output_policy,
     call_function,
     check_params,
     compile_function,
     release,
-    update_event,
     weight_specs,
 )
 from fednb.typing import Weights
@@ -102,10 +102,10 @@ class RemoteFunction:
                  params: Mapping[str, Any] | None = None,
                  metrics: Mapping[str, tuple[float, float]] | None = None,
                  source: str | None = None) -> None:
-        if kind != "update":
-            others = {"query": "fednb.Query(...)", "dp-sgd": "fednb.DPSGD(...)"}
-            hint = (f"a {kind!r} request is filed as data, not code: use {others[kind]}" if kind in others
-                    else "use kind='update' (the default)")
+        known = next((k for k in KINDS.values() if k.name == kind), None)
+        if known is None or not known.code:
+            hint = (f"a {kind!r} request is filed as data, not code: use {known.filed_with}"
+                    if known is not None else "use kind='update' (the default)")
             raise InvalidInput(f"remote functions are of kind 'update', not {kind!r}: {hint}")
         self.fn, self.kind, self.name = fn, kind, fn.__name__
         self.params = parse_params(params)
@@ -156,7 +156,11 @@ class RemoteFunction:
         ``DPSGD.preview_epsilon``)."""
         from fednb.privacy import RepeatedEvent, accountant_for
 
-        event = update_event(dp, bool(self.metrics))
+        if not isinstance(dp, ClientDP):
+            raise InvalidInput("preview_epsilon takes a fednb.ClientDP(clip=..., noise_multiplier=...)")
+        event = KINDS["update"].event(dp, has_metrics=bool(self.metrics))
+        if event is None:  # pragma: no cover - a ClientDP always has an event
+            raise InvalidInput("this update has no DP event")
         return float(accountant_for("pld").epsilon([RepeatedEvent(event, runs)], delta))
 
     def request(self, client: DomainClient, dataset: str | list[str], *, runs: int = 1,

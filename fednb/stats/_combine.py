@@ -1,6 +1,6 @@
 """Pure arithmetic that turns the sites' released parts into pooled statistics.
 
-Each function takes summed (or per-site) arrays as :mod:`fednb.runtime._stats` names
+Each function takes summed (or per-site) arrays as :func:`fednb.runtime.compute` names
 them and gives what pandas, scipy, statsmodels or lifelines give on the pooled data.
 A cell a domain suppressed (disclosure control) arrives as NaN and stays NaN.
 """

@@ -16,8 +16,7 @@ import pandas as pd
 
 from fednb.errors import InvalidInput
 from fednb.protocol import StatsSpec
-from fednb.runtime._stats_cox import efron
-from fednb.runtime._stats_glm import design_columns
+from fednb.runtime import design_columns, efron
 from fednb.stats._combine import total
 from fednb.stats._results import CoxResult, GLMResult, coef_table
 from fednb.stats._sites import Sites

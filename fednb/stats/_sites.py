@@ -22,7 +22,7 @@ import xarray as xr
 from fednb.client import DomainClient
 from fednb.errors import RequestNotApproved
 from fednb.protocol import DatasetCard, MockInfo, RequestCreate, StatsSpec, VariableCard, code_hash
-from fednb.runtime._stats import compute
+from fednb.runtime import KINDS, compute
 from fednb.typing import Weights
 
 __all__ = ["DomainSites", "LocalSites", "Sites", "as_sites", "request_id"]
@@ -78,9 +78,10 @@ class DomainSites:
 
     def _one(self, site: str, spec: StatsSpec) -> Weights:
         client = self.clients[site]
-        source = spec.model_dump_json(indent=1)
+        kind = KINDS["stats"]
+        source = kind.source(spec)
         rid = request_id(client.me.name, self.dataset, source)
-        body = RequestCreate(id=rid, function_name=f"stats_{spec.op}", kind="stats",
+        body = RequestCreate(id=rid, function_name=kind.function_name(spec), kind=kind.name,
                              source=source, code_hash=code_hash(source), datasets=[self.dataset],
                              runs=1, description=f"fednb.stats {spec.op} on {self.dataset}")
         req = client.requests.submit(body)
@@ -118,7 +119,7 @@ def local_card(name: str, data: xr.Dataset, example_dim: str,
 
 
 class LocalSites:
-    """Partitions held here, computed with the domain's own :func:`~fednb.runtime._stats.compute`
+    """Partitions held here, computed with the domain's own :func:`~fednb.runtime.compute`
     (no protection applied: what the exact mode releases before disclosure rules).
 
     Parameters

@@ -294,3 +294,23 @@ def test_importing_the_module_does_not_import_torch() -> None:
     code = ("import sys, fednb.protocol._dpsgd, fednb.runtime._dpsgd; "
             "assert 'torch' not in sys.modules and 'opacus' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_torch_thread_count_is_put_back() -> None:
+    """Training caps torch's (process-wide) intra-op threads at ``MAX_TORCH_THREADS`` and
+    puts the caller's count back on return and on a refusal: a notebook or a test process
+    that trains keeps its own setting."""
+    from fednb.runtime._dpsgd import MAX_TORCH_THREADS
+
+    before = torch.get_num_threads()
+    mine = MAX_TORCH_THREADS + 1
+    try:
+        torch.set_num_threads(mine)
+        train, *_ = _split()
+        train_dpsgd(_spec(epochs=1), train, None)
+        assert torch.get_num_threads() == mine
+        with pytest.raises(InvalidInput):
+            train_dpsgd(_spec(epochs=1), train, {"0.weight": np.zeros((1, 29), np.float32)})
+        assert torch.get_num_threads() == mine
+    finally:
+        torch.set_num_threads(before)

@@ -77,17 +77,16 @@ def _preload(init: dict[str, Any]) -> Any:
     import numpy  # noqa: F401
     import xarray as xr
 
-    import fednb.runtime
     from fednb.domain.runner import _frames  # noqa: F401
     from fednb.protocol import encode_message  # noqa: F401
-    from fednb.runtime import _gpu  # noqa: F401
+    from fednb.runtime import device_in_use, prepare_gpu  # noqa: F401 - loaded before the fork
 
     if "torch" in init["source"] or init["function_name"] == "__fednb_dpsgd__":
         with contextlib.suppress(ImportError):
             import torch  # noqa: F401
         if init["function_name"] == "__fednb_dpsgd__":
             with contextlib.suppress(ImportError):
-                import fednb.runtime._dpsgd  # noqa: F401
+                from fednb.runtime import train_dpsgd  # noqa: F401 - loaded before the fork
     # no thread pool may exist when the zygote forks: dask's threaded scheduler left one whose
     # threads a child would wait on for ever. The data is loaded without dask, and dask is
     # not imported here (6 MB a worker); DASK_SCHEDULER=synchronous in the worker's
@@ -137,8 +136,7 @@ def _child(r: int, w: int, init: dict[str, Any], data: Any) -> None:
             header, tensors = decode_message(read_frame(f, _MAX_IN))
     except (FrameError, OSError):
         return  # the zygote is gone, or stopped before any request
-    from fednb.runtime import call_function, compile_function
-    from fednb.runtime._gpu import device_in_use, prepare_gpu
+    from fednb.runtime import call_function, compile_function, device_in_use, prepare_gpu
 
     reply: dict[str, Any]
     out: dict[str, Any] = {}

@@ -190,9 +190,26 @@ def _broken_in_b(data, weights):
     return fednb.Update(weights={k: v + 1 for k, v in weights.items()})
 
 
-def test_an_async_run_stops_restarting_a_domain_that_keeps_failing() -> None:
+@fednb.remote
+def _broken_in_b_answered_first(data, weights):
+    import _fednb_test_meeting as meeting  # installed by the test
+
+    if float(data["x"].values[0]) < 0:
+        meeting.failed.append(1)
+        if len(meeting.failed) >= meeting.needed:
+            meeting.b_stopped.set()
+        raise RuntimeError("this hospital's data breaks the code")
+    meeting.b_stopped.wait(60)  # the others answer once b has failed its last time in a row
+    return fednb.Update(weights={k: v + 1 for k, v in weights.items()})
+
+
+def test_an_async_run_stops_restarting_a_domain_that_keeps_failing(monkeypatch: pytest.MonkeyPatch) -> None:
     # a dead or broken domain used to be restarted forever: with a buffer it alone could
     # help fill, the run never ended
+    import sys
+    import threading
+    import types
+
     import xarray as xr
 
     from fednb.scientist._driver import MAX_FAILURES_IN_A_ROW, RoundFailed
@@ -200,8 +217,14 @@ def test_an_async_run_stops_restarting_a_domain_that_keeps_failing() -> None:
     parts = {name: xr.Dataset({"x": ("row", np.array([v]))}) for name, v in
              (("a", 1.0), ("b", -1.0), ("c", 1.0))}
     w0 = {"w": np.zeros(3, np.float32)}
+    # a and c hold their first answers until b has failed MAX_FAILURES_IN_A_ROW times: on
+    # a loaded machine they could otherwise fill every buffer before b failed that often
+    meeting = types.ModuleType("_fednb_test_meeting")
+    meeting.failed, meeting.needed = [], MAX_FAILURES_IN_A_ROW  # type: ignore[attr-defined]
+    meeting.b_stopped = threading.Event()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "_fednb_test_meeting", meeting)
     with pytest.warns(RuntimeWarning, match="no longer restarted"):
-        hist = fednb.simulate(_broken_in_b, parts, initial=w0, rounds=4, progress=False,
+        hist = fednb.simulate(_broken_in_b_answered_first, parts, initial=w0, rounds=4, progress=False,
                               strategy=fednb.strategies.FedBuff(buffer_size=2))
     assert hist.num_rounds == 4  # a and c fill the buffers
     assert [r.reason for r in hist.records if r.domain == "b"] == ["exception"] * MAX_FAILURES_IN_A_ROW

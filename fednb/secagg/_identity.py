@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.x509.oid import NameOID
 
 from fednb.errors import InvalidInput
 
@@ -47,6 +50,22 @@ class Identity:
 
     def sign(self, message: bytes) -> str:
         return self._key.sign(message).hex()
+
+    def tls_certificate(self, common_name: str, dns_name: str) -> tuple[bytes, bytes]:
+        """A TLS certificate self-signed by this identity's key for ``dns_name``, and that
+        key, both PEM: what a domain serves behind a relay. Clients pin the certificate's
+        public key (the identity), not the certificate, so one made afresh is as good as
+        the last; the key is the identity's own, so the pair holds no other secret."""
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
+                .sign(self._key, None))
+        key = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+        return cert.public_bytes(serialization.Encoding.PEM), key
 
     def __repr__(self) -> str:
         return f"Identity(public={self.public[:16]}...)"

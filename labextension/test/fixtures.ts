@@ -2,7 +2,7 @@
  * Shared test data and a scripted server: the real `FednbApi` over a fetcher that answers
  * by method and path and records every call, as fednb's server extension would see it.
  */
-import { FednbApi, IDomainSummary, IRequestInfo, IResultReview, IRunInfo } from '../src/api';
+import { FednbApi, IBudget, IDomainSummary, IRequestInfo, IResultReview, IRunInfo } from '../src/api';
 
 export const REQ = 'req1req1req1';
 export const RUN = 'run2run2run2';
@@ -17,6 +17,22 @@ export function domain(over: Partial<IDomainSummary> = {}): IDomainSummary {
     pending: 1,
     held: 1,
     error: null,
+    ...over
+  };
+}
+
+export function budget(over: Partial<IBudget> = {}): IBudget {
+  return {
+    scientist: 'alice',
+    dataset: 'breast-cancer',
+    delta: 1e-6,
+    epsilon_budget: 10,
+    epsilon_spent: 2.5,
+    epsilon_reserved: 0.5,
+    epsilon_remaining: 7,
+    dataset_cap: null,
+    dataset_spent: 2.5,
+    dataset_remaining: null,
     ...over
   };
 }

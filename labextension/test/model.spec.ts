@@ -1,5 +1,6 @@
-import { FednbApi, IBudget, IDomainSummary, IRequestInfo } from '../src/api';
+import { FednbApi, IBudget, IDomainSummary } from '../src/api';
 import { budgetFraction, budgetLine, diffLines, FednbModel, requestFacts, statusText } from '../src/model';
+import { budget as fixtureBudget, request as fixtureRequest } from './fixtures';
 
 function domain(name: string, pending: number, held = 0): IDomainSummary {
   return {
@@ -153,47 +154,23 @@ describe('FednbModel', () => {
   });
 });
 
-const budget: IBudget = {
-  scientist: 'alice',
-  dataset: 'breast-cancer',
-  delta: 1e-6,
-  epsilon_budget: 10,
-  epsilon_spent: 2.5,
-  epsilon_reserved: 0.5,
-  epsilon_remaining: 7,
-  dataset_cap: null,
-  dataset_spent: 2.5,
-  dataset_remaining: null
-};
+const budget: IBudget = fixtureBudget();
 
 describe('helpers', () => {
   it('lists what a reviewer reads, as text', () => {
-    const r = {
+    const r = fixtureRequest({
       id: 'abcdefgh12',
-      scientist: 'alice',
-      function_name: 'train',
-      kind: 'update',
       source: '<script>x</script>',
-      code_hash: 'f'.repeat(64),
-      datasets: ['breast-cancer'],
       params: {},
       weights: null,
       metrics: {},
       runs: 3,
       runs_used: 1,
       description: '<img src=x onerror=alert(1)>',
-      status: 'pending',
-      release: null,
-      reviewed_by: null,
-      review_reason: null,
-      created: '',
-      reviewed: null,
-      dp: { clip: 1, noise_multiplier: 2 },
-      delta: 1e-6,
       epsilon_per_run: 0.51234,
       projected_epsilon: 1.5,
       budget
-    } as IRequestInfo;
+    });
     const facts = Object.fromEntries(requestFacts(r));
     expect(facts['code hash (SHA-256)']).toBe('f'.repeat(64));
     expect(facts['description']).toBe('<img src=x onerror=alert(1)>');

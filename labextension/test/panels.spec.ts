@@ -4,7 +4,7 @@
  */
 import { BudgetController, HeldController, viewKey } from '../src/controllers';
 import { BudgetPanel, HeldPanel } from '../src/panels';
-import { domain, find, RUN, run, review, server, settle } from './fixtures';
+import { budget, domain, find, RUN, run, review, server, settle } from './fixtures';
 
 const HELD = 'GET domains/st-mary/runs?release_state=held';
 
@@ -81,18 +81,7 @@ describe('HeldPanel', () => {
 });
 
 describe('BudgetPanel', () => {
-  const row = {
-    scientist: 'alice',
-    dataset: 'breast-cancer',
-    delta: 1e-6,
-    epsilon_budget: 10,
-    epsilon_spent: 2.5,
-    epsilon_reserved: 0.5,
-    epsilon_remaining: 7,
-    dataset_cap: null,
-    dataset_spent: 2.5,
-    dataset_remaining: null
-  };
+  const row = budget();
 
   it('draws each budget as a bar and sums per dataset', async () => {
     const { api, calls } = server({ 'GET domains/st-mary/budget': { body: [row] } });

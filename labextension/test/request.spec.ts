@@ -1,48 +1,21 @@
 import { IBudget, INearestTensor, IRequestInfo, IResultReview } from '../src/api';
 import { projections, projectionText, releasesText, requestDecision, specTable } from '../src/request';
 import { checkBadge, nearestText, resultTone, shortValues } from '../src/review';
+import { budget as fixtureBudget, request as fixtureRequest } from './fixtures';
 
-const budget: IBudget = {
-  scientist: 'alice',
-  dataset: 'breast-cancer',
-  delta: 1e-6,
-  epsilon_budget: 10,
-  epsilon_spent: 2.5,
-  epsilon_reserved: 0.5,
-  epsilon_remaining: 7,
-  dataset_cap: 20,
-  dataset_spent: 4,
-  dataset_remaining: 16
-};
+const budget: IBudget = fixtureBudget({ dataset_cap: 20, dataset_spent: 4, dataset_remaining: 16 });
 
 function request(over: Partial<IRequestInfo> = {}): IRequestInfo {
-  return {
+  return fixtureRequest({
     id: 'abcdefgh12',
-    scientist: 'alice',
-    function_name: 'train',
-    kind: 'update',
     source: 'def train(data): ...',
-    code_hash: 'f'.repeat(64),
-    datasets: ['breast-cancer'],
     params: {},
-    weights: { w: { shape: [4], dtype: 'float64' } },
-    metrics: { loss: [0, 100] },
     runs: 3,
-    runs_used: 0,
     description: '',
-    status: 'pending',
-    release: null,
-    reviewed_by: null,
-    review_reason: null,
-    created: '',
-    reviewed: null,
-    dp: { clip: 1, noise_multiplier: 2 },
-    delta: 1e-6,
-    epsilon_per_run: 1.2,
     projected_epsilon: 3.6,
     budget,
     ...over
-  };
+  });
 }
 
 const QUERY = JSON.stringify({

@@ -21,7 +21,10 @@ _RECENT = 50
 
 def template_json(raw: Any) -> dict[str, Any]:
     """A template as the domain answers it (``TemplateInfo`` JSON), as one row of the section."""
-    info = TemplateInfo.model_validate(raw)
+    return _row(TemplateInfo.model_validate(raw))
+
+
+def _row(info: TemplateInfo) -> dict[str, Any]:
     row: dict[str, Any] = template_row(info)
     return {**row, "active": info.active, "approved_by": list(info.approved_by),
             "needed": info.template.reviewers}
@@ -43,7 +46,7 @@ def templates_overview(t: Transport, limit: int = AUDIT_LIMIT) -> dict[str, Any]
     among the ``limit`` newest audit entries. A scientist's token is refused by the domain.
     """
     o = read_overview(t, limit)
-    return {"templates": [template_json(i.model_dump(mode="json")) for i in o.templates],
+    return {"templates": [_row(i) for i in o.templates],
             "approved": [_approved(r) for r in o.approved[-_RECENT:][::-1]],
             "refusals": [{"time": x.time, "scientist": x.scientist, "request": x.request,
                           "dataset": x.dataset, "refusal": x.refusal} for x in o.refusals[:_RECENT]]}
